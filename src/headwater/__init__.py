@@ -1,0 +1,47 @@
+"""headwater: raw events in; features, training sets, models and predictions out."""
+
+from headwater.definitions import (
+    Aggregation,
+    DefinitionError,
+    Derived,
+    Entity,
+    Feature,
+    HeadwaterError,
+    Stream,
+    col,
+)
+from headwater.definitions import aggregation as agg
+from headwater.definitions.aggregation import (
+    count,
+    count_distinct,
+    first,
+    last,
+    last_k,
+    mean,
+    stddev,
+    variance,
+)
+from headwater.project.project import Project
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregation",
+    "DefinitionError",
+    "Derived",
+    "Entity",
+    "Feature",
+    "HeadwaterError",
+    "Project",
+    "Stream",
+    "agg",
+    "col",
+    "count",
+    "count_distinct",
+    "first",
+    "last",
+    "last_k",
+    "mean",
+    "stddev",
+    "variance",
+]

@@ -1,0 +1,64 @@
+"""The one registry of backends: a store URL's scheme picks its adapter, imported lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from headwater.definitions import HeadwaterError
+
+
+class BackendError(HeadwaterError):
+    """A store URL names no known backend, or its backend is not installed."""
+
+
+def local_path(url: str, root: Path) -> Path:
+    """``sqlite:///rel/path`` and ``file://rel/path`` are relative to the project folder;
+    ``sqlite:////abs/path`` and ``file:///abs/path`` are absolute."""
+    rest = url.split("://", 1)[1]
+    if url.startswith("sqlite://"):
+        rest = rest[1:] if rest.startswith("/") else rest
+    path = Path(rest)
+    return path if path.is_absolute() else root / path
+
+
+def _sqlite_log(url: str, root: Path) -> Any:
+    from headwater.log.embedded import EmbeddedLog
+
+    return EmbeddedLog(local_path(url, root))
+
+
+def _sqlite_online(url: str, root: Path) -> Any:
+    from headwater.stores.online_sqlite import SqliteOnlineStore
+
+    return SqliteOnlineStore(local_path(url, root))
+
+
+def _parquet_offline(url: str, root: Path) -> Any:
+    from headwater.stores.offline_parquet import ParquetOfflineStore
+
+    return ParquetOfflineStore(local_path(url, root))
+
+
+def _sqlite_metadata(url: str, root: Path) -> Any:
+    from headwater.stores.metadata_sqlite import SqliteMetadataStore
+
+    return SqliteMetadataStore(local_path(url, root))
+
+
+BACKENDS: dict[str, dict[str, Any]] = {
+    "log": {"sqlite": _sqlite_log},
+    "online": {"sqlite": _sqlite_online},
+    "offline": {"file": _parquet_offline},
+    "metadata": {"sqlite": _sqlite_metadata},
+}
+
+
+def open_backend(port: str, url: str, root: Path) -> Any:
+    scheme = urlparse(url).scheme
+    factory = BACKENDS[port].get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in BACKENDS[port])
+        raise BackendError(f"no {port} backend for {url!r}; known schemes: {known}")
+    return factory(url, root)

@@ -1,0 +1,254 @@
+"""The ``headwater`` command line: one verb per operation of a project."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from headwater.definitions import HeadwaterError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="headwater: raw events in; features, training sets and models out.",
+)
+console = Console()
+err = Console(stderr=True)
+
+ProjectOpt = Annotated[
+    Path, typer.Option("--project", "-p", help="Project folder", envvar="HEADWATER_PROJECT")
+]
+
+
+def _open(path: Path):  # type: ignore[no-untyped-def]
+    from headwater.project.project import Project
+
+    return Project(path)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to create the project")] = Path("."),
+    example: Annotated[str, typer.Option(help="Start from an example project")] = "shop",
+) -> None:
+    """Create a project folder from an example (headwater.toml and definitions)."""
+    source = Path(__file__).parent / "examples" / example
+    if not source.is_dir():
+        raise HeadwaterError(f"no example named {example!r}")
+    if (folder / "headwater.toml").exists():
+        raise HeadwaterError(f"{folder} already holds a project (headwater.toml)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("headwater.toml", "definitions.py"):
+        shutil.copy(source / name, folder / name)
+    console.print(f"created project in {folder}; next: headwater plan -p {folder}")
+
+
+def _print_plan(plan, title: str) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=title)
+    for column in ("change", "kind", "name", "version", "detail"):
+        table.add_column(column)
+    for c in plan.pending:
+        version = f"{c.old_version or ''} -> {c.new_version or ''}".strip(" ->")
+        table.add_row(c.action, c.kind, c.name, version, c.detail)
+    console.print(table if plan.pending else f"{title}: nothing to change")
+    console.print(", ".join(f"{n} {a}" for a, n in sorted(plan.summary().items())))
+    for reason in plan.refused:
+        err.print(f"[red]refused:[/red] {reason}")
+
+
+@app.command()
+def plan(project: ProjectOpt = Path(".")) -> None:
+    """Show what `apply` would change: added, changed, updated, deprecated, removed."""
+    with _open(project) as p:
+        result = p.plan()
+        _print_plan(result, "plan")
+        if result.refused:
+            raise typer.Exit(1)
+
+
+@app.command()
+def apply(project: ProjectOpt = Path(".")) -> None:
+    """Register the definitions in the metadata store, with content-hash versions."""
+    with _open(project) as p:
+        _print_plan(p.apply(), "applied")
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="Events: .jsonl, .csv or .parquet")],
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream to append to")],
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Validate and append the events of a file; rejected ones go to the dead-letter stream."""
+    from headwater.files import count_events, file_format, read_batches
+
+    fmt = file_format(file, fmt)
+    accepted = duplicates = rejected = 0
+    with _open(project) as p, _progress() as bar:
+        p.ingestor.stream(stream)
+        task = bar.add_task(f"ingest {file.name}", total=count_events(file, fmt))
+        for batch in read_batches(file, fmt):
+            result = p.ingest(stream, batch)
+            accepted += result.accepted
+            duplicates += result.duplicates
+            rejected += len(result.rejected)
+            for r in result.rejected[:3]:
+                err.print(f"[yellow]rejected[/yellow] event {r.index}: {r.reason}")
+            bar.advance(task, len(batch))
+    console.print(
+        f"{accepted} accepted, {duplicates} duplicates, {rejected} rejected "
+        f"(see stream _dead_letter)"
+    )
+    if rejected and not accepted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def process(
+    forever: Annotated[bool, typer.Option(help="Keep processing new events")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Update the online store from the log, from each feature set's checkpoint."""
+    import threading
+
+    with _open(project) as p:
+        if forever:
+            stop = threading.Event()
+            console.print("processing; Ctrl-C to stop")
+            try:
+                p.process(forever=True, stop=stop)
+            except KeyboardInterrupt:
+                stop.set()
+            return
+        lag = sum(p.processor.lag().values())
+        start = time.perf_counter()
+        with _progress() as bar:
+            task = bar.add_task("process", total=lag)
+            stats = p.process(progress=lambda n: bar.advance(task, n))
+        seconds = time.perf_counter() - start
+        console.print(f"processed {stats.events} events in {seconds:.2f}s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: 127.0.0.1 (loopback)")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: from headwater.toml, 8800")] = None,
+    with_processor: Annotated[
+        bool, typer.Option("--with-processor", help="Also run the stream processor in this process")
+    ] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Start the HTTP API (OpenAPI docs at /docs)."""
+    import threading
+
+    import uvicorn
+
+    from headwater.serving.app import create_app
+
+    p = _open(project)
+    stop = threading.Event()
+    if with_processor:
+        threading.Thread(
+            target=p.process, kwargs={"forever": True, "stop": stop}, daemon=True
+        ).start()
+    try:
+        uvicorn.run(
+            create_app(p),
+            host=host or p.settings.server.host,
+            port=port or p.settings.server.port,
+            log_level="warning",
+        )
+    finally:
+        stop.set()
+        p.close()
+
+
+@app.command()
+def features(
+    keys: Annotated[list[str], typer.Argument(help="Entity keys as name=value")],
+    names: Annotated[str, typer.Option("--features", "-f", help="Comma-separated names")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Print online feature values for one entity, e.g. `headwater features user_id=u1 -f x`."""
+    row = dict(k.split("=", 1) for k in keys if "=" in k)
+    with _open(project) as p:
+        values = p.online_features(row, [n.strip() for n in names.split(",") if n.strip()])
+    table = Table("feature", "value")
+    for name, value in values.items():
+        table.add_row(name, repr(value))
+    console.print(table)
+
+
+@app.command("training-set")
+def training_set(
+    spine: Annotated[Path, typer.Argument(help="Spine: .parquet or .csv with keys and times")],
+    names: Annotated[str, typer.Option("--features", "-f", help="Comma-separated names")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .parquet or .csv")],
+    time_column: Annotated[str, typer.Option(help="The spine's time column")] = "timestamp",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Build a point-in-time-correct training set for a spine file."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(spine) if spine.suffix == ".parquet" else pcsv.read_csv(spine)
+    start = time.perf_counter()
+    with _open(project) as p:
+        result = p.training_set(
+            table, [n.strip() for n in names.split(",")], time_column=time_column, output="arrow"
+        )
+    if out.suffix == ".csv":
+        pcsv.write_csv(result, out)
+    else:
+        pq.write_table(result, out)
+    console.print(
+        f"{result.num_rows} rows x {result.num_columns} columns -> {out} "
+        f"in {time.perf_counter() - start:.2f}s"
+    )
+
+
+@app.command()
+def quickstart(
+    folder: Annotated[Path, typer.Option("--dir", help="Where to create the project")] = Path(
+        "headwater-shop"
+    ),
+    users: Annotated[int, typer.Option(help="Simulated users")] = 2000,
+    days: Annotated[int, typer.Option(help="Simulated days of activity")] = 28,
+) -> None:
+    """Create the shop example, simulate weeks of activity, ingest, process, and show it."""
+    from headwater.quickstart import run_quickstart
+
+    run_quickstart(folder, users=users, days=days, console=console)
+
+
+def main() -> None:
+    try:
+        app()
+    except HeadwaterError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

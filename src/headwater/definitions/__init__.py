@@ -1,0 +1,28 @@
+"""Declarative definitions: streams, entities, features. Imports nothing else of headwater."""
+
+from headwater.definitions import aggregation
+from headwater.definitions.aggregation import Aggregation
+from headwater.definitions.base import Definition
+from headwater.definitions.entity import Entity
+from headwater.definitions.errors import DefinitionError, HeadwaterError
+from headwater.definitions.expr import Expr, col
+from headwater.definitions.feature import Derived, Feature, FeatureColumn
+from headwater.definitions.stream import Stream
+from headwater.definitions.types import DType, Field
+
+__all__ = [
+    "Aggregation",
+    "DType",
+    "Definition",
+    "DefinitionError",
+    "Derived",
+    "Entity",
+    "Expr",
+    "Feature",
+    "FeatureColumn",
+    "Field",
+    "HeadwaterError",
+    "Stream",
+    "aggregation",
+    "col",
+]

@@ -1,0 +1,82 @@
+"""What every definition has: a checked name, an owner, a description, a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from headwater.definitions.errors import DefinitionError
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DefinitionError(
+            f"{kind} name {name!r} is not valid; use lowercase letters, digits and '_', "
+            "starting with a letter"
+        )
+    return name
+
+
+def check_ownership(kind: str, name: str, owner: str | None, description: str | None) -> None:
+    missing = [w for w, v in (("owner", owner), ("description", description)) if not v]
+    if missing:
+        raise DefinitionError(
+            f"{kind} {name!r} has no {' and no '.join(missing)}; every definition needs an "
+            f"owner (a team or person to ask) and a description, e.g. "
+            f'{kind.capitalize()}({name!r}, ..., owner="growth@shop", description="...")'
+        )
+
+
+def content_hash(spec: Any) -> str:
+    """A short, stable hash of a JSON-able spec: the version of a definition."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Definition:
+    """Shared behaviour of Stream, Entity, Feature and Derived."""
+
+    kind: str = "definition"
+    name: str
+    owner: str
+    description: str
+    deprecated: bool
+    tags: tuple[str, ...]
+
+    def _init_common(
+        self,
+        name: str,
+        owner: str | None,
+        description: str | None,
+        deprecated: bool,
+        tags: tuple[str, ...] | list[str],
+    ) -> None:
+        self.name = check_name(self.kind, name)
+        check_ownership(self.kind, name, owner, description)
+        self.owner = str(owner)
+        self.description = str(description)
+        self.deprecated = bool(deprecated)
+        self.tags = tuple(tags)
+
+    def spec(self) -> dict[str, Any]:
+        """The semantic content: a change here changes the version."""
+        raise DefinitionError(f"{type(self).__name__} must define spec()")
+
+    @property
+    def version(self) -> str:
+        return content_hash(self.spec())
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "description": self.description,
+            "deprecated": self.deprecated,
+            "tags": list(self.tags),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, version={self.version!r})"

@@ -1,0 +1,113 @@
+"""Streams: named, schema'd sequences of raw events with keys, an event time and PII tags."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from headwater.definitions.base import Definition, check_name
+from headwater.definitions.errors import DefinitionError
+from headwater.definitions.types import DType, Field, parse_dtype
+from headwater.definitions.windows import parse_duration
+
+UNKNOWN_FIELD_POLICIES = ("reject", "keep", "drop")
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class Stream(Definition):
+    """A stream of raw events.
+
+    >>> purchases = Stream(
+    ...     "purchases",
+    ...     fields={"user_id": "string", "amount": "float", "ts": "timestamp"},
+    ...     key="user_id", time="ts", owner="payments", description="Completed checkouts",
+    ... )
+    >>> purchases.field("amount").dtype.value
+    'float'
+    """
+
+    kind = "stream"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        fields: Mapping[str, str | DType],
+        key: str | Sequence[str],
+        time: str,
+        owner: str | None = None,
+        description: str | None = None,
+        pii: Sequence[str] = (),
+        required: Sequence[str] = (),
+        id_field: str = "event_id",
+        unknown_fields: str = "reject",
+        allowed_lateness: str | timedelta | None = None,
+        deprecated: bool = False,
+        tags: Sequence[str] = (),
+    ) -> None:
+        self._init_common(name, owner, description, deprecated, tuple(tags))
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        if not keys:
+            raise DefinitionError(f"stream {name!r} needs at least one key field")
+        types = {check_name("field", f): parse_dtype(t) for f, t in fields.items()}
+        types.setdefault(time, DType.TIMESTAMP)
+        if types[time] is not DType.TIMESTAMP:
+            raise DefinitionError(f"stream {name!r}: time field {time!r} must be a timestamp")
+        for group, label in ((keys, "key"), (tuple(pii), "pii"), (tuple(required), "required")):
+            for f in group:
+                if f not in types:
+                    raise DefinitionError(
+                        f"stream {name!r}: {label} field {f!r} is not among its fields"
+                        + did_you_mean(f, list(types))
+                    )
+        for k in keys:
+            if types[k] not in (DType.STRING, DType.INT):
+                raise DefinitionError(f"stream {name!r}: key {k!r} must be a string or an int")
+        if id_field in types and types[id_field] is not DType.STRING:
+            raise DefinitionError(f"stream {name!r}: id field {id_field!r} must be a string")
+        if unknown_fields not in UNKNOWN_FIELD_POLICIES:
+            raise DefinitionError(
+                f"stream {name!r}: unknown_fields must be one of {UNKNOWN_FIELD_POLICIES}"
+            )
+        not_null = set(keys) | {time} | set(required)
+        self.fields: dict[str, Field] = {
+            f: Field(f, t, nullable=f not in not_null, pii=f in pii) for f, t in types.items()
+        }
+        self.keys = keys
+        self.time = time
+        self.id_field = id_field
+        self.unknown_fields = unknown_fields
+        self.allowed_lateness_us = (
+            None if allowed_lateness is None else parse_duration(allowed_lateness)
+        )
+
+    def field(self, name: str) -> Field:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise DefinitionError(
+                f"stream {self.name!r} has no field {name!r}"
+                + did_you_mean(name, list(self.fields))
+            ) from None
+
+    @property
+    def pii_fields(self) -> tuple[str, ...]:
+        return tuple(f for f, spec in self.fields.items() if spec.pii)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "fields": {f: [s.dtype.value, s.nullable, s.pii] for f, s in self.fields.items()},
+            "keys": list(self.keys),
+            "time": self.time,
+            "id_field": self.id_field,
+            "unknown_fields": self.unknown_fields,
+            "allowed_lateness_us": self.allowed_lateness_us,
+        }

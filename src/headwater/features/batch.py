@@ -1,0 +1,132 @@
+"""The batch engine: point-in-time feature values for a spine, compiled to DuckDB SQL.
+
+For each feature set, the spine joins its entity's events with ``start <= event_time < t``
+(the widest window's start) and every column aggregates with a FILTER on its own start, so
+each value follows DESIGN.md's time semantics exactly: ``start = floor((t - W) / h) * h``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from headwater.definitions import FeatureColumn
+from headwater.definitions.expr import sql_name
+from headwater.features.history import ARROW_TYPES, history_schema
+from headwater.features.plan import FeatureSetPlan
+
+ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
+
+
+def _aggregate_sql(column: FeatureColumn, condition: str) -> str:
+    agg = column.aggregation
+    x = f"e.{sql_name(agg.field)}" if agg.field else None
+    cond = condition if x is None else f"{condition} AND {x} IS NOT NULL"
+    match agg.kind:
+        case "count":
+            return f"count(e._offset) FILTER (WHERE {condition})"
+        case "sum":
+            inner = f"sum({x}) FILTER (WHERE {cond})"
+            return f"coalesce({inner}, 0)"
+        case "mean":
+            return f"avg({x}) FILTER (WHERE {cond})"
+        case "variance":
+            return f"var_pop({x}) FILTER (WHERE {cond})"
+        case "stddev":
+            return f"stddev_pop({x}) FILTER (WHERE {cond})"
+        case "min" | "max":
+            return f"{agg.kind}({x}) FILTER (WHERE {cond})"
+        case "last":
+            return f"arg_max({x}, e._ord) FILTER (WHERE {cond})"
+        case "first":
+            return f"arg_min({x}, e._ord) FILTER (WHERE {cond})"
+        case "last_k":
+            listed = f"list({x} ORDER BY e._ord DESC) FILTER (WHERE {cond})"
+            return f"list_slice(coalesce({listed}, []), 1, {agg.k})"
+        case "count_distinct":
+            return f"count(DISTINCT {x}) FILTER (WHERE {cond})"
+    raise ValueError(f"no SQL for aggregation {agg.kind!r}")
+
+
+def _column_sql(column: FeatureColumn, start_col: str | None) -> str:
+    parts = ["TRUE"]
+    if start_col is not None:
+        parts.append(f"e._ts >= s.{start_col}")
+    if column.feature.where is not None:
+        parts.append(column.feature.where.to_sql("e"))
+    sql = _aggregate_sql(column, " AND ".join(parts))
+    if column.aggregation.kind == "sum":
+        field_type = column.feature.stream.fields[column.aggregation.field or ""].dtype
+        sql = f"CAST({sql} AS {'BIGINT' if field_type.value == 'int' else 'DOUBLE'})"
+    return f"{sql} AS {sql_name(column.name)}"
+
+
+def feature_set_values(
+    con: duckdb.DuckDBPyConnection,
+    plan: FeatureSetPlan,
+    columns: Sequence[FeatureColumn],
+    spine_keys: pa.Table,
+    times: np.ndarray,
+    files: list[str],
+) -> pa.Table:
+    """One row per spine row (in order): the values of ``columns`` at each row's time."""
+    spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
+    keys = plan.entity.keys
+    for k in keys:
+        spine[k] = (
+            spine_keys[k]
+            .cast(ARROW_TYPES[plan.stream.fields[k].dtype])
+            .to_numpy(zero_copy_only=False)
+        )
+    starts: dict[tuple[int, int], str] = {}
+    for c in columns:
+        if c.window_us is not None and c.hop_us is not None:
+            name = starts.setdefault((c.window_us, c.hop_us), f"_start{len(starts)}")
+            spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
+    lifetime = any(c.window_us is None for c in columns)
+    spine_table = pa.table(spine)
+    fields = sorted(
+        {
+            *keys,
+            *(c.aggregation.field for c in columns if c.aggregation.field),
+            *(f for c in columns if c.feature.where for f in c.feature.where.fields()),
+        }
+    )
+    if files:
+        source = "read_parquet($files, union_by_name = true)"
+    else:
+        con.register("_empty_history", history_schema(plan.stream).empty_table())
+        source = "_empty_history"
+    selected = ", ".join(sql_name(f) for f in fields)
+    join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
+    lower = ""
+    if not lifetime and starts:
+        lower = " AND e._ts >= LEAST(" + ", ".join(f"s.{n}" for n in starts.values()) + ")"
+        if len(starts) == 1:
+            lower = f" AND e._ts >= s.{next(iter(starts.values()))}"
+    aggregates = ",\n  ".join(
+        _column_sql(c, None if c.window_us is None else starts[(c.window_us, c.hop_us or 0)])
+        for c in columns
+    )
+    sql = f"""
+WITH e AS (
+  SELECT {selected}, _event_time AS _ts, _offset,
+         CAST(_event_time AS HUGEINT) * {ORDER_SHIFT} + _offset AS _ord
+  FROM {source}
+)
+SELECT s._row,
+  {aggregates}
+FROM _spine s LEFT JOIN e ON {join_keys} AND e._ts < s._t{lower}
+GROUP BY s._row
+ORDER BY s._row
+"""
+    con.register("_spine", spine_table)
+    try:
+        params = {"files": files} if files else None
+        result = con.sql(sql, params=params).to_arrow_table()
+    finally:
+        con.unregister("_spine")
+    return result.drop(["_row"])

@@ -1,0 +1,119 @@
+"""Point-in-time-correct training sets over the offline store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headwater.definitions import HeadwaterError, Stream
+from headwater.features.batch import feature_set_values
+from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names
+from headwater.features.history import Archiver
+from headwater.stores.offline_base import OfflineStore
+
+
+class SpineError(HeadwaterError, ValueError):
+    """The spine of a training set is missing columns or has unusable times."""
+
+
+def to_arrow(table: Any) -> pa.Table:
+    """Accept a pyarrow Table, a pandas DataFrame or a polars DataFrame."""
+    if isinstance(table, pa.Table):
+        return table
+    if hasattr(table, "to_arrow"):  # polars
+        return table.to_arrow()
+    module = type(table).__module__
+    if module.startswith("pandas"):
+        return pa.Table.from_pandas(table, preserve_index=False)
+    raise SpineError(
+        f"a spine must be a pandas, polars or pyarrow table, not {type(table).__name__}"
+    )
+
+
+def spine_times(spine: pa.Table, column: str) -> np.ndarray:
+    """The spine's times as int64 UTC microseconds."""
+    if column not in spine.column_names:
+        raise SpineError(
+            f"the spine has no time column {column!r} (columns: {spine.column_names}); "
+            "pass time_column=..."
+        )
+    times = spine[column]
+    if times.null_count:
+        raise SpineError(f"the spine's time column {column!r} has {times.null_count} nulls")
+    if pa.types.is_timestamp(times.type):
+        if times.type.tz is None:
+            times = times.cast(pa.timestamp(times.type.unit, tz="UTC"))
+        return pc.cast(times.cast(pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
+    if pa.types.is_date(times.type):
+        return pc.cast(times.cast(pa.timestamp("us")), pa.int64()).to_numpy()
+    raise SpineError(f"the spine's time column {column!r} must hold timestamps, not {times.type}")
+
+
+class TrainingSets:
+    """Builds training sets: every feature at each spine row's time, from the log's history."""
+
+    def __init__(
+        self,
+        catalog: FeatureCatalog,
+        offline: OfflineStore,
+        archiver: Archiver,
+        streams: dict[str, Stream],
+        threads: int | None = None,
+    ) -> None:
+        self._catalog, self._offline, self._archiver = catalog, offline, archiver
+        self._streams = streams
+        self._threads = threads
+
+    def build(
+        self,
+        spine: Any,
+        features: Sequence[str],
+        time_column: str = "timestamp",
+        progress: Callable[[str], None] | None = None,
+    ) -> pa.Table:
+        table = to_arrow(spine)
+        res = self._catalog.resolve(features)
+        times = spine_times(table, time_column)
+        for name in res.context:
+            if name not in table.column_names:
+                raise SpineError(f"the spine has no column {name!r}, a derived feature's context")
+        con = duckdb.connect()
+        if self._threads:
+            con.execute(f"SET threads = {int(self._threads)}")
+        values: dict[str, pa.ChunkedArray | pa.Array] = {}
+        try:
+            for plan_id, columns in res.columns.items():
+                plan = self._catalog.plan(plan_id)
+                missing = [k for k in plan.entity.keys if k not in table.column_names]
+                if missing:
+                    raise SpineError(
+                        f"the spine has no column {missing[0]!r}, the key of entity "
+                        f"{plan.entity.name!r}"
+                    )
+                # Every event the log holds now is visible, archived before or just now.
+                self._archiver.catch_up(self._streams[plan.stream.name])
+                if progress is not None:
+                    progress(plan_id)
+                got = feature_set_values(
+                    con, plan, columns, table, times, self._offline.files(plan.stream.name)
+                )
+                for column in columns:
+                    values[column.name] = got[column.name]
+        finally:
+            con.close()
+        if res.derived:
+            arrays = dict(values)
+            arrays.update({c: table[c] for c in res.context})
+            numeric = numeric_names(c for cs in res.columns.values() for c in cs)
+            values.update(evaluate_derived(arrays, numeric, res.derived))
+        out = table
+        for name in res.requested:
+            if name in out.column_names:
+                out = out.drop([name])
+            out = out.append_column(name, values[name])
+        return out

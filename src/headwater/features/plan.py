@@ -1,0 +1,195 @@
+"""Feature sets: the features of one entity over one stream, laid out as tiles.
+
+A feature set's state for one entity holds, per hop size, one tile per hop-aligned interval
+(a list of partials, one per feature using that hop) and one lifetime tile. Windowed values
+are the finalized merge of the tiles that fall in the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from headwater.definitions import Entity, Feature, FeatureColumn, Stream
+from headwater.definitions.base import content_hash
+from headwater.definitions.windows import window_start
+from headwater.features.algebra import Algebra, algebra_for
+
+KEY_SEPARATOR = "\x1f"
+
+
+def entity_key(values: Sequence[Any]) -> str:
+    """The canonical string of an entity's key values: how tiles are addressed."""
+    if len(values) == 1:
+        return str(values[0])
+    return KEY_SEPARATOR.join(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One feature's partial inside a tile."""
+
+    feature: Feature
+    algebra: Algebra
+    kind: str
+    field: str | None
+
+
+def _slot(feature: Feature) -> Slot:
+    agg = feature.aggregation
+    return Slot(feature, algebra_for(agg.kind, agg.k), agg.kind, agg.field)
+
+
+@dataclass
+class FeatureSetPlan:
+    """How one (entity, stream) pair's features are stored and evaluated."""
+
+    entity: Entity
+    stream: Stream
+    features: list[Feature]
+    id: str = ""
+    hop_slots: dict[int, list[Slot]] = field(default_factory=dict)
+    lifetime_slots: list[Slot] = field(default_factory=list)
+    # per hop, the largest window using it: tiles older than its start are expired
+    hop_retention: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.features.sort(key=lambda f: f.name)
+        self.id = f"{self.entity.name}@{self.stream.name}#" + content_hash(
+            [f.spec() for f in self.features]
+        )
+        for feature in self.features:
+            for column in feature.columns:
+                if column.hop_us is None:
+                    if feature not in [s.feature for s in self.lifetime_slots]:
+                        self.lifetime_slots.append(_slot(feature))
+                    continue
+                slots = self.hop_slots.setdefault(column.hop_us, [])
+                if feature not in [s.feature for s in slots]:
+                    slots.append(_slot(feature))
+                assert column.window_us is not None
+                self.hop_retention[column.hop_us] = max(
+                    self.hop_retention.get(column.hop_us, 0), column.window_us
+                )
+        self._slot_index = {
+            (hop, s.feature.name): i
+            for hop, slots in self.hop_slots.items()
+            for i, s in enumerate(slots)
+        }
+        self._lifetime_index = {s.feature.name: i for i, s in enumerate(self.lifetime_slots)}
+
+    @property
+    def columns(self) -> list[FeatureColumn]:
+        return [c for f in self.features for c in f.columns]
+
+    # -- state ---------------------------------------------------------------------------
+
+    def new_state(self) -> dict[str, Any]:
+        return {"h": {hop: {} for hop in self.hop_slots}, "l": self._fresh(self.lifetime_slots)}
+
+    @staticmethod
+    def _fresh(slots: list[Slot]) -> list[Any]:
+        return [s.algebra.init() for s in slots]
+
+    def update(self, state: dict[str, Any], row: Mapping[str, Any], ts: int, off: int) -> None:
+        """Apply one event to an entity's state (filters and nulls decided here)."""
+        accepted: dict[str, Any] = {}
+        for feature in self.features:
+            where = feature.where
+            if where is not None and where.evaluate(row) is not True:
+                continue
+            field_name = feature.aggregation.field
+            value = row.get(field_name) if field_name else True
+            if value is not None:
+                accepted[feature.name] = value
+        if not accepted:
+            return
+        for hop, slots in self.hop_slots.items():
+            tiles = state["h"][hop]
+            start = (ts // hop) * hop
+            tile = tiles.get(start)
+            if tile is None:
+                tile = tiles[start] = self._fresh(slots)
+            self._apply(slots, tile, accepted, ts, off)
+        self._apply(self.lifetime_slots, state["l"], accepted, ts, off)
+
+    @staticmethod
+    def _apply(
+        slots: list[Slot], tile: list[Any], accepted: dict[str, Any], ts: int, off: int
+    ) -> None:
+        for i, slot in enumerate(slots):
+            name = slot.feature.name
+            if name in accepted:
+                tile[i] = slot.algebra.update(tile[i], accepted[name], ts, off)
+
+    def expire(self, state: dict[str, Any], now_us: int) -> None:
+        """Drop tiles that no window evaluated at or after ``now_us`` can reach."""
+        for hop, tiles in state["h"].items():
+            oldest = window_start(now_us, self.hop_retention[hop], hop)
+            for start in [s for s in tiles if s < oldest]:
+                del tiles[start]
+
+    def evaluate(
+        self, state: dict[str, Any] | None, columns: Iterable[FeatureColumn], t_us: int
+    ) -> dict[str, Any]:
+        """The value of each column at time t from an entity's tiles (None: no state)."""
+        state = state or self.new_state()
+        out: dict[str, Any] = {}
+        for column in columns:
+            name = column.feature.name
+            if column.hop_us is None:
+                slot = self.lifetime_slots[self._lifetime_index[name]]
+                out[column.name] = slot.algebra.finalize(state["l"][self._lifetime_index[name]])
+                continue
+            assert column.window_us is not None
+            hop = column.hop_us
+            i = self._slot_index[(hop, name)]
+            slot = self.hop_slots[hop][i]
+            start = window_start(t_us, column.window_us, hop)
+            acc = slot.algebra.init()
+            for tile_start, tile in state["h"].get(hop, {}).items():
+                if start <= tile_start < t_us:
+                    acc = slot.algebra.merge(acc, tile[i])
+            out[column.name] = slot.algebra.finalize(acc)
+        return out
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def encode(self, state: dict[str, Any]) -> bytes:
+        return msgpack.packb(state, default=_encode_set, strict_types=False)
+
+    def decode(self, blob: bytes | None) -> dict[str, Any]:
+        if blob is None:
+            return self.new_state()
+        state = msgpack.unpackb(blob, strict_map_key=False)
+        for hop, slots in self.hop_slots.items():
+            tiles = state["h"].setdefault(hop, {})
+            distinct = [i for i, s in enumerate(slots) if s.kind == "count_distinct"]
+            if distinct:
+                for tile in tiles.values():
+                    for i in distinct:
+                        tile[i] = set(tile[i])
+        for i, s in enumerate(self.lifetime_slots):
+            if s.kind == "count_distinct":
+                state["l"][i] = set(state["l"][i])
+        return state
+
+
+def _encode_set(value: Any) -> Any:
+    if isinstance(value, set):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in a tile")
+
+
+def plan_feature_sets(features: Iterable[Feature]) -> list[FeatureSetPlan]:
+    """Group features by (entity, stream): each group is computed in one pass."""
+    groups: dict[tuple[str, str], list[Feature]] = {}
+    for feature in features:
+        groups.setdefault((feature.entity.name, feature.stream.name), []).append(feature)
+    plans = []
+    for group in groups.values():
+        plans.append(FeatureSetPlan(group[0].entity, group[0].stream, list(group)))
+    return plans

@@ -1,0 +1,83 @@
+"""Validating raw events against their stream's schema; each failure has a clear reason."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from headwater.definitions import Stream
+from headwater.definitions.stream import did_you_mean
+from headwater.definitions.types import InvalidValue, coerce, from_micros
+
+
+class Rejected(ValueError):
+    """An event does not fit its stream; the message is the reason given to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidEvent:
+    event_id: str
+    event_time: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TimePolicy:
+    """Bounds on event time relative to the ingest clock, in microseconds."""
+
+    now_us: int
+    max_future_us: int
+
+
+def validate(stream: Stream, raw: Any, policy: TimePolicy) -> ValidEvent:
+    """Check one raw event and return its canonical form, or raise Rejected with the reason."""
+    if not isinstance(raw, Mapping):
+        preview = raw if isinstance(raw, str) else repr(raw)
+        raise Rejected(f"an event must be a JSON object, got {preview[:200]}")
+    out: dict[str, Any] = {}
+    for name, spec in stream.fields.items():
+        value = raw.get(name)
+        if value is None:
+            if not spec.nullable:
+                raise Rejected(f"missing required field {name!r}")
+            out[name] = None
+            continue
+        try:
+            out[name] = coerce(spec.dtype, value)
+        except InvalidValue as exc:
+            raise Rejected(f"field {name!r}: {exc}") from None
+    event_id = raw.get(stream.id_field)
+    if event_id is None:
+        event_id = uuid.uuid4().hex
+    elif not isinstance(event_id, str) or not event_id or len(event_id) > 256:
+        raise Rejected(f"{stream.id_field!r} must be a non-empty string of at most 256 characters")
+    extra = [k for k in raw if k not in stream.fields and k != stream.id_field]
+    if extra:
+        if stream.unknown_fields == "reject":
+            name = str(extra[0])
+            raise Rejected(
+                f"unknown field {name!r} in stream {stream.name!r}"
+                + did_you_mean(name, list(stream.fields))
+            )
+        if stream.unknown_fields == "keep":
+            out.update({str(k): raw[k] for k in extra})
+    out[stream.id_field] = event_id
+    event_time = out[stream.time]
+    _check_time(stream, event_time, policy)
+    return ValidEvent(event_id, event_time, out)
+
+
+def _check_time(stream: Stream, event_time: int, policy: TimePolicy) -> None:
+    if event_time > policy.now_us + policy.max_future_us:
+        raise Rejected(
+            f"event time {from_micros(event_time).isoformat()} is in the future "
+            f"(now is {from_micros(policy.now_us).isoformat()}); check the sender's clock"
+        )
+    lateness = stream.allowed_lateness_us
+    if lateness is not None and event_time < policy.now_us - lateness:
+        raise Rejected(
+            f"event time {from_micros(event_time).isoformat()} is later than stream "
+            f"{stream.name!r} allows ({lateness / 1e6:.0f}s)"
+        )

@@ -1,0 +1,117 @@
+"""The embedded log: one SQLite file in WAL mode with full synchronous commits."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from headwater.log.base import Appended, LogError, NewRecord, Record
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    stream TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_time INTEGER NOT NULL,
+    ingest_time INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (stream, offset)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (stream, event_id);
+CREATE TABLE IF NOT EXISTS heads (stream TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
+"""
+_ID_CHUNK = 500
+
+
+class EmbeddedLog:
+    """A durable local log; safe to share between threads and processes.
+
+    Appends take SQLite's write lock (``BEGIN IMMEDIATE``) so offsets stay dense and ordered even
+    when several processes append; ``synchronous=FULL`` makes a commit survive power loss.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def append(self, stream: str, records: Sequence[NewRecord], ingest_time: int) -> list[Appended]:
+        if not records:
+            return []
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute(
+                    "SELECT next_offset FROM heads WHERE stream = ?", (stream,)
+                ).fetchone()
+                next_offset = row[0] if row else 0
+                known = self._existing(stream, [r.event_id for r in records])
+                results: list[Appended] = []
+                rows = []
+                for r in records:
+                    if r.event_id in known:
+                        results.append(Appended(known[r.event_id], True))
+                        continue
+                    known[r.event_id] = next_offset
+                    rows.append(
+                        (stream, next_offset, r.event_id, r.event_time, ingest_time, r.payload)
+                    )
+                    results.append(Appended(next_offset, False))
+                    next_offset += 1
+                db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+                db.execute(
+                    "INSERT INTO heads VALUES (?, ?) ON CONFLICT (stream) "
+                    "DO UPDATE SET next_offset = excluded.next_offset",
+                    (stream, next_offset),
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise LogError(f"could not append to stream {stream!r}: {exc}") from exc
+            return results
+
+    def _existing(self, stream: str, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for i in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[i : i + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._db.execute(
+                    "SELECT event_id, offset FROM events "
+                    f"WHERE stream = ? AND event_id IN ({marks})",
+                    (stream, *chunk),
+                ).fetchall()
+            )
+        return found
+
+    def read(self, stream: str, start: int, limit: int) -> list[Record]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT offset, event_id, event_time, ingest_time, payload FROM events "
+                "WHERE stream = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                (stream, start, limit),
+            ).fetchall()
+        return [Record(*row) for row in rows]
+
+    def end_offset(self, stream: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT next_offset FROM heads WHERE stream = ?", (stream,)
+            ).fetchone()
+        return row[0] if row else 0
+
+    def streams(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT stream FROM heads ORDER BY stream")]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,100 @@
+"""``headwater.toml``: typed, frozen settings; each adapter gets only its own part."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headwater.definitions import HeadwaterError
+from headwater.definitions.windows import parse_duration
+
+CONFIG_FILE = "headwater.toml"
+DEFAULT_STORES = {
+    "log": "sqlite:///.headwater/log.db",
+    "online": "sqlite:///.headwater/online.db",
+    "offline": "file://.headwater/offline",
+    "metadata": "sqlite:///.headwater/metadata.db",
+}
+
+
+class ConfigError(HeadwaterError):
+    """headwater.toml is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class StoreUrls:
+    log: str
+    online: str
+    offline: str
+    metadata: str
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_events_per_request: int = 100_000
+    max_future_us: int = 5 * 60 * 1_000_000
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8800
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path
+    name: str
+    definitions: tuple[str, ...]
+    stores: StoreUrls
+    ingest: IngestSettings
+    server: ServerSettings
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] in {CONFIG_FILE} must be a table")
+    return value
+
+
+def load_settings(root: str | Path) -> Settings:
+    """Read ``headwater.toml`` in a project folder."""
+    root = Path(root).resolve()
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"no {CONFIG_FILE} in {root}; create a project with `headwater init {root}` "
+            "or pass the project folder with --project"
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    project = _table(data, "project")
+    stores = {**DEFAULT_STORES, **_table(data, "stores")}
+    unknown = set(stores) - set(DEFAULT_STORES)
+    if unknown:
+        raise ConfigError(f"unknown store(s) {sorted(unknown)} in [stores] of {path}")
+    ingest = _table(data, "ingest")
+    server = _table(data, "server")
+    try:
+        return Settings(
+            root=root,
+            name=str(project.get("name", root.name)),
+            definitions=tuple(project.get("definitions", ["definitions.py"])),
+            stores=StoreUrls(**{k: str(v) for k, v in stores.items()}),
+            ingest=IngestSettings(
+                max_request_bytes=int(ingest.get("max_request_bytes", 16 * 1024 * 1024)),
+                max_events_per_request=int(ingest.get("max_events_per_request", 100_000)),
+                max_future_us=parse_duration(ingest.get("max_future", "5m")),
+            ),
+            server=ServerSettings(
+                host=str(server.get("host", "127.0.0.1")), port=int(server.get("port", 8800))
+            ),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid setting in {path}: {exc}") from None

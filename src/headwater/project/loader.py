@@ -1,0 +1,103 @@
+"""Loading a project's definitions: import its modules, collect the definitions they hold."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headwater.definitions import Definition, DefinitionError, Derived, Entity, Feature, Stream
+
+
+@dataclass
+class Definitions:
+    """Every definition of a project, by kind and name."""
+
+    streams: dict[str, Stream] = field(default_factory=dict)
+    entities: dict[str, Entity] = field(default_factory=dict)
+    features: dict[str, Feature] = field(default_factory=dict)
+    derived: dict[str, Derived] = field(default_factory=dict)
+
+    def all(self) -> list[Definition]:
+        return [
+            *self.streams.values(),
+            *self.entities.values(),
+            *self.features.values(),
+            *self.derived.values(),
+        ]
+
+    def add(self, definition: Definition) -> None:
+        table: dict[str, Any] = {
+            Stream: self.streams,
+            Entity: self.entities,
+            Feature: self.features,
+            Derived: self.derived,
+        }[type(definition)]
+        existing = table.get(definition.name)
+        if existing is definition:
+            return
+        if existing is not None:
+            raise DefinitionError(f"two {definition.kind}s are named {definition.name!r}")
+        table[definition.name] = definition
+
+
+def _walk(value: Any) -> Iterable[Definition]:
+    if isinstance(value, Definition):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _walk(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+
+
+def collect(values: Iterable[Any]) -> Definitions:
+    """Collect definitions from values (definitions, or lists and dicts of them)."""
+    defs = Definitions()
+    for value in values:
+        for d in _walk(value):
+            defs.add(d)
+    for feature in defs.features.values():
+        # Features hold their stream and entity; they count as declared too.
+        defs.add(feature.stream)
+        defs.add(feature.entity)
+    return defs
+
+
+def import_file(path: Path) -> Any:
+    """Import a Python file under a name unique to its path."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"headwater_project_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise DefinitionError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except DefinitionError:
+        raise
+    except Exception as exc:
+        raise DefinitionError(f"importing {path} failed: {exc!r}") from exc
+    return module
+
+
+def load_definitions(root: Path, files: Iterable[str]) -> Definitions:
+    """Import each listed definitions file of the project and collect what it declares."""
+    values: list[Any] = []
+    for name in files:
+        path = root / name
+        if path.is_dir():
+            path = path / "__init__.py"
+        if not path.is_file():
+            raise DefinitionError(
+                f"definitions file {name!r} listed in headwater.toml does not exist in {root}"
+            )
+        module = import_file(path)
+        values += [v for k, v in vars(module).items() if not k.startswith("_")]
+    return collect(values)

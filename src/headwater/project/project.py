@@ -1,0 +1,161 @@
+"""``Project``: the user's handle on a project folder; it delegates each concern."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from headwater.backends import open_backend
+from headwater.definitions.types import to_micros
+from headwater.features.catalog import FeatureCatalog
+from headwater.features.history import Archiver
+from headwater.features.offline import TrainingSets, to_arrow
+from headwater.features.online import OnlineFeatures
+from headwater.features.processor import Processor, ProcessStats
+from headwater.ingestion.service import Ingestor, IngestResult
+from headwater.project.config import Settings, load_settings
+from headwater.project.loader import Definitions, load_definitions
+from headwater.project.planning import Plan, apply_plan, make_plan
+
+Clock = Callable[[], "int | datetime"]
+INGEST_CHUNK = 10_000
+
+
+def system_clock() -> int:
+    return time.time_ns() // 1000
+
+
+class Project:
+    """A headwater project: definitions plus the stores named in ``headwater.toml``.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "headwater.toml").write_text('[project]\\ndefinitions = []\\n')
+    >>> Project(folder).plan().summary()
+    {}
+    """
+
+    def __init__(self, path: str | Path = ".", *, clock: Clock | None = None) -> None:
+        self.settings: Settings = load_settings(path)
+        self.root = self.settings.root
+        self._clock_source = clock
+        self.definitions: Definitions = load_definitions(self.root, self.settings.definitions)
+        self.catalog = FeatureCatalog(
+            self.definitions.features.values(), self.definitions.derived.values()
+        )
+        stores = self.settings.stores
+        self.log = open_backend("log", stores.log, self.root)
+        self.online_store = open_backend("online", stores.online, self.root)
+        self.offline_store = open_backend("offline", stores.offline, self.root)
+        self.metadata = open_backend("metadata", stores.metadata, self.root)
+        self.ingestor = Ingestor(
+            self.log, self.definitions.streams, self.now, self.settings.ingest.max_future_us
+        )
+        self.processor = Processor(self.log, self.online_store, self.catalog.plans, self.now)
+        self.archiver = Archiver(self.log, self.offline_store)
+        self.online = OnlineFeatures(self.online_store, self.catalog, self.now)
+        self.training = TrainingSets(
+            self.catalog, self.offline_store, self.archiver, self.definitions.streams
+        )
+
+    def now(self) -> int:
+        """The project's clock, in UTC microseconds."""
+        if self._clock_source is None:
+            return system_clock()
+        value = self._clock_source()
+        return value if isinstance(value, int) else to_micros(value)
+
+    # -- definitions ---------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """What ``apply`` would change in the metadata store."""
+        return make_plan(self.definitions.all(), self.metadata)
+
+    def apply(self) -> Plan:
+        """Register the definitions (content-hash versions); refuses unsafe removals."""
+        return apply_plan(self.definitions.all(), self.metadata, self.now())
+
+    # -- events --------------------------------------------------------------------------
+
+    def ingest(self, stream: str, events: Iterable[Mapping[str, Any]] | Any) -> IngestResult:
+        """Validate and durably append events (dicts, or a pandas/polars/Arrow table).
+
+        Invalid events go to the dead-letter stream with their reason; the result lists them.
+        """
+        if not isinstance(events, list | tuple):
+            if (
+                hasattr(events, "to_arrow")
+                or isinstance(events, pa.Table)
+                or (type(events).__module__.startswith("pandas"))
+            ):
+                events = to_arrow(events).to_pylist()
+            else:
+                events = list(events)
+        self.ingestor.stream(stream)
+        result = IngestResult()
+        for i in range(0, len(events), INGEST_CHUNK):
+            result.merge(self.ingestor.ingest(stream, events[i : i + INGEST_CHUNK]), i)
+        return result
+
+    def process(
+        self,
+        *,
+        forever: bool = False,
+        stop: threading.Event | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ProcessStats:
+        """Bring the online store up to date with the log (or keep it so until ``stop``)."""
+        if forever:
+            return self.processor.run_forever(stop or threading.Event())
+        return self.processor.run_until_caught_up(progress)
+
+    # -- features ------------------------------------------------------------------------
+
+    def online_features(
+        self,
+        entity_keys: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        features: Sequence[str],
+        *,
+        at: int | datetime | None = None,
+    ) -> Any:
+        """Feature values from the online store, at now (or ``at``).
+
+        One mapping of keys (and request context) gives one dict; a list gives a list.
+        """
+        single = isinstance(entity_keys, Mapping)
+        rows = [entity_keys] if single else list(entity_keys)  # type: ignore[list-item]
+        at_us = None if at is None else to_micros(at)
+        values = self.online.get(rows, features, at_us)
+        return values[0] if single else values
+
+    def training_set(
+        self,
+        spine: Any,
+        features: Sequence[str],
+        *,
+        time_column: str = "timestamp",
+        output: str = "pandas",
+    ) -> Any:
+        """Every feature at each spine row's time, point-in-time correct, from the log's history.
+
+        ``spine`` has the entities' key columns and ``time_column``; pandas, polars or Arrow.
+        ``output`` is "pandas" or "arrow".
+        """
+        table = self.training.build(spine, features, time_column)
+        return table.to_pandas() if output == "pandas" else table
+
+    def close(self) -> None:
+        for store in (self.log, self.online_store, self.metadata):
+            store.close()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,49 @@
+"""The one HTTP server: ingest events and read online features (predictions come later)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from headwater.definitions import DefinitionError, HeadwaterError
+from headwater.features.catalog import UnknownFeatureError
+from headwater.features.online import MissingKeyError
+from headwater.ingestion.service import UnknownStreamError
+from headwater.project.project import Project
+from headwater.serving.routes import events, features, health
+
+# Exceptions map to HTTP statuses here, not inside the exceptions.
+STATUS_OF: list[tuple[type[Exception], int]] = [
+    (UnknownStreamError, 404),
+    (UnknownFeatureError, 404),
+    (MissingKeyError, 422),
+    (DefinitionError, 422),
+    (HeadwaterError, 500),
+]
+
+
+def create_app(project: Project) -> FastAPI:
+    """Build the HTTP API of a project.
+
+    >>> app = create_app.__doc__ is not None  # the app needs a project; see tests/e2e
+    """
+    app = FastAPI(
+        title=f"headwater: {project.settings.name}",
+        version="1",
+        description="Ingest raw events and read online features by entity.",
+    )
+    app.state.project = project
+    app.include_router(events.router)
+    app.include_router(features.router)
+    app.include_router(health.router)
+
+    for exc_type, status in STATUS_OF:
+        app.add_exception_handler(exc_type, _handler(status))
+    return app
+
+
+def _handler(status: int):  # type: ignore[no-untyped-def]
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status)
+
+    return handle
