@@ -143,9 +143,12 @@ def _raw(event: dict) -> dict:
     return {**event, "ts": from_micros(event["ts"])}
 
 
-def _check(expected_of, got: dict, where: str) -> None:
+BY_NAME = {c.name: c for c in COLUMNS}
+
+
+def _check(logged: list, key: dict, t: int, got: dict, where: str) -> None:
     for name in NAMES:
-        exp = expected_of(name)
+        exp = oracle.evaluate(BY_NAME[name], logged, key, t)
         assert oracle.same(got[name], exp), f"{name} at {where}: got {got[name]!r}, want {exp!r}"
 
 
@@ -175,12 +178,7 @@ def test_online_equals_offline_equals_brute_force(events, query_offsets, seed):
             rows = [{"account_id": k, "scale": 2.0} for k in KEYS]
             got = eng.online.get(rows, NAMES + ["ratio"])
             for key, values in zip(KEYS, got, strict=True):
-                by_name = {c.name: c for c in COLUMNS}
-                _check(
-                    lambda n, k=key: oracle.evaluate(by_name[n], logged, {"account_id": k}, t),
-                    values,
-                    f"online t={t - T0} key={key}",
-                )
+                _check(logged, {"account_id": key}, t, values, f"online t={t - T0} key={key}")
                 cnt, sx = values["cnt_1h"], values["sx_1h"]
                 assert oracle.same(values["ratio"], None if cnt == 0 else sx * 2.0 / cnt)
         # Events at or after the last query time are in the log now: none may leak backwards.
@@ -195,15 +193,10 @@ def test_online_equals_offline_equals_brute_force(events, query_offsets, seed):
             }
         )
         table = eng.training.build(spine, NAMES + ["ratio"]).to_pylist()
-        by_name = {c.name: c for c in COLUMNS}
         for row in table:
             t = int(pd.Timestamp(row["timestamp"]).value // 1000)
             key = {"account_id": row["account_id"]}
-            _check(
-                lambda n, k=key, t=t: oracle.evaluate(by_name[n], logged, k, t),
-                row,
-                f"offline t={t - T0} key={key}",
-            )
+            _check(logged, key, t, row, f"offline t={t - T0} key={key}")
         eng.close()
 
 

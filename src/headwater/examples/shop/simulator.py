@@ -13,16 +13,58 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 DAY = 86_400.0
-STREAMS = ("signups", "sessions", "page_views", "cart_events", "purchases", "refunds",
-           "support_tickets")
+STREAMS = (
+    "signups",
+    "sessions",
+    "page_views",
+    "cart_events",
+    "purchases",
+    "refunds",
+    "support_tickets",
+)
 CATALOG_SIZE = 500
 
 # Relative traffic per hour of the (UTC) day: quiet nights, busy evenings.
-_HOURLY = (0.30, 0.20, 0.15, 0.10, 0.10, 0.15, 0.30, 0.50, 0.70, 0.80, 0.85, 0.90,
-           1.00, 0.95, 0.90, 0.90, 0.95, 1.10, 1.40, 1.70, 1.90, 1.80, 1.30, 0.70)
+_HOURLY = (
+    0.30,
+    0.20,
+    0.15,
+    0.10,
+    0.10,
+    0.15,
+    0.30,
+    0.50,
+    0.70,
+    0.80,
+    0.85,
+    0.90,
+    1.00,
+    0.95,
+    0.90,
+    0.90,
+    0.95,
+    1.10,
+    1.40,
+    1.70,
+    1.90,
+    1.80,
+    1.30,
+    0.70,
+)
 _HOURLY_MAX = max(_HOURLY)
-_COUNTRIES = (("US", 38), ("GB", 12), ("DE", 11), ("FR", 9), ("CA", 7), ("NL", 5), ("ES", 5),
-              ("IT", 5), ("AU", 4), ("SE", 2), ("PL", 2))
+_COUNTRIES = (
+    ("US", 38),
+    ("GB", 12),
+    ("DE", 11),
+    ("FR", 9),
+    ("CA", 7),
+    ("NL", 5),
+    ("ES", 5),
+    ("IT", 5),
+    ("AU", 4),
+    ("SE", 2),
+    ("PL", 2),
+)
 _CHANNELS = (("organic", 40), ("ads", 25), ("referral", 12), ("email", 13), ("social", 10))
 _DEVICES = ("mobile", "desktop", "tablet")
 # payment method -> base probability that a payment attempt fails
@@ -59,8 +101,9 @@ class _World:
         self.drift_from = start + (end - start) * 2.0 / 3.0
         # Catalog: log-normal prices ending in .99; Zipf-like popularity over a shuffled order.
         self.items = [f"it-{i:04d}" for i in range(CATALOG_SIZE)]
-        self.prices = [max(1.99, round(math.exp(rng.gauss(3.2, 0.75))) - 0.01)
-                       for _ in range(CATALOG_SIZE)]
+        self.prices = [
+            max(1.99, round(math.exp(rng.gauss(3.2, 0.75))) - 0.01) for _ in range(CATALOG_SIZE)
+        ]
         ranks = list(range(CATALOG_SIZE))
         rng.shuffle(ranks)
         weights = [1.0 / (ranks[i] + 1) ** 1.07 for i in range(CATALOG_SIZE)]
@@ -78,8 +121,21 @@ class _World:
 
 
 class _User:
-    __slots__ = ("uid", "rate", "sens", "patience", "device", "payment", "veteran", "signup",
-                 "cart", "score", "daily", "pending", "seq")
+    __slots__ = (
+        "uid",
+        "rate",
+        "sens",
+        "patience",
+        "device",
+        "payment",
+        "veteran",
+        "signup",
+        "cart",
+        "score",
+        "daily",
+        "pending",
+        "seq",
+    )
 
     def __init__(self, uid: str, rng: random.Random, signup: float, veteran: bool) -> None:
         self.uid = uid
@@ -102,8 +158,9 @@ class _User:
         heapq.heappush(self.pending, (ts, self.seq, kind, data))
 
 
-def simulate(*, users: int = 2000, days: int = 28, end: float, seed: int = 7,
-             drift: float = 0.0) -> Simulation:
+def simulate(
+    *, users: int = 2000, days: int = 28, end: float, seed: int = 7, drift: float = 0.0
+) -> Simulation:
     """Simulate ``users`` shoppers over ``days`` days ending at ``end`` (epoch seconds, UTC).
 
     All events fall in [end - days*86400, end). ``drift`` in [0, 1] shifts behaviour in the
@@ -153,7 +210,7 @@ def _live(world: _World, user: _User, days: int) -> float | None:
         if d > first_day:
             user.score *= 0.88
             age = d - first_day
-            recent = sum(user.daily[max(first_day, d - 7):d]) * 7.0 / min(age, 7)
+            recent = sum(user.daily[max(first_day, d - 7) : d]) * 7.0 / min(age, 7)
             engagement = 1.0 + 2.0 * math.exp(-recent / 2.0)
             hazard = 0.0035 * engagement + 0.03 * user.score * (1.6 - user.patience)
             if rand() < min(hazard, 0.6):
@@ -242,18 +299,33 @@ def _session(world: _World, user: _User, t: float, limit: float) -> float:
                 cart.append([item, qty, price])
                 carts.append((ts, uid, world.items[item], "add", qty, price))
                 r = rand()
-                page = "cart" if r < 0.45 else "product" if r < 0.65 else (
-                    "search" if r < 0.8 else "")
+                page = (
+                    "cart" if r < 0.45 else "product" if r < 0.65 else ("search" if r < 0.8 else "")
+                )
             else:
                 r = rand()
-                page = "product" if r < 0.36 else "search" if r < 0.6 else "home" if (
-                    r < 0.65) else "cart" if (cart and r < 0.72) else ""
+                page = (
+                    "product"
+                    if r < 0.36
+                    else "search"
+                    if r < 0.6
+                    else "home"
+                    if (r < 0.65)
+                    else "cart"
+                    if (cart and r < 0.72)
+                    else ""
+                )
         else:
             pv.append((ts, uid, sid, page, None))
             r = rand()
             if page == "home":
-                page = "search" if r < 0.35 else "product" if r < 0.75 else (
-                    "cart" if cart and r < 0.82 else "")
+                page = (
+                    "search"
+                    if r < 0.35
+                    else "product"
+                    if r < 0.75
+                    else ("cart" if cart and r < 0.82 else "")
+                )
             elif page == "search":
                 page = "product" if r < 0.62 else "search" if r < 0.78 else ""
             elif page == "cart":
@@ -266,11 +338,11 @@ def _session(world: _World, user: _User, t: float, limit: float) -> float:
                         return t
                     item, qty, price = cart.pop(int(rand() * len(cart)))
                     carts.append((ts, uid, world.items[item], "remove", qty, price))
-                    page = "cart" if cart and rand() < 0.3 else "product" if (
-                        rand() < 0.4) else ""
+                    page = "cart" if cart and rand() < 0.3 else "product" if (rand() < 0.4) else ""
                 else:
-                    page = "checkout" if r < 0.6 - 0.3 * user.sens else (
-                        "product" if r < 0.75 else "")
+                    page = (
+                        "checkout" if r < 0.6 - 0.3 * user.sens else ("product" if r < 0.75 else "")
+                    )
             else:  # checkout
                 t += 20.0 + rand() * 90.0
                 if round(t, 3) >= limit:
@@ -299,13 +371,17 @@ def _pay(world: _World, user: _User, t: float) -> bool:
     p_fail = _PAYMENT_FAIL[user.payment] * (1.0 + 3.0 * world.drifted(t))
     failed = rand() < p_fail
     status = "failed" if failed else "paid"
-    world.rows["purchases"].append((round(t, 3), order_id, user.uid, amount, n_items, status,
-                                    user.payment))
+    world.rows["purchases"].append(
+        (round(t, 3), order_id, user.uid, amount, n_items, status, user.payment)
+    )
     if failed:
         user.score += _W_FAILED
         if rand() < 0.25 + 0.3 * (1.0 - user.patience):
-            user.schedule(t + 600.0 + world.rng.expovariate(1.0 / 7200.0), "ticket",
-                          ("payment", 2 if rand() < 0.6 else 3))
+            user.schedule(
+                t + 600.0 + world.rng.expovariate(1.0 / 7200.0),
+                "ticket",
+                ("payment", 2 if rand() < 0.6 else 3),
+            )
         return False
     user.cart.clear()
     if rand() < 0.05 + 0.04 * min(amount / 200.0, 1.0):
@@ -331,7 +407,8 @@ def _emit_deferred(world: _World, user: _User, ts: float, kind: str, data: tuple
         category, severity = data
         world.ticket_n += 1
         world.rows["support_tickets"].append(
-            (ts, f"t-{world.ticket_n:06d}", user.uid, category, severity))
+            (ts, f"t-{world.ticket_n:06d}", user.uid, category, severity)
+        )
         user.score += _W_TICKET * severity
 
 
@@ -339,24 +416,81 @@ def _to_dicts(stream: str, rows: list[tuple]) -> list[dict]:
     """Sort a stream's rows by time and turn them into events with sequential ids."""
     rows.sort(key=lambda row: row[0])
     if stream == "signups":
-        return [{"event_id": f"su-{i:09d}", "user_id": u, "email": e, "country": c,
-                 "channel": ch, "ts": ts} for i, (ts, u, e, c, ch) in enumerate(rows)]
+        return [
+            {
+                "event_id": f"su-{i:09d}",
+                "user_id": u,
+                "email": e,
+                "country": c,
+                "channel": ch,
+                "ts": ts,
+            }
+            for i, (ts, u, e, c, ch) in enumerate(rows)
+        ]
     if stream == "sessions":
-        return [{"event_id": f"se-{i:09d}", "session_id": s, "user_id": u, "device": dv,
-                 "ts": ts} for i, (ts, s, u, dv) in enumerate(rows)]
+        return [
+            {"event_id": f"se-{i:09d}", "session_id": s, "user_id": u, "device": dv, "ts": ts}
+            for i, (ts, s, u, dv) in enumerate(rows)
+        ]
     if stream == "page_views":
-        return [{"event_id": f"pv-{i:09d}", "user_id": u, "session_id": s, "page": pg,
-                 "item_id": it, "ts": ts} for i, (ts, u, s, pg, it) in enumerate(rows)]
+        return [
+            {
+                "event_id": f"pv-{i:09d}",
+                "user_id": u,
+                "session_id": s,
+                "page": pg,
+                "item_id": it,
+                "ts": ts,
+            }
+            for i, (ts, u, s, pg, it) in enumerate(rows)
+        ]
     if stream == "cart_events":
-        return [{"event_id": f"ce-{i:09d}", "user_id": u, "item_id": it, "action": a,
-                 "quantity": q, "price": pr, "ts": ts}
-                for i, (ts, u, it, a, q, pr) in enumerate(rows)]
+        return [
+            {
+                "event_id": f"ce-{i:09d}",
+                "user_id": u,
+                "item_id": it,
+                "action": a,
+                "quantity": q,
+                "price": pr,
+                "ts": ts,
+            }
+            for i, (ts, u, it, a, q, pr) in enumerate(rows)
+        ]
     if stream == "purchases":
-        return [{"event_id": f"pu-{i:09d}", "order_id": o, "user_id": u, "amount": am,
-                 "items": n, "status": st, "payment_method": pm, "ts": ts}
-                for i, (ts, o, u, am, n, st, pm) in enumerate(rows)]
+        return [
+            {
+                "event_id": f"pu-{i:09d}",
+                "order_id": o,
+                "user_id": u,
+                "amount": am,
+                "items": n,
+                "status": st,
+                "payment_method": pm,
+                "ts": ts,
+            }
+            for i, (ts, o, u, am, n, st, pm) in enumerate(rows)
+        ]
     if stream == "refunds":
-        return [{"event_id": f"rf-{i:09d}", "order_id": o, "user_id": u, "amount": am,
-                 "reason": r, "ts": ts} for i, (ts, o, u, am, r) in enumerate(rows)]
-    return [{"event_id": f"st-{i:09d}", "ticket_id": t, "user_id": u, "category": c,
-             "severity": sv, "ts": ts} for i, (ts, t, u, c, sv) in enumerate(rows)]
+        return [
+            {
+                "event_id": f"rf-{i:09d}",
+                "order_id": o,
+                "user_id": u,
+                "amount": am,
+                "reason": r,
+                "ts": ts,
+            }
+            for i, (ts, o, u, am, r) in enumerate(rows)
+        ]
+    return [
+        {
+            "event_id": f"st-{i:09d}",
+            "ticket_id": t,
+            "user_id": u,
+            "category": c,
+            "severity": sv,
+            "ts": ts,
+        }
+        for i, (ts, t, u, c, sv) in enumerate(rows)
+    ]
