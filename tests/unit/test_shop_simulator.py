@@ -109,6 +109,7 @@ def test_every_event_fits_its_stream(small: Simulation, tmp_path: Path) -> None:
     for name in ("definitions.py", "headwater.toml"):
         shutil.copy(SHOP / name, tmp_path / name)
     project = Project(tmp_path, clock=lambda: int(END * 1e6))
+    assert set(project.definitions.streams) == set(small.events)
     for stream, events in small.events.items():
         result = project.ingest(stream, events)
         assert result.rejected == [], (stream, result.rejected[:3])

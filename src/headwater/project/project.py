@@ -122,7 +122,7 @@ class Project:
         entity_keys: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         features: Sequence[str],
         *,
-        at: int | datetime | None = None,
+        at: datetime | None = None,
     ) -> Any:
         """Feature values from the online store, at now (or ``at``).
 

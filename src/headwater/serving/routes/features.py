@@ -37,7 +37,7 @@ async def _lookup(
     if not names:
         raise HTTPException(422, "name at least one feature")
     at_us = project.now() if at is None else to_micros(at)
-    values = await run_in_threadpool(project.online_features, rows, names, at=at_us)
+    values = await run_in_threadpool(project.online.get, rows, names, at_us)
     return {"at": from_micros(at_us), "features": names, "results": values}
 
 

@@ -1,0 +1,65 @@
+"""Shared fixtures: throwaway project folders."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+SHOP = Path(__file__).resolve().parents[1] / "src" / "headwater" / "examples" / "shop"
+
+SMALL_DEFINITIONS = """
+from headwater import Entity, Feature, Stream, agg, col
+
+user = Entity("user", keys="user_id", owner="growth", description="A shopper")
+orders = Stream(
+    "orders",
+    fields={"user_id": "string", "amount": "float", "status": "string", "ts": "timestamp"},
+    key="user_id", time="ts", required=["amount"], owner="payments", description="Orders",
+)
+clicks = Stream(
+    "clicks",
+    fields={"user_id": "string", "ts": "timestamp"},
+    key="user_id", time="ts", unknown_fields="keep", owner="web", description="Clicks",
+)
+features = [
+    Feature("spend", entity=user, stream=orders, aggregation=agg.sum("amount"),
+            windows=["1h", "7d", "lifetime"], where=col("status") == "paid",
+            owner="payments", description="Money spent"),
+    Feature("clicks", entity=user, stream=clicks, aggregation=agg.count(), windows=["1d"],
+            owner="web", description="Clicks"),
+]
+"""
+
+
+def write_project(folder: Path, definitions: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "headwater.toml").write_text(
+        '[project]\nname = "test"\ndefinitions = ["definitions.py"]\n'
+        "[ingest]\nmax_request_bytes = 200000\n"
+    )
+    (folder / "definitions.py").write_text(textwrap.dedent(definitions))
+    return folder
+
+
+@pytest.fixture
+def small_project(tmp_path: Path) -> Path:
+    return write_project(tmp_path / "small", SMALL_DEFINITIONS)
+
+
+@pytest.fixture
+def shop_project(tmp_path: Path) -> Path:
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for name in ("headwater.toml", "definitions.py"):
+        shutil.copy(SHOP / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def project_factory(tmp_path: Path) -> Callable[[str], Path]:
+    counter = iter(range(1000))
+    return lambda source: write_project(tmp_path / f"p{next(counter)}", source)
