@@ -127,12 +127,14 @@ def ingest(
 @app.command()
 def process(
     forever: Annotated[bool, typer.Option(help="Keep processing new events")] = False,
+    batch_size: Annotated[int, typer.Option(help="Log records per committed batch")] = 20_000,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Update the online store from the log, from each feature set's checkpoint."""
     import threading
 
     with _open(project) as p:
+        p.processor.batch_size = batch_size
         if forever:
             stop = threading.Event()
             console.print("processing; Ctrl-C to stop")

@@ -37,7 +37,8 @@ class Processor:
         clock: Callable[[], int],
         batch_size: int = 20_000,
     ) -> None:
-        self._log, self._online, self._clock, self._batch = log, online, clock, batch_size
+        self._log, self._online, self._clock = log, online, clock
+        self.batch_size = batch_size
         self._by_stream: dict[str, list[FeatureSetPlan]] = {}
         for plan in plans:
             self._by_stream.setdefault(plan.stream.name, []).append(plan)
@@ -79,7 +80,7 @@ class Processor:
         start = min(done.get(p.id, 0) for p in plans)
         if start >= target:
             return 0
-        records = self._log.read(stream, start, min(self._batch, target - start))
+        records = self._log.read(stream, start, min(self.batch_size, target - start))
         if not records:
             return 0
         rows = [orjson.loads(r.payload) for r in records]
