@@ -22,7 +22,7 @@ app = typer.Typer(
     help="headwater: raw events in; features, training sets and models out.",
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder", envvar="HEADWATER_PROJECT")
