@@ -21,7 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="headwater: raw events in; features, training sets and models out.",
 )
-console = Console()
+# Piped output (CI, files) gets room for tables instead of rich's 80-column default.
+console = Console() if sys.stdout.isatty() else Console(width=130)
 err = Console(stderr=True, soft_wrap=True)
 
 ProjectOpt = Annotated[

@@ -120,8 +120,19 @@ def run_quickstart(folder: Path, *, users: int, days: int, console: Console) -> 
         f"[bold]6. training set[/bold] {training.shape[0]:,} rows x "
         f"{training.shape[1]} columns, point-in-time correct, in {train_s:.1f}s"
     )
-    with pd.option_context("display.width", 160, "display.max_columns", 12):
-        console.print(training.head(5).to_string(index=False))
+    shown = [
+        "user_id",
+        "timestamp",
+        "sessions_7d",
+        "orders_30d",
+        "spend_30d",
+        "tickets_30d",
+        "conversion_7d",
+    ]
+    head = Table(*shown, title="training set (first rows)")
+    for row in training[shown].head(5).itertuples(index=False):
+        head.add_row(*[_show(v) for v in row])
+    console.print(head)
 
     console.print(
         f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]"
@@ -145,6 +156,10 @@ def _spine(users: list[str], end: float, days: int, rows: int) -> pd.DataFrame:
 
 
 def _show(value: object) -> str:
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, float) and value != value:
+        return "-"
     if isinstance(value, float):
         return f"{value:,.2f}"
     if isinstance(value, list):
