@@ -1,0 +1,208 @@
+"""Core figures: ingest (SDK, HTTP), processing, online lookups, and a point-in-time training set.
+
+    python benchmarks/core.py                       # the sizes of the closing notes
+    python benchmarks/core.py --events 20000 ...    # a quick run
+
+Every figure is printed; nothing is asserted on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    END_US,
+    events_table,
+    fresh_dir,
+    peak_rss_mb,
+    percentiles,
+    repeat,
+    spine_table,
+    write_project,
+)
+
+from headwater import Project  # noqa: E402
+from headwater.definitions.types import from_micros  # noqa: E402
+
+DEFINITIONS = """
+from headwater import Entity, Feature, Stream, agg, col
+
+user = Entity("user", keys="user_id", owner="bench", description="A user")
+purchases = Stream(
+    "purchases",
+    fields={"user_id": "string", "amount": "float", "status": "string", "ts": "timestamp"},
+    key="user_id", time="ts", owner="bench", description="Purchases",
+)
+W = ["1h", "1d", "7d", "30d"]
+paid = col("status") == "paid"
+features = [
+    Feature("orders", entity=user, stream=purchases, aggregation=agg.count(), windows=W,
+            where=paid, owner="bench", description="Paid orders"),
+    Feature("spend", entity=user, stream=purchases, aggregation=agg.sum("amount"), windows=W,
+            where=paid, owner="bench", description="Spend"),
+    Feature("order_value", entity=user, stream=purchases, aggregation=agg.mean("amount"),
+            windows=W, where=paid, owner="bench", description="Mean order value"),
+]
+"""
+FEATURES = [
+    f"{n}_{w}" for n in ("orders", "spend", "order_value") for w in ("1h", "1d", "7d", "30d")
+]
+
+
+def _latency(samples: list[float]) -> str:
+    p50, p99 = percentiles(samples)
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+
+
+def _clock() -> int:
+    return END_US
+
+
+def sdk_ingest(project: Project, rows: list[dict], chunk: int) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(rows), chunk):
+        project.ingest("purchases", rows[i : i + chunk])
+    return len(rows) / (time.perf_counter() - start)
+
+
+def http_ingest(folder: Path, rows: list[dict], batch: int, clients: int) -> float:
+    port = 8911
+    server = subprocess.Popen(
+        [sys.executable, "-m", "headwater", "serve", "-p", str(folder), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        payloads = [rows[i : i + batch] for i in range(0, len(rows), batch)]
+
+        def send(part: list[list[dict]]) -> None:
+            with httpx.Client(timeout=60) as client:
+                for events in part:
+                    r = client.post(url + "/v1/events/purchases", json=events)
+                    r.raise_for_status()
+
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(send, [payloads[i::clients] for i in range(clients)]))
+        return len(rows) / (time.perf_counter() - start)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def rows_of(table: pa.Table, prefix: str) -> list[dict]:
+    ts = (table["ts"].cast(pa.int64()).to_numpy() / 1e6).tolist()
+    return [
+        {"event_id": f"{prefix}{i}", "user_id": u, "amount": a, "status": s, "ts": t}
+        for i, (u, a, s, t) in enumerate(
+            zip(
+                table["user_id"].to_pylist(),
+                table["amount"].to_pylist(),
+                table["status"].to_pylist(),
+                ts,
+                strict=True,
+            )
+        )
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000, help="events for ingest/processing")
+    ap.add_argument("--http-events", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--lookups", type=int, default=2_000)
+    ap.add_argument("--ts-events", type=int, default=10_000_000, help="training-set events")
+    ap.add_argument("--ts-spine", type=int, default=1_000_000, help="training-set spine rows")
+    ap.add_argument("--ts-users", type=int, default=100_000)
+    args = ap.parse_args()
+    figures: dict[str, str] = {}
+
+    print(f"ingest and processing: {args.events:,} events, {args.users:,} users", flush=True)
+    folder = write_project(fresh_dir("core"), DEFINITIONS)
+    rows = rows_of(events_table(args.events, args.users, 30), "e")
+    with Project(folder, clock=_clock) as p:
+        rate = sdk_ingest(p, rows, 10_000)
+        figures["SDK ingest, batches of 10,000"] = f"{rate:,.0f} events/s"
+        start = time.perf_counter()
+        stats = p.process()
+        figures["processing (12 windowed features)"] = (
+            f"{stats.events / (time.perf_counter() - start):,.0f} events/s"
+        )
+        users = [f"{i}" for i in range(args.users)]
+        rng = np.random.default_rng(3)
+        at = from_micros(END_US)
+        one = repeat(
+            lambda: p.online_features(
+                {"user_id": users[rng.integers(len(users))]}, FEATURES, at=at
+            ),
+            args.lookups,
+        )
+        hundred = repeat(
+            lambda: p.online_features(
+                [{"user_id": u} for u in rng.choice(users, 100)], FEATURES, at=at
+            ),
+            max(args.lookups // 10, 10),
+        )
+        figures["online lookup, 1 entity x 12 features"] = _latency(one)
+        figures["online lookup, 100 entities x 12 features"] = _latency(hundred)
+
+    http_folder = write_project(fresh_dir("core-http"), DEFINITIONS)
+    http_rows = rows_of(events_table(args.http_events, args.users, 30, seed=5), "h")
+    for batch, clients in ((1, 4), (100, 4), (1000, 4)):
+        part = http_rows[: min(len(http_rows), 5_000 * batch)]
+        rate = http_ingest(http_folder, part, batch, clients)
+        figures[f"HTTP ingest, batches of {batch}, {clients} clients"] = f"{rate:,.0f} events/s"
+        http_rows = http_rows[len(part) :] or http_rows
+
+    print(
+        f"training set: {args.ts_spine:,} spine rows over {args.ts_events:,} events, "
+        f"{args.ts_users:,} users",
+        flush=True,
+    )
+    ts_folder = write_project(fresh_dir("core-ts"), DEFINITIONS)
+    with Project(ts_folder, clock=_clock) as p:
+        table = events_table(args.ts_events, args.ts_users, 90, seed=7)
+        start = time.perf_counter()
+        for i in range(0, table.num_rows, 500_000):
+            p.ingest("purchases", rows_of(table.slice(i, 500_000), f"t{i}-"))
+        figures["training-set data: ingest through the log"] = f"{time.perf_counter() - start:.1f}s"
+        start = time.perf_counter()
+        p.archiver.catch_up(p.definitions.streams["purchases"])
+        figures["training-set data: archive log to Parquet"] = f"{time.perf_counter() - start:.1f}s"
+        spine = spine_table(args.ts_spine, args.ts_users, 90)
+        start = time.perf_counter()
+        result = p.training_set(spine, FEATURES, output="arrow")
+        figures[
+            f"training set {args.ts_spine:,} x {len(FEATURES)} features over "
+            f"{args.ts_events:,} events"
+        ] = (
+            f"{time.perf_counter() - start:.1f}s, {result.num_rows:,} rows, "
+            f"peak RSS {peak_rss_mb():,.0f} MB"
+        )
+
+    print("\n| figure | value |\n| --- | --- |")
+    for name, value in figures.items():
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
