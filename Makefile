@@ -20,6 +20,7 @@ test: $(BIN)/.installed lint
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run_all.py

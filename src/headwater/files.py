@@ -52,12 +52,12 @@ def read_batches(path: Path, fmt: str, batch_size: int = 10_000) -> Iterator[lis
     if not path.is_file():
         raise EventFileError(f"no such file: {path}")
     if fmt == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-            yield pa.Table.from_batches([batch]).to_pylist()
+        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            yield pa.Table.from_batches([record_batch]).to_pylist()
     elif fmt == "csv":
         reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 22))
-        for batch in reader:
-            yield pa.Table.from_batches([batch]).to_pylist()
+        for record_batch in reader:
+            yield pa.Table.from_batches([record_batch]).to_pylist()
     else:
         batch: list[Any] = []
         with path.open("rb") as fh:

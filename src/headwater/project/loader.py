@@ -31,12 +31,13 @@ class Definitions:
         ]
 
     def add(self, definition: Definition) -> None:
-        table: dict[str, Any] = {
+        tables: dict[type, dict[str, Any]] = {
             Stream: self.streams,
             Entity: self.entities,
             Feature: self.features,
             Derived: self.derived,
-        }[type(definition)]
+        }
+        table = tables[type(definition)]
         existing = table.get(definition.name)
         if existing is definition:
             return

@@ -129,7 +129,9 @@ class Project:
         One mapping of keys (and request context) gives one dict; a list gives a list.
         """
         single = isinstance(entity_keys, Mapping)
-        rows = [entity_keys] if single else list(entity_keys)  # type: ignore[list-item]
+        rows: list[Mapping[str, Any]] = (
+            [entity_keys] if isinstance(entity_keys, Mapping) else list(entity_keys)
+        )
         at_us = None if at is None else to_micros(at)
         values = self.online.get(rows, features, at_us)
         return values[0] if single else values

@@ -23,10 +23,7 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
 
 
 def create_app(project: Project) -> FastAPI:
-    """Build the HTTP API of a project.
-
-    >>> app = create_app.__doc__ is not None  # the app needs a project; see tests/e2e
-    """
+    """Build the HTTP API of a project (``headwater serve`` runs it with uvicorn)."""
     app = FastAPI(
         title=f"headwater: {project.settings.name}",
         version="1",
