@@ -35,6 +35,12 @@ def _sqlite_online(url: str, root: Path) -> Any:
     return SqliteOnlineStore(local_path(url, root))
 
 
+def _redis_online(url: str, root: Path) -> Any:
+    from headwater.stores.online_redis import RedisOnlineStore
+
+    return RedisOnlineStore(url)
+
+
 def _parquet_offline(url: str, root: Path) -> Any:
     from headwater.stores.offline_parquet import ParquetOfflineStore
 
@@ -47,11 +53,21 @@ def _sqlite_metadata(url: str, root: Path) -> Any:
     return SqliteMetadataStore(local_path(url, root))
 
 
+def _postgres_metadata(url: str, root: Path) -> Any:
+    from headwater.stores.metadata_postgres import PostgresMetadataStore
+
+    return PostgresMetadataStore(url)
+
+
 BACKENDS: dict[str, dict[str, Any]] = {
     "log": {"sqlite": _sqlite_log},
-    "online": {"sqlite": _sqlite_online},
+    "online": {"sqlite": _sqlite_online, "redis": _redis_online},
     "offline": {"file": _parquet_offline},
-    "metadata": {"sqlite": _sqlite_metadata},
+    "metadata": {
+        "sqlite": _sqlite_metadata,
+        "postgresql": _postgres_metadata,
+        "postgres": _postgres_metadata,
+    },
 }
 
 

@@ -11,6 +11,8 @@ ADAPTERS = {
     "stores/online_sqlite.py",
     "stores/offline_parquet.py",
     "stores/metadata_sqlite.py",
+    "stores/metadata_postgres.py",
+    "stores/online_redis.py",
 }
 # Third-party clients of a backend: each may be imported by exactly one adapter module.
 CLIENTS = {"redis", "psycopg", "confluent_kafka", "pyspark", "sqlite3"}

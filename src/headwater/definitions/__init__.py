@@ -7,6 +7,7 @@ from headwater.definitions.entity import Entity
 from headwater.definitions.errors import DefinitionError, HeadwaterError
 from headwater.definitions.expr import Expr, col
 from headwater.definitions.feature import Derived, Feature, FeatureColumn
+from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, Field
 
@@ -17,11 +18,15 @@ __all__ = [
     "DefinitionError",
     "Derived",
     "Entity",
+    "Expectation",
     "Expr",
     "Feature",
     "FeatureColumn",
     "Field",
     "HeadwaterError",
+    "Label",
+    "Model",
+    "PromotionPolicy",
     "Stream",
     "aggregation",
     "col",

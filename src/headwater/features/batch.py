@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from headwater.definitions import FeatureColumn
+from headwater.definitions import Aggregation, FeatureColumn, Stream
 from headwater.definitions.expr import sql_name
 from headwater.features.history import ARROW_TYPES, history_schema
 from headwater.features.plan import FeatureSetPlan
@@ -21,8 +21,8 @@ from headwater.features.plan import FeatureSetPlan
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 
 
-def _aggregate_sql(column: FeatureColumn, condition: str) -> str:
-    agg = column.aggregation
+def aggregate_sql(agg: Aggregation, condition: str) -> str:
+    """The DuckDB aggregate of ``agg`` over joined events ``e`` that satisfy ``condition``."""
     x = f"e.{sql_name(agg.field)}" if agg.field else None
     cond = condition if x is None else f"{condition} AND {x} IS NOT NULL"
     match agg.kind:
@@ -57,11 +57,32 @@ def _column_sql(column: FeatureColumn, start_col: str | None) -> str:
         parts.append(f"e._ts >= s.{start_col}")
     if column.feature.where is not None:
         parts.append(column.feature.where.to_sql("e"))
-    sql = _aggregate_sql(column, " AND ".join(parts))
-    if column.aggregation.kind == "sum":
-        field_type = column.feature.stream.fields[column.aggregation.field or ""].dtype
-        sql = f"CAST({sql} AS {'BIGINT' if field_type.value == 'int' else 'DOUBLE'})"
+    sql = typed_aggregate_sql(column.aggregation, column.feature.stream, " AND ".join(parts))
     return f"{sql} AS {sql_name(column.name)}"
+
+
+def typed_aggregate_sql(agg: Aggregation, stream: Stream, condition: str) -> str:
+    sql = aggregate_sql(agg, condition)
+    if agg.kind == "sum":
+        field_type = stream.fields[agg.field or ""].dtype
+        sql = f"CAST({sql} AS {'BIGINT' if field_type.value == 'int' else 'DOUBLE'})"
+    return sql
+
+
+def history_source(
+    con: duckdb.DuckDBPyConnection, stream: Stream, files: list[str], max_offset: int | None
+) -> tuple[str, dict[str, object]]:
+    """A FROM clause over a stream's history (up to ``max_offset``, exclusive) and its params."""
+    params: dict[str, object] = {}
+    if files:
+        source, params = "read_parquet($files, union_by_name = true)", {"files": files}
+    else:
+        name = f"_empty_{stream.name}"
+        con.register(name, history_schema(stream).empty_table())
+        source = name
+    if max_offset is not None:
+        source = f"(SELECT * FROM {source} WHERE _offset < {int(max_offset)})"
+    return source, params
 
 
 def feature_set_values(
@@ -71,6 +92,7 @@ def feature_set_values(
     spine_keys: pa.Table,
     times: np.ndarray,
     files: list[str],
+    max_offset: int | None = None,
 ) -> pa.Table:
     """One row per spine row (in order): the values of ``columns`` at each row's time."""
     spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
@@ -95,11 +117,7 @@ def feature_set_values(
             *(f for c in columns if c.feature.where for f in c.feature.where.fields()),
         }
     )
-    if files:
-        source = "read_parquet($files, union_by_name = true)"
-    else:
-        con.register("_empty_history", history_schema(plan.stream).empty_table())
-        source = "_empty_history"
+    source, params = history_source(con, plan.stream, files, max_offset)
     selected = ", ".join(sql_name(f) for f in fields)
     join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
     lower = ""
@@ -125,8 +143,7 @@ ORDER BY s._row
 """
     con.register("_spine", spine_table)
     try:
-        params = {"files": files} if files else None
-        result = con.sql(sql, params=params).to_arrow_table()
+        result = con.sql(sql, params=params or None).to_arrow_table()
     finally:
         con.unregister("_spine")
     return result.drop(["_row"])

@@ -75,7 +75,10 @@ class TrainingSets:
         features: Sequence[str],
         time_column: str = "timestamp",
         progress: Callable[[str], None] | None = None,
+        snapshot: dict[str, int] | None = None,
     ) -> pa.Table:
+        """Feature values at each spine row's time; ``snapshot`` limits each stream's history
+        to the log offsets below the given ones (to rebuild an earlier training set exactly)."""
         table = to_arrow(spine)
         res = self._catalog.resolve(features)
         times = spine_times(table, time_column)
@@ -100,7 +103,13 @@ class TrainingSets:
                 if progress is not None:
                     progress(plan_id)
                 got = feature_set_values(
-                    con, plan, columns, table, times, self._offline.files(plan.stream.name)
+                    con,
+                    plan,
+                    columns,
+                    table,
+                    times,
+                    self._offline.files(plan.stream.name),
+                    None if snapshot is None else snapshot.get(plan.stream.name, 0),
                 )
                 for column in columns:
                     values[column.name] = got[column.name]

@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headwater.definitions import Definition, DefinitionError, Derived, Entity, Feature, Stream
+from headwater.definitions import (
+    Definition,
+    DefinitionError,
+    Derived,
+    Entity,
+    Feature,
+    Label,
+    Model,
+    Stream,
+)
 
 
 @dataclass
@@ -21,6 +30,8 @@ class Definitions:
     entities: dict[str, Entity] = field(default_factory=dict)
     features: dict[str, Feature] = field(default_factory=dict)
     derived: dict[str, Derived] = field(default_factory=dict)
+    labels: dict[str, Label] = field(default_factory=dict)
+    models: dict[str, Model] = field(default_factory=dict)
 
     def all(self) -> list[Definition]:
         return [
@@ -28,6 +39,8 @@ class Definitions:
             *self.entities.values(),
             *self.features.values(),
             *self.derived.values(),
+            *self.labels.values(),
+            *self.models.values(),
         ]
 
     def add(self, definition: Definition) -> None:
@@ -36,6 +49,8 @@ class Definitions:
             Entity: self.entities,
             Feature: self.features,
             Derived: self.derived,
+            Label: self.labels,
+            Model: self.models,
         }
         table = tables[type(definition)]
         existing = table.get(definition.name)
@@ -63,10 +78,13 @@ def collect(values: Iterable[Any]) -> Definitions:
     for value in values:
         for d in _walk(value):
             defs.add(d)
-    for feature in defs.features.values():
-        # Features hold their stream and entity; they count as declared too.
-        defs.add(feature.stream)
-        defs.add(feature.entity)
+    for model in list(defs.models.values()):
+        defs.add(model.label)
+    holders: list[Feature | Label] = [*defs.features.values(), *defs.labels.values()]
+    for item in holders:
+        # Features and labels hold their stream and entity; those count as declared too.
+        defs.add(item.stream)
+        defs.add(item.entity)
     return defs
 
 

@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from headwater.backends import open_backend
+from headwater.definitions import DefinitionError, Model
+from headwater.definitions.stream import did_you_mean
 from headwater.definitions.types import to_micros
 from headwater.features.catalog import FeatureCatalog
 from headwater.features.history import Archiver
@@ -22,6 +24,10 @@ from headwater.ingestion.service import Ingestor, IngestResult
 from headwater.project.config import Settings, load_settings
 from headwater.project.loader import Definitions, load_definitions
 from headwater.project.planning import Plan, apply_plan, make_plan
+from headwater.training.registry import Registry
+
+if TYPE_CHECKING:
+    from headwater.training.trainer import TrainResult
 
 Clock = Callable[[], "int | datetime"]
 INGEST_CHUNK = 10_000
@@ -63,6 +69,32 @@ class Project:
         self.training = TrainingSets(
             self.catalog, self.offline_store, self.archiver, self.definitions.streams
         )
+        self.registry = Registry(self.metadata)
+        self._check_models()
+
+    def _check_models(self) -> None:
+        for model in self.definitions.models.values():
+            res = self.catalog.resolve(list(model.features))
+            for plan_id in res.columns:
+                entity = self.catalog.plan(plan_id).entity
+                if entity.name != model.entity.name:
+                    raise DefinitionError(
+                        f"model {model.name!r} predicts for {model.entity.name!r} but uses "
+                        f"features of {entity.name!r}; use features of its own entity"
+                    )
+            if res.context:
+                raise DefinitionError(
+                    f"model {model.name!r} uses derived features that need request context "
+                    f"({', '.join(res.context)}); training rows have no request context"
+                )
+
+    def model(self, name: str) -> Model:
+        try:
+            return self.definitions.models[name]
+        except KeyError:
+            raise DefinitionError(
+                f"unknown model {name!r}" + did_you_mean(name, list(self.definitions.models))
+            ) from None
 
     def now(self) -> int:
         """The project's clock, in UTC microseconds."""
@@ -151,6 +183,35 @@ class Project:
         """
         table = self.training.build(spine, features, time_column)
         return table.to_pandas() if output == "pandas" else table
+
+    # -- models --------------------------------------------------------------------------
+
+    def train(
+        self, model: str, *, reproduce: int | None = None, log: Callable[[str], None] | None = None
+    ) -> TrainResult:
+        """Run a model's training pipeline and register the new version.
+
+        ``reproduce`` rebuilds the training data of an earlier version from the log.
+        """
+        from headwater.training.trainer import Trainer  # scikit-learn loads only to train
+
+        trainer = Trainer(self, self.registry, log or (lambda _: None))
+        return trainer.train(self.model(model), reproduce=reproduce)
+
+    def promote(
+        self,
+        model: str,
+        version: int,
+        *,
+        alias: str = "champion",
+        by: str = "sdk",
+        reason: str = "",
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Point an alias at a version; "champion" must pass the model's promotion policy."""
+        return self.registry.promote(
+            self.model(model), version, alias, by, reason, self.now(), force=force
+        )
 
     def close(self) -> None:
         for store in (self.log, self.online_store, self.metadata):

@@ -20,7 +20,11 @@ class RegisteredDefinition:
 
 
 class MetadataStore(Protocol):
-    """Registered definitions; ``apply`` is atomic, and every version ever applied is kept."""
+    """Registered definitions; ``apply`` is atomic, and every version ever applied is kept.
+
+    Records are JSON documents by (collection, id) for everything else the platform keeps
+    (runs, model versions, aliases); ``put_records`` writes all of its records atomically.
+    """
 
     def definitions(self) -> list[RegisteredDefinition]: ...
 
@@ -29,5 +33,9 @@ class MetadataStore(Protocol):
     ) -> None: ...
 
     def history(self, kind: str, name: str) -> list[RegisteredDefinition]: ...
+
+    def get_records(self, collection: str) -> dict[str, dict[str, Any]]: ...
+
+    def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None: ...
 
     def close(self) -> None: ...

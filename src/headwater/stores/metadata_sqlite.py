@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from headwater.stores.metadata_base import RegisteredDefinition
 
@@ -19,6 +20,10 @@ CREATE TABLE IF NOT EXISTS definitions (
 CREATE TABLE IF NOT EXISTS definition_history (
     kind TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
     spec TEXT NOT NULL, meta TEXT NOT NULL, applied_at INTEGER NOT NULL, action TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    collection TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
 );
 """
 
@@ -83,6 +88,29 @@ class SqliteMetadataStore:
                 (kind, name),
             ).fetchall()
         return [_row(r) for r in rows]
+
+    def get_records(self, collection: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, doc FROM records WHERE collection = ? ORDER BY rowid", (collection,)
+            ).fetchall()
+        return {i: json.loads(doc) for i, doc in rows}
+
+    def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        rows = [(c, i, json.dumps(doc)) for c, i, doc in records]  # fails before writing
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO records VALUES (?, ?, ?) ON CONFLICT (collection, id) "
+                    "DO UPDATE SET doc = excluded.doc",
+                    rows,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:

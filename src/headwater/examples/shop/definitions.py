@@ -1,6 +1,17 @@
 """The shop: an e-commerce application's raw events and the features computed from them."""
 
-from headwater import Derived, Entity, Feature, Stream, agg, col
+from headwater import (
+    Derived,
+    Entity,
+    Expectation,
+    Feature,
+    Label,
+    Model,
+    PromotionPolicy,
+    Stream,
+    agg,
+    col,
+)
 
 GROWTH = "growth-analytics@shop.example"
 PAYMENTS = "payments@shop.example"
@@ -324,5 +335,106 @@ derived = [
         fn=lambda df: df.basket_value / df.order_value_30d,
         owner=GROWTH,
         description="The basket in the request relative to the user's usual order value",
+    ),
+]
+
+
+# -- labels and models ---------------------------------------------------------------------
+
+churned = Label(
+    "churned_14d",
+    entity=user,
+    stream=sessions,
+    aggregation=agg.count(),
+    horizon="14d",
+    transform=lambda visits: visits == 0,
+    owner=GROWTH,
+    description="The user does not visit in the 14 days after t",
+)
+buys = Label(
+    "purchases_7d",
+    entity=user,
+    stream=purchases,
+    aggregation=agg.count(),
+    horizon="7d",
+    where=paid,
+    transform=lambda orders: orders > 0,
+    owner=PAYMENTS,
+    description="The user pays for at least one order in the 7 days after t",
+)
+
+BEHAVIOUR = [
+    "sessions_1d",
+    "sessions_7d",
+    "sessions_30d",
+    "page_views_7d",
+    "page_views_30d",
+    "product_views_7d",
+    "items_viewed_30d",
+    "cart_adds_7d",
+    "orders_30d",
+    "orders_lifetime",
+    "failed_payments_30d",
+    "spend_30d",
+    "order_value_lifetime",
+    "refunds_30d",
+    "tickets_30d",
+    "ticket_severity_30d",
+    "last_ticket_category_lifetime",
+    "refund_rate_30d",
+    "conversion_7d",
+]
+
+
+def _lightgbm():
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(
+        n_estimators=150,
+        learning_rate=0.05,
+        num_leaves=15,
+        min_child_samples=20,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.8,
+        random_state=7,
+        deterministic=True,
+        n_jobs=1,
+        verbose=-1,
+    )
+
+
+models = [
+    Model(
+        "churn",
+        label=churned,
+        features=BEHAVIOUR,
+        estimator=_lightgbm,
+        sample_every="1d",
+        lookback="21d",
+        test_fraction=0.3,
+        k=100,
+        # the heuristic a growth team would use without a model: fewer visits, more risk
+        baseline=lambda df: -df["sessions_7d"],
+        promotion=PromotionPolicy(metric="auc", max_regression=0.005),
+        expectations=[
+            Expectation("sessions_30d", min_value=0),
+            Expectation("spend_30d", min_value=0, max_null_rate=0.0),
+        ],
+        owner=GROWTH,
+        description="Who stops visiting: drives the retention campaign",
+    ),
+    Model(
+        "purchase_propensity",
+        label=buys,
+        features=BEHAVIOUR,
+        estimator=_lightgbm,
+        sample_every="1d",
+        lookback="21d",
+        test_fraction=0.3,
+        k=100,
+        baseline=lambda df: df["cart_adds_7d"] + df["orders_30d"],
+        owner=PAYMENTS,
+        description="Who buys next week: drives the coupon budget",
     ),
 ]

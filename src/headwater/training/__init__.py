@@ -1,0 +1,1 @@
+"""Training: labels, examples, the pipeline of steps, evaluation, tracking and the registry."""

@@ -1,0 +1,109 @@
+"""Metrics on held-out rows, calibration, and explanations (global and per prediction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+
+def predict_scores(estimator: Any, X: pd.DataFrame, task: str) -> np.ndarray:
+    """Scores: the positive-class probability for classifiers, the prediction for regressors."""
+    if task == "classification":
+        proba = estimator.predict_proba(X)
+        return np.asarray(proba)[:, -1]
+    return np.asarray(estimator.predict(X), dtype=float)
+
+
+def _at_k(y: np.ndarray, scores: np.ndarray, k: int) -> tuple[float, float]:
+    k = max(1, min(k, len(y)))
+    top = np.argsort(-scores, kind="stable")[:k]
+    hits = float(y[top].sum())
+    positives = float(y.sum())
+    return hits / k, (hits / positives if positives else 0.0)
+
+
+def calibration(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Reliability table: mean predicted vs observed rate per score decile bin."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    table = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            table.append(
+                {
+                    "bin": b,
+                    "count": int(mask.sum()),
+                    "predicted": float(scores[mask].mean()),
+                    "observed": float(y[mask].mean()),
+                }
+            )
+    return table
+
+
+def score_metrics(
+    names: tuple[str, ...], y: np.ndarray, scores: np.ndarray, task: str, k: int
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if task == "classification":
+        y = y.astype(int)
+        both = len(np.unique(y)) == 2
+        clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+        precision, recall = _at_k(y, scores, k)
+        values = {
+            "auc": float(skm.roc_auc_score(y, scores)) if both else float("nan"),
+            "log_loss": float(skm.log_loss(y, clipped, labels=[0, 1])),
+            "brier": float(skm.brier_score_loss(y, clipped)),
+            "precision_at_k": precision,
+            "recall_at_k": recall,
+        }
+        table = calibration(y, scores)
+        n = sum(r["count"] for r in table)
+        out["ece"] = sum(r["count"] * abs(r["predicted"] - r["observed"]) for r in table) / n
+    else:
+        values = {
+            "rmse": float(np.sqrt(skm.mean_squared_error(y, scores))),
+            "mae": float(skm.mean_absolute_error(y, scores)),
+        }
+    out.update({m: values[m] for m in names})
+    return out
+
+
+def _is_lightgbm(estimator: Any) -> bool:
+    return type(estimator).__module__.startswith("lightgbm")
+
+
+def contributions(estimator: Any, X: pd.DataFrame) -> pd.DataFrame | None:
+    """Per-prediction contributions of each feature (LightGBM's own SHAP values), or None
+    for estimators that do not provide them."""
+    if not _is_lightgbm(estimator):
+        return None
+    values = np.asarray(estimator.predict(X, pred_contrib=True))
+    if values.ndim == 2 and values.shape[1] == len(X.columns) + 1:
+        return pd.DataFrame(values[:, :-1], columns=X.columns, index=X.index)
+    return None
+
+
+def global_importance(
+    estimator: Any, X: pd.DataFrame, y: np.ndarray, task: str, seed: int = 0
+) -> dict[str, float]:
+    """Mean |contribution| for LightGBM; permutation importance for any other estimator."""
+    contrib = contributions(estimator, X)
+    if contrib is not None:
+        return {c: float(v) for c, v in contrib.abs().mean().items()}
+    from sklearn.inspection import permutation_importance
+
+    sample = X.sample(min(len(X), 2000), random_state=seed)
+    scoring = "roc_auc" if task == "classification" else "neg_root_mean_squared_error"
+    result = permutation_importance(
+        estimator,
+        sample,
+        y[X.index.get_indexer(sample.index)],
+        scoring=scoring,
+        n_repeats=3,
+        random_state=seed,
+    )
+    return {c: float(v) for c, v in zip(X.columns, result.importances_mean, strict=True)}

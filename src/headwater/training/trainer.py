@@ -1,0 +1,412 @@
+"""``headwater train``: the pipeline from a model definition to a registered version.
+
+Steps: training_set -> validate -> split -> fit -> evaluate -> profile -> register. Every step
+but the last is cached by the hash of its inputs, so a failed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from headwater.definitions import HeadwaterError, Model
+from headwater.training import artifacts, evaluation
+from headwater.training.examples import (
+    build_spine,
+    first_seen,
+    label_values,
+    micros,
+    sample_times,
+)
+from headwater.training.pipeline import Pipeline, StepFailed
+from headwater.training.profile import reference_profile
+from headwater.training.registry import Registry
+
+PACKAGES = ("headwater", "scikit-learn", "lightgbm", "numpy", "pandas", "pyarrow", "duckdb")
+
+
+class DataValidationError(HeadwaterError):
+    """The training data failed a check; the message lists every failed check."""
+
+
+@dataclass
+class TrainResult:
+    run: dict[str, Any]
+    version: int
+    metrics: dict[str, float]
+
+
+def data_hash(frame: pd.DataFrame) -> str:
+    """A content hash of a training table: same rows and values, same hash."""
+    hashed = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
+    digest = hashlib.sha256(hashed.tobytes())
+    digest.update(",".join(frame.columns).encode())
+    return digest.hexdigest()[:16]
+
+
+def code_version(root: Path) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None}
+    if commit.returncode != 0:
+        return {"git_commit": None}
+    return {"git_commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _json_params(estimator: Any) -> dict[str, Any]:
+    get = getattr(estimator, "get_params", None)
+    params = get(deep=False) if callable(get) else {}
+    return {
+        k: v if isinstance(v, int | float | str | bool | type(None)) else repr(v)
+        for k, v in params.items()
+    }
+
+
+class Trainer:
+    """Runs a model's training pipeline against a project."""
+
+    def __init__(self, project: Any, registry: Registry, log: Callable[[str], None]) -> None:
+        self.project, self.registry, self.log = project, registry, log
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def train(self, model: Model, reproduce: int | None = None) -> TrainResult:
+        p = self.project
+        run_id = uuid.uuid4().hex[:12]
+        started = p.now()
+        snapshot = self._snapshot(model, reproduce)
+        pipeline = Pipeline(
+            p.root / ".headwater" / "cache" / model.name,
+            model.retries,
+            f"fix the cause, then run `headwater train {model.name}` again; "
+            "finished steps are reused",
+            self.log,
+        )
+        run: dict[str, Any] = {
+            "id": run_id,
+            "model": model.name,
+            "status": "running",
+            "started_us": started,
+            "snapshot": snapshot,
+            "definition_version": model.version,
+            "code": code_version(p.root),
+            "packages": package_versions(),
+            "reproduces": reproduce,
+        }
+        try:
+            version, metrics = self._run(model, snapshot, pipeline, run)
+        except StepFailed as exc:
+            run.update(status="failed", error=str(exc), steps=pipeline.summary(), ended_us=p.now())
+            self.registry.save_run(run)
+            raise
+        return TrainResult(run, version, metrics)
+
+    def _run(
+        self, model: Model, snapshot: dict[str, Any], pipeline: Pipeline, run: dict[str, Any]
+    ) -> tuple[int, dict[str, float]]:
+        dataset, k_data = pipeline.step(
+            "training_set", [model.version, snapshot], lambda: self._dataset(model, snapshot)
+        )
+        report, _ = pipeline.step("validate", [k_data], lambda: self._validate(model, dataset))
+        split, k_split = pipeline.step(
+            "split", [k_data, model.test_fraction], lambda: self._split(model, dataset["frame"])
+        )
+        fitted, k_fit = pipeline.step(
+            "fit", [k_split, model.version], lambda: self._fit(model, dataset["frame"], split)
+        )
+        champion = self.registry.alias(model.name, "champion")
+        evaluated, _ = pipeline.step(
+            "evaluate",
+            [k_fit, champion],
+            lambda: self._evaluate(model, dataset["frame"], split, fitted, snapshot),
+        )
+        profile, _ = pipeline.step(
+            "profile",
+            [k_fit],
+            lambda: reference_profile(
+                dataset["frame"].loc[split["train"], list(model.features)], evaluated["scores"]
+            ),
+        )
+        run.update(params=_json_params(fitted["estimator"]), metrics=evaluated["metrics"])
+        version, _ = pipeline.step(
+            "register",
+            [],
+            lambda: self._register(
+                model, snapshot, dataset, report, split, fitted, evaluated, profile, pipeline, run
+            ),
+            cache=False,
+        )
+        return version, evaluated["metrics"]
+
+    def _snapshot(self, model: Model, reproduce: int | None) -> dict[str, Any]:
+        if reproduce is not None:
+            return dict(self.registry.version(model.name, reproduce)["lineage"]["snapshot"]["log"])
+        streams = sorted(self._streams(model))
+        return {
+            "offsets": {s: self.project.log.end_offset(s) for s in streams},
+            "as_of_us": self.project.now(),
+        }
+
+    def _streams(self, model: Model) -> set[str]:
+        res = self.project.catalog.resolve(list(model.features))
+        return {self.project.catalog.plan(pid).stream.name for pid in res.columns} | {
+            model.label.stream.name
+        }
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _dataset(self, model: Model, snapshot: dict[str, Any]) -> dict[str, Any]:
+        p = self.project
+        streams = [p.definitions.streams[s] for s in sorted(self._streams(model))]
+        for stream in streams:
+            p.archiver.catch_up(stream)
+        offsets = snapshot["offsets"]
+        con = duckdb.connect()
+        try:
+            seen = first_seen(con, model, p.offline_store, streams, offsets)
+            times = sample_times(model, snapshot["as_of_us"])
+            spine = build_spine(seen, times, model.entity.keys)
+            if spine.empty:
+                raise HeadwaterError(
+                    f"model {model.name!r} has no training examples: no entity has events "
+                    f"before the sample times (as of {snapshot['as_of_us']}); ingest more "
+                    "history or shorten the label horizon"
+                )
+            frame = p.training.build(spine, list(model.features), snapshot=offsets).to_pandas()
+            times_us = micros(spine["timestamp"])
+            label = model.label
+            frame["label"] = label_values(
+                con,
+                label,
+                spine,
+                times_us,
+                p.offline_store.files(label.stream.name),
+                offsets.get(label.stream.name, 0),
+            ).to_numpy()
+        finally:
+            con.close()
+        frame = frame[frame["label"].notna()].reset_index(drop=True)
+        return {
+            "frame": frame,
+            "hash": data_hash(frame),
+            "rows": len(frame),
+            "time_range": [int(times[0]), int(times[-1])],
+        }
+
+    def _validate(self, model: Model, dataset: dict[str, Any]) -> dict[str, Any]:
+        frame: pd.DataFrame = dataset["frame"]
+        failures: list[str] = []
+        if len(frame) < model.min_rows:
+            failures.append(f"{len(frame)} rows; the model needs at least {model.min_rows}")
+        report: dict[str, Any] = {"rows": len(frame), "columns": {}}
+        for name in model.features:
+            column = frame[name]
+            numeric = pd.api.types.is_numeric_dtype(column)
+            report["columns"][name] = {
+                "null_rate": float(column.isna().mean()) if len(frame) else 0.0,
+                "min": float(column.min()) if numeric and column.notna().any() else None,
+                "max": float(column.max()) if numeric and column.notna().any() else None,
+            }
+        if model.task == "classification" and len(frame):
+            share = float(frame["label"].astype(float).mean())
+            report["label_positive_rate"] = share
+            if share in (0.0, 1.0):
+                failures.append(f"the label has one class only (positive rate {share:.2f})")
+        for e in model.expectations:
+            stats = report["columns"].get(e.column)
+            if stats is None:
+                failures.append(f"expectation on {e.column!r}, which is not a model feature")
+                continue
+            if e.max_null_rate is not None and stats["null_rate"] > e.max_null_rate:
+                failures.append(
+                    f"{e.column}: null rate {stats['null_rate']:.3f} > {e.max_null_rate}"
+                )
+            if e.min_value is not None and stats["min"] is not None and stats["min"] < e.min_value:
+                failures.append(f"{e.column}: minimum {stats['min']} < {e.min_value}")
+            if e.max_value is not None and stats["max"] is not None and stats["max"] > e.max_value:
+                failures.append(f"{e.column}: maximum {stats['max']} > {e.max_value}")
+        if failures:
+            raise DataValidationError("training data failed validation: " + "; ".join(failures))
+        return report
+
+    def _split(self, model: Model, frame: pd.DataFrame) -> dict[str, Any]:
+        times = micros(frame["timestamp"])
+        distinct = np.unique(times)
+        if len(distinct) < 2:
+            raise HeadwaterError(
+                "a time split needs examples at two or more sample times; "
+                "increase lookback or decrease sample_every"
+            )
+        cut = distinct[
+            min(len(distinct) - 1, max(1, int(round(len(distinct) * (1 - model.test_fraction)))))
+        ]
+        train = np.flatnonzero(times < cut)
+        test = np.flatnonzero(times >= cut)
+        return {"train": train, "test": test, "test_from_us": int(cut)}
+
+    def _fit(self, model: Model, frame: pd.DataFrame, split: dict[str, Any]) -> dict[str, Any]:
+        train = frame.iloc[split["train"]]
+        signature = artifacts.Signature.infer(train, list(model.features), model.task)
+        estimator = model.estimator()
+        y = train["label"].astype(int if model.task == "classification" else float)
+        start = time.perf_counter()
+        estimator.fit(signature.matrix(train), y)
+        return {
+            "estimator": estimator,
+            "signature": signature,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _evaluate(
+        self,
+        model: Model,
+        frame: pd.DataFrame,
+        split: dict[str, Any],
+        fitted: dict[str, Any],
+        snapshot: dict[str, Any],
+    ) -> dict[str, Any]:
+        test = frame.iloc[split["test"]]
+        signature: artifacts.Signature = fitted["signature"]
+        X = signature.matrix(test)
+        y = test["label"].astype(float).to_numpy()
+        scores = evaluation.predict_scores(fitted["estimator"], X, model.task)
+        metrics = evaluation.score_metrics(model.metrics, y, scores, model.task, model.k)
+        comparison: dict[str, Any] = {}
+        if model.baseline is not None:
+            base = np.asarray(model.baseline(test[list(model.features)]), dtype=float)
+            comparison["baseline"] = {
+                "metrics": evaluation.score_metrics(
+                    model.metrics, y, np.nan_to_num(base), model.task, model.k
+                )
+            }
+        champion = self.registry.alias(model.name, "champion")
+        if champion is not None:
+            comparison["champion"] = self._champion_metrics(model, champion, test, y, snapshot)
+        importance = evaluation.global_importance(fitted["estimator"], X, y, model.task)
+        return {
+            "metrics": metrics,
+            "comparison": comparison,
+            "importance": importance,
+            "scores": scores,
+            "calibration": evaluation.calibration(y, scores)
+            if model.task == "classification"
+            else [],
+        }
+
+    def _champion_metrics(
+        self,
+        model: Model,
+        champion: int,
+        test: pd.DataFrame,
+        y: np.ndarray,
+        snapshot: dict[str, Any],
+    ) -> dict[str, Any]:
+        doc = self.registry.version(model.name, champion)
+        estimator, signature = artifacts.load(doc["artifacts"])
+        missing = [f for f in signature.features if f not in test.columns]
+        rows = test
+        if missing:
+            rows = self.project.training.build(
+                test[[*model.entity.keys, "timestamp"]],
+                signature.features,
+                snapshot=snapshot["offsets"],
+            ).to_pandas()
+        scores = evaluation.predict_scores(estimator, signature.matrix(rows), model.task)
+        return {
+            "version": champion,
+            "metrics": evaluation.score_metrics(model.metrics, y, scores, model.task, model.k),
+        }
+
+    def _register(
+        self,
+        model: Model,
+        snapshot: dict[str, Any],
+        dataset: dict[str, Any],
+        report: dict[str, Any],
+        split: dict[str, Any],
+        fitted: dict[str, Any],
+        evaluated: dict[str, Any],
+        profile: dict[str, Any],
+        pipeline: Pipeline,
+        run: dict[str, Any],
+    ) -> int:
+        p = self.project
+        folder = p.root / ".headwater" / "artifacts" / model.name / run["id"]
+        paths = artifacts.save(folder, fitted["estimator"], fitted["signature"])
+        res = p.catalog.resolve(list(model.features))
+        feature_versions = {c.name: c.feature.version for cs in res.columns.values() for c in cs}
+        feature_versions.update({d.name: d.version for d in res.derived})
+        lineage = {
+            "definition_version": model.version,
+            "features": feature_versions,
+            "label": {"name": model.label.name, "version": model.label.version},
+            "snapshot": {
+                "log": snapshot,
+                "rows": dataset["rows"],
+                "data_hash": dataset["hash"],
+                "sample_time_range_us": dataset["time_range"],
+                "test_from_us": split["test_from_us"],
+            },
+            "code": run["code"],
+            "packages": run["packages"],
+        }
+        doc = {
+            "run": run["id"],
+            "created_us": p.now(),
+            "metrics": evaluated["metrics"],
+            "comparison": evaluated["comparison"],
+            "importance": evaluated["importance"],
+            "calibration": evaluated["calibration"],
+            "validation": report,
+            "params": run["params"],
+            "profile": profile,
+            "lineage": lineage,
+            "artifacts": paths,
+            "signature": vars(fitted["signature"]),
+            "rows": {"train": len(split["train"]), "test": len(split["test"])},
+        }
+        run.update(
+            status="succeeded",
+            ended_us=p.now(),
+            steps=pipeline.summary(),
+            data_hash=dataset["hash"],
+            artifacts=paths,
+        )
+        run["steps"].append(
+            {
+                "name": "register",
+                "status": "done",
+                "seconds": 0.0,
+                "attempts": 1,
+                "key": "",
+                "error": None,
+            }
+        )
+        return self.registry.register(model.name, doc, run)
