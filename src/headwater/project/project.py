@@ -15,7 +15,7 @@ from headwater.backends import open_backend
 from headwater.definitions import DefinitionError, Model
 from headwater.definitions.stream import did_you_mean
 from headwater.definitions.types import to_micros
-from headwater.features.catalog import FeatureCatalog
+from headwater.features.catalog import FeatureCatalog, UnknownFeatureError
 from headwater.features.history import Archiver
 from headwater.features.offline import TrainingSets, to_arrow
 from headwater.features.online import OnlineFeatures
@@ -74,7 +74,10 @@ class Project:
 
     def _check_models(self) -> None:
         for model in self.definitions.models.values():
-            res = self.catalog.resolve(list(model.features))
+            try:
+                res = self.catalog.resolve(list(model.features))
+            except UnknownFeatureError as exc:
+                raise DefinitionError(f"model {model.name!r}: {exc}") from None
             for plan_id in res.columns:
                 entity = self.catalog.plan(plan_id).entity
                 if entity.name != model.entity.name:

@@ -1,0 +1,150 @@
+"""The pipeline: steps logged, failures clear, retries, resume from cache, nothing half-registered."""
+
+from __future__ import annotations
+
+import pytest
+
+from headwater import Project
+from headwater.training.pipeline import StepFailed
+from headwater.training.registry import PromotionRefused, RegistryError
+from tests.unit.training.conftest import NOW
+
+STEPS = ["training_set", "validate", "split", "fit", "evaluate", "profile", "register"]
+
+
+def test_train_registers_a_version_with_lineage_metrics_and_profile(churn_project):
+    p = churn_project
+    lines: list[str] = []
+    result = p.train("churn", log=lines.append)
+    assert [line.split()[0] for line in lines] == STEPS
+    doc = p.registry.version("churn", result.version)
+    assert result.version == 1
+    assert 0.75 < doc["metrics"]["auc"] <= 1.0
+    assert set(doc["metrics"]) >= {"auc", "log_loss", "precision_at_k", "recall_at_k", "brier"}
+    assert doc["comparison"]["baseline"]["metrics"]["auc"] > 0.5
+    lineage = doc["lineage"]
+    assert lineage["features"] == {
+        f"visits_{w}": p.definitions.features["visits"].version for w in ("1d", "7d", "30d")
+    }
+    assert lineage["label"] == {
+        "name": "churned_7d",
+        "version": p.definitions.labels["churned_7d"].version,
+    }
+    assert lineage["snapshot"]["log"]["offsets"] == {"visits": p.log.end_offset("visits")}
+    assert lineage["snapshot"]["rows"] == doc["rows"]["train"] + doc["rows"]["test"]
+    assert lineage["packages"]["scikit-learn"]
+    assert set(doc["profile"]["features"]) == {"visits_1d", "visits_7d", "visits_30d"}
+    assert doc["profile"]["prediction"]["type"] == "numeric"
+    assert set(doc["importance"]) == {"visits_1d", "visits_7d", "visits_30d"}
+    run = p.registry.runs("churn")[-1]
+    assert run["status"] == "succeeded" and run["version"] == 1
+    assert [s["name"] for s in run["steps"]] == STEPS
+
+
+def test_a_rerun_with_identical_inputs_reuses_every_finished_step(churn_project):
+    p = churn_project
+    p.train("churn")
+    lines: list[str] = []
+    p.train("churn", log=lines.append)
+    assert [line.split()[1] for line in lines] == ["cached"] * 6 + ["done"]
+
+
+def test_a_failing_fit_fails_the_run_clearly_and_resumes(churn_project):
+    p = churn_project
+    fail_fit = p.model("churn_flaky").estimator.__globals__["FAIL_FIT"]
+    fail_fit["times"] = 2  # both attempts (retries=1) fail
+    lines: list[str] = []
+    with pytest.raises(StepFailed, match="step 'fit' failed: RuntimeError: the fit blew up") as e:
+        p.train("churn_flaky", log=lines.append)
+    assert "run `headwater train churn_flaky` again" in str(e.value)
+    assert sum("attempt" in line for line in lines) == 2
+    assert p.registry.versions("churn_flaky") == []  # nothing registered half-way
+    failed = p.registry.runs("churn_flaky")[-1]
+    assert failed["status"] == "failed" and "fit" in failed["error"]
+
+    fail_fit["times"] = 1  # the retry succeeds this time
+    lines.clear()
+    result = p.train("churn_flaky", log=lines.append)
+    statuses = {line.split()[0]: line.split()[1] for line in lines if "attempt" not in line}
+    assert statuses["training_set"] == "cached" and statuses["fit"] == "done"
+    assert result.version == 1
+
+
+def test_promotion_is_gated_by_policy_and_can_be_rolled_back(churn_project):
+    p = churn_project
+    first = p.train("churn").version
+    p.promote("churn", first, reason="first model")
+    assert p.registry.alias("churn", "champion") == first
+    p.ingest(
+        "visits",
+        [
+            {
+                "user_id": "u-new",
+                "device": "ios",
+                "ts": NOW - __import__("datetime").timedelta(days=20),
+            }
+        ],
+    )
+    second = p.train("churn").version
+    doc = p.registry.version("churn", second)
+    assert doc["comparison"]["champion"]["version"] == first
+    p.promote("churn", second, by="alice", reason="better")
+    assert p.registry.rollback("churn", "champion", "bob", "oops", 0) == first
+    history = p.registry.aliases("churn")["champion"]["history"]
+    assert [(h["action"], h["version"], h["by"]) for h in history] == [
+        ("promote", first, "sdk"),
+        ("promote", second, "alice"),
+        ("rollback", first, "bob"),
+    ]
+    strict = p.train("churn_strict").version
+    with pytest.raises(PromotionRefused, match="below the policy's minimum 0.99"):
+        p.promote("churn_strict", strict)
+    p.promote("churn_strict", strict, force=True, reason="override")
+    with pytest.raises(RegistryError, match="has no version 9"):
+        p.promote("churn", 9)
+
+
+def test_reproduce_rebuilds_the_same_data_hash_after_more_events(churn_project):
+    p = churn_project
+    first = p.train("churn").version
+    p.ingest(
+        "visits",
+        [
+            {
+                "user_id": f"u{i}",
+                "device": "web",
+                "ts": NOW - __import__("datetime").timedelta(days=9),
+            }
+            for i in range(40)
+        ],
+    )
+    again = p.train("churn", reproduce=first).version
+    a, b = (p.registry.version("churn", v) for v in (first, again))
+    assert a["lineage"]["snapshot"]["data_hash"] == b["lineage"]["snapshot"]["data_hash"]
+    assert a["metrics"] == b["metrics"]  # a deterministic fit gives the same model
+    fresh = p.train("churn").version
+    assert (
+        p.registry.version("churn", fresh)["lineage"]["snapshot"]["data_hash"]
+        != a["lineage"]["snapshot"]["data_hash"]
+    )
+
+
+def test_string_features_become_categories(churn_project):
+    result = churn_project.train("churn_device")
+    doc = churn_project.registry.version("churn_device", result.version)
+    assert doc["signature"]["categories"] == {"device_lifetime": ["ios", "web"]}
+
+
+def test_bad_models_fail_clearly(project_factory):
+    from headwater import DefinitionError
+    from tests.unit.training.conftest import DEFINITIONS
+
+    with pytest.raises(DefinitionError, match="unknown feature 'visits_2d'"):
+        Project(
+            project_factory(DEFINITIONS.replace('NUMERIC = ["visits_1d"', 'NUMERIC = ["visits_2d"'))
+        )
+    with Project(project_factory(DEFINITIONS), clock=lambda: NOW) as empty:
+        with pytest.raises(StepFailed, match="has no training examples"):
+            empty.train("churn")
+        with pytest.raises(DefinitionError, match="unknown model 'chrn'; did you mean 'churn'"):
+            empty.train("chrn")
