@@ -378,12 +378,57 @@ def models_rollback(
 
 
 @app.command()
+def describe(
+    name: Annotated[str, typer.Argument(help="A stream or a feature")],
+    sample: Annotated[int, typer.Option(help="Entities x times sampled for a feature")] = 2000,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Summary statistics, null rates and a text histogram of a stream or a feature."""
+    from headwater.features.describe import describe_stream, describe_values, histogram
+
+    with _open(project) as p:
+        if name in p.definitions.streams:
+            stream = p.definitions.streams[name]
+            p.archiver.catch_up(stream)
+            frame = describe_stream(stream, p.offline_store)
+            console.print(f"stream {name} (owner {stream.owner}): {stream.description}")
+            console.print(frame.to_string(index=False))
+            return
+        values = p.describe_feature(name, sample)
+    stats = describe_values(values)
+    console.print(
+        f"feature {name} over {stats['count']:,} sampled (entity, time) rows: "
+        + ", ".join(f"{k}={v}" for k, v in stats.items() if k != "count")
+    )
+    for line in histogram(values):
+        console.print(line)
+
+
+@app.command()
+def scheduler(
+    once: Annotated[bool, typer.Option(help="Run what is due now, then exit")] = False,
+    every: Annotated[float, typer.Option(help="Seconds between checks")] = 60.0,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Run the training pipelines of models whose cron schedule is due."""
+    from headwater.training.scheduler import run_due
+
+    with _open(project) as p:
+        while True:
+            for name, outcome in run_due(p, console.print):
+                console.print(f"{name}: {outcome}")
+            if once:
+                return
+            time.sleep(every)
+
+
+@app.command()
 def quickstart(
     folder: Annotated[Path, typer.Option("--dir", help="Where to create the project")] = Path(
         "headwater-shop"
     ),
     users: Annotated[int, typer.Option(help="Simulated users")] = 2000,
-    days: Annotated[int, typer.Option(help="Simulated days of activity")] = 28,
+    days: Annotated[int, typer.Option(help="Simulated days of activity")] = 35,
 ) -> None:
     """Create the shop example, simulate weeks of activity, ingest, process, and show it."""
     from headwater.quickstart import run_quickstart

@@ -11,6 +11,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from headwater.definitions import HeadwaterError
 from headwater.definitions.types import from_micros
 from headwater.project.project import Project
 
@@ -31,7 +32,7 @@ def prepare_folder(folder: Path) -> None:
     """A fresh project folder; one made by an earlier quickstart is replaced."""
     if folder.exists():
         if not (folder / MARKER).exists():
-            raise FileExistsError(
+            raise HeadwaterError(
                 f"{folder} exists and was not made by the quickstart; pass --dir NEW_FOLDER"
             )
         shutil.rmtree(folder)
@@ -134,6 +135,8 @@ def run_quickstart(folder: Path, *, users: int, days: int, console: Console) -> 
         head.add_row(*[_show(v) for v in row])
     console.print(head)
 
+    train_models(project, console)
+
     console.print(
         f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]"
         f" — the project is in {folder}; try:\n"
@@ -141,6 +144,40 @@ def run_quickstart(folder: Path, *, users: int, days: int, console: Console) -> 
         f"  headwater serve -p {folder}   # then open http://127.0.0.1:8800/docs"
     )
     return project
+
+
+def train_models(project: Project, console: Console) -> None:
+    """Train the shop's models on the same features, promote them, compare with baselines."""
+    table = Table(
+        "model",
+        "label",
+        "version",
+        "rows",
+        "AUC",
+        "baseline AUC",
+        "top feature",
+        "seconds",
+        title="7. models trained on the shared features",
+    )
+    for name in ("churn", "purchase_propensity"):
+        t0 = time.perf_counter()
+        result = project.train(name)
+        seconds = time.perf_counter() - t0
+        doc = project.registry.version(name, result.version)
+        project.promote(name, result.version, by="quickstart", reason="first trained version")
+        top = max(doc["importance"].items(), key=lambda kv: abs(kv[1]))[0]
+        baseline = doc["comparison"].get("baseline", {}).get("metrics", {}).get("auc")
+        table.add_row(
+            name,
+            project.model(name).label.name,
+            f"v{result.version} (champion)",
+            f"{doc['lineage']['snapshot']['rows']:,}",
+            f"{doc['metrics']['auc']:.3f}",
+            "-" if baseline is None else f"{baseline:.3f}",
+            top,
+            f"{seconds:.1f}",
+        )
+    console.print(table)
 
 
 def _spine(users: list[str], end: float, days: int, rows: int) -> pd.DataFrame:

@@ -69,6 +69,16 @@ class TrainingSets:
         self._streams = streams
         self._threads = threads
 
+    def history(self, stream: Stream) -> pa.Table:
+        """A stream's whole archived history (brought up to date first)."""
+        self._archiver.catch_up(stream)
+        files = self._offline.files(stream.name)
+        if not files:
+            return pa.table({})
+        return duckdb.sql(
+            "SELECT * FROM read_parquet($f, union_by_name = true)", params={"f": files}
+        ).to_arrow_table()
+
     def build(
         self,
         spine: Any,

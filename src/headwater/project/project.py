@@ -187,6 +187,26 @@ class Project:
         table = self.training.build(spine, features, time_column)
         return table.to_pandas() if output == "pandas" else table
 
+    def describe_feature(self, name: str, sample: int = 2000, seed: int = 0) -> Any:
+        """A feature's values at random (entity, time) pairs over its stream's history."""
+        import random
+
+        import pandas as pd
+
+        res = self.catalog.resolve([name])
+        plan = self.catalog.plan(next(iter(res.columns))) if res.columns else None
+        if plan is None:
+            raise DefinitionError(f"{name!r} is a derived feature; describe its inputs")
+        history = self.training.history(plan.stream)
+        if history.num_rows == 0:
+            raise DefinitionError(f"stream {plan.stream.name!r} has no events yet")
+        rnd = random.Random(seed)
+        rows = [rnd.randrange(history.num_rows) for _ in range(sample)]
+        keys = {k: [history[k][i].as_py() for i in rows] for k in plan.entity.keys}
+        times = [history["_event_time"][i].as_py() + 1 for i in rows]
+        spine = pd.DataFrame({**keys, "timestamp": pd.to_datetime(times, unit="us", utc=True)})
+        return self.training_set(spine, [name])[name]
+
     # -- models --------------------------------------------------------------------------
 
     def train(

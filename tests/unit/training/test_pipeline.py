@@ -1,4 +1,4 @@
-"""The pipeline: steps logged, failures clear, retries, resume from cache, nothing half-registered."""
+"""The pipeline: steps logged, clear failures, retries, resume, nothing half-registered."""
 
 from __future__ import annotations
 
@@ -148,3 +148,25 @@ def test_bad_models_fail_clearly(project_factory):
             empty.train("churn")
         with pytest.raises(DefinitionError, match="unknown model 'chrn'; did you mean 'churn'"):
             empty.train("chrn")
+
+
+def test_the_scheduler_trains_models_whose_cron_time_came(project_factory):
+    from datetime import timedelta
+
+    from headwater.training.scheduler import due_models, run_due
+    from tests.unit.training.conftest import DEFINITIONS, visits
+
+    source = DEFINITIONS.replace(
+        'baseline=lambda df: -df["visits_7d"], min_rows=50,',
+        'baseline=lambda df: -df["visits_7d"], min_rows=50, schedule="0 3 * * *",',
+    )
+    now = {"t": NOW + timedelta(hours=4)}
+    with Project(project_factory(source), clock=lambda: now["t"]) as p:
+        p.ingest("visits", visits())
+        assert due_models(p) == ["churn"]
+        assert run_due(p, lambda _: None) == [("churn", 1)]
+        assert due_models(p) == []
+        now["t"] += timedelta(hours=22)  # 02:00 the next day: not yet
+        assert due_models(p) == []
+        now["t"] += timedelta(hours=2)  # 04:00: the 03:00 run is due
+        assert due_models(p) == ["churn"]
