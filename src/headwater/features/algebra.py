@@ -122,6 +122,10 @@ def last_k_algebra(k: int) -> Algebra:
     """Partials of the k latest (time, offset, value) triples, latest first."""
 
     def update(s: list[Any], v: Any, ts: int, off: int) -> list[Any]:
+        if not s or (ts, off) > (s[0][0], s[0][1]):  # the common case: events in order
+            s.insert(0, [ts, off, v])
+            del s[k:]
+            return s
         if len(s) >= k and (ts, off) < (s[-1][0], s[-1][1]):
             return s
         s.append([ts, off, v])

@@ -80,6 +80,21 @@ class FeatureSetPlan:
             for i, s in enumerate(slots)
         }
         self._lifetime_index = {s.feature.name: i for i, s in enumerate(self.lifetime_slots)}
+        # Precompiled update programs: the hot loop of the processor reads only these.
+        position = {f.name: i for i, f in enumerate(self.features)}
+        self._inputs = [(f.where, f.aggregation.field) for f in self.features]
+        self._hop_programs = [
+            (
+                hop,
+                [(i, position[s.feature.name], s.algebra.update) for i, s in enumerate(slots)],
+                [s.algebra.init for s in slots],
+            )
+            for hop, slots in self.hop_slots.items()
+        ]
+        self._lifetime_program = [
+            (i, position[s.feature.name], s.algebra.update)
+            for i, s in enumerate(self.lifetime_slots)
+        ]
 
     @property
     def columns(self) -> list[FeatureColumn]:
@@ -96,34 +111,31 @@ class FeatureSetPlan:
 
     def update(self, state: dict[str, Any], row: Mapping[str, Any], ts: int, off: int) -> None:
         """Apply one event to an entity's state (filters and nulls decided here)."""
-        accepted: dict[str, Any] = {}
-        for feature in self.features:
-            where = feature.where
-            if where is not None and where.evaluate(row) is not True:
-                continue
-            field_name = feature.aggregation.field
-            value = row.get(field_name) if field_name else True
-            if value is not None:
-                accepted[feature.name] = value
-        if not accepted:
+        # One value per feature, None when the filter rejects the event or the field is null.
+        values = [
+            None
+            if where is not None and where.evaluate(row) is not True
+            else (row.get(field) if field else True)
+            for where, field in self._inputs
+        ]
+        if not any(v is not None for v in values):
             return
-        for hop, slots in self.hop_slots.items():
-            tiles = state["h"][hop]
-            start = (ts // hop) * hop
+        hops = state["h"]
+        for hop, program, inits in self._hop_programs:
+            tiles = hops[hop]
+            start = ts - ts % hop  # floor to the hop, also for times before 1970
             tile = tiles.get(start)
             if tile is None:
-                tile = tiles[start] = self._fresh(slots)
-            self._apply(slots, tile, accepted, ts, off)
-        self._apply(self.lifetime_slots, state["l"], accepted, ts, off)
-
-    @staticmethod
-    def _apply(
-        slots: list[Slot], tile: list[Any], accepted: dict[str, Any], ts: int, off: int
-    ) -> None:
-        for i, slot in enumerate(slots):
-            name = slot.feature.name
-            if name in accepted:
-                tile[i] = slot.algebra.update(tile[i], accepted[name], ts, off)
+                tile = tiles[start] = [init() for init in inits]
+            for i, feature, update in program:
+                value = values[feature]
+                if value is not None:
+                    tile[i] = update(tile[i], value, ts, off)
+        tile = state["l"]
+        for i, feature, update in self._lifetime_program:
+            value = values[feature]
+            if value is not None:
+                tile[i] = update(tile[i], value, ts, off)
 
     def expire(self, state: dict[str, Any], now_us: int) -> None:
         """Drop tiles that no window evaluated at or after ``now_us`` can reach."""

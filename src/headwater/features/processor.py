@@ -101,11 +101,14 @@ class Processor:
         now: int,
     ) -> dict[str, bytes]:
         keys = plan.entity.keys
-        todo = [
-            (entity_key([row[k] for k in keys]), rec, row)
-            for rec, row in zip(records, rows, strict=True)
-            if rec.offset >= from_offset
+        pairs = [
+            (rec, row) for rec, row in zip(records, rows, strict=True) if rec.offset >= from_offset
         ]
+        if len(keys) == 1:  # the common case, without a call per event
+            (k,) = keys
+            todo = [(str(row[k]), rec, row) for rec, row in pairs]
+        else:
+            todo = [(entity_key([row[k] for k in keys]), rec, row) for rec, row in pairs]
         if not todo:
             return {}
         distinct = list(dict.fromkeys(key for key, _, _ in todo))
