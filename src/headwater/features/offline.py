@@ -75,9 +75,10 @@ class TrainingSets:
         files = self._offline.files(stream.name)
         if not files:
             return pa.table({})
-        return duckdb.sql(
-            "SELECT * FROM read_parquet($f, union_by_name = true)", params={"f": files}
-        ).to_arrow_table()
+        with duckdb.connect() as con:
+            return con.sql(
+                "SELECT * FROM read_parquet($f, union_by_name = true)", params={"f": files}
+            ).to_arrow_table()
 
     def build(
         self,
