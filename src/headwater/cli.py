@@ -244,18 +244,19 @@ def train(
         console.print(f"training {model}")
         result = p.train(model, reproduce=reproduce, log=console.print)
         doc = p.registry.version(model, result.version)
+        original = None if reproduce is None else p.registry.version(model, reproduce)
     _print_metrics(doc)
     snapshot = doc["lineage"]["snapshot"]
     console.print(
         f"registered {model} version {result.version}: {snapshot['rows']:,} rows, "
         f"data hash {snapshot['data_hash']}"
     )
-    if reproduce is not None:
-        original = p.registry.version(model, reproduce)["lineage"]["snapshot"]["data_hash"]
-        same = original == snapshot["data_hash"]
+    if original is not None:
+        expected = original["lineage"]["snapshot"]["data_hash"]
+        same = expected == snapshot["data_hash"]
         console.print(
             f"reproduces version {reproduce}: data hash "
-            f"{'identical' if same else 'DIFFERENT: ' + original}"
+            f"{'identical' if same else 'DIFFERENT: ' + expected}"
         )
         if not same:
             raise typer.Exit(1)
@@ -283,11 +284,17 @@ def _print_metrics(doc: dict) -> None:  # type: ignore[type-arg]
 @app.command()
 def runs(
     model: Annotated[str | None, typer.Argument(help="Only this model's runs")] = None,
+    compare: Annotated[
+        list[str] | None, typer.Option(help="Run ids to compare side by side (repeatable)")
+    ] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """List training runs with their status, duration, data and metrics."""
+    """List training runs with their status, duration, data and metrics, or compare runs."""
     with _open(project) as p:
         records = p.registry.runs(model)
+    if compare:
+        _compare_runs([r for r in records if r["id"] in compare])
+        return
     table = Table("run", "model", "status", "version", "seconds", "rows/hash", "metrics")
     for r in records:
         seconds = (r.get("ended_us", r["started_us"]) - r["started_us"]) / 1e6
@@ -302,6 +309,28 @@ def runs(
             metrics or r.get("error", "")[:60],
         )
     console.print(table)
+
+
+def _compare_runs(chosen: list[dict]) -> None:  # type: ignore[type-arg]
+    if not chosen:
+        raise HeadwaterError("none of those run ids exist; `headwater runs` lists them")
+    table = Table("", *(f"{r['model']} {r['id']}" for r in chosen), title="runs compared")
+    rows: dict[str, list[str]] = {}
+    for i, r in enumerate(chosen):
+        flat = {
+            "status": r["status"],
+            "version": r.get("version", "-"),
+            "data_hash": r.get("data_hash", "-"),
+            "git": (r.get("code") or {}).get("git_commit") or "-",
+            **{f"metric {k}": f"{v:.4f}" for k, v in (r.get("metrics") or {}).items()},
+            **{f"param {k}": v for k, v in (r.get("params") or {}).items()},
+        }
+        for key, value in flat.items():
+            rows.setdefault(key, ["-"] * len(chosen))[i] = str(value)
+    for key, values in rows.items():
+        table.add_row(key + ("" if len(set(values)) == 1 else " *"), *values)
+    console.print(table)
+    console.print("* differs between the runs")
 
 
 models_app = typer.Typer(

@@ -221,6 +221,33 @@ class Project:
         trainer = Trainer(self, self.registry, log or (lambda _: None))
         return trainer.train(self.model(model), reproduce=reproduce)
 
+    def explain(
+        self,
+        model: str,
+        spine: Any,
+        *,
+        version: int | str = "champion",
+        time_column: str = "timestamp",
+    ) -> Any:
+        """Per-prediction feature contributions of a model version for the spine's rows.
+
+        Returns a pandas DataFrame with the spine, the score and one contribution per feature
+        (LightGBM's own SHAP values; other estimators give scores without contributions).
+        """
+        from headwater.training import artifacts, evaluation
+
+        definition = self.model(model)
+        doc = self.registry.version(model, version)
+        estimator, signature = artifacts.load(doc["artifacts"])
+        frame = self.training_set(spine, signature.features, time_column=time_column)
+        X = signature.matrix(frame)
+        out = frame.drop(columns=signature.features)
+        out["score"] = evaluation.predict_scores(estimator, X, definition.task)
+        contrib = evaluation.contributions(estimator, X)
+        if contrib is not None:
+            out = out.join(contrib.add_prefix("contribution."))
+        return out
+
     def promote(
         self,
         model: str,

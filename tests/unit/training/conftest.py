@@ -71,10 +71,10 @@ models = [
 """
 
 
-def visits(users: int = 150, days: int = 40, seed: int = 3) -> list[dict]:
+def visits(users: int = 150, days: int = 40, seed: int = 3, end: datetime = NOW) -> list[dict]:
     """Users visit at their own rate; some fade out, then churn (stop visiting)."""
     rnd = random.Random(seed)
-    start = NOW - timedelta(days=days)
+    start = end - timedelta(days=days)
     events = []
     for u in range(users):
         rate = rnd.uniform(0.3, 3.0)

@@ -170,3 +170,19 @@ def test_the_scheduler_trains_models_whose_cron_time_came(project_factory):
         assert due_models(p) == []
         now["t"] += timedelta(hours=2)  # 04:00: the 03:00 run is due
         assert due_models(p) == ["churn"]
+
+
+def test_lightgbm_versions_explain_each_prediction(churn_project):
+    import numpy as np
+    import pandas as pd
+
+    p = churn_project
+    version = p.train("churn_device").version
+    spine = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "timestamp": [NOW] * 3})
+    explained = p.explain("churn_device", spine, version=version)
+    columns = [c for c in explained.columns if c.startswith("contribution.")]
+    assert columns == [
+        f"contribution.{f}" for f in ["visits_1d", "visits_7d", "visits_30d", "device_lifetime"]
+    ]
+    assert np.isfinite(explained[columns].to_numpy()).all()
+    assert explained["score"].between(0, 1).all()

@@ -1,0 +1,50 @@
+"""The model commands as a user runs them: train, runs, models, describe, explain."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from headwater import Project
+from tests.conftest import write_project
+from tests.e2e.test_cli import run
+from tests.unit.training.conftest import DEFINITIONS, visits
+
+
+def test_train_promote_rollback_reproduce_and_describe(tmp_path):
+    folder = write_project(tmp_path / "churn", DEFINITIONS)
+    now = datetime.now(UTC)
+    with Project(folder) as p:
+        assert not p.ingest("visits", visits(end=now - timedelta(minutes=1))).rejected
+    out = run("train", "churn", "-p", str(folder)).stdout
+    assert "registered churn version 1" in out and "baseline" in out and "auc" in out
+    run("train", "churn", "-p", str(folder))
+    out = run("train", "churn", "--reproduce", "1", "-p", str(folder)).stdout
+    assert "reproduces version 1: data hash identical" in out
+    listed = run("runs", "churn", "-p", str(folder)).stdout
+    assert listed.count("succeeded") == 3
+
+    run("models", "promote", "churn", "1", "--reason", "first", "-p", str(folder))
+    gated = run("models", "promote", "churn", "2", "-p", str(folder), ok=False)
+    assert "was not evaluated against the current champion (version 1)" in gated.stderr
+    run("models", "promote", "churn", "2", "--force", "--reason", "second", "-p", str(folder))
+    assert (
+        "churn: champion -> version 1 (rolled back)"
+        in run("models", "rollback", "churn", "-p", str(folder)).stdout
+    )
+    shown = run("models", "show", "churn", "champion", "-p", str(folder)).stdout
+    assert "champion: rollback v2 -> v1" in shown and "data_hash" in shown
+    assert "churn" in run("models", "list", "-p", str(folder)).stdout
+    refused = run("models", "promote", "churn_strict", "1", "-p", str(folder), ok=False)
+    assert refused.returncode == 1 and "has no version 1" in refused.stderr
+
+    described = run("describe", "visits", "-p", str(folder)).stdout
+    assert "device" in described and "null_rate" in described
+    assert "#" in run("describe", "visits_7d", "-p", str(folder)).stdout
+
+    with Project(folder) as p:
+        spine = pd.DataFrame({"user_id": ["u1", "u2"], "timestamp": [now, now]})
+        explained = p.explain("churn", spine)
+        assert list(explained["user_id"]) == ["u1", "u2"]
+        assert explained["score"].between(0, 1).all()
