@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from headwater.log.base import Appended, LogError, NewRecord, Record
@@ -25,6 +26,18 @@ CREATE TABLE IF NOT EXISTS heads (stream TEXT PRIMARY KEY, next_offset INTEGER N
 _ID_CHUNK = 500
 
 
+@dataclass(eq=False)
+class _Append:
+    """One caller's append, waiting in the group-commit queue."""
+
+    stream: str
+    records: Sequence[NewRecord]
+    ingest_time: int
+    results: list[Appended] = field(default_factory=list)
+    error: LogError | None = None
+    done: bool = False
+
+
 class EmbeddedLog:
     """A durable local log; safe to share between threads and processes.
 
@@ -36,6 +49,8 @@ class EmbeddedLog:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Append] = []
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -44,39 +59,65 @@ class EmbeddedLog:
     def append(self, stream: str, records: Sequence[NewRecord], ingest_time: int) -> list[Appended]:
         if not records:
             return []
+        # Group commit: concurrent appends queue up; whoever holds the write lock commits
+        # everything queued in one transaction, so N waiting requests cost one fsync.
+        request = _Append(stream, records, ingest_time)
+        with self._queue_lock:
+            self._queue.append(request)
         with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                row = db.execute(
-                    "SELECT next_offset FROM heads WHERE stream = ?", (stream,)
-                ).fetchone()
-                next_offset = row[0] if row else 0
-                known = self._existing(stream, [r.event_id for r in records])
-                results: list[Appended] = []
-                rows = []
-                for r in records:
-                    if r.event_id in known:
-                        results.append(Appended(known[r.event_id], True))
-                        continue
-                    known[r.event_id] = next_offset
-                    rows.append(
-                        (stream, next_offset, r.event_id, r.event_time, ingest_time, r.payload)
-                    )
-                    results.append(Appended(next_offset, False))
-                    next_offset += 1
-                db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
-                db.execute(
-                    "INSERT INTO heads VALUES (?, ?) ON CONFLICT (stream) "
-                    "DO UPDATE SET next_offset = excluded.next_offset",
-                    (stream, next_offset),
-                )
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise LogError(f"could not append to stream {stream!r}: {exc}") from exc
-            return results
+            if not request.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if request.error is not None:
+            raise request.error
+        return request.results
+
+    def _commit(self, batch: list[_Append]) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            heads: dict[str, int] = {}
+            for request in batch:
+                self._stage(request, heads)
+            db.executemany(
+                "INSERT INTO heads VALUES (?, ?) ON CONFLICT (stream) "
+                "DO UPDATE SET next_offset = excluded.next_offset",
+                list(heads.items()),
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            error = LogError(f"could not append to the log: {exc}")
+            for request in batch:
+                request.error, request.results = error, []
+        for request in batch:
+            request.done = True
+
+    def _stage(self, request: _Append, heads: dict[str, int]) -> None:
+        """Insert one request's new records (inside the open transaction)."""
+        stream = request.stream
+        if stream not in heads:
+            row = self._db.execute(
+                "SELECT next_offset FROM heads WHERE stream = ?", (stream,)
+            ).fetchone()
+            heads[stream] = row[0] if row else 0
+        next_offset = heads[stream]
+        known = self._existing(stream, [r.event_id for r in request.records])
+        rows = []
+        for r in request.records:
+            if r.event_id in known:
+                request.results.append(Appended(known[r.event_id], True))
+                continue
+            known[r.event_id] = next_offset
+            rows.append(
+                (stream, next_offset, r.event_id, r.event_time, request.ingest_time, r.payload)
+            )
+            request.results.append(Appended(next_offset, False))
+            next_offset += 1
+        self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+        heads[stream] = next_offset
 
     def _existing(self, stream: str, ids: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
