@@ -2,6 +2,7 @@
 
 from headwater.definitions import (
     Aggregation,
+    Bandit,
     DefinitionError,
     Derived,
     Entity,
@@ -11,7 +12,9 @@ from headwater.definitions import (
     Label,
     Model,
     PromotionPolicy,
+    Service,
     Stream,
+    Variant,
     col,
 )
 from headwater.definitions import aggregation as agg
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregation",
+    "Bandit",
     "DefinitionError",
     "Derived",
     "Entity",
@@ -41,7 +45,9 @@ __all__ = [
     "Model",
     "PromotionPolicy",
     "Project",
+    "Service",
     "Stream",
+    "Variant",
     "agg",
     "col",
     "count",

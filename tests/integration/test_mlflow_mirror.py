@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -122,8 +124,20 @@ class Tracking:
         return str(self.client.create_experiment(name, artifact_location=location))
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with its tables made, to copy: migrating a new one takes seconds."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.search_experiments()
+    client.search_registered_models()
+    return path
+
+
 @pytest.fixture
-def tracking(tmp_path: Path) -> Tracking:
+def tracking(tmp_path: Path, empty_store: Path) -> Tracking:
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     return Tracking(uri, tmp_path / "artifacts", client)
@@ -255,20 +269,35 @@ def test_lightgbm_versions_carry_the_native_model_file(project: Project, trackin
 
 
 def test_a_missing_experiment_is_created(
-    project: Project, tracking: Tracking, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    project: Project, empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is under the working directory
+    # MLflow's default artifact root is ./mlruns, resolved when a client first opens the store
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     doc, run = version_and_run(project, "churn")
 
-    ids = mirror(tracking.uri, run, doc)
+    ids = mirror(uri, run, doc)
 
-    fresh = mlflow.MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    fresh = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert fresh.get_experiment(ids["experiment_id"]).name == "headwater/churn"
+    assert (tmp_path / "mlruns").is_dir()
 
 
-def test_a_run_that_did_not_train_the_version_is_refused(project: Project, tracking: Tracking):
+def test_a_run_that_did_not_train_the_version_is_refused(project: Project, tmp_path: Path):
     doc, _ = version_and_run(project, "churn")
     _, other = version_and_run(project, "churn_gbm")
 
     with pytest.raises(HeadwaterError, match="did not train version 1"):
-        mirror(tracking.uri, other, doc)
+        mirror(f"sqlite:///{tmp_path}/mlflow.db", other, doc)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_without_mlflow_the_error_names_the_extra(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what `import mlflow` meets when missing
+    doc, run = version_and_run(project, "churn")
+
+    with pytest.raises(HeadwaterError, match=r"pip install 'headwater\[mlflow\]'"):
+        mirror(f"sqlite:///{tmp_path}/mlflow.db", run, doc)

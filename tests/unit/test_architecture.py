@@ -15,7 +15,7 @@ ADAPTERS = {
     "stores/online_redis.py",
 }
 # Third-party clients of a backend: each may be imported by exactly one adapter module.
-CLIENTS = {"redis", "psycopg", "confluent_kafka", "pyspark", "sqlite3"}
+CLIENTS = {"redis", "psycopg", "confluent_kafka", "pyspark", "sqlite3", "mlflow"}
 
 
 def _imports(path: Path) -> set[str]:

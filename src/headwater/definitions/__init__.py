@@ -8,11 +8,13 @@ from headwater.definitions.errors import DefinitionError, HeadwaterError
 from headwater.definitions.expr import Expr, col
 from headwater.definitions.feature import Derived, Feature, FeatureColumn
 from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy
+from headwater.definitions.service import Bandit, Service, Variant
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, Field
 
 __all__ = [
     "Aggregation",
+    "Bandit",
     "DType",
     "Definition",
     "DefinitionError",
@@ -27,7 +29,9 @@ __all__ = [
     "Label",
     "Model",
     "PromotionPolicy",
+    "Service",
     "Stream",
+    "Variant",
     "aggregation",
     "col",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,28 +101,54 @@ class FeatureCatalog:
         return next(p for p in self.plans if p.id == plan_id)
 
 
-def _frame_column(values: pa.Array | pa.ChunkedArray, numeric: bool) -> pd.Series:
+def _column(values: Any, numeric: bool) -> np.ndarray:
+    """One input column as derived functions see it, whether it came as Arrow or a list:
+    numbers as float64 with NaN for null, anything else as Python objects."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        if numeric:
+            return np.asarray(values.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        values = values.to_pylist()
     if numeric:
-        values = values.cast(pa.float64())
-    return values.to_pandas()
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _cast(values: np.ndarray, dtype: str) -> Any:
+    """A derived feature's output in its declared type (numpy where possible: it is cheap)."""
+    if dtype == "float":
+        return np.asarray(values, dtype=float)
+    if dtype in ("int", "timestamp", "bool"):
+        return pd.array(pd.Series(values), dtype=_PANDAS_TYPES[dtype])
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
 
 
 def evaluate_derived(
-    arrays: dict[str, pa.Array | pa.ChunkedArray],
+    columns: Mapping[str, Any],
     numeric: set[str],
     derived: Sequence[Derived],
-) -> dict[str, pa.Array]:
-    """Evaluate derived features, in order, from Arrow columns of their inputs and context.
+) -> dict[str, Any]:
+    """Evaluate derived features, in order, from their inputs and context columns (Arrow
+    arrays in batch, lists online): each function sees the same pandas frame either way.
 
-    Online and batch both call this with Arrow columns, so the function sees the same pandas
-    frame either way: numeric features as float64 with NaN for null, others as objects.
+    Returns one array per derived feature, in its declared type.
     """
-    arrays = dict(arrays)
-    out: dict[str, pa.Array] = {}
+    needed = list(
+        dict.fromkeys(n for d in derived for n in (*d.inputs, *d.context) if n in columns)
+    )
+    frame = pd.DataFrame(
+        {n: _column(columns[n], n in numeric) for n in needed},
+        columns=pd.Index(needed, dtype=object),  # an object index looks names up faster
+    )
+    later_inputs = {n for d in derived for n in d.inputs}
+    out: dict[str, Any] = {}
     for d in derived:
-        names = list(d.inputs) + list(d.context)
-        frame = pd.DataFrame({n: _frame_column(arrays[n], n in numeric) for n in names})
         try:
+            # The whole frame, not a copy of the function's columns: pandas subsetting costs
+            # more than the function itself on the one-row frames of online requests.
             values = np.asarray(d.fn(frame))
         except Exception as exc:
             raise HeadwaterError(f"derived feature {d.name!r} failed: {exc!r}") from exc
@@ -131,10 +157,15 @@ def evaluate_derived(
                 f"derived feature {d.name!r} returned shape {values.shape}; "
                 f"it must return one value per row ({len(frame)})"
             )
-        result = pa.array(pd.Series(values).astype(_PANDAS_TYPES[d.dtype.value]), from_pandas=True)
-        arrays[d.name] = out[d.name] = result
-        if d.dtype.value in ("int", "float"):
-            numeric.add(d.name)
+        out[d.name] = _cast(values, d.dtype.value)
+        if d.name in later_inputs:  # another derived feature reads this one
+            is_number = d.dtype.value in ("int", "float")
+            if is_number:
+                numeric.add(d.name)
+            frame[d.name] = _column(
+                list(pd.Series(out[d.name]).astype(object).where(pd.notna(out[d.name]), None)),
+                is_number,
+            )
     return out
 
 

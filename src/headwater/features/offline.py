@@ -127,10 +127,11 @@ class TrainingSets:
         finally:
             con.close()
         if res.derived:
-            arrays = dict(values)
-            arrays.update({c: table[c] for c in res.context})
+            inputs: dict[str, Any] = dict(values)
+            inputs.update({c: table[c] for c in res.context})
             numeric = numeric_names(c for cs in res.columns.values() for c in cs)
-            values.update(evaluate_derived(arrays, numeric, res.derived))
+            for name, array in evaluate_derived(inputs, numeric, res.derived).items():
+                values[name] = pa.array(array, from_pandas=True)
         out = table
         for name in res.requested:
             if name in out.column_names:

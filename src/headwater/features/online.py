@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import pyarrow as pa
-
 from headwater.definitions import HeadwaterError
 from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names, to_python
 from headwater.features.plan import entity_key
@@ -35,7 +33,17 @@ class OnlineFeatures:
 
         Values are those at ``at_us`` (default: now) under the design's time semantics.
         """
+        return self.get_with_presence(rows, features, at_us)[0]
+
+    def get_with_presence(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        features: Sequence[str],
+        at_us: int | None = None,
+    ) -> tuple[list[dict[str, Any]], list[bool]]:
+        """``get``, plus for each row whether the store holds any state of its entity."""
         res = self._catalog.resolve(features)
+        known = [False] * len(rows)
         t = self._clock() if at_us is None else at_us
         values: dict[str, list[Any]] = {}
         for plan_id, columns in res.columns.items():
@@ -52,16 +60,17 @@ class OnlineFeatures:
             }
             for column in columns:
                 values[column.name] = [decoded[k][column.name] for k in keys]
+            for i, k in enumerate(keys):
+                known[i] = known[i] or blobs[k] is not None
         if res.derived:
-            arrays: dict[str, pa.Array] = {n: pa.array(v) for n, v in values.items()}
+            inputs: dict[str, Any] = dict(values)
             for c in res.context:
-                arrays[c] = pa.array(
-                    [_key(row, c, i, "context field") for i, row in enumerate(rows)]
-                )
+                inputs[c] = [_key(row, c, i, "context field") for i, row in enumerate(rows)]
             numeric = numeric_names(c for cs in res.columns.values() for c in cs)
-            for name, arr in evaluate_derived(arrays, numeric, res.derived).items():
-                values[name] = [to_python(v) for v in arr.to_pylist()]
-        return [{name: values[name][i] for name in res.requested} for i in range(len(rows))]
+            for name, array in evaluate_derived(inputs, numeric, res.derived).items():
+                values[name] = [to_python(v) for v in array.tolist()]
+        out = [{name: values[name][i] for name in res.requested} for i in range(len(rows))]
+        return out, known
 
 
 def _key(row: Mapping[str, Any], name: str, index: int, what: str = "entity key") -> Any:

@@ -45,6 +45,11 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSettings:
+    mlflow_uri: str | None = None  # mirror every registered version to this MLflow server
+
+
+@dataclass(frozen=True)
 class Settings:
     root: Path
     name: str
@@ -52,6 +57,7 @@ class Settings:
     stores: StoreUrls
     ingest: IngestSettings
     server: ServerSettings
+    tracking: TrackingSettings = TrackingSettings()
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -95,6 +101,7 @@ def load_settings(root: str | Path) -> Settings:
             server=ServerSettings(
                 host=str(server.get("host", "127.0.0.1")), port=int(server.get("port", 8800))
             ),
+            tracking=TrackingSettings(mlflow_uri=_table(data, "tracking").get("mlflow_uri")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from None

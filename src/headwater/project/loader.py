@@ -18,6 +18,7 @@ from headwater.definitions import (
     Feature,
     Label,
     Model,
+    Service,
     Stream,
 )
 
@@ -32,6 +33,7 @@ class Definitions:
     derived: dict[str, Derived] = field(default_factory=dict)
     labels: dict[str, Label] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
 
     def all(self) -> list[Definition]:
         return [
@@ -41,6 +43,7 @@ class Definitions:
             *self.derived.values(),
             *self.labels.values(),
             *self.models.values(),
+            *self.services.values(),
         ]
 
     def add(self, definition: Definition) -> None:
@@ -51,6 +54,7 @@ class Definitions:
             Derived: self.derived,
             Label: self.labels,
             Model: self.models,
+            Service: self.services,
         }
         table = tables[type(definition)]
         existing = table.get(definition.name)
@@ -78,6 +82,12 @@ def collect(values: Iterable[Any]) -> Definitions:
     for value in values:
         for d in _walk(value):
             defs.add(d)
+    for service in list(defs.services.values()):
+        for variant in service.variants:
+            defs.add(variant.model)
+        for stream in (service.trigger, service.bandit.rewards if service.bandit else None):
+            if stream is not None:
+                defs.add(stream)
     for model in list(defs.models.values()):
         defs.add(model.label)
     holders: list[Feature | Label] = [*defs.features.values(), *defs.labels.values()]
@@ -85,6 +95,9 @@ def collect(values: Iterable[Any]) -> Definitions:
         # Features and labels hold their stream and entity; those count as declared too.
         defs.add(item.stream)
         defs.add(item.entity)
+    for reserved in ("predictions", "_dead_letter"):
+        if reserved in defs.streams:
+            raise DefinitionError(f"stream name {reserved!r} is reserved for headwater's own use")
     return defs
 
 

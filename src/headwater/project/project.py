@@ -70,6 +70,7 @@ class Project:
             self.catalog, self.offline_store, self.archiver, self.definitions.streams
         )
         self.registry = Registry(self.metadata)
+        self._serving: Any = None
         self._check_models()
 
     def _check_models(self) -> None:
@@ -219,7 +220,13 @@ class Project:
         from headwater.training.trainer import Trainer  # scikit-learn loads only to train
 
         trainer = Trainer(self, self.registry, log or (lambda _: None))
-        return trainer.train(self.model(model), reproduce=reproduce)
+        result = trainer.train(self.model(model), reproduce=reproduce)
+        uri = self.settings.tracking.mlflow_uri
+        if uri:
+            from headwater.training.mlflow_mirror import mirror
+
+            mirror(uri, result.run, self.registry.version(model, result.version))
+        return result
 
     def explain(
         self,
@@ -263,7 +270,35 @@ class Project:
             self.model(model), version, alias, by, reason, self.now(), force=force
         )
 
+    # -- serving -------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> Any:
+        """The serving runtime (loaded models, predictors, the prediction logger)."""
+        if self._serving is None:
+            from headwater.serving.runtime import Serving
+
+            self._serving = Serving(self)
+        return self._serving
+
+    def predict(
+        self, service: str, entity: Mapping[str, Any] | None = None, /, **keys: Any
+    ) -> dict[str, Any]:
+        """Predict in-process, through the same path as HTTP, batch and stream scoring.
+
+        ``project.predict("churn", user_id="u42")``: the response, with a ``prediction_id``;
+        the prediction (with its features) is logged to the ``predictions`` stream.
+        """
+        row = {**(entity or {}), **keys}
+        return self.serving.predict(service, [row], "inprocess")[0].response()
+
+    def score(self, service: str, spine: Any, *, time_column: str = "timestamp") -> Any:
+        """Batch scoring: each spine row's entity as of its time, from the offline store."""
+        return self.serving.score_batch(service, spine, time_column)
+
     def close(self) -> None:
+        if self._serving is not None:
+            self._serving.close()
         for store in (self.log, self.online_store, self.metadata):
             store.close()
 

@@ -10,13 +10,16 @@ from headwater.features.catalog import UnknownFeatureError
 from headwater.features.online import MissingKeyError
 from headwater.ingestion.service import UnknownStreamError
 from headwater.project.project import Project
-from headwater.serving.routes import events, features, health
+from headwater.serving.metrics import ServerMetrics
+from headwater.serving.routes import events, features, health, metrics, predict
+from headwater.serving.scoring import NoModelVersion
 
 # Exceptions map to HTTP statuses here, not inside the exceptions.
 STATUS_OF: list[tuple[type[Exception], int]] = [
     (UnknownStreamError, 404),
     (UnknownFeatureError, 404),
     (MissingKeyError, 422),
+    (NoModelVersion, 503),
     (DefinitionError, 422),
     (HeadwaterError, 500),
 ]
@@ -27,12 +30,15 @@ def create_app(project: Project) -> FastAPI:
     app = FastAPI(
         title=f"headwater: {project.settings.name}",
         version="1",
-        description="Ingest raw events and read online features by entity.",
+        description="Ingest raw events, read online features, predict by entity id.",
     )
     app.state.project = project
+    app.state.metrics = ServerMetrics()
     app.include_router(events.router)
     app.include_router(features.router)
+    app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
 
     for exc_type, status in STATUS_OF:
         app.add_exception_handler(exc_type, _handler(status))

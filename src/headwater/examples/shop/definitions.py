@@ -8,6 +8,7 @@ from headwater import (
     Label,
     Model,
     PromotionPolicy,
+    Service,
     Stream,
     agg,
     col,
@@ -436,5 +437,24 @@ models = [
         baseline=lambda df: df["cart_adds_7d"] + df["orders_30d"],
         owner=PAYMENTS,
         description="Who buys next week: drives the coupon budget",
+    ),
+]
+
+
+# -- services --------------------------------------------------------------------------------
+
+services = [
+    Service(
+        "retention",
+        model=models[0],
+        owner=GROWTH,
+        defaults={"sessions_30d": 0, "orders_lifetime": 0},
+        description="Churn risk of a user: the retention campaign asks before each send",
+    ),
+    Service(
+        "coupons",
+        model=models[1],
+        owner=PAYMENTS,
+        description="Purchase propensity: who gets a coupon at checkout",
     ),
 ]

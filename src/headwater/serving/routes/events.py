@@ -85,6 +85,8 @@ async def ingest_events(stream: str, request: Request) -> Any:
     events = parse_events(body, settings.max_events_per_request)
     project.ingestor.stream(stream)  # 404 before any work
     result = await run_in_threadpool(project.ingest, stream, events)
+    request.app.state.metrics.ingested.labels(stream).inc(result.accepted)
+    request.app.state.metrics.rejected.labels(stream).inc(len(result.rejected))
     payload = {
         "accepted": result.accepted,
         "duplicates": result.duplicates,

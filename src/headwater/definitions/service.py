@@ -1,0 +1,136 @@
+"""Services: what callers call — a name, the model versions behind it, and how to route."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from headwater.definitions.base import Definition, check_name
+from headwater.definitions.errors import DefinitionError
+from headwater.definitions.model import Model
+from headwater.definitions.stream import Stream
+
+ROUTINGS = ("champion", "ab", "shadow", "bandit")
+RESERVED_STREAMS = ("predictions", "_dead_letter")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model version behind a service, by registry alias (or version number)."""
+
+    name: str
+    model: Model
+    alias: str = "champion"
+    weight: float = 1.0
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model.name,
+            "alias": self.alias,
+            "weight": self.weight,
+        }
+
+
+@dataclass(frozen=True)
+class Bandit:
+    """Learn which variant to serve from a reward stream (events with ``prediction_id`` and a
+    0/1 ``reward_field``): Thompson sampling on Beta posteriors, or epsilon-greedy."""
+
+    rewards: Stream
+    reward_field: str = "reward"
+    policy: str = "thompson"
+    epsilon: float = 0.1
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "rewards": self.rewards.name,
+            "reward_field": self.reward_field,
+            "policy": self.policy,
+            "epsilon": self.epsilon,
+        }
+
+
+class Service(Definition):
+    """A prediction service.
+
+    ``routing``: "champion" (the first variant only), "ab" (weights, sticky per entity),
+    "shadow" (the first variant answers; the others are scored and logged after the response),
+    or "bandit" (see ``Bandit``). ``defaults`` are the feature values used for entities the
+    online store has never seen (the response flags them). With ``trigger``, every new event
+    of that stream is scored and published to ``output``.
+    """
+
+    kind = "service"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        variants: Sequence[Variant] | None = None,
+        model: Model | None = None,
+        routing: str = "champion",
+        context: Sequence[str] = (),
+        defaults: Mapping[str, Any] | None = None,
+        bandit: Bandit | None = None,
+        trigger: Stream | None = None,
+        output: str | None = None,
+        owner: str | None = None,
+        description: str | None = None,
+        deprecated: bool = False,
+        tags: Sequence[str] = (),
+    ) -> None:
+        self._init_common(name, owner, description, deprecated, tuple(tags))
+        if model is not None:
+            variants = [Variant("champion", model), *(variants or [])]
+        if not variants:
+            raise DefinitionError(f"service {name!r} needs a model or variants")
+        if routing not in ROUTINGS:
+            raise DefinitionError(f"service {name!r}: routing must be one of {ROUTINGS}")
+        names = [check_name("variant", v.name) for v in variants]
+        if len(set(names)) != len(names):
+            raise DefinitionError(f"service {name!r} has two variants with the same name")
+        entities = {v.model.entity.name for v in variants}
+        if len(entities) > 1:
+            raise DefinitionError(f"service {name!r}: all variants must predict for one entity")
+        if routing in ("ab", "shadow", "bandit") and len(variants) < 2:
+            raise DefinitionError(f"service {name!r}: {routing} routing needs two variants")
+        if routing == "ab" and any(v.weight <= 0 for v in variants):
+            raise DefinitionError(f"service {name!r}: A/B weights must be positive")
+        if routing == "bandit":
+            if bandit is None:
+                raise DefinitionError(f"service {name!r}: bandit routing needs bandit=Bandit(...)")
+            for f in ("prediction_id", bandit.reward_field):
+                bandit.rewards.field(f)
+        if trigger is not None:
+            missing = [k for k in variants[0].model.entity.keys if k not in trigger.fields]
+            if missing:
+                raise DefinitionError(
+                    f"service {name!r}: trigger stream {trigger.name!r} lacks key {missing[0]!r}"
+                )
+            output = output or f"{name}_scores"
+            check_name("stream", output)
+            if output in RESERVED_STREAMS:
+                raise DefinitionError(f"service {name!r}: {output!r} is a reserved stream name")
+        self.variants = tuple(variants)
+        self.routing, self.bandit, self.trigger, self.output = routing, bandit, trigger, output
+        self.context = tuple(check_name("context field", c) for c in context)
+        self.defaults = dict(defaults or {})
+
+    @property
+    def entity(self) -> Any:
+        return self.variants[0].model.entity
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "variants": [v.spec() for v in self.variants],
+            "routing": self.routing,
+            "context": list(self.context),
+            "defaults": self.defaults,
+            "bandit": None if self.bandit is None else self.bandit.spec(),
+            "trigger": None if self.trigger is None else self.trigger.name,
+            "output": self.output,
+        }

@@ -1,0 +1,136 @@
+"""Everything that serves predictions for a project: loaded models, predictors, the logger,
+batch scoring and stream scoring, behind one object the Project and the HTTP app share."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from headwater.definitions import DefinitionError, Service
+from headwater.definitions.stream import did_you_mean
+from headwater.log.base import NewRecord
+from headwater.serving.logger import PredictionLogger
+from headwater.serving.predictor import Prediction, Predictor
+from headwater.serving.scoring import ScorerCache
+
+OUTPUT_BATCH = 1000
+
+
+class Serving:
+    def __init__(self, project: Any, refresh_seconds: float = 1.0) -> None:
+        self._project = project
+        self.scorers = ScorerCache(project.registry, refresh_seconds)
+        self.logger = PredictionLogger(project.log, project.now)
+        self._predictors: dict[str, Predictor] = {}
+        self._lock = threading.Lock()
+
+    def service(self, name: str) -> Service:
+        services = self._project.definitions.services
+        if name not in services:
+            raise DefinitionError(f"unknown service {name!r}" + did_you_mean(name, list(services)))
+        return services[name]
+
+    def predictor(self, name: str) -> Predictor:
+        found = self._predictors.get(name)
+        if found is None:
+            with self._lock:
+                found = self._predictors.get(name)
+                if found is None:
+                    p = self._project
+                    found = self._predictors[name] = Predictor(
+                        self.service(name), p.online, self.scorers, p.log, self.logger, p.now
+                    )
+        return found
+
+    def predict(
+        self, service: str, rows: Sequence[Mapping[str, Any]], path: str
+    ) -> list[Prediction]:
+        return self.predictor(service).predict(rows, path)
+
+    # -- batch -----------------------------------------------------------------------------
+
+    def score_batch(self, service: str, spine: Any, time_column: str = "timestamp") -> pd.DataFrame:
+        """Score entities as of each spine row's time, from the offline store, logged."""
+        predictor = self.predictor(service)
+        s = predictor.service
+        features = predictor.features_of(list(s.variants))
+        table = self._project.training_set(spine, features, time_column=time_column)
+        rows = table.to_dict("records")
+        values = [{f: _plain(r[f]) for f in features} for r in rows]
+        known = [True] * len(rows)
+        preds = predictor.score(rows, values, known, None, "batch")
+        out = table.drop(columns=features)
+        for column in ("prediction_id", "score", "variant", "model_version"):
+            out[column] = [getattr(p, column) for p in preds]
+        return out
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def score_stream(self, service: str, batch_size: int = 1000) -> int:
+        """Score every trigger event not yet scored; publish to the output stream.
+
+        Outputs carry the event id ``{service}:{trigger offset}``, so a replay after a crash
+        appends nothing twice; the checkpoint moves only after the outputs are durable.
+        """
+        predictor = self.predictor(service)
+        s = predictor.service
+        if s.trigger is None:
+            raise DefinitionError(f"service {service!r} has no trigger stream")
+        p = self._project
+        name = f"score:{service}"
+        done = 0
+        while True:
+            start = p.online_store.checkpoints([name]).get(name, 0)
+            records = p.log.read(s.trigger.name, start, batch_size)
+            if not records:
+                return done
+            rows = [orjson.loads(r.payload) for r in records]
+            preds = predictor.predict(rows, "stream")
+            now = p.now()
+            outputs = [
+                NewRecord(
+                    f"{service}:{r.offset}",
+                    now,
+                    orjson.dumps({**pred.response(), "trigger_offset": r.offset}),
+                )
+                for r, pred in zip(records, preds, strict=True)
+            ]
+            p.log.append(s.output, outputs, now)
+            p.online_store.write({}, {name: records[-1].offset + 1})
+            done += len(records)
+
+    def run_stream_scoring(
+        self,
+        stop: threading.Event,
+        poll_seconds: float = 0.2,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        triggered = [n for n, s in self._project.definitions.services.items() if s.trigger]
+        while not stop.is_set():
+            busy = 0
+            for name in triggered:
+                try:
+                    busy += self.score_stream(name)
+                except Exception as exc:  # noqa: BLE001 - keep the other services scoring
+                    if on_error is not None:
+                        on_error(exc)
+            if not busy:
+                stop.wait(poll_seconds)
+
+    def close(self) -> None:
+        self.logger.flush()
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        return value
+    return value.item() if hasattr(value, "item") else value
