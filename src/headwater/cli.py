@@ -160,6 +160,9 @@ def serve(
     with_processor: Annotated[
         bool, typer.Option("--with-processor", help="Also run the stream processor in this process")
     ] = False,
+    with_scoring: Annotated[
+        bool, typer.Option("--with-scoring", help="Also score the trigger streams of services")
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Start the HTTP API (OpenAPI docs at /docs)."""
@@ -175,6 +178,8 @@ def serve(
         threading.Thread(
             target=p.process, kwargs={"forever": True, "stop": stop}, daemon=True
         ).start()
+    if with_scoring:
+        threading.Thread(target=p.serving.run_stream_scoring, args=(stop,), daemon=True).start()
     try:
         uvicorn.run(
             create_app(p),
@@ -449,6 +454,57 @@ def scheduler(
             if once:
                 return
             time.sleep(every)
+
+
+@app.command()
+def score(
+    service: Annotated[str, typer.Argument(help="Service to score with")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .parquet or .csv")],
+    entities: Annotated[
+        Path | None,
+        typer.Option(
+            help="A .csv or .parquet of entity keys (and optionally times); default: every entity"
+        ),
+    ] = None,
+    at: Annotated[str | None, typer.Option(help="Score as of this ISO time (default: now)")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Batch scoring: features from the offline store as of a time, every prediction logged."""
+    import pandas as pd
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from headwater.definitions.types import from_micros, to_micros
+
+    with _open(project) as p:
+        s = p.serving.service(service)
+        when = from_micros(to_micros(at) if at else p.now())
+        if entities is not None:
+            table = (
+                pq.read_table(entities)
+                if entities.suffix == ".parquet"
+                else pcsv.read_csv(entities)
+            ).to_pandas()
+        else:
+            table = p.entities(s.entity.name)
+        if "timestamp" not in table.columns:
+            table["timestamp"] = pd.Timestamp(when)
+        start = time.perf_counter()
+        with _progress() as bar:
+            task = bar.add_task(f"score {service}", total=len(table))
+            parts = []
+            for i in range(0, len(table), 50_000):
+                parts.append(p.score(service, table.iloc[i : i + 50_000]))
+                bar.advance(task, len(parts[-1]))
+        result = pd.concat(parts, ignore_index=True)
+    if out.suffix == ".csv":
+        result.to_csv(out, index=False)
+    else:
+        result.to_parquet(out, index=False)
+    console.print(
+        f"scored {len(result):,} entities in {time.perf_counter() - start:.1f}s -> "
+        f"{out}; predictions logged to the 'predictions' stream"
+    )
 
 
 @app.command()

@@ -136,6 +136,7 @@ def run_quickstart(folder: Path, *, users: int, days: int, console: Console) -> 
     console.print(head)
 
     train_models(project, console)
+    serve_predictions(project, sim.users, console)
 
     console.print(
         f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]"
@@ -178,6 +179,70 @@ def train_models(project: Project, console: Console) -> None:
             f"{seconds:.1f}",
         )
     console.print(table)
+
+
+def serve_predictions(project: Project, users: list[str], console: Console) -> None:
+    """Start the HTTP server on loopback, predict for sampled users over HTTP, show them."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from headwater.serving.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(project), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(200):
+                if server.started:
+                    break
+                time.sleep(0.05)
+            sample = random.Random(3).sample(sorted(users), min(200, len(users)))
+            latencies, answers = [], []
+            for user in sample:
+                t0 = time.perf_counter()
+                response = client.post("/v1/predict/retention", json={"entity": {"user_id": user}})
+                latencies.append(time.perf_counter() - t0)
+                response.raise_for_status()
+                answers.append(response.json()["predictions"][0])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    project.serving.logger.flush()
+    table = Table(
+        "user",
+        "churn risk",
+        "model",
+        "variant",
+        "prediction_id",
+        title=f"8. predictions over HTTP ({url}/v1/predict/retention)",
+    )
+    for a in sorted(answers, key=lambda a: -a["score"])[:5]:
+        table.add_row(
+            a["entity"]["user_id"],
+            f"{a['score']:.3f}",
+            f"{a['model']} v{a['model_version']}",
+            a["variant"],
+            a["prediction_id"],
+        )
+    console.print(table)
+    ordered = sorted(latencies)
+    logged = project.log.end_offset("predictions")
+    console.print(
+        f"   {len(answers)} requests, one at a time: p50 "
+        f"{ordered[len(ordered) // 2] * 1000:.1f} ms, p99 "
+        f"{ordered[int(len(ordered) * 0.99) - 1] * 1000:.1f} ms; every prediction is in "
+        f"the log's 'predictions' stream ({logged:,} records, with its features)"
+    )
 
 
 def _spine(users: list[str], end: float, days: int, rows: int) -> pd.DataFrame:

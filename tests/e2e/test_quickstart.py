@@ -16,6 +16,7 @@ STEPS = (
     "5. online features",
     "6. training set",
     "7. models trained",
+    "8. predictions over HTTP",
     "quickstart finished",
 )
 
@@ -52,6 +53,7 @@ def test_quickstart_runs_end_to_end_and_leaves_a_working_project(tmp_path):
         assert p.log.end_offset("page_views") > 1000
         assert p.log.end_offset(DEAD_LETTER_STREAM) == 2
         assert all(lag == 0 for lag in p.processor.lag().values())
+        assert p.log.end_offset("predictions") == 200
         for model in ("churn", "purchase_propensity"):
             champion = p.registry.version(model, "champion")
             assert champion["metrics"]["auc"] > 0.6, (model, champion["metrics"])

@@ -292,6 +292,21 @@ class Project:
         row = {**(entity or {}), **keys}
         return self.serving.predict(service, [row], "inprocess")[0].response()
 
+    def entities(self, entity: str) -> Any:
+        """Every key of an entity seen in the streams of its features (a pandas DataFrame)."""
+        import pandas as pd
+
+        keys = self.definitions.entities[entity].keys
+        frames = []
+        for plan in self.catalog.plans:
+            if plan.entity.name == entity:
+                history = self.training.history(plan.stream)
+                if history.num_rows:
+                    frames.append(history.select(list(keys)).to_pandas().astype(str))
+        if not frames:
+            return pd.DataFrame(columns=list(keys))
+        return pd.concat(frames).drop_duplicates().sort_values(list(keys), ignore_index=True)
+
     def score(self, service: str, spine: Any, *, time_column: str = "timestamp") -> Any:
         """Batch scoring: each spine row's entity as of its time, from the offline store."""
         return self.serving.score_batch(service, spine, time_column)

@@ -1,0 +1,247 @@
+"""Predictions: one code path for HTTP, batch, stream and in-process; routing; logging."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from datetime import timedelta
+
+import orjson
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from headwater import Project
+from headwater.serving.app import create_app
+from headwater.serving.routing import bucket
+from tests.conftest import write_project
+from tests.unit.training.conftest import DEFINITIONS, NOW, visits
+
+SERVICES = (
+    DEFINITIONS
+    + """
+from headwater import Bandit, Service, Variant
+
+checkouts = Stream("checkouts", fields={"user_id": "string", "ts": "timestamp"}, key="user_id",
+                   time="ts", owner="web", description="Checkout pages")
+rewards = Stream("rewards", fields={"user_id": "string", "prediction_id": "string",
+                                    "reward": "int", "ts": "timestamp"},
+                 key="user_id", time="ts", owner="web", description="Clicks on offers")
+churn_model = models[0]
+services = [
+    Service("risk", model=churn_model, defaults={"visits_30d": 0}, trigger=checkouts,
+            owner="growth", description="Churn risk"),
+    Service("risk_ab", variants=[Variant("a", churn_model, weight=3),
+                                 Variant("b", churn_model, alias="challenger", weight=1)],
+            routing="ab", owner="growth", description="A/B"),
+    Service("risk_shadow", variants=[Variant("main", churn_model),
+                                     Variant("next", churn_model, alias="challenger")],
+            routing="shadow", owner="growth", description="Shadow"),
+    Service("risk_bandit", variants=[Variant("a", churn_model), Variant("b", churn_model,
+                                                                       alias="challenger")],
+            routing="bandit", bandit=Bandit(rewards), owner="growth", description="Bandit"),
+]
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = write_project(tmp_path_factory.mktemp("served") / "p", SERVICES)
+    with Project(folder, clock=lambda: NOW) as p:
+        p.ingest("visits", visits())
+        p.process()
+        first = p.train("churn").version
+        p.promote("churn", first)
+        p.ingest("visits", [{"user_id": "u1", "device": "ios", "ts": NOW - timedelta(days=9)}])
+        second = p.train("churn").version
+        p.promote("churn", second, alias="challenger")
+        p.process()
+        yield p
+
+
+def _predictions(p: Project) -> list[dict]:
+    p.serving.logger.flush()
+    return [orjson.loads(r.payload) for r in p.log.read("predictions", 0, 10**7)]
+
+
+def test_the_four_paths_give_identical_predictions_and_log_records(served):
+    p = served
+    before = len(_predictions(p))
+    inprocess = p.predict("risk", user_id="u7")
+    with TestClient(create_app(p)) as client:
+        http = client.post("/v1/predict/risk", json={"entity": {"user_id": "u7"}}).json()
+    batch = p.score("risk", pd.DataFrame({"user_id": ["u7"], "timestamp": [NOW]}))
+    p.ingest("checkouts", [{"user_id": "u7", "ts": NOW - timedelta(seconds=1)}])
+    assert p.serving.score_stream("risk") == 1
+    stream = orjson.loads(p.log.read("risk_scores", 0, 10)[0].payload)
+    scores = [
+        inprocess["score"],
+        http["predictions"][0]["score"],
+        float(batch["score"][0]),
+        stream["score"],
+    ]
+    assert max(scores) - min(scores) < 1e-12, scores
+    records = _predictions(p)[before:]
+    assert [r["path"] for r in records] == ["inprocess", "http", "batch", "stream"]
+    assert len({orjson.dumps(r["features"], option=orjson.OPT_SORT_KEYS) for r in records}) == 1
+    for r in records:
+        assert set(r) >= {
+            "prediction_id",
+            "service",
+            "variant",
+            "model_version",
+            "entity",
+            "features",
+            "context",
+            "output",
+            "ts_us",
+        }
+    assert p.serving.score_stream("risk") == 0  # checkpointed: nothing scored twice
+
+
+def test_ab_routing_is_sticky_and_follows_the_weights(served):
+    users = [{"user_id": f"x{i}"} for i in range(2000)]
+    first = served.serving.predict("risk_ab", users, "test")
+    again = served.serving.predict("risk_ab", users, "test")
+    assert [p.variant for p in first] == [p.variant for p in again]
+    share_b = sum(p.variant == "b" for p in first) / len(first)
+    assert abs(share_b - 0.25) < 3 * (0.25 * 0.75 / len(first)) ** 0.5
+    assert {p.model_version for p in first if p.variant == "b"} == {2}
+    assert bucket("risk_ab", "x1") == bucket("risk_ab", "x1") != bucket("risk_ab", "x2")
+
+
+def test_shadow_variants_are_logged_but_never_answer(served):
+    p = served
+    before = len(_predictions(p))
+    answers = p.serving.predict("risk_shadow", [{"user_id": f"u{i}"} for i in range(20)], "t")
+    champion = p.serving.predict("risk", [{"user_id": f"u{i}"} for i in range(20)], "t")
+    assert {a.variant for a in answers} == {"main"}
+    assert [a.score for a in answers] == [c.score for c in champion]
+    logged = [r for r in _predictions(p)[before:] if r["service"] == "risk_shadow"]
+    assert sum(r["shadow"] for r in logged) == 20
+    assert {r["model_version"] for r in logged if r["shadow"]} == {2}
+
+
+def test_the_bandit_learns_to_serve_the_better_variant(served):
+    p = served
+    predictor = p.serving.predictor("risk_bandit")
+    rate = {"a": 0.2, "b": 0.7}
+    rnd = __import__("random").Random(4)
+    chosen = []
+    for round_ in range(30):
+        preds = predictor.predict([{"user_id": f"u{rnd.randrange(150)}"} for _ in range(20)], "t")
+        chosen += [x.variant for x in preds]
+        p.ingest(
+            "rewards",
+            [
+                {
+                    "user_id": x.entity["user_id"],
+                    "prediction_id": x.prediction_id,
+                    "reward": int(rnd.random() < rate[x.variant]),
+                    "ts": NOW - timedelta(seconds=1),
+                }
+                for x in preds
+            ],
+        )
+        p.serving.logger.flush()
+        predictor.router.learn()
+        del round_
+    late = chosen[-200:]
+    assert late.count("b") / len(late) > 0.8
+    posteriors = predictor.router.learn()
+    assert posteriors["b"][0] / sum(posteriors["b"]) > posteriors["a"][0] / sum(posteriors["a"])
+
+
+def test_bad_requests_unknown_entities_and_metrics(served):
+    with TestClient(create_app(served)) as client:
+        unknown = client.post("/v1/predict/risk", json={"entity": {"user_id": "nobody"}}).json()
+        assert unknown["predictions"][0]["unknown_entity"] is True
+        assert client.post("/v1/predict/risk", json={"entity": {"uid": 1}}).status_code == 422
+        assert (
+            client.post("/v1/predict/risky", json={"entity": {"user_id": "a"}}).status_code == 422
+        )
+        assert (
+            client.post(
+                "/v1/predict/risk", content=b"{", headers={"content-type": "application/json"}
+            ).status_code
+            == 422
+        )
+        batch = client.post(
+            "/v1/predict/risk", json={"entities": [{"user_id": "u1"}, {"user_id": "u2"}]}
+        ).json()["predictions"]
+        assert [b["entity"]["user_id"] for b in batch] == ["u1", "u2"]
+        text = client.get("/metrics").text
+        assert 'headwater_predictions_total{service="risk",variant="champion"}' in text
+        assert "headwater_feature_fetch_seconds_bucket" in text
+        assert 'headwater_unknown_entities_total{service="risk"} 1.0' in text
+
+
+def test_a_service_without_a_promoted_version_answers_503(project_factory):
+    folder = project_factory(SERVICES)
+    with Project(folder, clock=lambda: NOW) as p, TestClient(create_app(p)) as client:
+        r = client.post("/v1/predict/risk", json={"entity": {"user_id": "u1"}})
+        assert r.status_code == 503
+        assert "has no 'champion' version" in r.json()["detail"]
+
+
+def _wait_for(condition, seconds: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_promotion_takes_effect_under_load_without_failed_requests(served):
+    p = served
+    p.serving.scorers._refresh = 0.05
+    failures, versions = [], []
+    stop = threading.Event()
+    with TestClient(create_app(p)) as client:
+
+        def hammer() -> None:
+            while not stop.is_set():
+                r = client.post("/v1/predict/risk", json={"entity": {"user_id": "u3"}})
+                if r.status_code != 200:
+                    failures.append(r.text)
+                else:
+                    versions.append(r.json()["predictions"][0]["model_version"])
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        _wait_for(lambda: len(versions) >= 50)
+        p.promote("churn", 2, force=True, reason="hot swap")
+        seen = len(versions)
+        _wait_for(lambda: len(versions) >= seen + 150)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert versions[0] == 1 and versions[-1] == 2
+    assert statistics.mode(versions[-50:]) == 2
+    p.promote("churn", 1, force=True, reason="back")
+
+
+def test_stream_scoring_replays_after_a_crash_without_duplicates(served, monkeypatch):
+    p = served
+    p.serving.score_stream("risk")  # catch up with earlier tests
+    before = p.log.end_offset("risk_scores")
+    p.ingest(
+        "checkouts", [{"user_id": f"u{i}", "ts": NOW - timedelta(seconds=2)} for i in range(30)]
+    )
+    real_write = p.online_store.write
+
+    def crash(states, checkpoints):  # outputs are durable, the checkpoint is not
+        raise RuntimeError("killed between the outputs and the checkpoint")
+
+    monkeypatch.setattr(p.online_store, "write", crash)
+    with pytest.raises(RuntimeError):
+        p.serving.score_stream("risk", batch_size=10)
+    monkeypatch.setattr(p.online_store, "write", real_write)
+    assert p.serving.score_stream("risk", batch_size=10) == 30
+    outputs = [orjson.loads(r.payload) for r in p.log.read("risk_scores", before, 1000)]
+    assert len(outputs) == 30
+    assert len({o["trigger_offset"] for o in outputs}) == 30
