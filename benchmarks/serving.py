@@ -1,0 +1,297 @@
+"""Serving: predictions/s and p50/p99 latency for single-entity requests at 1, 8, 32 clients.
+
+Side by side, on the same LightGBM model (the quickstart's churn model) and machine:
+  headwater   POST /v1/predict/retention — online features, derived features, model, logging
+  bare        a FastAPI endpoint that only calls the booster on a given vector (the ceiling)
+  mlflow      `mlflow models serve` of the same fitted model (sent the same feature vector)
+
+    python benchmarks/serving.py [--requests 2000] [--users 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fresh_dir  # noqa: E402
+
+from headwater import Project  # noqa: E402
+
+BARE_APP = """
+import lightgbm as lgb
+import numpy as np
+from fastapi import FastAPI, Request
+
+booster = lgb.Booster(model_file={model!r})
+app = FastAPI()
+
+@app.post("/predict")
+async def predict(request: Request):
+    body = await request.json()
+    x = np.asarray([[np.nan if v is None else v for v in body["features"]]], dtype=float)
+    return {{"score": float(booster.predict(x, num_threads=1)[0])}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not start")
+
+
+def prepare(users: int, folder: Path) -> tuple[Project, list[str]]:
+    from headwater.examples.shop.simulator import simulate
+    from headwater.quickstart import prepare_folder
+
+    prepare_folder(folder)
+    project = Project(folder)
+    project.apply()
+    sim = simulate(users=users, days=35, end=project.now() / 1e6, seed=7)
+    for name, events in sim.events.items():
+        project.ingest(name, events)
+    project.process()
+    version = project.train("churn").version
+    project.promote("churn", version, by="benchmark", reason="serving benchmark")
+    return project, sorted(sim.users)
+
+
+async def _client(url: str, bodies: list[dict], out: list[float], errors: list[int]) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        for body in bodies:
+            start = time.perf_counter()
+            r = await client.post(url, json=body)
+            out.append(time.perf_counter() - start)
+            if r.status_code != 200:
+                errors.append(r.status_code)
+
+
+def _worker(args: tuple[str, list[list[dict]]]) -> tuple[list[float], int, float]:
+    url, per_client = args
+    latencies: list[float] = []
+    errors: list[int] = []
+
+    async def main() -> None:
+        await asyncio.gather(*(_client(url, b, latencies, errors) for b in per_client))
+
+    start = time.perf_counter()
+    asyncio.run(main())
+    return latencies, len(errors), time.perf_counter() - start
+
+
+def load(url: str, bodies: list[dict], clients: int) -> dict[str, float]:
+    """``clients`` concurrent clients (spread over 2 load processes) send ``bodies``."""
+    per_client = [bodies[i::clients] for i in range(clients)]
+    procs = min(2, clients)
+    groups = [(url, per_client[i::procs]) for i in range(procs)]
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        results = pool.map(_worker, groups)
+    wall = max(r[2] for r in results)  # measured inside the load processes, after start-up
+    latencies = np.array([x for r in results for x in r[0]]) * 1000
+    return {
+        "rps": len(latencies) / wall,
+        "p50": float(np.percentile(latencies, 50)),
+        "p99": float(np.percentile(latencies, 99)),
+        "errors": float(sum(r[1] for r in results)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--requests", type=int, default=2000, help="requests per client level")
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--skip-mlflow", action="store_true")
+    args = ap.parse_args()
+    work = fresh_dir("serving")
+    print("preparing the quickstart's project and churn model ...", flush=True)
+    project, users = prepare(args.users, work / "shop")
+    doc = project.registry.version("churn", "champion")
+    features = doc["signature"]["features"]
+    rng = np.random.default_rng(1)
+    chosen = [users[i] for i in rng.integers(0, len(users), args.requests)]
+    vectors = project.online_features([{"user_id": u} for u in chosen[:200]], features)
+    project.close()
+
+    servers: dict[str, tuple[str, list[dict]]] = {}
+    procs: list[subprocess.Popen] = []
+    # mlflow starts `uvicorn` through the shell: the venv's bin must be on PATH
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": path}
+    try:
+        port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "headwater",
+                    "serve",
+                    "-p",
+                    str(work / "shop"),
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_ready(f"http://127.0.0.1:{port}/healthz", procs[-1])
+        servers["headwater"] = (
+            f"http://127.0.0.1:{port}/v1/predict/retention",
+            [{"entity": {"user_id": u}} for u in chosen],
+        )
+
+        categories = doc["signature"]["categories"]
+
+        def code(name: str, value: object) -> float | None:
+            if value is None:
+                return None
+            if name in categories:
+                known = categories[name]
+                return float(known.index(value)) if value in known else None
+            return float(value)  # type: ignore[arg-type]
+
+        raw = [[v.get(f) for f in features] for v in vectors]
+        numeric = [[code(f, x) for f, x in zip(features, row, strict=True)] for row in raw]
+        matrix = [numeric[i % len(numeric)] for i in range(args.requests)]
+        raw_rows = [raw[i % len(raw)] for i in range(args.requests)]
+        bare = work / "bare_app.py"
+        bare.write_text(textwrap.dedent(BARE_APP.format(model=doc["artifacts"]["lightgbm"])))
+        port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bare_app:app",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--app-dir",
+                    str(work),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_ready(f"http://127.0.0.1:{port}/docs", procs[-1])
+        servers["bare FastAPI + booster"] = (
+            f"http://127.0.0.1:{port}/predict",
+            [{"features": row} for row in matrix],
+        )
+
+        if not args.skip_mlflow:
+            servers["mlflow models serve"] = start_mlflow(doc, features, raw_rows, work, env, procs)
+
+        levels = [int(c) for c in args.clients.split(",")]
+        table: dict[str, dict[int, dict[str, float]]] = {}
+        for name, (url, bodies) in servers.items():
+            for body in bodies[:20]:  # warm up, and show a failure instead of timing it
+                r = httpx.post(url, json=body, timeout=30)
+                if r.status_code != 200:
+                    print(f"  {name} answered {r.status_code}: {r.text[:300]}", flush=True)
+                    break
+            for clients in levels:
+                result = load(url, bodies, clients)
+                table.setdefault(name, {})[clients] = result
+                print(
+                    f"  {name:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
+                    f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
+                    f"errors {result['errors']:.0f}",
+                    flush=True,
+                )
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    print("\n| server | clients | req/s | p50 ms | p99 ms | headwater / this (req/s) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, rows in table.items():
+        for clients, r in rows.items():
+            ratio = table["headwater"][clients]["rps"] / r["rps"]
+            print(
+                f"| {name} | {clients} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{ratio:.2f}x |"
+            )
+
+
+def start_mlflow(
+    doc: dict,
+    features: list[str],
+    matrix: list[list[object]],
+    work: Path,
+    env: dict,
+    procs: list[subprocess.Popen],
+) -> tuple[str, list[dict]]:
+    import joblib
+    import mlflow.lightgbm
+
+    estimator = joblib.load(doc["artifacts"]["estimator"])
+    model_dir = work / "mlflow_model"
+    # LightGBM's own format (the sklearn wrapper's flavor needs skops to save)
+    mlflow.lightgbm.save_model(estimator.booster_, str(model_dir))
+    port = free_port()
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                str(model_dir),
+                "--port",
+                str(port),
+                "--env-manager",
+                "local",
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    wait_ready(f"http://127.0.0.1:{port}/ping", procs[-1])
+    bodies = [{"dataframe_split": {"columns": features, "data": [row]}} for row in matrix]
+    return f"http://127.0.0.1:{port}/invocations", bodies
+
+
+if __name__ == "__main__":
+    main()
