@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fresh_dir  # noqa: E402
@@ -81,17 +82,37 @@ def prepare(users: int, folder: Path) -> tuple[Project, list[str]]:
     return project, sorted(sim.users)
 
 
-async def _client(url: str, bodies: list[dict], out: list[float], errors: list[int]) -> None:
-    async with httpx.AsyncClient(timeout=30) as client:
+async def _client(url: str, bodies: list[bytes], out: list[float], errors: list[int]) -> None:
+    """One keep-alive HTTP/1.1 connection sending requests one after another.
+
+    A minimal client on asyncio streams: a general-purpose client (httpx) costs more per
+    request than the servers under test, and would measure itself.
+    """
+    host, port_path = url.split("://", 1)[1].split(":", 1)
+    port, path = port_path.split("/", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        "Content-Length: "
+    )
+    try:
         for body in bodies:
             start = time.perf_counter()
-            r = await client.post(url, json=body)
+            writer.write(f"{head}{len(body)}\r\n\r\n".encode() + body)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
             out.append(time.perf_counter() - start)
-            if r.status_code != 200:
-                errors.append(r.status_code)
+            if b" 200 " not in status_line:
+                errors.append(int(status_line.split()[1]))
+    finally:
+        writer.close()
 
 
-def _worker(args: tuple[str, list[list[dict]]]) -> tuple[list[float], int, float]:
+def _worker(args: tuple[str, list[list[bytes]]]) -> tuple[list[float], int, float]:
     url, per_client = args
     latencies: list[float] = []
     errors: list[int] = []
@@ -106,7 +127,8 @@ def _worker(args: tuple[str, list[list[dict]]]) -> tuple[list[float], int, float
 
 def load(url: str, bodies: list[dict], clients: int) -> dict[str, float]:
     """``clients`` concurrent clients (spread over 2 load processes) send ``bodies``."""
-    per_client = [bodies[i::clients] for i in range(clients)]
+    encoded = [orjson.dumps(b) for b in bodies]
+    per_client = [encoded[i::clients] for i in range(clients)]
     procs = min(2, clients)
     groups = [(url, per_client[i::procs]) for i in range(procs)]
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
@@ -181,7 +203,6 @@ def main() -> None:
         raw = [[v.get(f) for f in features] for v in vectors]
         numeric = [[code(f, x) for f, x in zip(features, row, strict=True)] for row in raw]
         matrix = [numeric[i % len(numeric)] for i in range(args.requests)]
-        raw_rows = [raw[i % len(raw)] for i in range(args.requests)]
         bare = work / "bare_app.py"
         bare.write_text(textwrap.dedent(BARE_APP.format(model=doc["artifacts"]["lightgbm"])))
         port = free_port()
@@ -211,7 +232,7 @@ def main() -> None:
         )
 
         if not args.skip_mlflow:
-            servers["mlflow models serve"] = start_mlflow(doc, features, raw_rows, work, env, procs)
+            servers["mlflow models serve"] = start_mlflow(doc, features, matrix, work, env, procs)
 
         levels = [int(c) for c in args.clients.split(",")]
         table: dict[str, dict[int, dict[str, float]]] = {}
@@ -219,7 +240,7 @@ def main() -> None:
             for body in bodies[:20]:  # warm up, and show a failure instead of timing it
                 r = httpx.post(url, json=body, timeout=30)
                 if r.status_code != 200:
-                    print(f"  {name} answered {r.status_code}: {r.text[:300]}", flush=True)
+                    print(f"  {name} answered {r.status_code}: {r.text[-700:]}", flush=True)
                     break
             for clients in levels:
                 result = load(url, bodies, clients)
@@ -263,8 +284,12 @@ def start_mlflow(
 
     estimator = joblib.load(doc["artifacts"]["estimator"])
     model_dir = work / "mlflow_model"
-    # LightGBM's own format (the sklearn wrapper's flavor needs skops to save)
-    mlflow.lightgbm.save_model(estimator.booster_, str(model_dir))
+    # LightGBM's own format (the sklearn wrapper's flavor needs skops to save). Categories go
+    # in as their codes, the same vector the bare endpoint gets, so the booster must not
+    # expect pandas categoricals.
+    booster = estimator.booster_
+    booster.pandas_categorical = None
+    mlflow.lightgbm.save_model(booster, str(model_dir))
     port = free_port()
     procs.append(
         subprocess.Popen(

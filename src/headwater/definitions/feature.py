@@ -143,8 +143,9 @@ def function_source(fn: Callable[..., Any]) -> str:
 class Derived(Definition):
     """A feature computed by a vectorized function of other features and of request context.
 
-    ``fn`` receives a pandas DataFrame with one column per input and context field and
-    returns one value per row. The same function runs in batch and online.
+    ``fn`` receives the columns (``c.name`` or ``c["name"]``: numpy arrays, float64 with NaN
+    for null numbers) and returns one value per row. The same function runs in batch and
+    online, e.g. ``fn=lambda c: c.spend_7d / np.where(c.orders_7d > 0, c.orders_7d, np.nan)``.
     """
 
     kind = "derived"

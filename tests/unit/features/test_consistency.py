@@ -78,7 +78,7 @@ DERIVED = Derived(
     "ratio",
     inputs=["sx_1h", "cnt_1h"],
     context=["scale"],
-    fn=lambda df: df.sx_1h * df.scale / df.cnt_1h.where(df.cnt_1h > 0),
+    fn=lambda c: c.sx_1h * c.scale / np.where(c.cnt_1h > 0, c.cnt_1h, np.nan),
     owner="t",
     description="d",
 )

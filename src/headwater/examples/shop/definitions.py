@@ -1,5 +1,7 @@
 """The shop: an e-commerce application's raw events and the features computed from them."""
 
+import numpy as np
+
 from headwater import (
     Derived,
     Entity,
@@ -318,14 +320,14 @@ derived = [
     Derived(
         "refund_rate_30d",
         inputs=["refunds_30d", "orders_30d"],
-        fn=lambda df: df.refunds_30d / df.orders_30d.where(df.orders_30d > 0),
+        fn=lambda c: c.refunds_30d / np.where(c.orders_30d > 0, c.orders_30d, np.nan),
         owner=PAYMENTS,
         description="Refunds per paid order over 30 days",
     ),
     Derived(
         "conversion_7d",
         inputs=["orders_7d", "sessions_7d"],
-        fn=lambda df: df.orders_7d / df.sessions_7d.where(df.sessions_7d > 0),
+        fn=lambda c: c.orders_7d / np.where(c.sessions_7d > 0, c.sessions_7d, np.nan),
         owner=GROWTH,
         description="Paid orders per visit over 7 days",
     ),
@@ -333,7 +335,7 @@ derived = [
         "basket_vs_usual",
         inputs=["order_value_30d"],
         context=["basket_value"],
-        fn=lambda df: df.basket_value / df.order_value_30d,
+        fn=lambda c: c.basket_value / c.order_value_30d,
         owner=GROWTH,
         description="The basket in the request relative to the user's usual order value",
     ),
