@@ -239,7 +239,12 @@ def main() -> None:
         table: dict[str, dict[int, dict[str, float]]] = {}
         for name, (url, bodies) in servers.items():
             for body in bodies[:20]:  # warm up, and show a failure instead of timing it
-                r = httpx.post(url, json=body, timeout=30)
+                r = httpx.post(
+                    url,
+                    content=json.dumps(body),
+                    timeout=30,
+                    headers={"content-type": "application/json"},
+                )
                 if r.status_code != 200:
                     print(f"  {name} answered {r.status_code}: {r.text[-700:]}", flush=True)
                     break
