@@ -42,3 +42,29 @@ def test_core_benchmark_runs_and_prints_its_table():
         "training set 500 x 12 features over 5,000 events",
     ):
         assert figure in proc.stdout, figure
+
+
+def test_serving_benchmark_runs_all_three_servers():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "serving.py"),
+            "--requests",
+            "60",
+            "--users",
+            "300",
+            "--clients",
+            "1,2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for server in (
+        "| headwater | 2 |",
+        "| bare FastAPI + booster | 2 |",
+        "| mlflow models serve | 2 |",
+    ):
+        assert server in proc.stdout, server
+    assert "answered" not in proc.stdout  # every server accepted the requests

@@ -1,0 +1,1 @@
+"""Model monitoring: drift and data quality of served models against their reference."""

@@ -1,0 +1,254 @@
+"""Drift and data quality of a model's inputs and outputs against its version's reference profile.
+
+Pure statistics: a monitor feeds in a window of current values and gets back, per column, what moved
+by how much and whether that is worth a warning or an alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.spatial import distance
+
+Kind = Literal["numeric", "categorical", "empty"]
+Level = Literal["ok", "warn", "alert"]
+
+# Share given to a bin or category that holds nothing, on either side, before PSI's logarithm and
+# as chi-square's expected share: log(0) is undefined, and with 1e-4 one empty bin that now holds
+# 10% still contributes 0.1 * ln(0.1 / 1e-4) ~ 0.69 to PSI, an alert on its own, as it should.
+EPSILON = 1e-4
+# Below this the reference's top-50 shares are taken to cover every category it saw.
+_ROUNDING = 1e-12
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a column's drift is worth a warning or an alert; every share is a fraction, not a %.
+
+    Magnitudes (PSI, JS, null-rate change, out-of-range share) can alert. The p-values only warn:
+    with thousands of rows a test finds shifts far too small to matter, so significance alone
+    is not an alert.
+    """
+
+    psi_warn: float = 0.1
+    """PSI above this warns (the usual "moderate shift")."""
+    psi_alert: float = 0.25
+    """PSI above this alerts (the usual "major shift")."""
+    ks_pvalue: float = 0.01
+    """Numeric: a two-sample Kolmogorov–Smirnov p-value below this warns."""
+    null_rate_delta: float = 0.05
+    """A null rate that moved more than this from the reference's, either way, alerts."""
+    out_of_range_alert: float = 0.05
+    """Numeric: more than this share of values outside the reference's [min, max] alerts."""
+    js_alert: float = 0.1
+    """Categorical: Jensen–Shannon divergence (squared distance, base 2, in [0, 1]) above alerts."""
+    chi2_pvalue: float = 0.01
+    """Categorical: a chi-square goodness-of-fit p-value below this warns."""
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """How one column of the current window compares with its reference; None: not applicable."""
+
+    name: str
+    kind: Kind
+    """The reference's kind, or "empty" when either side has no values to compare."""
+    n: int
+    """Rows in the current window, nulls included."""
+    psi: float | None
+    ks_statistic: float | None
+    ks_pvalue: float | None
+    wasserstein: float | None
+    """In the column's own units; no threshold, as it has no scale-free meaning."""
+    chi2_pvalue: float | None
+    js_divergence: float | None
+    null_rate: float
+    reference_null_rate: float
+    out_of_range_rate: float | None
+    """Share of the non-null current values outside the reference's [min, max]."""
+    level: Level
+    reasons: tuple[str, ...]
+    """One plain sentence per threshold crossed, e.g. "PSI 0.31 > 0.25"."""
+
+
+_NOT_COMPUTED: dict[str, float | None] = {
+    "psi": None,
+    "ks_statistic": None,
+    "ks_pvalue": None,
+    "wasserstein": None,
+    "chi2_pvalue": None,
+    "js_divergence": None,
+    "out_of_range_rate": None,
+}
+
+
+def column_drift(
+    name: str,
+    reference: dict[str, Any],
+    current: pd.Series,
+    thresholds: Thresholds = Thresholds(),  # noqa: B008 - frozen, so sharing it is safe
+) -> ColumnDrift:
+    """Compare a column's current values with its reference profile (from `column_profile`).
+
+    >>> from headwater.training.profile import column_profile
+    >>> reference = column_profile(pd.Series(np.arange(1000.0)))
+    >>> column_drift("x", reference, pd.Series(np.arange(1000.0))).level
+    'ok'
+    >>> column_drift("x", reference, pd.Series(np.arange(1000.0) + 500)).reasons[0]
+    'PSI 8.29 > 0.25'
+    """
+    kind = reference.get("type")
+    if kind == "numeric":
+        # what does not parse as a number is treated as missing, and shows in the null rate
+        current = pd.to_numeric(current, errors="coerce")
+    present = current.dropna()
+    measures = dict(_NOT_COMPUTED)
+    if present.empty or kind not in ("numeric", "categorical"):
+        kind = "empty"
+    elif kind == "numeric":
+        measures.update(_numeric_drift(reference, present.to_numpy(dtype=float)))
+    else:
+        measures.update(_categorical_drift(reference["shares"], present.astype(str)))
+    n = len(current)
+    null_rate = (n - len(present)) / n if n else 0.0
+    reference_null_rate = float(reference.get("null_rate", 0.0))
+    findings = _findings(measures, null_rate, reference_null_rate, thresholds)
+    levels = {level for level, _ in findings}
+    return ColumnDrift(
+        name=name,
+        kind=kind,
+        n=n,
+        null_rate=null_rate,
+        reference_null_rate=reference_null_rate,
+        level="alert" if "alert" in levels else "warn" if levels else "ok",
+        reasons=tuple(reason for _, reason in findings),
+        **measures,
+    )
+
+
+def profile_drift(
+    reference_profile: dict[str, Any],
+    current: pd.DataFrame,
+    predictions: np.ndarray | None,
+    thresholds: Thresholds = Thresholds(),  # noqa: B008 - frozen, so sharing it is safe
+) -> list[ColumnDrift]:
+    """Drift of every profiled feature present in `current`, then of the predictions if given.
+
+    >>> from headwater.training.profile import reference_profile
+    >>> frame = pd.DataFrame({"a": np.arange(100.0), "b": ["x", "y"] * 50})
+    >>> profile = reference_profile(frame, np.linspace(0, 1, 100))
+    >>> [(d.name, d.level) for d in profile_drift(profile, frame, np.linspace(0, 1, 100))]
+    [('a', 'ok'), ('b', 'ok'), ('prediction', 'ok')]
+    """
+    drifts = [
+        column_drift(name, reference, current[name], thresholds)
+        for name, reference in reference_profile["features"].items()
+        if name in current.columns
+    ]
+    if predictions is not None:
+        outputs = pd.Series(np.asarray(predictions))
+        drifts.append(
+            column_drift("prediction", reference_profile["prediction"], outputs, thresholds)
+        )
+    return drifts
+
+
+def _numeric_drift(reference: dict[str, Any], values: np.ndarray) -> dict[str, float | None]:
+    expected = np.asarray(reference["shares"], dtype=float)
+    edges = np.asarray(reference["edges"], dtype=float)
+    # the bins of np.histogram ([a, b), the last [a, b]), with values beyond the edges counted
+    # in the first or last bin so every value lands somewhere
+    bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(expected) - 1)
+    actual = np.bincount(bins, minlength=len(expected)) / len(values)
+    outside = (values < reference["min"]) | (values > reference["max"])
+    measures: dict[str, float | None] = {
+        "psi": _psi(expected, actual),
+        "out_of_range_rate": float(outside.mean()),
+    }
+    sample = reference.get("sample")
+    if sample:  # profiles written before samples were kept have none
+        ks = stats.ks_2samp(values, np.asarray(sample, dtype=float))
+        measures["ks_statistic"] = float(ks.statistic)
+        measures["ks_pvalue"] = float(ks.pvalue)
+        measures["wasserstein"] = float(stats.wasserstein_distance(values, sample))
+    return measures
+
+
+def _categorical_drift(shares: dict[str, float], values: pd.Series) -> dict[str, float | None]:
+    """Reference categories plus one "other" bucket for everything outside them.
+
+    "other" holds the categories the reference saw beyond its top 50 (its share is what those
+    50 leave) and any category it never saw; it is left out when both sides have nothing there.
+    """
+    categories = list(shares)
+    expected = np.array([shares[c] for c in categories], dtype=float)
+    counts = values.value_counts()
+    observed = np.array([counts.get(c, 0) for c in categories], dtype=float)
+    expected_other = max(0.0, 1.0 - float(expected.sum()))
+    observed_other = len(values) - float(observed.sum())
+    if expected_other > _ROUNDING or observed_other > 0:
+        expected = np.append(expected, expected_other)
+        observed = np.append(observed, observed_other)
+    expected /= expected.sum()
+    actual = observed / observed.sum()
+    chi2_pvalue = None
+    if len(expected) > 1:
+        # an empty expected bucket (a new category) gets EPSILON so the test stays finite
+        floored = np.maximum(expected, EPSILON)
+        f_exp = floored / floored.sum() * observed.sum()
+        chi2_pvalue = float(stats.chisquare(observed, f_exp=f_exp).pvalue)
+    return {
+        "psi": _psi(expected, actual),
+        "js_divergence": float(distance.jensenshannon(expected, actual, base=2) ** 2),
+        "chi2_pvalue": chi2_pvalue,
+    }
+
+
+def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index, sum of (a - e) * ln(a / e), empty shares floored at EPSILON."""
+    e = np.maximum(expected, EPSILON)
+    a = np.maximum(actual, EPSILON)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _findings(
+    measures: dict[str, float | None],
+    null_rate: float,
+    reference_null_rate: float,
+    t: Thresholds,
+) -> list[tuple[Level, str]]:
+    """Each threshold crossed, as (level, the sentence that says by how much)."""
+    found: list[tuple[Level, str]] = []
+    psi = measures["psi"]
+    if psi is not None and psi > t.psi_alert:
+        found.append(("alert", f"PSI {psi:.3g} > {t.psi_alert:g}"))
+    elif psi is not None and psi > t.psi_warn:
+        found.append(("warn", f"PSI {psi:.3g} > {t.psi_warn:g}"))
+    js = measures["js_divergence"]
+    if js is not None and js > t.js_alert:
+        found.append(("alert", f"Jensen-Shannon divergence {js:.3g} > {t.js_alert:g}"))
+    out = measures["out_of_range_rate"]
+    if out is not None and out > t.out_of_range_alert:
+        found.append(
+            ("alert", f"{out:.1%} of values outside the reference range > {t.out_of_range_alert:.1%}")
+        )
+    change = abs(null_rate - reference_null_rate)
+    if change > t.null_rate_delta:
+        found.append(
+            (
+                "alert",
+                f"null rate {null_rate:.1%} vs {reference_null_rate:.1%} in the reference,"
+                f" a change of {change:.1%} > {t.null_rate_delta:.1%}",
+            )
+        )
+    ks = measures["ks_pvalue"]
+    if ks is not None and ks < t.ks_pvalue:
+        found.append(("warn", f"KS test p-value {ks:.2g} < {t.ks_pvalue:g}"))
+    chi2 = measures["chi2_pvalue"]
+    if chi2 is not None and chi2 < t.chi2_pvalue:
+        found.append(("warn", f"chi-square test p-value {chi2:.2g} < {t.chi2_pvalue:g}"))
+    return found
