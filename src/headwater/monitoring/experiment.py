@@ -185,11 +185,16 @@ def _groups(outcomes: pd.DataFrame, variant_col: str, outcome_col: str) -> dict[
         )
     frame = outcomes[[variant_col, outcome_col]].dropna()
     try:
-        values = frame[outcome_col].astype("float64")
+        values = frame[outcome_col].to_numpy(dtype="float64")
     except (TypeError, ValueError) as exc:
         raise ExperimentError(f"outcome column '{outcome_col}' must be numeric or 0/1") from exc
-    names = frame[variant_col].astype(str)
-    groups = {name: values[names == name].to_numpy() for name in sorted(set(names))}
+    names = frame[variant_col].astype(str).to_numpy(dtype=object)
+    order = np.argsort(names, kind="stable")
+    labels, starts = np.unique(names[order], return_index=True)
+    groups = {
+        str(name): part
+        for name, part in zip(labels, np.split(values[order], starts[1:]), strict=True)
+    }
     if len(groups) < 2:
         raise ExperimentError(
             f"an experiment needs at least two variants with outcomes; found {list(groups)}"
@@ -220,7 +225,7 @@ def _variant_stats(name: str, values: Values, kind: Kind, alpha: float) -> Varia
     n, mean = int(values.size), float(values.mean())
     if kind == "binary":
         low, high = wilson_interval(int(values.sum()), n, alpha)
-    elif (sem := float(stats.sem(values))) == 0:
+    elif (sem := float(values.std(ddof=1)) / math.sqrt(n)) == 0:
         low, high = mean, mean
     else:
         low, high = (float(x) for x in stats.t.interval(1 - alpha, n - 1, mean, sem))

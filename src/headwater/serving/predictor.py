@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,8 @@ class Predictor:
         self._logger, self._clock = logger, clock
         self.router = Router(service, log, seed)
         self.last_timings = Timings()
+        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{service.name}")
+        self.shadow_errors = 0
 
     def features_of(self, variants: Sequence[Variant]) -> list[str]:
         names: list[str] = []
@@ -119,11 +122,32 @@ class Predictor:
         self.last_timings.model_s = time.perf_counter() - start
         now = self._clock()
         self._logger.log([self._record(p, path, now, shadow=False) for p in out])
-        for shadow in self.router.shadows():
-            # Scored after the answer is built; logged, never returned.
-            extra = self._score_variant(shadow, rows, values, known, list(range(len(rows))))
-            self._logger.log([self._record(p, path, now, shadow=True) for p in extra])
+        shadows = self.router.shadows()
+        if shadows:
+            # Scored on the shadow thread, off the request's path: logged, never returned.
+            self._shadow_pool.submit(self._score_shadows, shadows, rows, values, known, path, now)
         return out
+
+    def _score_shadows(
+        self,
+        shadows: Sequence[Variant],
+        rows: Sequence[Mapping[str, Any]],
+        values: list[dict[str, Any]],
+        known: list[bool],
+        path: str,
+        now: int,
+    ) -> None:
+        for shadow in shadows:
+            try:
+                extra = self._score_variant(shadow, rows, values, known, list(range(len(rows))))
+            except Exception:  # noqa: BLE001 - a failing shadow must never touch the champion
+                self.shadow_errors += 1
+                continue
+            self._logger.log([self._record(p, path, now, shadow=True) for p in extra])
+
+    def drain(self) -> None:
+        """Wait for shadow scoring submitted so far (tests and shutdown)."""
+        self._shadow_pool.submit(lambda: None).result()
 
     def _score_variant(
         self,

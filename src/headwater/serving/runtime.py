@@ -122,6 +122,8 @@ class Serving:
                 stop.wait(poll_seconds)
 
     def close(self) -> None:
+        for predictor in self._predictors.values():
+            predictor.drain()
         self.logger.flush()
 
 

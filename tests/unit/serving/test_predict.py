@@ -116,6 +116,7 @@ def test_shadow_variants_are_logged_but_never_answer(served):
     before = len(_predictions(p))
     answers = p.serving.predict("risk_shadow", [{"user_id": f"u{i}"} for i in range(20)], "t")
     champion = p.serving.predict("risk", [{"user_id": f"u{i}"} for i in range(20)], "t")
+    p.serving.predictor("risk_shadow").drain()
     assert {a.variant for a in answers} == {"main"}
     assert [a.score for a in answers] == [c.score for c in champion]
     logged = [r for r in _predictions(p)[before:] if r["service"] == "risk_shadow"]
