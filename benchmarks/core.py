@@ -9,7 +9,6 @@ Every figure is printed; nothing is asserted on time.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from common import (  # noqa: E402
     END_US,
     events_table,
     fresh_dir,
+    load,
     peak_rss_mb,
     percentiles,
     repeat,
@@ -92,17 +92,10 @@ def http_ingest(folder: Path, rows: list[dict], batch: int, clients: int) -> flo
             except httpx.HTTPError:
                 time.sleep(0.1)
         payloads = [rows[i : i + batch] for i in range(0, len(rows), batch)]
-
-        def send(part: list[list[dict]]) -> None:
-            with httpx.Client(timeout=60) as client:
-                for events in part:
-                    r = client.post(url + "/v1/events/purchases", json=events)
-                    r.raise_for_status()
-
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            list(pool.map(send, [payloads[i::clients] for i in range(clients)]))
-        return len(rows) / (time.perf_counter() - start)
+        result = load(url + "/v1/events/purchases", payloads, clients)
+        if result["errors"]:
+            raise RuntimeError(f"{result['errors']:.0f} ingest requests failed")
+        return result["rps"] * len(rows) / len(payloads)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -167,7 +160,7 @@ def main() -> None:
 
     http_folder = write_project(fresh_dir("core-http"), DEFINITIONS)
     http_rows = rows_of(events_table(args.http_events, args.users, 30, seed=5), "h")
-    for batch, clients in ((1, 4), (100, 4), (1000, 4)):
+    for batch, clients in ((1, 1), (1, 16), (100, 4), (1000, 4)):
         part = http_rows[: min(len(http_rows), 5_000 * batch)]
         rate = http_ingest(http_folder, part, batch, clients)
         figures[f"HTTP ingest, batches of {batch}, {clients} clients"] = f"{rate:,.0f} events/s"

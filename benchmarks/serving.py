@@ -11,10 +11,8 @@ Side by side, on the same LightGBM model (the quickstart's churn model) and mach
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
-import multiprocessing
 import os
 import signal
 import socket
@@ -28,7 +26,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fresh_dir  # noqa: E402
+from common import fresh_dir, load  # noqa: E402
 
 from headwater import Project  # noqa: E402
 
@@ -81,67 +79,6 @@ def prepare(users: int, folder: Path) -> tuple[Project, list[str]]:
     version = project.train("churn").version
     project.promote("churn", version, by="benchmark", reason="serving benchmark")
     return project, sorted(sim.users)
-
-
-async def _client(url: str, bodies: list[bytes], out: list[float], errors: list[int]) -> None:
-    """One keep-alive HTTP/1.1 connection sending requests one after another.
-
-    A minimal client on asyncio streams: a general-purpose client (httpx) costs more per
-    request than the servers under test, and would measure itself.
-    """
-    host, port_path = url.split("://", 1)[1].split(":", 1)
-    port, path = port_path.split("/", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    head = (
-        f"POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        "Content-Length: "
-    )
-    try:
-        for body in bodies:
-            start = time.perf_counter()
-            writer.write(f"{head}{len(body)}\r\n\r\n".encode() + body)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-            out.append(time.perf_counter() - start)
-            if b" 200 " not in status_line:
-                errors.append(int(status_line.split()[1]))
-    finally:
-        writer.close()
-
-
-def _worker(args: tuple[str, list[list[bytes]]]) -> tuple[list[float], int, float]:
-    url, per_client = args
-    latencies: list[float] = []
-    errors: list[int] = []
-
-    async def main() -> None:
-        await asyncio.gather(*(_client(url, b, latencies, errors) for b in per_client))
-
-    start = time.perf_counter()
-    asyncio.run(main())
-    return latencies, len(errors), time.perf_counter() - start
-
-
-def load(url: str, bodies: list[dict], clients: int) -> dict[str, float]:
-    """``clients`` concurrent clients (spread over 2 load processes) send ``bodies``."""
-    encoded = [json.dumps(b).encode() for b in bodies]  # NaN as NaN: both servers parse it
-    per_client = [encoded[i::clients] for i in range(clients)]
-    procs = min(2, clients)
-    groups = [(url, per_client[i::procs]) for i in range(procs)]
-    with multiprocessing.get_context("spawn").Pool(procs) as pool:
-        results = pool.map(_worker, groups)
-    wall = max(r[2] for r in results)  # measured inside the load processes, after start-up
-    latencies = np.array([x for r in results for x in r[0]]) * 1000
-    return {
-        "rps": len(latencies) / wall,
-        "p50": float(np.percentile(latencies, 50)),
-        "p99": float(np.percentile(latencies, 99)),
-        "errors": float(sum(r[1] for r in results)),
-    }
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Model monitoring: drift and data quality of served models against their reference."""
+"""Model monitoring: drift against reference profiles, and analysis of A/B experiments."""

@@ -47,7 +47,7 @@ class Thresholds:
     js_alert: float = 0.1
     """Categorical: Jensen–Shannon divergence (squared distance, base 2, in [0, 1]) above alerts."""
     chi2_pvalue: float = 0.01
-    """Categorical: a chi-square goodness-of-fit p-value below this warns."""
+    """Categorical: a chi-square p-value (current counts vs reference shares) below this warns."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def column_drift(
         measures.update(_numeric_drift(reference, present.to_numpy(dtype=float)))
     elif reference.get("type") == "categorical":
         kind = "categorical"
-        measures.update(_categorical_drift(reference["shares"], present.astype(str)))
+        measures.update(_categorical_drift(reference, present.astype(str)))
     n = len(current)
     null_rate = (n - len(present)) / n if n else 0.0
     reference_null_rate = float(reference.get("null_rate", 0.0))
@@ -180,12 +180,13 @@ def _numeric_drift(reference: dict[str, Any], values: np.ndarray) -> dict[str, f
     return measures
 
 
-def _categorical_drift(shares: dict[str, float], values: pd.Series) -> dict[str, float | None]:
+def _categorical_drift(reference: dict[str, Any], values: pd.Series) -> dict[str, float | None]:
     """Reference categories plus one "other" bucket for everything outside them.
 
     "other" holds the categories the reference saw beyond its top 50 (its share is what those
     50 leave) and any category it never saw; it is left out when both sides have nothing there.
     """
+    shares: dict[str, float] = reference["shares"]
     categories = list(shares)
     expected = np.array([shares[c] for c in categories], dtype=float)
     counts = values.value_counts()
@@ -197,17 +198,31 @@ def _categorical_drift(shares: dict[str, float], values: pd.Series) -> dict[str,
         observed = np.append(observed, observed_other)
     expected /= expected.sum()
     actual = observed / observed.sum()
-    chi2_pvalue = None
-    if len(expected) > 1:
-        # an empty expected bucket (a new category) gets EPSILON so the test stays finite
-        floored = np.maximum(expected, EPSILON)
-        f_exp = floored / floored.sum() * observed.sum()
-        chi2_pvalue = float(stats.chisquare(observed, f_exp=f_exp).pvalue)
+    reference_n = reference.get("count", 0) * (1.0 - reference.get("null_rate", 0.0))
     return {
         "psi": _psi(expected, actual),
         "js_divergence": float(distance.jensenshannon(expected, actual, base=2) ** 2),
-        "chi2_pvalue": chi2_pvalue,
+        "chi2_pvalue": _chi2_pvalue(expected, observed, reference_n),
     }
+
+
+def _chi2_pvalue(expected: np.ndarray, observed: np.ndarray, reference_n: float) -> float | None:
+    """Chi-square p-value of the current counts against the reference shares.
+
+    The shares were themselves estimated from `reference_n` values, so when that is known the
+    test is two-sample (homogeneity of reference and current counts): a goodness-of-fit test
+    taking the shares as exact flags identical distributions when both samples are of similar
+    size (p ~ 1e-5 with 50 categories). Without it, goodness of fit, where an empty expected
+    bucket (a new category) gets EPSILON so the statistic stays finite.
+    """
+    if len(expected) < 2:
+        return None  # one bucket: nothing can differ
+    if reference_n > 0:
+        table = np.vstack([expected * reference_n, observed])
+        return float(stats.chi2_contingency(table).pvalue)
+    floored = np.maximum(expected, EPSILON)
+    f_exp = floored / floored.sum() * observed.sum()
+    return float(stats.chisquare(observed, f_exp=f_exp).pvalue)
 
 
 def _psi(expected: np.ndarray, actual: np.ndarray) -> float:

@@ -164,7 +164,9 @@ def test_unseen_categories_share_one_other_bucket():
     expected = distance.jensenshannon([0.5, 0.5, 0.0], [0.45, 0.45, 0.1], base=2) ** 2
     assert drift.js_divergence == pytest.approx(expected, rel=1e-12)
     assert drift == column_drift("c", reference, one_new)  # c and d are one bucket
-    assert drift.chi2_pvalue is not None and drift.chi2_pvalue < 1e-6
+    assert drift.chi2_pvalue is not None and drift.chi2_pvalue < 1e-6  # goodness of fit
+    counted = column_drift("c", {**reference, "count": 1_000}, two_new)  # two-sample
+    assert counted.chi2_pvalue is not None and counted.chi2_pvalue < 1e-6
 
 
 def test_categories_beyond_the_profiles_top_50_are_other_on_both_sides():

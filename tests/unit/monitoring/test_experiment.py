@@ -1,4 +1,4 @@
-"""Experiment analysis: intervals, tests, verdicts and sample sizes checked against scipy and by hand."""
+"""Experiment analysis: intervals, tests, verdicts and sample sizes against scipy and by hand."""
 
 from __future__ import annotations
 
@@ -136,24 +136,13 @@ def test_continuous_sample_size_uses_the_pooled_variance():
 
 
 def test_the_test_rejects_about_alpha_of_null_experiments():
+    # Welch's p-value is scipy's (checked above); the z-test is composed here, so calibrate it.
     rng = np.random.default_rng(2024)
     n, rejections = 300, 0
+    variants = np.repeat(["a", "b"], n)
     for _ in range(400):
-        outcomes = pd.DataFrame(
-            {"variant": ["a"] * n + ["b"] * n, "outcome": rng.binomial(1, 0.3, size=2 * n)}
-        )
+        outcomes = pd.DataFrame({"variant": variants, "outcome": rng.binomial(1, 0.3, size=2 * n)})
         _, [cmp] = analyze(outcomes)
-        rejections += cmp.p_value < 0.05
-    assert 0.02 * 400 <= rejections <= 0.08 * 400
-
-
-def test_welchs_test_rejects_about_alpha_of_null_experiments():
-    rng = np.random.default_rng(99)
-    rejections = 0
-    for _ in range(400):
-        c, t = rng.normal(0, 1, size=30), rng.normal(0, 3, size=50)
-        outcomes = pd.DataFrame({"variant": ["a"] * 30 + ["b"] * 50, "outcome": [*c, *t]})
-        _, [cmp] = analyze(outcomes, min_detectable_effect=1.0)
         rejections += cmp.p_value < 0.05
     assert 0.02 * 400 <= rejections <= 0.08 * 400
 
