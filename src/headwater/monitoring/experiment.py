@@ -166,6 +166,20 @@ def exposures(predictions: pd.DataFrame, entity_cols: list[str]) -> pd.DataFrame
     return counts.astype("int64").reset_index()
 
 
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The Wilson score interval (no continuity correction) for a proportion.
+
+    >>> tuple(round(x, 4) for x in wilson_interval(45, 100))
+    (0.3561, 0.5476)
+    """
+    z = _z(1 - alpha / 2)
+    p = successes / n
+    denominator = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    return centre - half, centre + half
+
+
 def _check_design(design: _Design) -> None:
     if not 0 < design.alpha < 1:
         raise ExperimentError(f"alpha must be between 0 and 1, got {design.alpha}")
@@ -233,20 +247,6 @@ def _variant_stats(name: str, values: Values, kind: Kind, alpha: float) -> Varia
     return VariantStats(name, n, mean, low, high, kind)
 
 
-def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """The Wilson score interval (no continuity correction) for a proportion.
-
-    >>> tuple(round(x, 4) for x in wilson_interval(45, 100))
-    (0.3561, 0.5476)
-    """
-    z = _z((1 - alpha / 2))
-    p = successes / n
-    denominator = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
-    return centre - half, centre + half
-
-
 @functools.lru_cache(maxsize=64)
 def _z(quantile: float) -> float:
     """The standard normal quantile; cached, as a few settings are asked for again and again."""
@@ -279,7 +279,7 @@ def _two_proportion_z(c: Values, t: Values, alpha: float) -> tuple[float, float,
     # se_null is 0 only when every outcome in both variants is the same: no evidence either way.
     p_value = float(2 * stats.norm.sf(abs(difference) / se_null)) if se_null > 0 else 1.0
     se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    z = _z((1 - alpha / 2))
+    z = _z(1 - alpha / 2)
     return difference, difference - z * se, difference + z * se, p_value
 
 
@@ -326,8 +326,8 @@ def _effect(control_mean: float, difference: float, design: _Design) -> float:
 
 def _samples_needed(c: Values, t: Values, kind: Kind, effect: float, design: _Design) -> int:
     """Sample per variant for a two-sided test at alpha to detect `effect` with `power`."""
-    z_alpha = _z((1 - design.alpha / 2))
-    z_beta = _z((design.power))
+    z_alpha = _z(1 - design.alpha / 2)
+    z_beta = _z(design.power)
     if kind == "continuous":
         dof = c.size + t.size - 2
         pooled_var = ((c.size - 1) * c.var(ddof=1) + (t.size - 1) * t.var(ddof=1)) / dof

@@ -49,14 +49,14 @@ def test_a_shift_of_one_standard_deviation_alerts_on_psi_and_ks():
 
 
 def test_a_moderate_shift_warns():
-    drift = column_drift("x", column_profile(normal(1)), normal(2, mean=0.35))
+    drift = column_drift("x", column_profile(normal(1)), normal(2, mean=0.4))
     assert drift.psi is not None and 0.1 < drift.psi < 0.25
     assert drift.level == "warn"
     assert drift.reasons[0] == f"PSI {drift.psi:.3g} > 0.1"
 
 
 def test_thresholds_are_the_callers_to_set():
-    reference, current = column_profile(normal(1)), normal(2, mean=0.35)
+    reference, current = column_profile(normal(1)), normal(2, mean=0.4)
     lenient = Thresholds(psi_warn=0.5, psi_alert=1.0, ks_pvalue=0.0)
     assert column_drift("x", reference, current, lenient).level == "ok"
 
