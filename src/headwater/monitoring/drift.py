@@ -90,7 +90,7 @@ def column_drift(
     name: str,
     reference: dict[str, Any],
     current: pd.Series,
-    thresholds: Thresholds = Thresholds(),  # noqa: B008 - frozen, so sharing it is safe
+    thresholds: Thresholds = Thresholds(),
 ) -> ColumnDrift:
     """Compare a column's current values with its reference profile (from `column_profile`).
 
@@ -136,7 +136,7 @@ def profile_drift(
     reference_profile: dict[str, Any],
     current: pd.DataFrame,
     predictions: np.ndarray | None,
-    thresholds: Thresholds = Thresholds(),  # noqa: B008 - frozen, so sharing it is safe
+    thresholds: Thresholds = Thresholds(),
 ) -> list[ColumnDrift]:
     """Drift of every profiled feature present in `current`, then of the predictions if given.
 
