@@ -186,3 +186,22 @@ def test_lightgbm_versions_explain_each_prediction(churn_project):
     ]
     assert np.isfinite(explained[columns].to_numpy()).all()
     assert explained["score"].between(0, 1).all()
+
+
+def test_a_label_on_a_stream_without_the_entity_key_is_refused():
+    from headwater import DefinitionError, Entity, Label, Stream, agg
+
+    user = Entity("user", keys="user_id", owner="o", description="d")
+    anonymous = Stream(
+        "pings", fields={"session": "string"}, key="session", time="ts", owner="o", description="d"
+    )
+    with pytest.raises(DefinitionError, match="stream 'pings' has no key field 'user_id'"):
+        Label(
+            "pinged",
+            entity=user,
+            stream=anonymous,
+            aggregation=agg.count(),
+            horizon="1d",
+            owner="o",
+            description="d",
+        )
