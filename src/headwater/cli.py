@@ -515,6 +515,96 @@ def score(
 
 
 @app.command()
+def monitor(
+    service: Annotated[str | None, typer.Argument(help="Only this service")] = None,
+    days: Annotated[float, typer.Option(help="Window of prediction times, back from now")] = 7,
+    webhook: Annotated[str | None, typer.Option(help="POST each alert as JSON here")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Join logged predictions with their ground truth; drift against reference; alerts."""
+    import logging
+
+    from headwater.monitoring.monitor import Monitor
+    from headwater.serving import logs
+
+    logs.configure(logging.WARNING)
+    alert_log = logging.getLogger("headwater.monitor")
+
+    def send(alert: dict) -> None:  # type: ignore[type-arg]
+        alert_log.warning("alert", extra=alert)
+        if webhook:
+            import httpx
+
+            try:
+                httpx.post(webhook, json=alert, timeout=5)
+            except httpx.HTTPError as exc:
+                alert_log.error("webhook failed", extra={"error": str(exc)})
+
+    with _open(project) as p:
+        now = p.now()
+        reports = Monitor(p, alert=send).run(service, since_us=now - int(days * 86_400e6))
+    if not reports:
+        console.print("no predictions in the window")
+        return
+    for r in reports:
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in r.metrics.items()) or "no labels yet"
+        console.print(
+            f"[bold]{r.service}[/bold] {r.variant} {r.model} v{r.version} "
+            f"(owner {r.owner}): {r.predictions:,} predictions, label coverage "
+            f"{r.label_coverage:.0%}; {metrics}"
+        )
+        table = Table("column", "level", "PSI", "KS p", "null rate", "reasons")
+        for d in r.drift:
+            table.add_row(
+                d.name,
+                d.level,
+                _fmt(d.psi),
+                _fmt(d.ks_pvalue),
+                _fmt(d.null_rate),
+                "; ".join(d.reasons),
+            )
+        console.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+@app.command()
+def experiment(
+    service: Annotated[str, typer.Argument(help="An A/B (or bandit) service")],
+    days: Annotated[float, typer.Option(help="Window of prediction times, back from now")] = 30,
+    lower_is_better: Annotated[
+        bool, typer.Option(help="The outcome (the model's label) is bad when high, e.g. churn")
+    ] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Per-variant outcomes with confidence intervals, the test used, and a verdict."""
+    from headwater.monitoring.experiment import analyze
+    from headwater.monitoring.monitor import experiment_outcomes
+
+    with _open(project) as p:
+        now = p.now()
+        outcomes = experiment_outcomes(p, service, now - int(days * 86_400e6), now + 1)
+    if outcomes["variant"].nunique() < 2:
+        raise HeadwaterError(
+            f"service {service!r} has matured outcomes for fewer than two "
+            "variants in the window; wait for labels or widen --days"
+        )
+    stats, comparisons = analyze(outcomes, higher_is_better=not lower_is_better)
+    table = Table("variant", "n", "outcome mean", "95% interval")
+    for v in stats:
+        table.add_row(v.variant, f"{v.n:,}", f"{v.mean:.4f}", f"[{v.ci_low:.4f}, {v.ci_high:.4f}]")
+    console.print(table)
+    for c in comparisons:
+        console.print(
+            f"{c.treatment} vs {c.control}: difference {c.difference:+.4f} "
+            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.3g} ({c.test}) -> "
+            f"[bold]{c.verdict}[/bold]"
+        )
+
+
+@app.command()
 def quickstart(
     folder: Annotated[Path, typer.Option("--dir", help="Where to create the project")] = Path(
         "headwater-shop"

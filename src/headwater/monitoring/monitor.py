@@ -1,0 +1,230 @@
+"""The monitor: logged predictions joined with their ground truth, drift against each model
+version's reference profile, and alerts.
+
+Everything is recomputed from the log (the ``predictions`` stream and the label's stream) for
+a window of prediction times, so a run killed at any point leaves nothing half-done and the
+next run gives the same answer. Ground truth is the model's own ``Label``, evaluated at each
+prediction's time once its horizon has passed: no separate feedback plumbing is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import orjson
+import pandas as pd
+
+from headwater.definitions import Service
+from headwater.definitions.types import from_micros
+from headwater.log.base import NewRecord
+from headwater.monitoring.drift import ColumnDrift, Thresholds, profile_drift
+from headwater.training import evaluation
+from headwater.training.examples import label_values
+
+PREDICTIONS = "predictions"
+ALERTS = "alerts"
+
+
+@dataclass
+class VersionReport:
+    """What the monitor found for one (service, variant, model version)."""
+
+    service: str
+    variant: str
+    model: str
+    version: int
+    owner: str
+    predictions: int
+    first_us: int
+    last_us: int
+    labelled: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    drift: list[ColumnDrift] = field(default_factory=list)
+
+    @property
+    def label_coverage(self) -> float:
+        return self.labelled / self.predictions if self.predictions else 0.0
+
+
+def experiment_outcomes(project: Any, service: str, since_us: int, until_us: int) -> pd.DataFrame:
+    """Each answered prediction of a service with its matured label as the outcome."""
+    frame = logged_predictions(project, service, since_us, until_us)
+    if frame.empty:
+        return pd.DataFrame(columns=["variant", "outcome"])
+    frame = frame[~frame["shadow"].astype(bool)].reset_index(drop=True)
+    monitor = Monitor(project)
+    parts = []
+    for model, group in frame.groupby("model"):
+        group = group.reset_index(drop=True)
+        labels = monitor.ground_truth(project.model(model), group, project.now())
+        parts.append(pd.DataFrame({"variant": group["variant"], "outcome": labels}))
+    out = pd.concat(parts, ignore_index=True)
+    out = out[out["outcome"].notna()]
+    out["outcome"] = out["outcome"].astype(float)
+    return out.reset_index(drop=True)
+
+
+def logged_predictions(
+    project: Any, service: str | None, since_us: int, until_us: int
+) -> pd.DataFrame:
+    """The logged (non-shadow and shadow) predictions of a time window, one row each."""
+    project.serving.logger.flush()
+    rows = []
+    start = 0
+    while records := project.log.read(PREDICTIONS, start, 50_000):
+        for r in records:
+            if since_us <= r.event_time < until_us:
+                doc = orjson.loads(r.payload)
+                if service is None or doc["service"] == service:
+                    rows.append(doc)
+        start = records[-1].offset + 1
+    return pd.DataFrame(rows)
+
+
+class Monitor:
+    def __init__(
+        self,
+        project: Any,
+        thresholds: Thresholds | None = None,
+        alert: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.project = project
+        self.thresholds = thresholds or Thresholds()
+        self._alert_hook = alert
+
+    def run(
+        self, service: str | None = None, since_us: int | None = None, until_us: int | None = None
+    ) -> list[VersionReport]:
+        """Report every (service, variant, version) seen in the window; raise alerts."""
+        now = self.project.now()
+        until = now + 1 if until_us is None else until_us  # predictions made "now" count
+        since = until - 86_400_000_000 * 7 if since_us is None else since_us
+        frame = logged_predictions(self.project, service, since, until)
+        reports: list[VersionReport] = []
+        if frame.empty:
+            return reports
+        frame = frame[~frame["shadow"].astype(bool)] if "shadow" in frame else frame
+        for (name, variant, model, version), group in frame.groupby(
+            ["service", "variant", "model", "model_version"], sort=True
+        ):
+            reports.append(
+                self._report(
+                    self.project.definitions.services[name],
+                    variant,
+                    model,
+                    int(version),
+                    group,
+                    now,
+                )
+            )
+        self._raise_alerts(reports, now)
+        return reports
+
+    def _report(
+        self,
+        service: Service,
+        variant: str,
+        model: str,
+        version: int,
+        group: pd.DataFrame,
+        now: int,
+    ) -> VersionReport:
+        definition = self.project.model(model)
+        doc = self.project.registry.version(model, version)
+        report = VersionReport(
+            service.name,
+            variant,
+            model,
+            version,
+            definition.owner,
+            len(group),
+            int(group["ts_us"].min()),
+            int(group["ts_us"].max()),
+        )
+        features = pd.DataFrame(list(group["features"]))
+        report.drift = profile_drift(
+            doc["profile"], features, group["output"].to_numpy(dtype=float), self.thresholds
+        )
+        labels = self.ground_truth(definition, group, now)
+        matured = labels.notna()
+        report.labelled = int(matured.sum())
+        if report.labelled:
+            y = labels[matured].astype(float).to_numpy()
+            scores = group["output"].to_numpy(dtype=float)[matured.to_numpy()]
+            try:
+                report.metrics = evaluation.score_metrics(
+                    definition.metrics, y, scores, definition.task, definition.k
+                )
+            except ValueError:
+                report.metrics = {}
+        return report
+
+    def ground_truth(self, model: Any, group: pd.DataFrame, now: int) -> pd.Series:
+        """The label of each prediction, None where its horizon has not passed yet."""
+        label = model.label
+        times = group["ts_us"].to_numpy(dtype=np.int64)
+        mature = times + label.horizon_us <= now
+        out = pd.Series([None] * len(group), dtype=object)
+        if not mature.any():
+            return out
+        keys = pd.DataFrame(list(group["entity"]))[list(label.entity.keys)][mature]
+        stream = self.project.definitions.streams[label.stream.name]
+        self.project.archiver.catch_up(stream)
+        with duckdb.connect() as con:
+            values = label_values(
+                con,
+                label,
+                keys.reset_index(drop=True),
+                times[mature],
+                self.project.offline_store.files(stream.name),
+                None,
+            )
+        out[np.flatnonzero(mature)] = values.to_numpy()
+        return out
+
+    # -- alerts ----------------------------------------------------------------------------
+
+    def _raise_alerts(self, reports: list[VersionReport], now: int) -> None:
+        records = []
+        for r in reports:
+            for d in r.drift:
+                if d.level == "ok":
+                    continue
+                alert = {
+                    "kind": "drift",
+                    "level": d.level,
+                    "service": r.service,
+                    "variant": r.variant,
+                    "model": r.model,
+                    "model_version": r.version,
+                    "owner": r.owner,
+                    "column": d.name,
+                    "reasons": list(d.reasons),
+                    "since": from_micros(r.first_us).isoformat(),
+                    "predictions": r.predictions,
+                    "statistics": _plain(asdict(d)),
+                }
+                # One alert per (version, column, level, window start): re-runs add nothing.
+                ident = hashlib.sha1(
+                    f"{r.service}|{r.variant}|{r.version}|{d.name}|{d.level}|{r.first_us}".encode()
+                ).hexdigest()[:24]
+                records.append(NewRecord(ident, now, orjson.dumps(alert)))
+                if self._alert_hook is not None:
+                    self._alert_hook(alert)
+        if records:
+            self.project.log.append(ALERTS, records, now)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value

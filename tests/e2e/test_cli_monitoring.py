@@ -1,0 +1,37 @@
+"""`headwater monitor` and `headwater experiment` on predictions whose labels have matured."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from headwater import Project
+from tests.conftest import write_project
+from tests.e2e.test_cli import run
+from tests.unit.serving.test_predict import SERVICES
+from tests.unit.training.conftest import visits
+
+
+def test_monitor_and_experiment_report_on_matured_predictions(tmp_path):
+    folder = write_project(tmp_path / "p", SERVICES)
+    now = datetime.now(UTC)
+    clock = {"t": now}
+    with Project(folder, clock=lambda: clock["t"]) as p:
+        p.ingest("visits", visits(users=300, end=now - timedelta(minutes=1)))
+        p.process()
+        first = p.train("churn").version
+        p.promote("churn", first)
+        p.promote("churn", first, alias="challenger")
+        clock["t"] = now - timedelta(days=10)
+        p.serving.predict("risk_ab", [{"user_id": f"u{i}"} for i in range(300)], "test")
+        p.serving.logger.flush()
+
+    out = run("monitor", "risk_ab", "--days", "20", "-p", str(folder)).stdout
+    assert "label coverage 100%" in out and "auc=" in out
+    assert "visits_7d" in out  # the drift table lists every feature
+    out = run(
+        "experiment", "risk_ab", "--days", "20", "--lower-is-better", "-p", str(folder)
+    ).stdout
+    assert "b vs a:" in out and "two-proportion z-test" in out
+    assert any(v in out for v in ("winner", "no difference", "more samples"))
+    missing = run("experiment", "risk", "--days", "20", "-p", str(folder), ok=False)
+    assert missing.returncode == 1 and "fewer than two variants" in missing.stderr

@@ -1,0 +1,79 @@
+"""The monitor: ground truth joined to logged predictions, drift, alerts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import orjson
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from headwater import Project
+from headwater.definitions.types import to_micros
+from headwater.monitoring.monitor import Monitor
+from tests.conftest import write_project
+from tests.unit.serving.test_predict import SERVICES
+from tests.unit.training.conftest import NOW, visits
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory):
+    clock = {"t": NOW}
+    folder = write_project(tmp_path_factory.mktemp("monitored") / "p", SERVICES)
+    with Project(folder, clock=lambda: clock["t"]) as p:
+        p.ingest("visits", visits())
+        p.process()
+        p.promote("churn", p.train("churn").version)
+        yield p, clock
+
+
+def test_ground_truth_joins_predictions_and_gives_the_performance(monitored):
+    p, clock = monitored
+    clock["t"] = NOW - timedelta(days=10)
+    users = [f"u{i}" for i in range(150)]
+    served = p.serving.predict("risk", [{"user_id": u} for u in users], "test")
+    clock["t"] = NOW
+    since = to_micros(NOW - timedelta(days=11))
+    (report,) = [r for r in Monitor(p).run("risk", since_us=since) if r.service == "risk"]
+    assert report.predictions == 150 and report.labelled == 150 and report.label_coverage == 1
+    # Brute force: churned means no visit in [t, t + 7 days).
+    t = to_micros(NOW - timedelta(days=10))
+    events = [
+        (r.event_time, orjson.loads(r.payload)["user_id"]) for r in p.log.read("visits", 0, 10**7)
+    ]
+    truth = [
+        int(not any(u == user and t <= ts < t + 7 * 86_400_000_000 for ts, u in events))
+        for user in users
+    ]
+    scores = [x.score for x in served]
+    assert report.metrics["auc"] == pytest.approx(roc_auc_score(truth, scores))
+    assert report.owner == "growth" and report.version == 1
+
+
+def test_drifted_features_raise_one_alert_per_window(monitored):
+    p, clock = monitored
+    clock["t"] = NOW + timedelta(days=1)
+    predictor = p.serving.predictor("risk")
+    profile = p.registry.version("churn", "champion")["profile"]["features"]
+    rng = np.random.default_rng(0)
+    rows, values = [], []
+    for i in range(400):
+        row = {f: float(rng.choice(profile[f]["sample"])) for f in profile}
+        row["visits_7d"] *= 5  # the drift the monitor must find
+        rows.append({"user_id": f"z{i}"})
+        values.append(row)
+    predictor.score(rows, values, [True] * len(rows), None, "test")
+    alerts: list[dict] = []
+    monitor = Monitor(p, alert=alerts.append)
+    since = to_micros(NOW + timedelta(hours=12))
+    (report,) = monitor.run("risk", since_us=since)
+    levels = {d.name: d.level for d in report.drift}
+    assert levels["visits_7d"] == "alert"
+    assert levels["visits_1d"] == "ok" and levels["visits_30d"] == "ok"
+    drifted = [a for a in alerts if a["column"] == "visits_7d"]
+    assert drifted and "PSI" in " ".join(drifted[0]["reasons"])
+    assert drifted[0]["owner"] == "growth" and drifted[0]["model_version"] == 1
+    logged = p.log.end_offset("alerts")
+    monitor.run("risk", since_us=since)
+    assert p.log.end_offset("alerts") == logged  # the same window alerts once
