@@ -542,7 +542,20 @@ def monitor(
 
     with _open(project) as p:
         now = p.now()
-        reports = Monitor(p, alert=send).run(service, since_us=now - int(days * 86_400e6))
+        since = now - int(days * 86_400e6)
+        watcher = Monitor(p, alert=send)
+        reports = watcher.run(service, since_us=since)
+        skews = {
+            name: watcher.skew(name, since, now + 1)
+            for name in sorted({r.service for r in reports})
+        }
+    for name, skew in skews.items():
+        worst = max(skew["rates"].items(), key=lambda kv: kv[1], default=("-", 0.0))
+        console.print(
+            f"skew {name}: {skew['checked']} predictions recomputed offline, "
+            f"{len(skew['mismatches'])} mismatching values (worst: {worst[0]} "
+            f"{worst[1]:.1%})"
+        )
     if not reports:
         console.print("no predictions in the window")
         return

@@ -187,6 +187,63 @@ class Monitor:
         out[np.flatnonzero(mature)] = values.to_numpy()
         return out
 
+    # -- skew ------------------------------------------------------------------------------
+
+    def skew(
+        self, service: str, since_us: int, until_us: int, sample: int = 500, seed: int = 0
+    ) -> dict[str, Any]:
+        """Recompute the features of sampled logged predictions offline, at the time they were
+        evaluated, and compare: per feature, the share that differs (expected: zero).
+
+        Each mismatch is reported with the entity, the time and both values, and raised as
+        an alert. Predictions for unknown entities (served with defaults) are not sampled.
+        """
+        frame = logged_predictions(self.project, service, since_us, until_us)
+        if frame.empty:
+            return {"checked": 0, "rates": {}, "mismatches": []}
+        frame = frame[~frame["unknown_entity"].astype(bool) & frame["features_at_us"].notna()]
+        frame = frame.sample(min(sample, len(frame)), random_state=seed).reset_index(drop=True)
+        entity = self.project.definitions.services[service].entity
+        spine = pd.DataFrame(list(frame["entity"]))[list(entity.keys)]
+        spine["timestamp"] = pd.to_datetime(
+            frame["features_at_us"].astype("int64"), unit="us", utc=True
+        )
+        names = sorted({n for f in frame["features"] for n in f})
+        offline = self.project.training_set(spine, names)
+        rates: dict[str, float] = {}
+        mismatches: list[dict[str, Any]] = []
+        for name in names:
+            bad = 0
+            for i, logged in enumerate(frame["features"]):
+                recomputed = _python(offline[name].iloc[i])
+                if not _same(logged.get(name), recomputed):
+                    bad += 1
+                    mismatches.append(
+                        {
+                            "feature": name,
+                            "entity": frame["entity"][i],
+                            "at_us": int(frame["features_at_us"][i]),
+                            "online": logged.get(name),
+                            "offline": recomputed,
+                        }
+                    )
+            rates[name] = bad / len(frame) if len(frame) else 0.0
+        now = self.project.now()
+        records = [
+            NewRecord(
+                hashlib.sha1(orjson.dumps(m, default=str)).hexdigest()[:24],
+                now,
+                orjson.dumps({"kind": "skew", "service": service, **m}, default=str),
+            )
+            for m in mismatches[:1000]
+        ]
+        if records:
+            self.project.log.append(ALERTS, records, now)
+            for m in mismatches[:1000]:
+                if self._alert_hook is not None:
+                    self._alert_hook({"kind": "skew", "service": service, **m})
+        return {"checked": len(frame), "rates": rates, "mismatches": mismatches}
+
     # -- alerts ----------------------------------------------------------------------------
 
     def _raise_alerts(self, reports: list[VersionReport], now: int) -> None:
@@ -228,3 +285,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_python(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return None
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    return bool(a == b)

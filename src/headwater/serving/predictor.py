@@ -35,6 +35,7 @@ class Prediction:
     unknown_entity: bool
     features: dict[str, Any] = field(repr=False)
     context: dict[str, Any] = field(repr=False)
+    features_at_us: int | None = None
 
     def response(self) -> dict[str, Any]:
         return {
@@ -92,9 +93,10 @@ class Predictor:
         chosen = [self.router.choose(entity_key([row[k] for k in keys])) for row in rows]
         needed = list(dict.fromkeys([*chosen, *self.router.shadows()]))
         start = time.perf_counter()
-        values, known = self._online.get_with_presence(rows, self.features_of(needed), at_us)
+        t = self._clock() if at_us is None else at_us
+        values, known = self._online.get_with_presence(rows, self.features_of(needed), t)
         self.last_timings.features_s = time.perf_counter() - start
-        return self.score(rows, values, known, chosen, path)
+        return self.score(rows, values, known, chosen, path, features_at=t)
 
     def score(
         self,
@@ -103,8 +105,13 @@ class Predictor:
         known: list[bool],
         chosen: list[Variant] | None,
         path: str,
+        features_at: int | Sequence[int] | None = None,
     ) -> list[Prediction]:
-        """Score rows whose feature values are given; log every prediction (and shadows)."""
+        """Score rows whose feature values are given; log every prediction (and shadows).
+
+        ``features_at``: when the values were evaluated (one time, or one per row), recorded
+        so that the monitor can recompute them offline and measure skew.
+        """
         service = self.service
         if chosen is None:
             keys = service.entity.keys
@@ -121,6 +128,9 @@ class Predictor:
                 out[i] = p
         self.last_timings.model_s = time.perf_counter() - start
         now = self._clock()
+        at = [features_at] * len(rows) if not isinstance(features_at, Sequence) else features_at
+        for p, when in zip(out, at, strict=True):
+            p.features_at_us = when
         self._logger.log([self._record(p, path, now, shadow=False) for p in out])
         shadows = self.router.shadows()
         if shadows:
@@ -192,4 +202,5 @@ class Predictor:
             "shadow": shadow,
             "path": path,
             "ts_us": now,
+            "features_at_us": p.features_at_us,
         }

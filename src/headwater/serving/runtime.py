@@ -62,7 +62,8 @@ class Serving:
         rows = table.to_dict("records")
         values = [{f: _plain(r[f]) for f in features} for r in rows]
         known = [True] * len(rows)
-        preds = predictor.score(rows, values, known, None, "batch")
+        times = [int(pd.Timestamp(r[time_column]).value // 1000) for r in rows]
+        preds = predictor.score(rows, values, known, None, "batch", features_at=times)
         out = table.drop(columns=features)
         for column in ("prediction_id", "score", "variant", "model_version"):
             out[column] = [getattr(p, column) for p in preds]

@@ -77,3 +77,26 @@ def test_drifted_features_raise_one_alert_per_window(monitored):
     logged = p.log.end_offset("alerts")
     monitor.run("risk", since_us=since)
     assert p.log.end_offset("alerts") == logged  # the same window alerts once
+
+
+def test_skew_between_served_and_recomputed_features_is_zero_and_detected(monitored):
+    p, clock = monitored
+    clock["t"] = NOW + timedelta(days=2)
+    users = [{"user_id": f"u{i}"} for i in range(120)]
+    served = p.serving.predict("risk", users, "test")
+    since = to_micros(NOW + timedelta(days=2) - timedelta(minutes=1))
+    monitor = Monitor(p)
+    report = monitor.skew("risk", since, to_micros(NOW + timedelta(days=3)))
+    assert report["checked"] == sum(not x.unknown_entity for x in served) > 100
+    assert report["rates"] and all(rate == 0 for rate in report["rates"].values())
+    # A prediction served from a stale value is caught, with both values.
+    predictor = p.serving.predictor("risk")
+    values = p.online_features(users[:1], list(report["rates"]))
+    values[0]["visits_30d"] += 3
+    predictor.score(users[:1], values, [True], None, "test", features_at=to_micros(clock["t"]))
+    alerts: list[dict] = []
+    found = Monitor(p, alert=alerts.append).skew("risk", since, to_micros(NOW + timedelta(days=3)))
+    (mismatch,) = found["mismatches"]
+    assert mismatch["feature"] == "visits_30d"
+    assert mismatch["online"] == mismatch["offline"] + 3
+    assert alerts[0]["kind"] == "skew"
