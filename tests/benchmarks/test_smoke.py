@@ -68,3 +68,18 @@ def test_serving_benchmark_runs_all_three_servers():
     ):
         assert server in proc.stdout, server
     assert "answered" not in proc.stdout  # every server accepted the requests
+
+
+def test_feast_benchmark_agrees_with_feast_on_every_row():
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "feast_pit.py"), "--rows", "20000"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| feast duckdb |" in proc.stdout and "| feast file |" in proc.stdout
+    duckdb_row = next(
+        line for line in proc.stdout.splitlines() if line.startswith("| feast duckdb |")
+    )
+    assert duckdb_row.rstrip(" |").endswith("| 0")  # no mismatching row against Feast

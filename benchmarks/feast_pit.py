@@ -1,0 +1,263 @@
+"""Point-in-time training sets: headwater vs Feast (file and duckdb offline stores).
+
+Same data for both, generated here: a feature table (user_id, event_timestamp at second
+resolution, six float64 and two int64 features, uniform over 90 days) and an entity table
+(user_id, event_timestamp). Feast answers with a feature view of the 8 features and a 2-day
+TTL; headwater reads the same rows as a stream of feature events and answers with `last`
+features over a 2-day window (hop 1 s, so the window starts exactly 2 days back). Feast's
+join includes a feature row stamped exactly at the entity time, headwater's window ends just
+before t, so headwater is asked as of t + 1 µs. Every run compares both answers for every
+entity row: mismatching values and dropped rows are counted and printed.
+
+    python benchmarks/feast_pit.py --size S     # 1M feature rows / 10k users, 100k entity rows
+    python benchmarks/feast_pit.py --size L     # 10M / 100k users, 1M entity rows
+
+Feast is installed in its own virtual environment (benchmarks/.work/feast-venv), never as a
+dependency of headwater.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import WORK, fresh_dir  # noqa: E402
+
+SIZES = {"S": (1_000_000, 10_000, 100_000), "L": (10_000_000, 100_000, 1_000_000)}
+FLOATS = [f"f{i}" for i in range(6)]
+INTS = ["i0", "i1"]
+START = pd.Timestamp("2026-01-01", tz="UTC")
+FEAST_VENV = WORK / "feast-venv"
+
+FEAST_RUN = """
+import json, resource, sys, time
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64
+
+repo, kind, features, spine, out = Path(sys.argv[1]), *sys.argv[2:6]
+repo.mkdir(parents=True, exist_ok=True)
+offline = "type: file" if kind == "file" else "type: duckdb"
+(repo / "feature_store.yaml").write_text(
+    "project: bench\\nregistry: registry.db\\nprovider: local\\n"
+    f"online_store:\\n  type: sqlite\\n  path: online.db\\noffline_store:\\n  {offline}\\n"
+    "entity_key_serialization_version: 3\\n"
+)
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+source = FileSource(path=features, timestamp_field="event_timestamp")
+names = %(names)r
+schema = [Field(name=n, dtype=Float64 if n.startswith("f") else Int64) for n in names]
+view = FeatureView(name="stats", entities=[user], ttl=timedelta(days=2), schema=schema,
+                   source=source)
+store = FeatureStore(repo_path=str(repo))
+store.apply([user, view])
+entity_df = pd.read_parquet(spine)
+start = time.perf_counter()
+result = store.get_historical_features(
+    entity_df=entity_df, features=[f"stats:{n}" for n in names]).to_df()
+seconds = time.perf_counter() - start
+result.to_parquet(out)
+print(json.dumps({"seconds": seconds, "rows": len(result),
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+HEADWATER_DEFINITIONS = """
+from headwater import Entity, Feature, Stream, agg
+
+user = Entity("user", keys="user_id", owner="bench", description="A user")
+stats = Stream("stats", fields={"user_id": "int", %(fields)s "event_timestamp": "timestamp"},
+               key="user_id", time="event_timestamp", owner="bench", description="Feature rows")
+features = [
+    Feature(name, entity=user, stream=stats, aggregation=agg.last(name), windows=["2d"],
+            hop="1s", owner="bench", description="Latest value within 2 days")
+    for name in %(names)r
+]
+"""
+
+HEADWATER_RUN = """
+import json, resource, sys, time
+import pandas as pd
+import pyarrow.parquet as pq
+from headwater import Project
+
+folder, spine_path, out, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+project = Project(folder)
+spine = pq.read_table(spine_path).to_pandas()
+spine["timestamp"] = spine["event_timestamp"] + pd.Timedelta(microseconds=1)
+start = time.perf_counter()
+table = project.training_set(spine, [f"{n}_2d" for n in names], output="arrow")
+seconds = time.perf_counter() - start
+pq.write_table(table, out)
+print(json.dumps({"seconds": seconds, "rows": table.num_rows,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def generate(rows: int, users: int, spine_rows: int, folder: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(2026)
+    seconds = 90 * 86_400
+    data = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, users, rows, dtype=np.int64),
+            "event_timestamp": START + pd.to_timedelta(rng.integers(0, seconds, rows), unit="s"),
+        }
+    )
+    for name in FLOATS:
+        data[name] = rng.normal(0, 1, rows)
+    for name in INTS:
+        data[name] = rng.integers(0, 1000, rows, dtype=np.int64)
+    # One row per (user, second): otherwise "the latest row" is ambiguous for both systems.
+    data = data.drop_duplicates(["user_id", "event_timestamp"]).reset_index(drop=True)
+    spine = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, users, spine_rows, dtype=np.int64),
+            "event_timestamp": START
+            + pd.to_timedelta(rng.integers(0, seconds, spine_rows), unit="s"),
+            "row_id": np.arange(spine_rows, dtype=np.int64),
+        }
+    )
+    features, spine_path = folder / "features.parquet", folder / "spine.parquet"
+    data.to_parquet(features, index=False)
+    spine.to_parquet(spine_path, index=False)
+    return features, spine_path
+
+
+def run_json(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_headwater(folder: Path, features: Path) -> dict[str, float]:
+    from headwater import Project
+    from headwater.definitions.types import to_micros
+
+    names = FLOATS + INTS
+    fields = " ".join(f'"{n}": "{"float" if n.startswith("f") else "int"}",' for n in names)
+    (folder / "headwater.toml").write_text(
+        '[project]\nname = "pit"\ndefinitions = ["definitions.py"]\n'
+    )
+    (folder / "definitions.py").write_text(
+        textwrap.dedent(HEADWATER_DEFINITIONS % {"fields": fields, "names": names})
+    )
+    timings = {}
+    end = to_micros(START + pd.Timedelta(days=91))
+    with Project(folder, clock=lambda: end) as p:
+        start = time.perf_counter()
+        for batch in pq.ParquetFile(features).iter_batches(batch_size=200_000):
+            p.ingest("stats", pa.Table.from_batches([batch]))
+        timings["ingest"] = time.perf_counter() - start
+        start = time.perf_counter()
+        p.archiver.catch_up(p.definitions.streams["stats"])
+        timings["archive"] = time.perf_counter() - start
+    return timings
+
+
+def compare(spine: Path, feast_out: Path, ours_out: Path) -> tuple[int, int, int]:
+    """(dropped rows, mismatching rows, values compared) over every entity row."""
+    names = FLOATS + INTS
+    base = pq.read_table(spine).to_pandas()
+    feast = pd.read_parquet(feast_out).set_index("row_id")
+    ours = pq.read_table(ours_out).to_pandas().set_index("row_id")
+    dropped = len(set(base["row_id"]) - set(feast.index)) + len(
+        set(base["row_id"]) - set(ours.index)
+    )
+    feast = feast.reindex(base["row_id"])
+    ours = ours.reindex(base["row_id"])
+    bad = np.zeros(len(base), dtype=bool)
+    for n in names:
+        a = pd.to_numeric(feast[n], errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(ours[f"{n}_2d"], errors="coerce").to_numpy(dtype=float)
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        bad |= ~same
+    return dropped, int(bad.sum()), len(base) * len(names)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", choices=sorted(SIZES), default="S")
+    ap.add_argument("--rows", type=int, help="override the feature rows (for smoke runs)")
+    ap.add_argument("--stores", default="duckdb,file", help="Feast offline stores to run")
+    args = ap.parse_args()
+    rows, users, spine_rows = SIZES[args.size]
+    if args.rows:
+        rows, users, spine_rows = args.rows, max(args.rows // 100, 10), max(args.rows // 10, 10)
+    if not (FEAST_VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(FEAST_VENV)], check=True)
+        subprocess.run(
+            [str(FEAST_VENV / "bin" / "pip"), "install", "-q", "feast[duckdb]"], check=True
+        )
+    work = fresh_dir(f"feast-{args.size}")
+    print(
+        f"size {args.size}: {rows:,} feature rows, {users:,} users, {spine_rows:,} entity rows",
+        flush=True,
+    )
+    features, spine = generate(rows, users, spine_rows, work)
+    results: dict[str, dict] = {}
+    hw = work / "headwater"
+    hw.mkdir()
+    load = load_headwater(hw, features)
+    print(
+        f"  headwater: ingest through the log {load['ingest']:.1f}s, archive "
+        f"{load['archive']:.1f}s (not part of the timed join)",
+        flush=True,
+    )
+    ours_out = work / "headwater.parquet"
+    results["headwater"] = run_json(
+        [
+            sys.executable,
+            "-c",
+            HEADWATER_RUN,
+            str(hw),
+            str(spine),
+            str(ours_out),
+            ",".join(FLOATS + INTS),
+        ]
+    )
+    print(f"  headwater: {results['headwater']}", flush=True)
+    script = work / "feast_run.py"
+    script.write_text(FEAST_RUN % {"names": FLOATS + INTS})
+    for kind in args.stores.split(","):
+        out = work / f"feast-{kind}.parquet"
+        results[f"feast {kind}"] = run_json(
+            [
+                str(FEAST_VENV / "bin" / "python"),
+                str(script),
+                str(work / f"repo-{kind}"),
+                kind,
+                str(features),
+                str(spine),
+                str(out),
+            ]
+        )
+        dropped, mismatched, compared = compare(spine, out, ours_out)
+        results[f"feast {kind}"].update(dropped=dropped, mismatched_rows=mismatched)
+        print(f"  feast {kind}: {results[f'feast {kind}']}", flush=True)
+
+    ours = results["headwater"]["seconds"]
+    print("\n| system | seconds | peak RSS MB | rows | headwater speed-up | mismatching rows |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['seconds']:.2f} | {r['rss_mb']:,.0f} | {r['rows']:,} | "
+            f"{r['seconds'] / ours:.1f}x | {r.get('mismatched_rows', '-')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
