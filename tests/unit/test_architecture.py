@@ -13,6 +13,7 @@ ADAPTERS = {
     "stores/metadata_sqlite.py",
     "stores/metadata_postgres.py",
     "stores/online_redis.py",
+    "stores/sqlite_file.py",
 }
 # Third-party clients of a backend: each may be imported by exactly one adapter module.
 CLIENTS = {"redis", "psycopg", "confluent_kafka", "pyspark", "sqlite3", "mlflow"}

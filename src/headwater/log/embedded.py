@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from headwater.log.base import Appended, LogError, NewRecord, Record
+from headwater.stores.sqlite_file import open_sqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -46,15 +47,10 @@ class EmbeddedLog:
     """
 
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Append] = []
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_sqlite(path, _SCHEMA, "FULL")
 
     def append(self, stream: str, records: Sequence[NewRecord], ingest_time: int) -> list[Appended]:
         if not records:
