@@ -7,7 +7,7 @@ from headwater.definitions.entity import Entity
 from headwater.definitions.errors import DefinitionError, HeadwaterError
 from headwater.definitions.expr import Expr, col
 from headwater.definitions.feature import Derived, Feature, FeatureColumn
-from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy
+from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy, RetrainPolicy
 from headwater.definitions.service import Bandit, Service, Variant
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, Field
@@ -29,6 +29,7 @@ __all__ = [
     "Label",
     "Model",
     "PromotionPolicy",
+    "RetrainPolicy",
     "Service",
     "Stream",
     "Variant",

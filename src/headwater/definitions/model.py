@@ -94,6 +94,18 @@ class PromotionPolicy:
 
 
 @dataclass(frozen=True)
+class RetrainPolicy:
+    """When the monitor retrains a model: on a drift alert of its champion, and/or when a live
+    metric falls below a floor (e.g. ``below={"auc": 0.7}``). The new version becomes the
+    "challenger"; a shadow service scores it, and the monitor promotes it only if it beats
+    the champion on the same live, labelled requests by the model's promotion policy."""
+
+    on_drift: bool = True
+    below: tuple[tuple[str, float], ...] = ()
+    min_labelled: int = 100
+
+
+@dataclass(frozen=True)
 class Expectation:
     """A declared data check run before fitting: bounds and a maximum null rate of a column."""
 
@@ -134,6 +146,7 @@ class Model(Definition):
         min_rows: int = 100,
         retries: int = 0,
         schedule: str | None = None,
+        retrain: RetrainPolicy | None = None,
         owner: str | None = None,
         description: str | None = None,
         deprecated: bool = False,
@@ -167,7 +180,7 @@ class Model(Definition):
             metric=default_metric, higher_is_better=task == "classification"
         )
         self.expectations, self.min_rows = tuple(expectations), min_rows
-        self.retries, self.schedule = retries, schedule
+        self.retries, self.schedule, self.retrain = retries, schedule, retrain
 
     def spec(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,7 @@ from headwater.features.plan import entity_key
 from headwater.log.base import Log
 from headwater.serving.logger import PredictionLogger
 from headwater.serving.routing import Router
-from headwater.serving.scoring import ScorerCache
+from headwater.serving.scoring import NoModelVersion, ScorerCache
 
 
 @dataclass
@@ -75,10 +75,19 @@ class Predictor:
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{service.name}")
         self.shadow_errors = 0
 
-    def features_of(self, variants: Sequence[Variant]) -> list[str]:
+    def features_of(
+        self, variants: Sequence[Variant], optional: Sequence[Variant] = ()
+    ) -> list[str]:
+        """The features the variants need; ``optional`` ones (shadows) are skipped while
+        their alias points at no version yet."""
         names: list[str] = []
         for v in variants:
             names += self._scorers.get(v.model, v.alias).signature.features
+        for v in optional:
+            try:
+                names += self._scorers.get(v.model, v.alias).signature.features
+            except NoModelVersion:
+                continue
         return list(dict.fromkeys(names))
 
     def predict(
@@ -91,10 +100,11 @@ class Predictor:
                 if row.get(k) is None or isinstance(row.get(k), dict | list):
                     raise MissingKeyError(f"row {i} needs entity key {k!r} (a string or number)")
         chosen = [self.router.choose(entity_key([row[k] for k in keys])) for row in rows]
-        needed = list(dict.fromkeys([*chosen, *self.router.shadows()]))
+        needed = list(dict.fromkeys(chosen))
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us
-        values, known = self._online.get_with_presence(rows, self.features_of(needed), t)
+        names = self.features_of(needed, self.router.shadows())
+        values, known = self._online.get_with_presence(rows, names, t)
         self.last_timings.features_s = time.perf_counter() - start
         return self.score(rows, values, known, chosen, path, features_at=t)
 
