@@ -519,6 +519,12 @@ def monitor(
     service: Annotated[str | None, typer.Argument(help="Only this service")] = None,
     days: Annotated[float, typer.Option(help="Window of prediction times, back from now")] = 7,
     webhook: Annotated[str | None, typer.Option(help="POST each alert as JSON here")] = None,
+    act: Annotated[
+        bool,
+        typer.Option(
+            "--act", help="Retrain models whose policy says so; promote challengers that win"
+        ),
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Join logged predictions with their ground truth; drift against reference; alerts."""
@@ -549,6 +555,14 @@ def monitor(
             name: watcher.skew(name, since, now + 1)
             for name in sorted({r.service for r in reports})
         }
+        if act:
+            from headwater.monitoring import loop
+
+            for action in [
+                *loop.retrain_if_needed(p, reports, console.print),
+                *loop.promote_winners(p, since, now + 1, console.print),
+            ]:
+                console.print(f"action: {action}")
     for name, skew in skews.items():
         worst = max(skew["rates"].items(), key=lambda kv: kv[1], default=("-", 0.0))
         console.print(

@@ -25,7 +25,7 @@ def test_monitor_and_experiment_report_on_matured_predictions(tmp_path):
         p.serving.predict("risk_ab", [{"user_id": f"u{i}"} for i in range(300)], "test")
         p.serving.logger.flush()
 
-    out = run("monitor", "risk_ab", "--days", "20", "-p", str(folder)).stdout
+    out = run("monitor", "risk_ab", "--days", "20", "--act", "-p", str(folder)).stdout
     assert "label coverage 100%" in out and "auc=" in out
     assert "visits_7d" in out  # the drift table lists every feature
     # These predictions were served "10 days ago" from tiles processed up to now, which online
