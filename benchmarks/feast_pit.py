@@ -80,7 +80,8 @@ from headwater import Entity, Feature, Stream, agg
 
 user = Entity("user", keys="user_id", owner="bench", description="A user")
 stats = Stream("stats", fields={"user_id": "int", %(fields)s "event_timestamp": "timestamp"},
-               key="user_id", time="event_timestamp", owner="bench", description="Feature rows")
+               key="user_id", time="event_timestamp", required=%(names)r, owner="bench",
+               description="Feature rows (the generator writes no nulls, and says so)")
 features = [
     Feature(name, entity=user, stream=stats, aggregation=agg.last(name), windows=["2d"],
             hop="1s", owner="bench", description="Latest value within 2 days")

@@ -108,8 +108,83 @@ def feature_set_values(
         if c.window_us is not None and c.hop_us is not None:
             name = starts.setdefault((c.window_us, c.hop_us), f"_start{len(starts)}")
             spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
+    con.register("_spine", pa.table(spine))
+    try:
+        asof = [c for c in columns if _asof_eligible(c)]
+        ranged = [c for c in columns if not _asof_eligible(c)]
+        source, params = history_source(con, plan.stream, files, max_offset)
+        got: dict[str, pa.ChunkedArray] = {}
+        if ranged:
+            table = _ranged_values(con, plan, ranged, starts, source, params)
+            got.update({c.name: table[c.name] for c in ranged})
+        for group in _by_filter(asof):
+            table = _asof_values(con, plan, group, starts, source, params)
+            got.update({c.name: table[c.name] for c in group})
+    finally:
+        con.unregister("_spine")
+    return pa.table({c.name: got[c.name] for c in columns})
+
+
+def _asof_eligible(column: FeatureColumn) -> bool:
+    """``last`` of a field that is never null is the latest matching event: an ASOF join
+    finds it without joining every event of the window."""
+    agg = column.aggregation
+    return agg.kind == "last" and not column.feature.stream.fields[agg.field or ""].nullable
+
+
+def _by_filter(columns: list[FeatureColumn]) -> list[list[FeatureColumn]]:
+    groups: dict[str, list[FeatureColumn]] = {}
+    for c in columns:
+        where = c.feature.where
+        groups.setdefault(repr(None if where is None else where.spec()), []).append(c)
+    return list(groups.values())
+
+
+def _asof_values(
+    con: duckdb.DuckDBPyConnection,
+    plan: FeatureSetPlan,
+    columns: list[FeatureColumn],
+    starts: dict[tuple[int, int], str],
+    source: str,
+    params: dict[str, object],
+) -> pa.Table:
+    keys = plan.entity.keys
+    fields = sorted({*keys, *(c.aggregation.field or "" for c in columns)})
+    where = columns[0].feature.where
+    condition = "" if where is None else f"WHERE {where.to_sql('e')}"
+    values = []
+    for c in columns:
+        value = f"e.{sql_name(c.aggregation.field or '')}"
+        if c.window_us is not None:
+            start = starts[(c.window_us, c.hop_us or 0)]
+            value = f"CASE WHEN e._ts >= s.{start} THEN {value} END"
+        values.append(f"{value} AS {sql_name(c.name)}")
+    join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
+    sql = f"""
+WITH e AS (
+  SELECT {", ".join(f"e.{sql_name(f)}" for f in fields)}, e._event_time AS _ts,
+         CAST(e._event_time AS HUGEINT) * {ORDER_SHIFT} + e._offset AS _ord
+  FROM {source} AS e {condition}
+)
+SELECT s._row, {", ".join(values)}
+FROM _spine s ASOF LEFT JOIN e ON {join_keys} AND CAST(s._t AS HUGEINT) * {ORDER_SHIFT} > e._ord
+ORDER BY s._row
+"""
+    return con.sql(sql, params=params or None).to_arrow_table()
+
+
+def _ranged_values(
+    con: duckdb.DuckDBPyConnection,
+    plan: FeatureSetPlan,
+    columns: list[FeatureColumn],
+    starts: dict[tuple[int, int], str],
+    source: str,
+    params: dict[str, object],
+) -> pa.Table:
+    """Every other aggregation: join the events of the widest window, FILTER per column."""
+    keys = plan.entity.keys
     lifetime = any(c.window_us is None for c in columns)
-    spine_table = pa.table(spine)
+    used = [starts[(c.window_us, c.hop_us or 0)] for c in columns if c.window_us is not None]
     fields = sorted(
         {
             *keys,
@@ -117,14 +192,16 @@ def feature_set_values(
             *(f for c in columns if c.feature.where for f in c.feature.where.fields()),
         }
     )
-    source, params = history_source(con, plan.stream, files, max_offset)
     selected = ", ".join(sql_name(f) for f in fields)
     join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
     lower = ""
-    if not lifetime and starts:
-        lower = " AND e._ts >= LEAST(" + ", ".join(f"s.{n}" for n in starts.values()) + ")"
-        if len(starts) == 1:
-            lower = f" AND e._ts >= s.{next(iter(starts.values()))}"
+    if not lifetime and used:
+        distinct = list(dict.fromkeys(used))
+        lower = (
+            f" AND e._ts >= s.{distinct[0]}"
+            if len(distinct) == 1
+            else " AND e._ts >= LEAST(" + ", ".join(f"s.{n}" for n in distinct) + ")"
+        )
     aggregates = ",\n  ".join(
         _column_sql(c, None if c.window_us is None else starts[(c.window_us, c.hop_us or 0)])
         for c in columns
@@ -141,9 +218,4 @@ FROM _spine s LEFT JOIN e ON {join_keys} AND e._ts < s._t{lower}
 GROUP BY s._row
 ORDER BY s._row
 """
-    con.register("_spine", spine_table)
-    try:
-        result = con.sql(sql, params=params or None).to_arrow_table()
-    finally:
-        con.unregister("_spine")
-    return result.drop(["_row"])
+    return con.sql(sql, params=params or None).to_arrow_table()

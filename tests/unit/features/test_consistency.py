@@ -33,8 +33,16 @@ KEYS = ["k0", "k1", "k2", "k3"]
 entity = Entity("account", keys="account_id", owner="t", description="test entity")
 stream = Stream(
     "txns",
-    fields={"account_id": "string", "x": "float", "n": "int", "cat": "string", "ts": "timestamp"},
+    fields={
+        "account_id": "string",
+        "x": "float",
+        "n": "int",
+        "cat": "string",
+        "k": "int",
+        "ts": "timestamp",
+    },
     key="account_id",
+    required=["k"],
     time="ts",
     owner="t",
     description="test events",
@@ -54,6 +62,8 @@ def _features() -> list[Feature]:
         ("vx", agg.variance("x"), None),
         ("sdx", agg.stddev("n"), None),
         ("lx", agg.last("x"), None),
+        ("lk_req", agg.last("k"), None),  # a never-null field: the batch engine's ASOF path
+        ("lk_paid", agg.last("k"), col("cat") == "a"),
         ("fc", agg.first("cat"), None),
         ("lk", agg.last_k("n", 3), None),
         ("cd", agg.count_distinct("cat"), col("n").isin([1, 2, 3, 5, 8])),
@@ -93,6 +103,7 @@ event_strategy = st.fixed_dictionaries(
         "x": maybe(st.integers(-400, 400).map(lambda i: i / 4)),
         "n": maybe(st.integers(-5, 9)),
         "cat": maybe(st.sampled_from(["a", "b", "c"])),
+        "k": st.integers(0, 3),
         # coarse times make ties (same event time) frequent; fine ones hit tile edges
         "ts": st.one_of(
             st.integers(0, SPAN // MINUTE).map(lambda m: T0 + m * MINUTE),
@@ -210,9 +221,9 @@ def test_windows_follow_the_hop_aligned_start():
         eng.ingestor.ingest(
             stream.name,
             [
-                {"account_id": "k0", "x": 1.0, "ts": at(9, 4)},
-                {"account_id": "k0", "x": 2.0, "ts": at(9, 5)},
-                {"account_id": "k0", "x": 4.0, "ts": at(10, 6)},
+                {"account_id": "k0", "k": 1, "x": 1.0, "ts": at(9, 4)},
+                {"account_id": "k0", "k": 1, "x": 2.0, "ts": at(9, 5)},
+                {"account_id": "k0", "k": 1, "x": 4.0, "ts": at(10, 6)},
             ],
         )
         eng.processor.run_until_caught_up()
@@ -225,7 +236,7 @@ def test_windows_follow_the_hop_aligned_start():
         assert (offline["sx_1h"], offline["cnt_1h"]) == (6.0, 2)
         # An event exactly at t is not visible at t (training sets), but is just after it.
         eng.now = t + 1
-        eng.ingestor.ingest(stream.name, [{"account_id": "k0", "x": 8.0, "ts": t / 1e6}])
+        eng.ingestor.ingest(stream.name, [{"account_id": "k0", "k": 1, "x": 8.0, "ts": t / 1e6}])
         eng.processor.run_until_caught_up()
         assert eng.training.build(spine, ["sx_1h"]).to_pylist()[0]["sx_1h"] == 6.0
         assert np.isclose(

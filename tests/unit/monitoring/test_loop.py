@@ -14,7 +14,9 @@ from headwater.monitoring.monitor import Monitor
 from tests.conftest import write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
 
-LOOP = DEFINITIONS + """
+LOOP = (
+    DEFINITIONS
+    + """
 from headwater import RetrainPolicy, Service, Variant
 
 watched = Model("watched", label=churned, features=NUMERIC, estimator=logistic, lookback="14d",
@@ -24,6 +26,7 @@ services = [Service("guarded", variants=[Variant("main", watched),
                                          Variant("next", watched, alias="challenger")],
                     routing="shadow", owner="growth", description="Champion + shadow")]
 """
+)
 
 
 @pytest.fixture
@@ -40,8 +43,13 @@ def _drifted_predictions(p, clock):
     clock["t"] = NOW + timedelta(days=1)
     profile = p.registry.version("watched", "champion")["profile"]["features"]
     rng = np.random.default_rng(1)
-    values = [{f: float(rng.choice(profile[f]["sample"])) * (5 if f == "visits_7d" else 1)
-               for f in profile} for _ in range(300)]
+    values = [
+        {
+            f: float(rng.choice(profile[f]["sample"])) * (5 if f == "visits_7d" else 1)
+            for f in profile
+        }
+        for _ in range(300)
+    ]
     rows = [{"user_id": f"d{i}"} for i in range(300)]
     p.serving.predictor("guarded").score(rows, values, [True] * 300, None, "test")
 
