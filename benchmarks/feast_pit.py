@@ -41,13 +41,20 @@ START = pd.Timestamp("2026-01-01", tz="UTC")
 FEAST_VENV = WORK / "feast-venv"
 
 FEAST_RUN = """
-import json, resource, sys, time
+import json, sys, time
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64
+
+
+def peak_mb():
+    # VmHWM is this process's own peak; ru_maxrss would include the parent's (kept over exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 
 repo, kind, features, spine, out = Path(sys.argv[1]), *sys.argv[2:6]
 repo.mkdir(parents=True, exist_ok=True)
@@ -71,8 +78,7 @@ result = store.get_historical_features(
     entity_df=entity_df, features=[f"stats:{n}" for n in names]).to_df()
 seconds = time.perf_counter() - start
 result.to_parquet(out)
-print(json.dumps({"seconds": seconds, "rows": len(result),
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": seconds, "rows": len(result), "rss_mb": peak_mb()}))
 """
 
 HEADWATER_DEFINITIONS = """
@@ -90,10 +96,17 @@ features = [
 """
 
 HEADWATER_RUN = """
-import json, resource, sys, time
+import json, sys, time
 import pandas as pd
 import pyarrow.parquet as pq
 from headwater import Project
+
+
+def peak_mb():
+    # VmHWM is this process's own peak; ru_maxrss would include the parent's (kept over exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 
 folder, spine_path, out, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 project = Project(folder)
@@ -103,8 +116,7 @@ start = time.perf_counter()
 table = project.training_set(spine, [f"{n}_2d" for n in names], output="arrow")
 seconds = time.perf_counter() - start
 pq.write_table(table, out)
-print(json.dumps({"seconds": seconds, "rows": table.num_rows,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": seconds, "rows": table.num_rows, "rss_mb": peak_mb()}))
 """
 
 
