@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from headwater.definitions import HeadwaterError, Stream
 from headwater.definitions.stream import did_you_mean
+from headwater.ingestion.columnar import check_table
 from headwater.ingestion.validate import Rejected, TimePolicy, validate
 from headwater.log.base import DEAD_LETTER_STREAM, Log, NewRecord
 
@@ -68,26 +70,46 @@ class Ingestor:
         """Append the valid events (acknowledged only once durable); dead-letter the others."""
         stream = self.stream(stream_name)
         now = self._clock()
+        batch = _Batch(stream_name, now)
         policy = TimePolicy(now, self._max_future_us)
-        records: list[NewRecord] = []
-        positions: list[int] = []
-        result = IngestResult()
-        dead: list[NewRecord] = []
         for i, raw in enumerate(events):
-            result.offsets.append(None)
-            try:
-                event = validate(stream, raw, policy)
-                payload = orjson.dumps(event.fields)
-            except (Rejected, TypeError, orjson.JSONEncodeError) as exc:
-                result.rejected.append(Rejection(i, str(exc)))
-                dead.append(_dead_letter(stream_name, raw, str(exc), now))
-                continue
-            records.append(NewRecord(event.event_id, event.event_time, payload))
-            positions.append(i)
-        if dead:
-            self._log.append(DEAD_LETTER_STREAM, dead, now)
+            batch.add_row(stream, i, raw, policy)
+        return self._commit(batch)
+
+    def ingest_table(self, stream_name: str, table: pa.Table) -> IngestResult:
+        """``ingest`` for an Arrow table: whole columns are checked at once, and only rows the
+        columnar check cannot vouch for go through the row-by-row validator."""
+        stream = self.stream(stream_name)
+        now = self._clock()
+        policy = TimePolicy(now, self._max_future_us)
+        checked = check_table(stream, table, policy)
+        if checked is None:
+            return self.ingest(stream_name, table.to_pylist())
+        batch = _Batch(stream_name, now, table.num_rows)
+        for position, row, event_id, event_time in zip(
+            checked.indices.tolist(),
+            checked.rows,
+            checked.event_ids,
+            checked.event_times,
+            strict=True,
+        ):
+            batch.add_valid(position, event_id, event_time, orjson.dumps(row), checked.fresh_ids)
+        if len(checked.fallback):
+            rest = table.take(pa.array(checked.fallback)).to_pylist()
+            for position, raw in zip(checked.fallback.tolist(), rest, strict=True):
+                batch.add_row(stream, position, raw, policy)
+        return self._commit(batch)
+
+    def _commit(self, batch: _Batch) -> IngestResult:
+        if batch.dead:
+            self._log.append(DEAD_LETTER_STREAM, batch.dead, batch.now)
+        order = sorted(range(len(batch.records)), key=batch.positions.__getitem__)
+        records = [batch.records[i] for i in order]
+        positions = [batch.positions[i] for i in order]
+        result = batch.result
+        result.rejected.sort(key=lambda r: r.index)
         for position, appended in zip(
-            positions, self._log.append(stream_name, records, now), strict=True
+            positions, self._log.append(batch.stream, records, batch.now), strict=True
         ):
             result.offsets[position] = appended.offset
             if appended.duplicate:
@@ -95,6 +117,36 @@ class Ingestor:
             else:
                 result.accepted += 1
         return result
+
+
+class _Batch:
+    """One ingest call's valid records (with their positions) and rejections."""
+
+    def __init__(self, stream: str, now: int, size: int = 0) -> None:
+        self.stream, self.now = stream, now
+        self.records: list[NewRecord] = []
+        self.positions: list[int] = []
+        self.dead: list[NewRecord] = []
+        self.result = IngestResult(offsets=[None] * size)
+
+    def add_valid(
+        self, position: int, event_id: str, event_time: int, payload: bytes, fresh_id: bool = False
+    ) -> None:
+        self.records.append(NewRecord(event_id, event_time, payload, fresh_id))
+        self.positions.append(position)
+
+    def add_row(self, stream: Stream, position: int, raw: Any, policy: TimePolicy) -> None:
+        if position >= len(self.result.offsets):
+            self.result.offsets.extend([None] * (position + 1 - len(self.result.offsets)))
+        try:
+            event = validate(stream, raw, policy)
+            payload = orjson.dumps(event.fields)
+        except (Rejected, TypeError, orjson.JSONEncodeError) as exc:
+            self.result.rejected.append(Rejection(position, str(exc)))
+            self.dead.append(_dead_letter(self.stream, raw, str(exc), self.now))
+            return
+        fresh = isinstance(raw, Mapping) and raw.get(stream.id_field) is None
+        self.add_valid(position, event.event_id, event.event_time, payload, fresh)
 
 
 def _dead_letter(stream: str, raw: Any, reason: str, now: int) -> NewRecord:

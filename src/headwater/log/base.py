@@ -22,6 +22,7 @@ class NewRecord:
     event_id: str
     event_time: int
     payload: bytes
+    fresh_id: bool = False  # the id was just generated (a UUID): no earlier copy can exist
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,7 @@ class EmbeddedLog:
             ).fetchone()
             heads[stream] = row[0] if row else 0
         next_offset = heads[stream]
-        known = self._existing(stream, [r.event_id for r in request.records])
+        known = self._existing(stream, [r.event_id for r in request.records if not r.fresh_id])
         rows = []
         for r in request.records:
             if r.event_id in known:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], "int | datetime"]
 INGEST_CHUNK = 10_000
+TABLE_CHUNK = 100_000
 
 
 def system_clock() -> int:
@@ -124,19 +125,21 @@ class Project:
 
         Invalid events go to the dead-letter stream with their reason; the result lists them.
         """
-        if not isinstance(events, list | tuple):
-            if (
-                hasattr(events, "to_arrow")
-                or isinstance(events, pa.Table)
-                or (type(events).__module__.startswith("pandas"))
-            ):
-                events = to_arrow(events).to_pylist()
-            else:
-                events = list(events)
         self.ingestor.stream(stream)
         result = IngestResult()
-        for i in range(0, len(events), INGEST_CHUNK):
-            result.merge(self.ingestor.ingest(stream, events[i : i + INGEST_CHUNK]), i)
+        if not isinstance(events, list | tuple) and (
+            hasattr(events, "to_arrow")
+            or isinstance(events, pa.Table)
+            or type(events).__module__.startswith("pandas")
+        ):
+            table = to_arrow(events)  # whole columns are validated at once
+            for i in range(0, table.num_rows, TABLE_CHUNK):
+                chunk = table.slice(i, TABLE_CHUNK)
+                result.merge(self.ingestor.ingest_table(stream, chunk), i)
+            return result
+        rows = events if isinstance(events, list | tuple) else list(events)
+        for i in range(0, len(rows), INGEST_CHUNK):
+            result.merge(self.ingestor.ingest(stream, rows[i : i + INGEST_CHUNK]), i)
         return result
 
     def process(
