@@ -632,6 +632,23 @@ def experiment(
 
 
 @app.command()
+def report(
+    model: Annotated[str, typer.Argument(help="Model to report on")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write")] = None,
+    days: Annotated[int, typer.Option(help="Days of predictions")] = 14,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Write a self-contained HTML report: live performance, drift, predictions vs reference."""
+    from headwater.monitoring.report import render
+
+    with _open(project) as p:
+        page = render(p, model, days)
+        target = out or p.root / f"{model}-report.html"
+    target.write_text(page)
+    console.print(f"report written to {target}")
+
+
+@app.command()
 def quickstart(
     folder: Annotated[Path, typer.Option("--dir", help="Where to create the project")] = Path(
         "headwater-shop"

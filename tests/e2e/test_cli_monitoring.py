@@ -36,5 +36,11 @@ def test_monitor_and_experiment_report_on_matured_predictions(tmp_path):
     ).stdout
     assert "b vs a:" in out and "two-proportion z-test" in out
     assert any(v in out for v in ("winner", "no difference", "more samples"))
+    report = tmp_path / "churn.html"
+    assert (
+        "report written"
+        in run("report", "churn", "-o", str(report), "--days", "20", "-p", str(folder)).stdout
+    )
+    assert "<svg" in report.read_text()
     missing = run("experiment", "risk", "--days", "20", "-p", str(folder), ok=False)
     assert missing.returncode == 1 and "fewer than two variants" in missing.stderr

@@ -100,3 +100,34 @@ def test_skew_between_served_and_recomputed_features_is_zero_and_detected(monito
     assert mismatch["feature"] == "visits_30d"
     assert mismatch["online"] == mismatch["offline"] + 3
     assert alerts[0]["kind"] == "skew"
+
+
+def test_the_html_report_shows_performance_drift_and_predictions(monitored):
+    from html.parser import HTMLParser
+
+    from headwater.monitoring.report import render
+
+    p, clock = monitored
+    clock["t"] = NOW + timedelta(days=3)
+    page = render(p, "churn", days=14)
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    assert "Live auc by day" in page and page.count("<svg") >= 3
+    assert "visits_7d" in page and 'class="alert"' in page
+    assert "Predictions: live vs reference" in page
+
+    class Depth(HTMLParser):
+        open_tags: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag != "meta":
+                self.open_tags.append(tag)
+
+        def handle_startendtag(self, tag, attrs):  # <rect/>: opened and closed at once
+            pass
+
+        def handle_endtag(self, tag):
+            assert self.open_tags.pop() == tag
+
+    parser = Depth()
+    parser.feed(page)
+    assert parser.open_tags == []  # every element is closed where it was opened

@@ -1,0 +1,119 @@
+"""``headwater report MODEL``: one self-contained HTML file (inline SVG, no scripts) with the
+model's live performance over time, drift per feature, and predictions against the reference."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from headwater.definitions.types import from_micros
+from headwater.monitoring.monitor import Monitor, VersionReport
+
+DAY = 86_400_000_000
+STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:60rem}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}table{border-collapse:collapse}
+td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left}
+.alert{color:#b00020;font-weight:600}.warn{color:#a35f00}.ok{color:#2e7d32}"""
+
+
+def bars(
+    values: list[tuple[str, float]],
+    width: int = 560,
+    color: str = "#4a6fa5",
+    limit: float | None = None,
+) -> str:
+    """A horizontal bar chart as inline SVG; ``limit`` draws a threshold line."""
+    if not values:
+        return "<p>no data</p>"
+    top = max([v for _, v in values] + [limit or 0.0]) or 1.0
+    row, label_w = 22, 190
+    parts = [f'<svg width="{width}" height="{row * len(values) + 10}" role="img">']
+    for i, (label, value) in enumerate(values):
+        w = (width - label_w - 60) * value / top
+        y = i * row + 4
+        parts.append(
+            f'<text x="0" y="{y + 14}" font-size="12">{html.escape(label)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="16" fill="{color}"/>'
+            f'<text x="{label_w + w + 4:.1f}" y="{y + 13}" font-size="11">'
+            f"{value:.3g}</text>"
+        )
+    if limit is not None:
+        x = label_w + (width - label_w - 60) * limit / top
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{row * len(values) + 6}" '
+            'stroke="#b00020" stroke-dasharray="4"/>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _daily(monitor: Monitor, model: str, days: int, now: int) -> list[tuple[str, VersionReport]]:
+    out = []
+    for d in range(days, 0, -1):
+        since, until = now - d * DAY, now - (d - 1) * DAY
+        for r in monitor.run(None, since_us=since, until_us=until):
+            if r.model == model:
+                out.append((from_micros(since).strftime("%m-%d"), r))
+    return out
+
+
+def render(project: Any, model: str, days: int = 14) -> str:
+    definition = project.model(model)
+    monitor = Monitor(project)
+    now = project.now()
+    daily = _daily(monitor, model, days, now)
+    latest = monitor.run(None, since_us=now - days * DAY)
+    latest = [r for r in latest if r.model == model]
+    metric = definition.promotion.metric
+    sections = [
+        f"<h1>{html.escape(model)}: {html.escape(definition.description)}</h1>",
+        f"<p>owner {html.escape(definition.owner)} · generated "
+        f"{from_micros(now).isoformat(timespec='seconds')} · window {days} days</p>",
+    ]
+    perf = [
+        (f"{day} v{r.version} {r.variant}", r.metrics[metric])
+        for day, r in daily
+        if metric in r.metrics and not np.isnan(r.metrics[metric])
+    ]
+    sections += [f"<h2>Live {metric} by day (labelled predictions only)</h2>", bars(perf)]
+    for r in latest:
+        sections.append(
+            f"<h2>Drift of v{r.version} ({html.escape(r.service)} / "
+            f"{html.escape(r.variant)}), {r.predictions:,} predictions, label "
+            f"coverage {r.label_coverage:.0%}</h2>"
+        )
+        psi = [(d.name, d.psi) for d in r.drift if d.psi is not None]
+        sections.append(bars(psi, color="#7a5195", limit=monitor.thresholds.psi_alert))
+        rows = "".join(
+            f'<tr><td>{html.escape(d.name)}</td><td class="{d.level}">{d.level}</td>'
+            f"<td>{html.escape('; '.join(d.reasons))}</td></tr>"
+            for d in r.drift
+        )
+        sections.append(f"<table><tr><th>column</th><th>level</th><th>why</th></tr>{rows}</table>")
+        sections.append(_prediction_chart(project, model, r))
+    if not latest:
+        sections.append("<p>No predictions of this model in the window.</p>")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(model)}"
+        f" report</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )
+
+
+def _prediction_chart(project: Any, model: str, report: VersionReport) -> str:
+    reference = project.registry.version(model, report.version)["profile"]["prediction"]
+    edges = reference.get("edges")
+    if not edges or len(edges) < 2:
+        return ""
+    from headwater.monitoring.monitor import logged_predictions
+
+    frame = logged_predictions(project, report.service, report.first_us, report.last_us + 1)
+    frame = frame[(frame["model_version"] == report.version) & ~frame["shadow"].astype(bool)]
+    counts, _ = np.histogram(np.clip(frame["output"].astype(float), edges[0], edges[-1]), edges)
+    live = counts / max(counts.sum(), 1)
+    pairs = []
+    for i, share in enumerate(reference["shares"]):
+        label = f"{edges[i]:.2f}-{edges[i + 1]:.2f}"
+        pairs += [(f"{label} reference", share), (f"{label} live", float(live[i]))]
+    return "<h2>Predictions: live vs reference (shares per reference decile)</h2>" + bars(pairs)
