@@ -167,6 +167,10 @@ def serve(
         bool,
         typer.Option("--log-predictions", help="Write one JSON log line per prediction to stderr"),
     ] = False,
+    monitor_every: Annotated[
+        float,
+        typer.Option(help="Run the monitor every N seconds and export it on /metrics (0: off)"),
+    ] = 0,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Start the HTTP API (OpenAPI docs at /docs)."""
@@ -187,9 +191,14 @@ def serve(
         ).start()
     if with_scoring:
         threading.Thread(target=p.serving.run_stream_scoring, args=(stop,), daemon=True).start()
+    server_app = create_app(p)
+    if monitor_every > 0:
+        threading.Thread(
+            target=_monitor_loop, args=(p, server_app, monitor_every, stop), daemon=True
+        ).start()
     try:
         uvicorn.run(
-            create_app(p),
+            server_app,
             host=host or p.settings.server.host,
             port=port or p.settings.server.port,
             log_level="warning",
@@ -197,6 +206,18 @@ def serve(
     finally:
         stop.set()
         p.close()
+
+
+def _monitor_loop(p, server_app, every: float, stop) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from headwater.monitoring.monitor import Monitor
+
+    while not stop.wait(every):
+        try:
+            server_app.state.metrics.record_monitor(Monitor(p).run())
+        except Exception:  # noqa: BLE001 - the server keeps serving; the failure is logged
+            logging.getLogger("headwater.monitor").exception("monitor run failed")
 
 
 @app.command()

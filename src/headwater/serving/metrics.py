@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -50,3 +52,41 @@ class ServerMetrics:
         self.rejected = Counter(
             "headwater_rejected_events", "Events dead-lettered at ingest", ["stream"], registry=r
         )
+        version = ["service", "variant", "model", "version"]
+        self.live_metric = Gauge(
+            "headwater_monitor_metric",
+            "Live metric on matured labels",
+            [*version, "metric"],
+            registry=r,
+        )
+        self.label_coverage = Gauge(
+            "headwater_monitor_label_coverage",
+            "Share of predictions with a matured label",
+            version,
+            registry=r,
+        )
+        self.psi = Gauge(
+            "headwater_monitor_psi",
+            "Population stability index vs reference",
+            [*version, "column"],
+            registry=r,
+        )
+        self.drift_level = Gauge(
+            "headwater_monitor_drift_level",
+            "0 ok, 1 warn, 2 alert",
+            [*version, "column"],
+            registry=r,
+        )
+
+    def record_monitor(self, reports: list[Any]) -> None:
+        """Export the latest monitor run (``Monitor.run``'s reports) as gauges."""
+        levels = {"ok": 0, "warn": 1, "alert": 2}
+        for r in reports:
+            labels = (r.service, r.variant, r.model, str(r.version))
+            self.label_coverage.labels(*labels).set(r.label_coverage)
+            for metric, value in r.metrics.items():
+                self.live_metric.labels(*labels, metric).set(value)
+            for d in r.drift:
+                if d.psi is not None:
+                    self.psi.labels(*labels, d.name).set(d.psi)
+                self.drift_level.labels(*labels, d.name).set(levels.get(d.level, 0))

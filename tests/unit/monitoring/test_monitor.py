@@ -131,3 +131,21 @@ def test_the_html_report_shows_performance_drift_and_predictions(monitored):
     parser = Depth()
     parser.feed(page)
     assert parser.open_tags == []  # every element is closed where it was opened
+
+
+def test_monitor_figures_are_exported_on_metrics(monitored):
+    from fastapi.testclient import TestClient
+
+    from headwater.serving.app import create_app
+
+    p, clock = monitored
+    clock["t"] = NOW
+    app = create_app(p)
+    app.state.metrics.record_monitor(
+        Monitor(p).run("risk", since_us=to_micros(NOW - timedelta(days=11)))
+    )
+    with TestClient(app) as client:
+        text = client.get("/metrics").text
+    assert 'headwater_monitor_label_coverage{model="churn",service="risk"' in text
+    assert 'headwater_monitor_metric{metric="auc",model="churn"' in text
+    assert 'headwater_monitor_psi{column="visits_7d"' in text
