@@ -57,6 +57,10 @@ class Ingestor:
         self._max_future_us = max_future_us
 
     def stream(self, name: str) -> Stream:
+        if name == "predictions":
+            raise UnknownStreamError(
+                "stream 'predictions' is written by serving only; it cannot be ingested into"
+            )
         try:
             return self._streams[name]
         except KeyError:

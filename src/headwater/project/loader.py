@@ -95,9 +95,14 @@ def collect(values: Iterable[Any]) -> Definitions:
         # Features and labels hold their stream and entity; those count as declared too.
         defs.add(item.stream)
         defs.add(item.entity)
-    for reserved in ("predictions", "_dead_letter"):
-        if reserved in defs.streams:
-            raise DefinitionError(f"stream name {reserved!r} is reserved for headwater's own use")
+    if "_dead_letter" in defs.streams:
+        raise DefinitionError("stream name '_dead_letter' is reserved for headwater's own use")
+    logged = defs.streams.get("predictions")
+    if logged is not None and logged.unknown_fields == "reject":
+        raise DefinitionError(
+            "stream 'predictions' is written by serving; declare it (to compute features such "
+            'as exposures from it) with unknown_fields="drop" and the fields you need'
+        )
     return defs
 
 

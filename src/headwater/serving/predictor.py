@@ -49,6 +49,26 @@ class Prediction:
         }
 
 
+_RECORD_FIELDS = frozenset(
+    {
+        "prediction_id",
+        "service",
+        "variant",
+        "model",
+        "model_version",
+        "entity",
+        "features",
+        "context",
+        "output",
+        "unknown_entity",
+        "shadow",
+        "path",
+        "ts_us",
+        "features_at_us",
+    }
+)
+
+
 @dataclass
 class Timings:
     features_s: float = 0.0
@@ -213,4 +233,7 @@ class Predictor:
             "path": path,
             "ts_us": now,
             "features_at_us": p.features_at_us,
+            # the entity's keys at the top level too, so that features (e.g. exposures) can be
+            # declared on the predictions stream like on any other
+            **{k: v for k, v in p.entity.items() if k not in _RECORD_FIELDS},
         }

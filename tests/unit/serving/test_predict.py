@@ -264,3 +264,46 @@ def test_predictions_can_be_logged_as_json_lines(served, capsys):
     assert line["event"] == "prediction"
     assert line["prediction_id"] == answer["predictions"][0]["prediction_id"]
     assert ready["services"]["risk"] == {"champion": "churn v1"}
+
+
+EXPOSURES = (
+    SERVICES
+    + """
+logged = Stream("predictions", fields={"user_id": "string", "service": "string",
+                                       "shadow": "bool", "ts_us": "timestamp"},
+                key="user_id", time="ts_us", unknown_fields="drop", owner="ml-platform",
+                description="Every prediction, as serving logs it")
+exposures = Feature("exposures", entity=user, stream=logged, aggregation=agg.count(),
+                    windows=["1d", "lifetime"], where=(col("service") == "risk")
+                    & (col("shadow") == False), owner="growth",  # noqa: E712
+                    description="How many times the user was shown a churn score")
+"""
+)
+
+
+def test_exposures_are_a_feature_of_the_predictions_stream(project_factory):
+    folder = project_factory(
+        EXPOSURES.replace("from headwater import Entity,", "from headwater import col, Entity,")
+    )
+    with Project(folder, clock=lambda: NOW) as p:
+        p.ingest("visits", visits())
+        p.process()
+        p.promote("churn", p.train("churn").version)
+        for _ in range(3):
+            p.serving.predict("risk", [{"user_id": "u1"}, {"user_id": "u2"}], "test")
+        p.serving.predict("risk", [{"user_id": "u1"}], "test")
+        p.serving.logger.flush()
+        p.process()
+        online = p.online_features(
+            [{"user_id": "u1"}, {"user_id": "u2"}],
+            ["exposures_lifetime", "exposures_1d"],
+            at=NOW + timedelta(seconds=1),
+        )
+        assert [r["exposures_lifetime"] for r in online] == [4, 3]
+        spine = pd.DataFrame(
+            {"user_id": ["u1", "u2"], "timestamp": [NOW + timedelta(seconds=1)] * 2}
+        )
+        offline = p.training_set(spine, ["exposures_lifetime"])
+        assert list(offline["exposures_lifetime"]) == [4, 3]
+        with pytest.raises(Exception, match="written by serving only"):
+            p.ingest("predictions", [{"user_id": "u1"}])
