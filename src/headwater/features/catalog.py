@@ -174,6 +174,7 @@ def evaluate_derived(
     )
     arrays = {n: _column(columns[n], n in numeric) for n in needed}
     length = len(next(iter(arrays.values()))) if arrays else 0
+    later_inputs = {n for d in derived for n in d.inputs}
     out: dict[str, Any] = {}
     for d in derived:
         view = Columns({n: arrays[n] for n in (*d.inputs, *d.context)}, length)
@@ -188,6 +189,8 @@ def evaluate_derived(
                 f"it must return one value per row ({length})"
             )
         out[d.name] = _cast(values, d.dtype.value)
+        if d.name not in later_inputs:
+            continue  # the common case: nothing reads it, so no input column to build
         is_number = d.dtype.value in ("int", "float")
         arrays[d.name] = _column(
             [
