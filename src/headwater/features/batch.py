@@ -85,6 +85,17 @@ def history_source(
     return source, params
 
 
+def events_cte(fields: list[str], source: str, where: str = "") -> str:
+    """``WITH e AS (...)``: a history's events with ``_ts`` (event time) and ``_ord``, the
+    (event time, log offset) order that ``last``/``first`` ties follow, packed in a HUGEINT."""
+    columns = ", ".join(f"e.{sql_name(f)}" for f in fields)
+    return f"""WITH e AS (
+  SELECT {columns}, e._event_time AS _ts, e._offset,
+         CAST(e._event_time AS HUGEINT) * {ORDER_SHIFT} + e._offset AS _ord
+  FROM {source} AS e {where}
+)"""
+
+
 def feature_set_values(
     con: duckdb.DuckDBPyConnection,
     plan: FeatureSetPlan,
@@ -160,12 +171,7 @@ def _asof_values(
             value = f"CASE WHEN e._ts >= s.{start} THEN {value} END"
         values.append(f"{value} AS {sql_name(c.name)}")
     join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
-    sql = f"""
-WITH e AS (
-  SELECT {", ".join(f"e.{sql_name(f)}" for f in fields)}, e._event_time AS _ts,
-         CAST(e._event_time AS HUGEINT) * {ORDER_SHIFT} + e._offset AS _ord
-  FROM {source} AS e {condition}
-)
+    sql = f"""{events_cte(fields, source, condition)}
 SELECT s._row, {", ".join(values)}
 FROM _spine s ASOF LEFT JOIN e ON {join_keys} AND CAST(s._t AS HUGEINT) * {ORDER_SHIFT} > e._ord
 ORDER BY s._row
@@ -192,7 +198,6 @@ def _ranged_values(
             *(f for c in columns if c.feature.where for f in c.feature.where.fields()),
         }
     )
-    selected = ", ".join(sql_name(f) for f in fields)
     join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
     lower = ""
     if not lifetime and used:
@@ -206,12 +211,7 @@ def _ranged_values(
         _column_sql(c, None if c.window_us is None else starts[(c.window_us, c.hop_us or 0)])
         for c in columns
     )
-    sql = f"""
-WITH e AS (
-  SELECT {selected}, _event_time AS _ts, _offset,
-         CAST(_event_time AS HUGEINT) * {ORDER_SHIFT} + _offset AS _ord
-  FROM {source}
-)
+    sql = f"""{events_cte(fields, source)}
 SELECT s._row,
   {aggregates}
 FROM _spine s LEFT JOIN e ON {join_keys} AND e._ts < s._t{lower}

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from headwater.definitions import Label, Model
 from headwater.definitions.expr import sql_name
-from headwater.features.batch import history_source, typed_aggregate_sql
+from headwater.features.batch import events_cte, history_source, typed_aggregate_sql
 from headwater.features.history import ARROW_TYPES
 from headwater.stores.offline_base import OfflineStore
 
@@ -107,12 +107,7 @@ def label_values(
     )
     source, params = history_source(con, label.stream, files, max_offset)
     join = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in label.entity.keys)
-    sql = f"""
-WITH e AS (
-  SELECT {", ".join(sql_name(f) for f in fields)}, _event_time AS _ts, _offset,
-         CAST(_event_time AS HUGEINT) * {1 << 40} + _offset AS _ord
-  FROM {source}
-)
+    sql = f"""{events_cte(fields, source)}
 SELECT s._row, {value} AS label
 FROM _label_spine s LEFT JOIN e ON {join} AND e._ts >= s._t AND e._ts < s._end
 GROUP BY s._row ORDER BY s._row
