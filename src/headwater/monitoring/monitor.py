@@ -98,13 +98,31 @@ class Monitor:
         self._alert_hook = alert
 
     def run(
-        self, service: str | None = None, since_us: int | None = None, until_us: int | None = None
+        self,
+        service: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        *,
+        logged: pd.DataFrame | None = None,
+        alert: bool = True,
     ) -> list[VersionReport]:
-        """Report every (service, variant, version) seen in the window; raise alerts."""
+        """Report every (service, variant, version) seen in the window; raise alerts.
+
+        ``logged``: predictions already read from the log (a wider window is fine), so that
+        callers looking at several windows read the stream once.
+        """
         now = self.project.now()
         until = now + 1 if until_us is None else until_us  # predictions made "now" count
         since = until - 86_400_000_000 * 7 if since_us is None else since_us
-        frame = logged_predictions(self.project, service, since, until)
+        if logged is None:
+            frame = logged_predictions(self.project, service, since, until)
+        elif logged.empty:
+            frame = logged
+        else:
+            keep = (logged["ts_us"] >= since) & (logged["ts_us"] < until)
+            if service is not None:
+                keep &= logged["service"] == service
+            frame = logged[keep]
         reports: list[VersionReport] = []
         if frame.empty:
             return reports
@@ -122,7 +140,8 @@ class Monitor:
                     now,
                 )
             )
-        self._raise_alerts(reports, now)
+        if alert:
+            self._raise_alerts(reports, now)
         return reports
 
     def _report(

@@ -7,9 +7,10 @@ import html
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from headwater.definitions.types import from_micros
-from headwater.monitoring.monitor import Monitor, VersionReport
+from headwater.monitoring.monitor import Monitor, VersionReport, logged_predictions
 
 DAY = 86_400_000_000
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:60rem}
@@ -49,11 +50,13 @@ def bars(
     return "".join(parts)
 
 
-def _daily(monitor: Monitor, model: str, days: int, now: int) -> list[tuple[str, VersionReport]]:
+def _daily(
+    monitor: Monitor, model: str, days: int, now: int, logged: pd.DataFrame
+) -> list[tuple[str, VersionReport]]:
     out = []
     for d in range(days, 0, -1):
         since, until = now - d * DAY, now - (d - 1) * DAY
-        for r in monitor.run(None, since_us=since, until_us=until):
+        for r in monitor.run(None, since_us=since, until_us=until, logged=logged, alert=False):
             if r.model == model:
                 out.append((from_micros(since).strftime("%m-%d"), r))
     return out
@@ -63,8 +66,11 @@ def render(project: Any, model: str, days: int = 14) -> str:
     definition = project.model(model)
     monitor = Monitor(project)
     now = project.now()
-    daily = _daily(monitor, model, days, now)
-    latest = monitor.run(None, since_us=now - days * DAY)
+    # The predictions stream is read once; every window below is a slice of it. A report
+    # only looks: it raises no alerts.
+    logged = logged_predictions(project, None, now - days * DAY, now + 1)
+    daily = _daily(monitor, model, days, now, logged)
+    latest = monitor.run(None, since_us=now - days * DAY, logged=logged, alert=False)
     latest = [r for r in latest if r.model == model]
     metric = definition.promotion.metric
     sections = [
@@ -92,7 +98,7 @@ def render(project: Any, model: str, days: int = 14) -> str:
             for d in r.drift
         )
         sections.append(f"<table><tr><th>column</th><th>level</th><th>why</th></tr>{rows}</table>")
-        sections.append(_prediction_chart(project, model, r))
+        sections.append(_prediction_chart(project, model, r, logged))
     if not latest:
         sections.append("<p>No predictions of this model in the window.</p>")
     return (
@@ -101,15 +107,17 @@ def render(project: Any, model: str, days: int = 14) -> str:
     )
 
 
-def _prediction_chart(project: Any, model: str, report: VersionReport) -> str:
+def _prediction_chart(project: Any, model: str, report: VersionReport, logged: pd.DataFrame) -> str:
     reference = project.registry.version(model, report.version)["profile"]["prediction"]
     edges = reference.get("edges")
     if not edges or len(edges) < 2:
         return ""
-    from headwater.monitoring.monitor import logged_predictions
-
-    frame = logged_predictions(project, report.service, report.first_us, report.last_us + 1)
-    frame = frame[(frame["model_version"] == report.version) & ~frame["shadow"].astype(bool)]
+    frame = logged[
+        (logged["service"] == report.service)
+        & (logged["model"] == model)
+        & (logged["model_version"] == report.version)
+        & ~logged["shadow"].astype(bool)
+    ]
     counts, _ = np.histogram(np.clip(frame["output"].astype(float), edges[0], edges[-1]), edges)
     live = counts / max(counts.sum(), 1)
     pairs = []
