@@ -122,9 +122,9 @@ def test_processor_killed_at_random_points_reaches_the_same_state(small_project,
                 "status": rnd.choice(["paid", "failed"]),
                 "ts": now - rnd.uniform(0, 10 * 86400),
             }
-            for i in range(30_000)
+            for i in range(60_000)
         ]
-        assert p.ingest("orders", events).accepted == 30_000
+        assert p.ingest("orders", events).accepted == 60_000
         p.ingest("clicks", [{"user_id": f"u{i % 60}", "ts": now - i} for i in range(3000)])
     reference = tmp_path / "reference"
     shutil.copytree(small_project, reference)
@@ -132,15 +132,17 @@ def test_processor_killed_at_random_points_reaches_the_same_state(small_project,
         p.process()
 
     kills = 0
-    for _ in range(6):
-        proc = headwater("process", "--project", str(small_project), "--batch-size", "500")
-        time.sleep(rnd.uniform(0.5, 2.0))
+    for _ in range(12):  # kill at random points until it has been killed five times
+        if kills >= 5:
+            break
+        proc = headwater("process", "--project", str(small_project), "--batch-size", "300")
+        time.sleep(rnd.uniform(0.3, 1.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
     assert kills >= 3, "the processor finished before it could be killed; use more events"
-    done = headwater("process", "--project", str(small_project), "--batch-size", "500")
+    done = headwater("process", "--project", str(small_project), "--batch-size", "300")
     assert done.wait(timeout=300) == 0
 
     with Project(small_project) as crashed, Project(reference) as clean:
