@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headwater.definitions.base import Definition, check_name
+from headwater.definitions.entity import Entity
 from headwater.definitions.errors import DefinitionError
 from headwater.definitions.model import Model
 from headwater.definitions.stream import Stream
@@ -60,6 +61,12 @@ class Service(Definition):
     or "bandit" (see ``Bandit``). ``defaults`` are the feature values used for entities the
     online store has never seen (the response flags them). With ``trigger``, every new event
     of that stream is scored and published to ``output``.
+
+    Ranking: with ``candidates`` (an entity, e.g. ``item``), the model predicts for pairs
+    (its entity's keys are the request's keys plus the candidate's, e.g. user_id + item_id);
+    a request names one request entity and a list of candidates, every candidate is scored
+    and logged, and the ``k`` best (``k`` per request, at most ``max_candidates`` candidates)
+    are returned in order.
     """
 
     kind = "service"
@@ -76,6 +83,9 @@ class Service(Definition):
         bandit: Bandit | None = None,
         trigger: Stream | None = None,
         output: str | None = None,
+        candidates: Entity | None = None,
+        k: int = 10,
+        max_candidates: int = 1000,
         owner: str | None = None,
         description: str | None = None,
         deprecated: bool = False,
@@ -113,6 +123,26 @@ class Service(Definition):
             check_name("stream", output)
             if output in RESERVED_STREAMS:
                 raise DefinitionError(f"service {name!r}: {output!r} is a reserved stream name")
+        self.candidates, self.k, self.max_candidates = candidates, k, max_candidates
+        model_keys = variants[0].model.entity.keys
+        if candidates is not None:
+            missing = [c for c in candidates.keys if c not in model_keys]
+            if missing:
+                raise DefinitionError(
+                    f"service {name!r} ranks {candidates.name!r} candidates, but its model "
+                    f"{variants[0].model.name!r} predicts for {variants[0].model.entity.name!r}"
+                    f" (keys {list(model_keys)}), which lacks {missing[0]!r}; rank with a model "
+                    "over pairs, e.g. an entity with keys ['user_id', 'item_id']"
+                )
+            if len(candidates.keys) == len(model_keys):
+                raise DefinitionError(
+                    f"service {name!r}: its model's entity must have keys besides the "
+                    f"candidate's ({list(candidates.keys)}), e.g. the user's"
+                )
+            if not 1 <= k <= max_candidates:
+                raise DefinitionError(f"service {name!r}: k must be between 1 and max_candidates")
+            if trigger is not None:
+                raise DefinitionError(f"service {name!r}: a ranking service has no trigger")
         self.variants = tuple(variants)
         self.routing, self.bandit, self.trigger, self.output = routing, bandit, trigger, output
         self.context = tuple(check_name("context field", c) for c in context)
@@ -122,7 +152,24 @@ class Service(Definition):
     def entity(self) -> Any:
         return self.variants[0].model.entity
 
+    @property
+    def request_keys(self) -> tuple[str, ...]:
+        """The keys a request names: the model's entity keys, less the candidate's when
+        ranking. Routing is sticky on these (all candidates of a request share a variant)."""
+        if self.candidates is None:
+            return tuple(self.entity.keys)
+        return tuple(k for k in self.entity.keys if k not in self.candidates.keys)
+
     def spec(self) -> dict[str, Any]:
+        ranking = (
+            {}  # absent unless ranking, so that existing services keep their versions
+            if self.candidates is None
+            else {
+                "candidates": self.candidates.name,
+                "k": self.k,
+                "max_candidates": self.max_candidates,
+            }
+        )
         return {
             "kind": self.kind,
             "name": self.name,
@@ -133,4 +180,5 @@ class Service(Definition):
             "bandit": None if self.bandit is None else self.bandit.spec(),
             "trigger": None if self.trigger is None else self.trigger.name,
             "output": self.output,
+            **ranking,
         }

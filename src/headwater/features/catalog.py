@@ -176,30 +176,40 @@ def evaluate_derived(
     length = len(next(iter(arrays.values()))) if arrays else 0
     later_inputs = {n for d in derived for n in d.inputs}
     out: dict[str, Any] = {}
-    for d in derived:
-        view = Columns({n: arrays[n] for n in (*d.inputs, *d.context)}, length)
-        try:
-            with np.errstate(divide="ignore", invalid="ignore"):  # x/0 is inf or NaN, no noise
-                values = np.asarray(d.fn(view))
-        except Exception as exc:
-            raise HeadwaterError(f"derived feature {d.name!r} failed: {exc!r}") from exc
-        if values.shape != (length,):
-            raise HeadwaterError(
-                f"derived feature {d.name!r} returned shape {values.shape}; "
-                f"it must return one value per row ({length})"
-            )
-        out[d.name] = _cast(values, d.dtype.value)
-        if d.name not in later_inputs:
-            continue  # the common case: nothing reads it, so no input column to build
-        is_number = d.dtype.value in ("int", "float")
-        arrays[d.name] = _column(
-            [
-                None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v
-                for v in list(out[d.name])
-            ],
-            is_number,
-        )  # as a later derived feature's input
+    with np.errstate(divide="ignore", invalid="ignore"):  # x/0 is inf or NaN, no noise
+        for d in derived:
+            _derive(d, arrays, length, later_inputs, out)
     return out
+
+
+def _derive(
+    d: Derived,
+    arrays: dict[str, np.ndarray],
+    length: int,
+    later_inputs: set[str],
+    out: dict[str, Any],
+) -> None:
+    view = Columns({n: arrays[n] for n in (*d.inputs, *d.context)}, length)
+    try:
+        values = np.asarray(d.fn(view))
+    except Exception as exc:
+        raise HeadwaterError(f"derived feature {d.name!r} failed: {exc!r}") from exc
+    if values.shape != (length,):
+        raise HeadwaterError(
+            f"derived feature {d.name!r} returned shape {values.shape}; "
+            f"it must return one value per row ({length})"
+        )
+    out[d.name] = _cast(values, d.dtype.value)
+    if d.name not in later_inputs:
+        return  # the common case: nothing reads it, so no input column to build
+    is_number = d.dtype.value in ("int", "float")
+    arrays[d.name] = _column(
+        [
+            None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v
+            for v in list(out[d.name])
+        ],
+        is_number,
+    )  # as a later derived feature's input
 
 
 def numeric_names(columns: Iterable[FeatureColumn]) -> set[str]:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from headwater.definitions import HeadwaterError
-from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names, to_python
-from headwater.features.plan import entity_key
+from headwater.definitions import FeatureColumn, HeadwaterError
+from headwater.features.catalog import (
+    FeatureCatalog,
+    Resolution,
+    evaluate_derived,
+    numeric_names,
+    to_python,
+)
+from headwater.features.plan import FeatureSetPlan, entity_key
 from headwater.stores.online_base import OnlineStore
 
 
@@ -15,13 +22,34 @@ class MissingKeyError(HeadwaterError, ValueError):
     """A request lacks an entity key or a context field that its features need."""
 
 
+@dataclass(frozen=True)
+class _ReadPlan:
+    """What reading one list of features needs, worked out once per list and reused."""
+
+    res: Resolution
+    sets: list[tuple[FeatureSetPlan, list[FeatureColumn]]]
+    numeric: set[str]
+
+
 class OnlineFeatures:
-    """Reads feature values for entities from the online store."""
+    """Reads feature values for entities from the online store.
+
+    The serving hot path: one store round trip for every feature set of a request, the
+    resolution of a feature list worked out once, and decoded states kept while their
+    stored bytes are unchanged (``cache_size`` entities per feature set).
+    """
 
     def __init__(
-        self, online: OnlineStore, catalog: FeatureCatalog, clock: Callable[[], int]
+        self,
+        online: OnlineStore,
+        catalog: FeatureCatalog,
+        clock: Callable[[], int],
+        cache_size: int = 50_000,
     ) -> None:
         self._online, self._catalog, self._clock = online, catalog, clock
+        self._plans: dict[tuple[str, ...], _ReadPlan] = {}
+        self._decoded: dict[str, dict[str, tuple[bytes, dict[str, Any]]]] = {}
+        self._cache_size = cache_size
 
     def get(
         self,
@@ -35,6 +63,28 @@ class OnlineFeatures:
         """
         return self.get_with_presence(rows, features, at_us)[0]
 
+    def _read_plan(self, features: Sequence[str]) -> _ReadPlan:
+        key = (features,) if isinstance(features, str) else tuple(features)
+        found = self._plans.get(key)
+        if found is None:
+            res = self._catalog.resolve(list(key))
+            sets = [(self._catalog.plan(pid), cols) for pid, cols in res.columns.items()]
+            numeric = numeric_names(c for cs in res.columns.values() for c in cs)
+            found = self._plans[key] = _ReadPlan(res, sets, numeric)
+        return found
+
+    def _state(self, plan: FeatureSetPlan, key: str, blob: bytes) -> dict[str, Any]:
+        """The decoded state of a blob; evaluation only reads it, so it can be shared."""
+        cache = self._decoded.setdefault(plan.id, {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] == blob:
+            return hit[1]
+        state = plan.decode(blob)
+        if len(cache) >= self._cache_size:
+            cache.pop(next(iter(cache)), None)  # the oldest entry goes
+        cache[key] = (blob, state)
+        return state
+
     def get_with_presence(
         self,
         rows: Sequence[Mapping[str, Any]],
@@ -42,32 +92,53 @@ class OnlineFeatures:
         at_us: int | None = None,
     ) -> tuple[list[dict[str, Any]], list[bool]]:
         """``get``, plus for each row whether the store holds any state of its entity."""
-        res = self._catalog.resolve(features)
-        known = [False] * len(rows)
+        out, by_entity = self.get_with_entities(rows, features, at_us)
+        known = [any(flags) for flags in zip(*by_entity.values(), strict=True)]
+        return out, known or [False] * len(rows)
+
+    def get_with_entities(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        features: Sequence[str],
+        at_us: int | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, list[bool]]]:
+        """``get``, plus per entity of the features read (a user-item row reads user, item
+        and pair features), for each row whether the store holds any state of it."""
+        rp = self._read_plan(features)
+        known: dict[str, list[bool]] = {}
         t = self._clock() if at_us is None else at_us
+        keys_of: dict[str, list[str]] = {}
+        for plan, _ in rp.sets:
+            names = plan.entity.keys
+            if len(names) == 1:
+                (name,) = names
+                keys_of[plan.id] = [str(_key(row, name, i)) for i, row in enumerate(rows)]
+            else:
+                keys_of[plan.id] = [
+                    entity_key([_key(row, k, i) for k in names]) for i, row in enumerate(rows)
+                ]
+        blobs_of = self._online.get_sets(
+            {pid: list(dict.fromkeys(keys)) for pid, keys in keys_of.items()}
+        )
         values: dict[str, list[Any]] = {}
-        for plan_id, columns in res.columns.items():
-            plan = self._catalog.plan(plan_id)
-            keys = [
-                entity_key([_key(row, k, i) for k in plan.entity.keys])
-                for i, row in enumerate(rows)
-            ]
-            distinct = list(dict.fromkeys(keys))
-            blobs = dict(zip(distinct, self._online.get_many(plan.id, distinct), strict=True))
+        for plan, columns in rp.sets:
+            keys = keys_of[plan.id]
+            blobs = dict(zip(dict.fromkeys(keys), blobs_of[plan.id], strict=True))
             decoded = {
-                k: plan.evaluate(plan.decode(b) if b else None, columns, t)
+                k: plan.evaluate(self._state(plan, k, b) if b else None, columns, t)
                 for k, b in blobs.items()
             }
             for column in columns:
                 values[column.name] = [decoded[k][column.name] for k in keys]
+            flags = known.setdefault(plan.entity.name, [False] * len(rows))
             for i, k in enumerate(keys):
-                known[i] = known[i] or blobs[k] is not None
+                flags[i] = flags[i] or blobs[k] is not None
+        res = rp.res
         if res.derived:
             inputs: dict[str, Any] = dict(values)
             for c in res.context:
                 inputs[c] = [_key(row, c, i, "context field") for i, row in enumerate(rows)]
-            numeric = numeric_names(c for cs in res.columns.values() for c in cs)
-            for name, array in evaluate_derived(inputs, numeric, res.derived).items():
+            for name, array in evaluate_derived(inputs, rp.numeric, res.derived).items():
                 values[name] = [to_python(v) for v in array.tolist()]
         out = [{name: values[name][i] for name in res.requested} for i in range(len(rows))]
         return out, known

@@ -80,6 +80,8 @@ class FeatureSetPlan:
             for i, s in enumerate(slots)
         }
         self._lifetime_index = {s.feature.name: i for i, s in enumerate(self.lifetime_slots)}
+        self._evaluators: dict[str, tuple[int | None, int, int, Any]] = {}
+        self._empty = self.new_state()  # what evaluating an unknown entity reads
         # Precompiled update programs: the hot loop of the processor reads only these.
         position = {f.name: i for i, f in enumerate(self.features)}
         self._inputs = [(f.where, f.aggregation.field) for f in self.features]
@@ -147,26 +149,39 @@ class FeatureSetPlan:
     def evaluate(
         self, state: dict[str, Any] | None, columns: Iterable[FeatureColumn], t_us: int
     ) -> dict[str, Any]:
-        """The value of each column at time t from an entity's tiles (None: no state)."""
-        state = state or self.new_state()
+        """The value of each column at time t from an entity's tiles (None: no state).
+
+        Reads ``state`` without changing it (the online path shares decoded states)."""
+        if state is None:
+            state = self._empty
+        hops, lifetime = state["h"], state["l"]
+        programs = self._evaluators
         out: dict[str, Any] = {}
         for column in columns:
-            name = column.feature.name
-            if column.hop_us is None:
-                slot = self.lifetime_slots[self._lifetime_index[name]]
-                out[column.name] = slot.algebra.finalize(state["l"][self._lifetime_index[name]])
+            program = programs.get(column.name)
+            if program is None:
+                program = programs[column.name] = self._evaluator(column)
+            hop, i, window, algebra = program
+            if hop is None:
+                out[column.name] = algebra.finalize(lifetime[i])
                 continue
-            assert column.window_us is not None
-            hop = column.hop_us
-            i = self._slot_index[(hop, name)]
-            slot = self.hop_slots[hop][i]
-            start = window_start(t_us, column.window_us, hop)
-            acc = slot.algebra.init()
-            for tile_start, tile in state["h"].get(hop, {}).items():
+            start = ((t_us - window) // hop) * hop  # window_start, inlined: the hot path
+            acc = algebra.init()
+            merge = algebra.merge
+            for tile_start, tile in hops.get(hop, {}).items():
                 if start <= tile_start < t_us:
-                    acc = slot.algebra.merge(acc, tile[i])
-            out[column.name] = slot.algebra.finalize(acc)
+                    acc = merge(acc, tile[i])
+            out[column.name] = algebra.finalize(acc)
         return out
+
+    def _evaluator(self, column: FeatureColumn) -> tuple[int | None, int, int, Any]:
+        name = column.feature.name
+        if column.hop_us is None:
+            i = self._lifetime_index[name]
+            return None, i, 0, self.lifetime_slots[i].algebra
+        assert column.window_us is not None
+        i = self._slot_index[(column.hop_us, name)]
+        return column.hop_us, i, column.window_us, self.hop_slots[column.hop_us][i].algebra
 
     # -- encoding --------------------------------------------------------------------------
 

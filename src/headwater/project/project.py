@@ -82,10 +82,14 @@ class Project:
                 raise DefinitionError(f"model {model.name!r}: {exc}") from None
             for plan_id in res.columns:
                 entity = self.catalog.plan(plan_id).entity
-                if entity.name != model.entity.name:
+                # features of the model's entity, or of entities whose keys it holds (a
+                # user-item model reads user, item and user-item features)
+                if not set(entity.keys) <= set(model.entity.keys):
                     raise DefinitionError(
-                        f"model {model.name!r} predicts for {model.entity.name!r} but uses "
-                        f"features of {entity.name!r}; use features of its own entity"
+                        f"model {model.name!r} predicts for {model.entity.name!r} (keys "
+                        f"{list(model.entity.keys)}) but uses features of {entity.name!r} "
+                        f"(keys {list(entity.keys)}); use features of entities whose keys the "
+                        "model's entity has"
                     )
             if res.context:
                 raise DefinitionError(
@@ -294,6 +298,22 @@ class Project:
         """
         row = {**(entity or {}), **keys}
         return self.serving.predict(service, [row], "inprocess")[0].response()
+
+    def rank(
+        self,
+        service: str,
+        request: Mapping[str, Any],
+        candidates: Sequence[Any],
+        k: int | None = None,
+    ) -> dict[str, Any]:
+        """Rank candidates in-process, through the same path as HTTP: every candidate scored
+        and logged, the ``k`` best returned in order.
+
+        ``project.rank("recommend", {"user_id": "u42"}, ["i1", "i2", "i3"], k=2)``
+        """
+        ranking = self.serving.rank(service, request, candidates, k)
+        keys = self.serving.predictor(service).service.candidates.keys
+        return ranking.response(keys)
 
     def entities(self, entity: str) -> Any:
         """Every key of an entity seen in the streams of its features (a pandas DataFrame)."""

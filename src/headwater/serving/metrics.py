@@ -9,8 +9,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
+class ServiceMetrics:
+    """One service's labelled metrics, looked up once instead of on every request."""
+
+    def __init__(self, metrics: ServerMetrics, service: str) -> None:
+        self.predict_latency = metrics.predict_latency.labels(service)
+        self.feature_latency = metrics.feature_latency.labels(service)
+        self.model_latency = metrics.model_latency.labels(service)
+        self.unknown_entities = metrics.unknown_entities.labels(service)
+        self._predictions, self._service = metrics.predictions, service
+        self._by_variant: dict[str, Any] = {}
+
+    def predictions(self, variant: str) -> Any:
+        counter = self._by_variant.get(variant)
+        if counter is None:
+            counter = self._by_variant[variant] = self._predictions.labels(self._service, variant)
+        return counter
+
+
 class ServerMetrics:
     def __init__(self) -> None:
+        self._services: dict[str, ServiceMetrics] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.predictions = Counter(
@@ -77,6 +96,12 @@ class ServerMetrics:
             [*version, "column"],
             registry=r,
         )
+
+    def for_service(self, service: str) -> ServiceMetrics:
+        found = self._services.get(service)
+        if found is None:
+            found = self._services[service] = ServiceMetrics(self, service)
+        return found
 
     def record_monitor(self, reports: list[Any]) -> None:
         """Export the latest monitor run (``Monitor.run``'s reports) as gauges."""

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from headwater.definitions import Service, Variant
+from headwater.definitions import DefinitionError, Service, Variant
 from headwater.features.online import MissingKeyError, OnlineFeatures
 from headwater.features.plan import entity_key
 from headwater.log.base import Log
@@ -36,6 +36,7 @@ class Prediction:
     features: dict[str, Any] = field(repr=False)
     context: dict[str, Any] = field(repr=False)
     features_at_us: int | None = None
+    ranked: dict[str, Any] = field(default_factory=dict, repr=False)  # ranking_id, rank, ...
 
     def response(self) -> dict[str, Any]:
         return {
@@ -65,8 +66,56 @@ _RECORD_FIELDS = frozenset(
         "path",
         "ts_us",
         "features_at_us",
+        "ranking_id",
+        "rank",
+        "returned",
     }
 )
+
+
+@dataclass
+class Ranking:
+    """A ranking request's answer: the best ``k`` candidates, best first."""
+
+    ranking_id: str
+    variant: str
+    top: list[Prediction]
+    scored: int  # how many candidates were scored (and logged)
+
+    def response(self, candidate_keys: Sequence[str]) -> dict[str, Any]:
+        first = self.top[0]
+        return {
+            "ranking_id": self.ranking_id,
+            "variant": self.variant,
+            "model": first.model,
+            "model_version": first.model_version,
+            "scored": self.scored,
+            "items": [
+                {
+                    **{key: p.entity[key] for key in candidate_keys},
+                    "rank": p.ranked["rank"],
+                    "score": p.score,
+                    "prediction_id": p.prediction_id,
+                    "unknown_entity": p.unknown_entity,
+                }
+                for p in self.top
+            ],
+        }
+
+
+def _set_ranks(predictions: list[Prediction], ranking: tuple[str, int]) -> None:
+    """Rank 1 is the best score; ties keep the candidates' order (a stable sort)."""
+    ranking_id, k = ranking
+    order = sorted(range(len(predictions)), key=lambda i: -predictions[i].score)
+    for rank, i in enumerate(order, start=1):
+        predictions[i].ranked = {"ranking_id": ranking_id, "rank": rank, "returned": rank <= k}
+
+
+def _check_keys(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], what: str = "row") -> None:
+    for i, row in enumerate(rows):
+        for k in keys:
+            if row.get(k) is None or isinstance(row.get(k), dict | list):
+                raise MissingKeyError(f"{what} {i} needs entity key {k!r} (a string or number)")
 
 
 @dataclass
@@ -114,12 +163,8 @@ class Predictor:
         self, rows: Sequence[Mapping[str, Any]], path: str, at_us: int | None = None
     ) -> list[Prediction]:
         """Online: features from the online store at now (or ``at_us``)."""
-        keys = self.service.entity.keys
-        for i, row in enumerate(rows):
-            for k in keys:
-                if row.get(k) is None or isinstance(row.get(k), dict | list):
-                    raise MissingKeyError(f"row {i} needs entity key {k!r} (a string or number)")
-        chosen = [self.router.choose(entity_key([row[k] for k in keys])) for row in rows]
+        _check_keys(rows, self.service.entity.keys)
+        chosen = self._route(rows)
         needed = list(dict.fromkeys(chosen))
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us
@@ -127,6 +172,69 @@ class Predictor:
         values, known = self._online.get_with_presence(rows, names, t)
         self.last_timings.features_s = time.perf_counter() - start
         return self.score(rows, values, known, chosen, path, features_at=t)
+
+    def rank(
+        self,
+        request: Mapping[str, Any],
+        candidates: Sequence[Any],
+        k: int | None = None,
+        path: str = "http",
+        at_us: int | None = None,
+    ) -> Ranking:
+        """Score every candidate for one request entity; return the ``k`` best in order.
+
+        ``candidates``: the candidate entity's key values (``["i1", "i2"]``) or objects with
+        its keys (``[{"item_id": "i1"}]``). Every candidate's prediction is logged, with the
+        request's ``ranking_id``, its ``rank`` and whether it was ``returned``.
+        """
+        service = self.service
+        if service.candidates is None:
+            raise DefinitionError(
+                f"service {service.name!r} does not rank: declare it with candidates=<entity>"
+            )
+        k = service.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise MissingKeyError(f"k must be a positive whole number, not {k!r}")
+        if not candidates:
+            raise MissingKeyError("send at least one candidate")
+        if len(candidates) > service.max_candidates:
+            raise MissingKeyError(
+                f"{len(candidates)} candidates is more than this service's max_candidates "
+                f"({service.max_candidates})"
+            )
+        _check_keys([request], service.request_keys, what="request")
+        cand_keys = service.candidates.keys
+        rows = []
+        for i, c in enumerate(candidates):
+            if isinstance(c, Mapping):
+                fields = dict(c)
+            elif len(cand_keys) == 1:
+                fields = {cand_keys[0]: c}
+            else:
+                raise MissingKeyError(f"candidate {i} must be an object with keys {cand_keys}")
+            rows.append({**request, **fields})
+        _check_keys(rows, service.entity.keys, what="candidate")
+        ranking_id = uuid.uuid4().hex
+        variant = self._route([request])[0]
+        start = time.perf_counter()
+        t = self._clock() if at_us is None else at_us
+        names = self.features_of([variant], self.router.shadows())
+        values, by_entity = self._online.get_with_entities(rows, names, t)
+        # a candidate is unknown when its own entity has no state (a new item), whatever is
+        # known of the user or of the pair; without candidate features, when nothing is
+        candidate = by_entity.get(service.candidates.name)
+        known = candidate or [any(f) for f in zip(*by_entity.values(), strict=True)]
+        known = known or [False] * len(rows)
+        self.last_timings.features_s = time.perf_counter() - start
+        scored = self.score(
+            rows, values, known, [variant] * len(rows), path, features_at=t, ranking=(ranking_id, k)
+        )
+        top = sorted(scored, key=lambda p: p.ranked["rank"])[:k]
+        return Ranking(ranking_id, variant.name, top, len(rows))
+
+    def _route(self, rows: Sequence[Mapping[str, Any]]) -> list[Variant]:
+        keys = self.service.request_keys
+        return [self.router.choose(entity_key([row[k] for k in keys])) for row in rows]
 
     def score(
         self,
@@ -136,16 +244,17 @@ class Predictor:
         chosen: list[Variant] | None,
         path: str,
         features_at: int | Sequence[int] | None = None,
+        ranking: tuple[str, int] | None = None,
     ) -> list[Prediction]:
         """Score rows whose feature values are given; log every prediction (and shadows).
 
         ``features_at``: when the values were evaluated (one time, or one per row), recorded
-        so that the monitor can recompute them offline and measure skew.
+        so that the monitor can recompute them offline and measure skew. ``ranking``: the
+        rows are one request's candidates, (ranking id, k): each record gets its rank.
         """
         service = self.service
         if chosen is None:
-            keys = service.entity.keys
-            chosen = [self.router.choose(entity_key([row[k] for k in keys])) for row in rows]
+            chosen = self._route(rows)
         for i, is_known in enumerate(known):
             if not is_known and service.defaults:
                 values[i] = {**values[i], **service.defaults}
@@ -161,11 +270,15 @@ class Predictor:
         at = [features_at] * len(rows) if not isinstance(features_at, Sequence) else features_at
         for p, when in zip(out, at, strict=True):
             p.features_at_us = when
+        if ranking is not None:
+            _set_ranks(out, ranking)
         self._logger.log([self._record(p, path, now, shadow=False) for p in out])
         shadows = self.router.shadows()
         if shadows:
             # Scored on the shadow thread, off the request's path: logged, never returned.
-            self._shadow_pool.submit(self._score_shadows, shadows, rows, values, known, path, now)
+            self._shadow_pool.submit(
+                self._score_shadows, shadows, rows, values, known, path, now, ranking
+            )
         return out
 
     def _score_shadows(
@@ -176,6 +289,7 @@ class Predictor:
         known: list[bool],
         path: str,
         now: int,
+        ranking: tuple[str, int] | None = None,
     ) -> None:
         for shadow in shadows:
             try:
@@ -183,6 +297,8 @@ class Predictor:
             except Exception:  # noqa: BLE001 - a failing shadow must never touch the champion
                 self.shadow_errors += 1
                 continue
+            if ranking is not None:
+                _set_ranks(extra, (ranking[0], 0))  # ranked as it would have, none returned
             self._logger.log([self._record(p, path, now, shadow=True) for p in extra])
 
     def drain(self) -> None:
@@ -233,6 +349,7 @@ class Predictor:
             "path": path,
             "ts_us": now,
             "features_at_us": p.features_at_us,
+            **p.ranked,
             # the entity's keys at the top level too, so that features (e.g. exposures) can be
             # declared on the predictions stream like on any other
             **{k: v for k, v in p.entity.items() if k not in _RECORD_FIELDS},

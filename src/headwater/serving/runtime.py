@@ -14,7 +14,7 @@ from headwater.definitions import DefinitionError, Service
 from headwater.definitions.stream import did_you_mean
 from headwater.log.base import NewRecord
 from headwater.serving.logger import PredictionLogger
-from headwater.serving.predictor import Prediction, Predictor
+from headwater.serving.predictor import Prediction, Predictor, Ranking
 from headwater.serving.scoring import ScorerCache
 
 OUTPUT_BATCH = 1000
@@ -50,6 +50,16 @@ class Serving:
         self, service: str, rows: Sequence[Mapping[str, Any]], path: str
     ) -> list[Prediction]:
         return self.predictor(service).predict(rows, path)
+
+    def rank(
+        self,
+        service: str,
+        request: Mapping[str, Any],
+        candidates: Sequence[Any],
+        k: int | None = None,
+        path: str = "inprocess",
+    ) -> Ranking:
+        return self.predictor(service).rank(request, candidates, k, path)
 
     # -- batch -----------------------------------------------------------------------------
 

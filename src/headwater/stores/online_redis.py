@@ -64,6 +64,13 @@ class RedisOnlineStore:
         found = self._client.mget([self._key(feature_set, k) for k in keys])
         return cast(list[bytes | None], found)
 
+    def get_sets(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, list[bytes | None]]:
+        names = [self._key(fs, k) for fs, keys in wanted.items() for k in keys]
+        if not names:
+            return {fs: [] for fs in wanted}
+        found = iter(cast(list[bytes | None], self._client.mget(names)))  # one round trip
+        return {fs: [next(found) for _ in keys] for fs, keys in wanted.items()}
+
     def write(
         self, states: Mapping[str, Mapping[str, bytes]], checkpoints: Mapping[str, int]
     ) -> None:

@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS states (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 """
-_CHUNK = 500
+_CHUNK = 400
+_SETS_SQL: dict[int, str] = {}  # statement text by number of pairs, built once
 
 
 class SqliteOnlineStore:
@@ -38,6 +39,25 @@ class SqliteOnlineStore:
                     ).fetchall()
                 )
         return [found.get(k) for k in keys]
+
+    def get_sets(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, list[bytes | None]]:
+        pairs = [(fs, k) for fs, keys in wanted.items() for k in dict.fromkeys(keys)]
+        found: dict[tuple[str, str], bytes] = {}
+        with self._lock:
+            for i in range(0, len(pairs), _CHUNK):
+                chunk = pairs[i : i + _CHUNK]
+                sql = _SETS_SQL.get(len(chunk))
+                if sql is None:
+                    marks = ",".join(["(?, ?)"] * len(chunk))
+                    # a join, not ``(a, b) IN (VALUES ...)``: SQLite scans the table for that
+                    sql = _SETS_SQL[len(chunk)] = (
+                        f"SELECT s.feature_set, s.key, s.state FROM (VALUES {marks}) AS w "
+                        "JOIN states AS s ON s.feature_set = w.column1 AND s.key = w.column2"
+                    )
+                params = [x for pair in chunk for x in pair]
+                for fs, key, state in self._db.execute(sql, params).fetchall():
+                    found[(fs, key)] = state
+        return {fs: [found.get((fs, k)) for k in keys] for fs, keys in wanted.items()}
 
     def write(
         self, states: Mapping[str, Mapping[str, bytes]], checkpoints: Mapping[str, int]

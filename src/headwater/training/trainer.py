@@ -190,7 +190,10 @@ class Trainer:
         offsets = snapshot["offsets"]
         con = duckdb.connect()
         try:
-            seen = first_seen(con, model, p.offline_store, streams, offsets)
+            # entities are seen in the streams holding all their keys (a user-item model's
+            # pairs in the streams with both ids, not in the user-only streams it reads)
+            keyed = [s for s in streams if all(k in s.fields for k in model.entity.keys)]
+            seen = first_seen(con, model, p.offline_store, keyed, offsets)
             times = sample_times(model, snapshot["as_of_us"])
             spine = build_spine(seen, times, model.entity.keys)
             if spine.empty:
