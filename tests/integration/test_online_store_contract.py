@@ -95,6 +95,23 @@ def test_reads_keep_the_order_asked(store):
     assert store.get_many(FS, ["c", "x", "a", "b", "a"]) == [b"3", None, b"1", b"2", b"1"]
 
 
+def test_several_feature_sets_in_one_call(store):
+    store.write({FS: {"a": b"1", "b": b"2"}, OTHER_FS: {"a": b"x"}}, {})
+    got = store.get_sets({FS: ["b", "zz", "a", "b"], OTHER_FS: ["a", "b"], "nothing#0": ["a"]})
+    assert got == {
+        FS: [b"2", None, b"1", b"2"],
+        OTHER_FS: [b"x", None],
+        "nothing#0": [None],
+    }
+    assert store.get_sets({FS: []}) == {FS: []}
+    many = {f"k{i}": str(i).encode() for i in range(1_500)}  # over one statement's chunk
+    store.write({OTHER_FS: many}, {})
+    assert store.get_sets({OTHER_FS: list(many), FS: ["a"]}) == {
+        OTHER_FS: list(many.values()),
+        FS: [b"1"],
+    }
+
+
 def test_many_keys_in_one_call(store):
     states = {f"user-{i}": f"state-{i}".encode() * 3 for i in range(5_000)}
     store.write({FS: states}, {FS: 5_000})

@@ -32,9 +32,12 @@ class Signature:
         for name in self.features:
             column = frame[name]
             if name in self.categories:
+                known = self.categories[name]
+                values = column.astype(object)
                 out[name] = pd.Categorical(
-                    column.astype(object).where(column.notna(), None),
-                    categories=self.categories[name],
+                    # a value never seen in training is missing, as LightGBM would treat it
+                    values.where(values.isin(known), None),
+                    categories=known,
                 )
             else:
                 out[name] = pd.to_numeric(column, errors="raise").astype(float)

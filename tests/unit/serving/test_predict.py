@@ -178,6 +178,49 @@ def test_bad_requests_unknown_entities_and_metrics(served):
         assert 'headwater_unknown_entities_total{service="risk"} 1.0' in text
 
 
+def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
+    """A running server answers predictions in ``PredictFastPath``; the FastAPI route (kept
+    for the OpenAPI document) must give the same statuses and bodies."""
+    from fastapi import FastAPI
+
+    from headwater.serving.routes.predict import PredictFastPath
+
+    fast = create_app(served)
+    slow = create_app(served)
+    slow.user_middleware = [m for m in slow.user_middleware if m.cls is not PredictFastPath]
+    bodies = [
+        {"entity": {"user_id": "nobody"}},
+        {"entity": {"uid": 1}},
+        {"entities": "u1"},
+        ["not", "an", "object"],
+    ]
+
+    def answers(app: FastAPI) -> list[tuple[int, dict]]:
+        out = []
+        with TestClient(app) as client:
+            for body in bodies:
+                r = client.post("/v1/predict/risk", json=body)
+                out.append((r.status_code, _without_ids(r.json())))
+            r = client.post("/v1/predict/risky", json=bodies[0])
+            out.append((r.status_code, r.json()))
+        return out
+
+    assert answers(fast) == answers(slow)
+    assert [status for status, _ in answers(fast)] == [200, 422, 422, 422, 422]
+    with TestClient(fast) as client:
+        too_big = b'{"entity": {"user_id": "' + b"x" * (17 * 1024 * 1024) + b'"}}'
+        r = client.post("/v1/predict/risk", content=too_big)
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        assert client.get("/v1/predict/risk").status_code == 405  # not ours: passed through
+        assert client.post("/v1/predict/risk/extra", json=bodies[0]).status_code == 404
+
+
+def _without_ids(body: dict) -> dict:
+    for p in body.get("predictions", []):
+        p.pop("prediction_id")
+    return body
+
+
 def test_a_service_without_a_promoted_version_answers_503(project_factory):
     folder = project_factory(SERVICES)
     with Project(folder, clock=lambda: NOW) as p, TestClient(create_app(p)) as client:
