@@ -8,7 +8,7 @@ from headwater.definitions.errors import DefinitionError, HeadwaterError
 from headwater.definitions.expr import Expr, col
 from headwater.definitions.feature import Derived, Feature, FeatureColumn
 from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy, RetrainPolicy
-from headwater.definitions.service import Bandit, Service, Variant
+from headwater.definitions.service import Bandit, Feedback, Service, Variant
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, Field
 
@@ -23,6 +23,7 @@ __all__ = [
     "Expectation",
     "Expr",
     "Feature",
+    "Feedback",
     "FeatureColumn",
     "Field",
     "HeadwaterError",

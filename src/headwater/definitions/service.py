@@ -53,6 +53,29 @@ class Bandit:
         }
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """Ground truth by prediction id: events of ``stream`` carrying the ``prediction_id`` a
+    service answered with and the outcome in ``field`` (0/1 for classifiers, a number for
+    regressors). The monitor and experiment analysis use it instead of the model's label.
+
+    Late feedback is joined whenever it arrives; a prediction with several feedback events
+    takes the latest by event time (a correction replaces a label); events naming no logged
+    prediction are ignored.
+    """
+
+    stream: Stream
+    field: str = "label"
+    prediction_id: str = "prediction_id"
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream.name,
+            "field": self.field,
+            "prediction_id": self.prediction_id,
+        }
+
+
 class Service(Definition):
     """A prediction service.
 
@@ -67,6 +90,11 @@ class Service(Definition):
     a request names one request entity and a list of candidates, every candidate is scored
     and logged, and the ``k`` best (``k`` per request, at most ``max_candidates`` candidates)
     are returned in order.
+
+    ``feedback``: where the ground truth of this service's predictions arrives by prediction
+    id (see ``Feedback``); without it, the model's own label is evaluated at each prediction's
+    time. ``higher_is_better``: for experiment verdicts, whether a higher outcome is better
+    (False for, e.g., churn).
     """
 
     kind = "service"
@@ -86,6 +114,8 @@ class Service(Definition):
         candidates: Entity | None = None,
         k: int = 10,
         max_candidates: int = 1000,
+        feedback: Feedback | None = None,
+        higher_is_better: bool = True,
         owner: str | None = None,
         description: str | None = None,
         deprecated: bool = False,
@@ -124,6 +154,10 @@ class Service(Definition):
             if output in RESERVED_STREAMS:
                 raise DefinitionError(f"service {name!r}: {output!r} is a reserved stream name")
         self.candidates, self.k, self.max_candidates = candidates, k, max_candidates
+        if feedback is not None:
+            for f in (feedback.prediction_id, feedback.field):
+                feedback.stream.field(f)  # a clear error, with a suggestion, if it is missing
+        self.feedback, self.higher_is_better = feedback, higher_is_better
         model_keys = variants[0].model.entity.keys
         if candidates is not None:
             missing = [c for c in candidates.keys if c not in model_keys]
@@ -161,15 +195,15 @@ class Service(Definition):
         return tuple(k for k in self.entity.keys if k not in self.candidates.keys)
 
     def spec(self) -> dict[str, Any]:
-        ranking = (
-            {}  # absent unless ranking, so that existing services keep their versions
-            if self.candidates is None
-            else {
-                "candidates": self.candidates.name,
-                "k": self.k,
-                "max_candidates": self.max_candidates,
-            }
-        )
+        extra: dict[str, Any] = {}  # absent unless used, so existing services keep versions
+        if self.candidates is not None:
+            extra.update(
+                candidates=self.candidates.name, k=self.k, max_candidates=self.max_candidates
+            )
+        if self.feedback is not None:
+            extra["feedback"] = self.feedback.spec()
+        if not self.higher_is_better:
+            extra["higher_is_better"] = False
         return {
             "kind": self.kind,
             "name": self.name,
@@ -180,5 +214,5 @@ class Service(Definition):
             "bandit": None if self.bandit is None else self.bandit.spec(),
             "trigger": None if self.trigger is None else self.trigger.name,
             "output": self.output,
-            **ranking,
+            **extra,
         }

@@ -4,13 +4,14 @@ version's reference profile, and alerts.
 Everything is recomputed from the log (the ``predictions`` stream and the label's stream) for
 a window of prediction times, so a run killed at any point leaves nothing half-done and the
 next run gives the same answer. Ground truth is the model's own ``Label``, evaluated at each
-prediction's time once its horizon has passed: no separate feedback plumbing is needed.
+prediction's time once its horizon has passed — or, for a service that declares
+``Feedback``, the outcome events that name the prediction's id.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,9 +19,12 @@ import duckdb
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 
-from headwater.definitions import Service
+from headwater.definitions import Feedback, Service
+from headwater.definitions.expr import sql_name
 from headwater.definitions.types import from_micros
+from headwater.features.batch import history_source
 from headwater.log.base import NewRecord
 from headwater.monitoring.drift import ColumnDrift, Thresholds, profile_drift
 from headwater.training import evaluation
@@ -43,6 +47,7 @@ class VersionReport:
     first_us: int
     last_us: int
     labelled: int = 0
+    label_delay_s: float | None = None  # median wait from prediction to its ground truth
     metrics: dict[str, float] = field(default_factory=dict)
     drift: list[ColumnDrift] = field(default_factory=list)
 
@@ -58,10 +63,11 @@ def experiment_outcomes(project: Any, service: str, since_us: int, until_us: int
         return pd.DataFrame(columns=["variant", "outcome"])
     frame = frame[~frame["shadow"].astype(bool)].reset_index(drop=True)
     monitor = Monitor(project)
+    definition = project.definitions.services[service]
     parts = []
     for model, group in frame.groupby("model"):
         group = group.reset_index(drop=True)
-        labels = monitor.ground_truth(project.model(model), group, project.now())
+        labels, _ = monitor.labels_for(definition, project.model(model), group, project.now())
         parts.append(pd.DataFrame({"variant": group["variant"], "outcome": labels}))
     out = pd.concat(parts, ignore_index=True)
     out = out[out["outcome"].notna()]
@@ -84,6 +90,33 @@ def logged_predictions(
                     rows.append(doc)
         start = records[-1].offset + 1
     return pd.DataFrame(rows)
+
+
+def feedback_labels(
+    project: Any, feedback: Feedback, prediction_ids: Iterable[str]
+) -> dict[str, tuple[Any, int]]:
+    """For each prediction id with feedback: (its outcome, when the first feedback arrived).
+
+    The latest event by event time (then log order) gives the outcome, so a correction
+    replaces an earlier label; ids with no feedback are absent."""
+    stream = project.definitions.streams[feedback.stream.name]
+    project.archiver.catch_up(stream)
+    wanted = pa.table({"_pid": pa.array([str(i) for i in prediction_ids], pa.string())})
+    pid, value = sql_name(feedback.prediction_id), sql_name(feedback.field)
+    with duckdb.connect() as con:
+        source, params = history_source(con, stream, project.offline_store.files(stream.name), None)
+        con.register("_wanted", wanted)
+        rows = con.sql(
+            f"""SELECT CAST(e.{pid} AS VARCHAR) AS pid,
+                       arg_max(e.{value}, (e._event_time, e._partition, e._offset)) AS outcome,
+                       min(e._event_time) AS first_at
+                FROM {source} AS e
+                WHERE e.{value} IS NOT NULL
+                  AND CAST(e.{pid} AS VARCHAR) IN (SELECT _pid FROM _wanted)
+                GROUP BY 1""",
+            params=params or None,
+        ).fetchall()
+    return {str(p): (_python(v), int(t)) for p, v, t in rows}
 
 
 class Monitor:
@@ -169,9 +202,11 @@ class Monitor:
         report.drift = profile_drift(
             doc["profile"], features, group["output"].to_numpy(dtype=float), self.thresholds
         )
-        labels = self.ground_truth(definition, group, now)
+        labels, delays = self.labels_for(service, definition, group, now)
         matured = labels.notna()
         report.labelled = int(matured.sum())
+        if report.labelled:
+            report.label_delay_s = float(np.median(delays[matured.to_numpy()])) / 1e6
         if report.labelled:
             y = labels[matured].astype(float).to_numpy()
             scores = group["output"].to_numpy(dtype=float)[matured.to_numpy()]
@@ -182,6 +217,24 @@ class Monitor:
             except ValueError:
                 report.metrics = {}
         return report
+
+    def labels_for(
+        self, service: Service, model: Any, group: pd.DataFrame, now: int
+    ) -> tuple[pd.Series, np.ndarray]:
+        """Each prediction's ground truth (None: not known yet) and how long after the
+        prediction it became known (microseconds): from the service's feedback stream when it
+        declares one, else the model's label once its horizon has passed."""
+        if service.feedback is not None:
+            found = feedback_labels(self.project, service.feedback, group["prediction_id"])
+            times = group["ts_us"].to_numpy(dtype=np.int64)
+            ids = group["prediction_id"].tolist()
+            labels = pd.Series([found[i][0] if i in found else None for i in ids], dtype=object)
+            first = np.array(
+                [found[i][1] if i in found else t for i, t in zip(ids, times, strict=True)]
+            )
+            return labels, np.maximum(first - times, 0)
+        labels = self.ground_truth(model, group, now)
+        return labels, np.full(len(group), model.label.horizon_us, dtype=np.int64)
 
     def ground_truth(self, model: Any, group: pd.DataFrame, now: int) -> pd.Series:
         """The label of each prediction, None where its horizon has not passed yet."""

@@ -85,9 +85,15 @@ def collect(values: Iterable[Any]) -> Definitions:
     for service in list(defs.services.values()):
         for variant in service.variants:
             defs.add(variant.model)
-        for stream in (service.trigger, service.bandit.rewards if service.bandit else None):
+        for stream in (
+            service.trigger,
+            service.bandit.rewards if service.bandit else None,
+            service.feedback.stream if service.feedback else None,
+        ):
             if stream is not None:
                 defs.add(stream)
+        if service.candidates is not None:
+            defs.add(service.candidates)
     for model in list(defs.models.values()):
         defs.add(model.label)
     holders: list[Feature | Label] = [*defs.features.values(), *defs.labels.values()]
