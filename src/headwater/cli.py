@@ -629,8 +629,12 @@ def experiment(
     service: Annotated[str, typer.Argument(help="An A/B (or bandit) service")],
     days: Annotated[float, typer.Option(help="Window of prediction times, back from now")] = 30,
     lower_is_better: Annotated[
-        bool, typer.Option(help="The outcome (the model's label) is bad when high, e.g. churn")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--lower-is-better/--higher-is-better",
+            help="Whether a low outcome is good (e.g. churn); default: the service's setting",
+        ),
+    ] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Per-variant outcomes with confidence intervals, the test used, and a verdict."""
@@ -640,12 +644,15 @@ def experiment(
     with _open(project) as p:
         now = p.now()
         outcomes = experiment_outcomes(p, service, now - int(days * 86_400e6), now + 1)
+        higher = p.definitions.services[service].higher_is_better
     if outcomes["variant"].nunique() < 2:
         raise HeadwaterError(
             f"service {service!r} has matured outcomes for fewer than two "
             "variants in the window; wait for labels or widen --days"
         )
-    stats, comparisons = analyze(outcomes, higher_is_better=not lower_is_better)
+    if lower_is_better is not None:
+        higher = not lower_is_better
+    stats, comparisons = analyze(outcomes, higher_is_better=higher)
     table = Table("variant", "n", "outcome mean", "95% interval")
     for v in stats:
         table.add_row(v.variant, f"{v.n:,}", f"{v.mean:.4f}", f"[{v.ci_low:.4f}, {v.ci_high:.4f}]")

@@ -101,10 +101,85 @@ def render(project: Any, model: str, days: int = 14) -> str:
         sections.append(_prediction_chart(project, model, r, logged))
     if not latest:
         sections.append("<p>No predictions of this model in the window.</p>")
+    sections += _experiments(project, model, now - days * DAY, now + 1)
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(model)}"
         f" report</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
+
+
+def intervals(rows: list[tuple[str, float, float, float]], width: int = 560) -> str:
+    """Means with confidence intervals as inline SVG: one line per (label, mean, low, high)."""
+    if not rows:
+        return "<p>no data</p>"
+    lo = min(r[2] for r in rows)
+    hi = max(r[3] for r in rows)
+    span = (hi - lo) or 1.0
+    row, label_w, pad = 24, 190, 60
+    scale = (width - label_w - pad) / span
+
+    def x(v: float) -> float:
+        return label_w + (v - lo) * scale
+
+    parts = [f'<svg width="{width}" height="{row * len(rows) + 10}" role="img">']
+    for i, (label, mean, low, high) in enumerate(rows):
+        y = i * row + 12
+        parts.append(
+            f'<text x="0" y="{y + 4}" font-size="12">{html.escape(label)}</text>'
+            f'<line x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{y}" y2="{y}" stroke="#4a6fa5" '
+            'stroke-width="3"/>'
+            f'<circle cx="{x(mean):.1f}" cy="{y}" r="4" fill="#222"/>'
+            f'<text x="{x(high) + 6:.1f}" y="{y + 4}" font-size="11">{mean:.4g} '
+            f"[{low:.4g}, {high:.4g}]</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _experiments(project: Any, model: str, since: int, until: int) -> list[str]:
+    """Each A/B or bandit service of the model: per-variant outcomes, the test, the verdict."""
+    from headwater.monitoring.experiment import ExperimentError, analyze
+    from headwater.monitoring.monitor import experiment_outcomes
+
+    out: list[str] = []
+    for service in project.definitions.services.values():
+        if service.routing not in ("ab", "bandit"):
+            continue
+        if not any(v.model.name == model for v in service.variants):
+            continue
+        outcomes = experiment_outcomes(project, service.name, since, until)
+        source = "feedback" if service.feedback is not None else "the model's label"
+        out.append(f"<h2>Experiment: {html.escape(service.name)} ({service.routing})</h2>")
+        if outcomes["variant"].nunique() < 2:
+            out.append(
+                f"<p>Fewer than two variants have outcomes ({source}) in the window yet.</p>"
+            )
+            continue
+        try:
+            stats, comparisons = analyze(outcomes, higher_is_better=service.higher_is_better)
+        except ExperimentError as exc:
+            out.append(f"<p>{html.escape(str(exc))}</p>")
+            continue
+        better = "higher" if service.higher_is_better else "lower"
+        out.append(
+            f"<p>Outcome: {source}; {better} is better; 95% intervals "
+            f"({html.escape(stats[0].kind)} outcomes).</p>"
+        )
+        out.append(
+            intervals([(f"{v.variant} (n={v.n:,})", v.mean, v.ci_low, v.ci_high) for v in stats])
+        )
+        rows = "".join(
+            f"<tr><td>{html.escape(c.treatment)} vs {html.escape(c.control)}</td>"
+            f"<td>{c.difference:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]</td>"
+            f"<td>{c.p_value:.3g}</td><td>{html.escape(c.test)}</td>"
+            f"<td><b>{html.escape(c.verdict)}</b></td></tr>"
+            for c in comparisons
+        )
+        out.append(
+            "<table><tr><th>comparison</th><th>difference</th><th>p</th><th>test</th>"
+            f"<th>verdict</th></tr>{rows}</table>"
+        )
+    return out
 
 
 def _prediction_chart(project: Any, model: str, report: VersionReport, logged: pd.DataFrame) -> str:

@@ -13,6 +13,7 @@ from headwater.definitions import DefinitionError
 from headwater.definitions.types import to_micros
 from headwater.monitoring.experiment import analyze
 from headwater.monitoring.monitor import Monitor, experiment_outcomes
+from headwater.monitoring.report import render
 from tests.conftest import write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
 
@@ -103,6 +104,12 @@ def test_feedback_joins_by_prediction_id_late_missing_duplicate_and_corrected(of
     expected = {v: np.mean([truth[i] for i in truth if by_id[i].variant == v]) for v in "ab"}
     stats, _ = analyze(outcomes)
     assert {s.variant: s.mean for s in stats} == pytest.approx(expected)
+
+    html = render(p, "churn", days=3)
+    assert "Experiment: offers (ab)" in html and "Outcome: feedback; higher is better" in html
+    for s in stats:
+        assert f"{s.variant} (n={s.n:,})" in html and f"{s.mean:.4g}" in html
+    assert "two-proportion z-test" in html and "<b>" in html  # the test and the verdict
 
 
 def test_feedback_fields_must_exist(offers):
