@@ -29,6 +29,12 @@ def _sqlite_log(url: str, root: Path) -> Any:
     return EmbeddedLog(local_path(url, root))
 
 
+def _kafka_log(url: str, root: Path) -> Any:
+    from headwater.log.kafka import KafkaLog, KafkaSettings
+
+    return KafkaLog(KafkaSettings.from_url(url))
+
+
 def _sqlite_online(url: str, root: Path) -> Any:
     from headwater.stores.online_sqlite import SqliteOnlineStore
 
@@ -60,7 +66,7 @@ def _postgres_metadata(url: str, root: Path) -> Any:
 
 
 BACKENDS: dict[str, dict[str, Any]] = {
-    "log": {"sqlite": _sqlite_log},
+    "log": {"sqlite": _sqlite_log, "kafka": _kafka_log},
     "online": {"sqlite": _sqlite_online, "redis": _redis_online},
     "offline": {"file": _parquet_offline},
     "metadata": {

@@ -8,6 +8,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "headwater"
 ADAPTERS = {
     "log/embedded.py",
+    "log/kafka.py",
     "stores/online_sqlite.py",
     "stores/offline_parquet.py",
     "stores/metadata_sqlite.py",

@@ -7,7 +7,7 @@ each value follows DESIGN.md's time semantics exactly: ``start = floor((t - W) /
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import duckdb
 import numpy as np
@@ -17,6 +17,7 @@ from headwater.definitions import Aggregation, FeatureColumn, Stream
 from headwater.definitions.expr import sql_name
 from headwater.features.history import ARROW_TYPES, history_schema
 from headwater.features.plan import FeatureSetPlan
+from headwater.log.base import partition_name
 
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 
@@ -70,9 +71,13 @@ def typed_aggregate_sql(agg: Aggregation, stream: Stream, condition: str) -> str
 
 
 def history_source(
-    con: duckdb.DuckDBPyConnection, stream: Stream, files: list[str], max_offset: int | None
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    files: list[str],
+    snapshot: Mapping[str, int] | None,
 ) -> tuple[str, dict[str, object]]:
-    """A FROM clause over a stream's history (up to ``max_offset``, exclusive) and its params."""
+    """A FROM clause over a stream's history and its params; with a ``snapshot`` (log end
+    offsets named by ``partition_name(stream, partition)``), only the rows below them."""
     params: dict[str, object] = {}
     if files:
         source, params = "read_parquet($files, union_by_name = true)", {"files": files}
@@ -80,9 +85,28 @@ def history_source(
         name = f"_empty_{stream.name}"
         con.register(name, history_schema(stream).empty_table())
         source = name
-    if max_offset is not None:
-        source = f"(SELECT * FROM {source} WHERE _offset < {int(max_offset)})"
+    if snapshot is not None:
+        source = f"(SELECT * FROM {source} WHERE {snapshot_condition(snapshot, stream.name)})"
     return source, params
+
+
+def snapshot_condition(snapshot: Mapping[str, int], stream: str) -> str:
+    """SQL keeping the history rows below a snapshot's offsets, partition by partition.
+
+    >>> snapshot_condition({"orders": 7}, "orders")
+    '_offset < 7'
+    >>> snapshot_condition({"orders": 7, "orders@p1": 3}, "orders")
+    '_offset < CASE coalesce(_partition, 0) WHEN 0 THEN 7 WHEN 1 THEN 3 ELSE 0 END'
+    """
+    limits = {0: int(snapshot.get(stream, 0))}
+    for partition in range(1, len(snapshot) + 1):
+        end = snapshot.get(partition_name(stream, partition))
+        if end is not None:
+            limits[partition] = int(end)
+    if len(limits) == 1:  # a log with one partition: histories archived before it had any
+        return f"_offset < {limits[0]}"
+    cases = " ".join(f"WHEN {p} THEN {end}" for p, end in sorted(limits.items()))
+    return f"_offset < CASE coalesce(_partition, 0) {cases} ELSE 0 END"
 
 
 def events_cte(fields: list[str], source: str, where: str = "") -> str:
@@ -103,7 +127,7 @@ def feature_set_values(
     spine_keys: pa.Table,
     times: np.ndarray,
     files: list[str],
-    max_offset: int | None = None,
+    snapshot: Mapping[str, int] | None = None,
 ) -> pa.Table:
     """One row per spine row (in order): the values of ``columns`` at each row's time."""
     spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
@@ -123,7 +147,7 @@ def feature_set_values(
     try:
         asof = [c for c in columns if _asof_eligible(c)]
         ranged = [c for c in columns if not _asof_eligible(c)]
-        source, params = history_source(con, plan.stream, files, max_offset)
+        source, params = history_source(con, plan.stream, files, snapshot)
         got: dict[str, pa.ChunkedArray] = {}
         if ranged:
             table = _ranged_values(con, plan, ranged, starts, source, params)

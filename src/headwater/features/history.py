@@ -18,7 +18,7 @@ ARROW_TYPES = {
     DType.BOOL: pa.bool_(),
     DType.TIMESTAMP: pa.int64(),  # microseconds since the epoch, UTC, as in the log
 }
-META_COLUMNS = ("_offset", "_event_id", "_event_time", "_ingest_time")
+META_COLUMNS = ("_offset", "_event_id", "_event_time", "_ingest_time", "_partition")
 
 
 def history_schema(stream: Stream) -> pa.Schema:
@@ -28,6 +28,7 @@ def history_schema(stream: Stream) -> pa.Schema:
         pa.field("_event_id", pa.string()),
         pa.field("_event_time", pa.int64()),
         pa.field("_ingest_time", pa.int64()),
+        pa.field("_partition", pa.int32()),  # the log partition; ``_offset`` counts within it
     ]
     fields += [pa.field(name, ARROW_TYPES[f.dtype]) for name, f in stream.fields.items()]
     if stream.unknown_fields == "keep":
@@ -43,6 +44,7 @@ def records_to_table(stream: Stream, records: list[Record]) -> pa.Table:
         "_event_id": pa.array([r.event_id for r in records], pa.string()),
         "_event_time": pa.array([r.event_time for r in records], pa.int64()),
         "_ingest_time": pa.array([r.ingest_time for r in records], pa.int64()),
+        "_partition": pa.array([r.partition for r in records], pa.int32()),
     }
     for name, f in stream.fields.items():
         columns[name] = pa.array([row.get(name) for row in rows], ARROW_TYPES[f.dtype])
@@ -59,7 +61,7 @@ def records_to_table(stream: Stream, records: list[Record]) -> pa.Table:
 
 
 class Archiver:
-    """Copies each stream's new log records into the offline store.
+    """Copies each stream's new log records into the offline store, partition by partition.
 
     The store commits the files of a batch together with its end offset, so a crash at any
     point leaves either the old or the new history, and the next run resumes from the marker.
@@ -69,18 +71,19 @@ class Archiver:
         self._log, self._offline, self._batch = log, offline, batch_size
 
     def catch_up(self, stream: Stream, progress: Callable[[int], None] | None = None) -> int:
-        """Archive everything the log holds for the stream now; returns the records added."""
-        start = self._offline.committed(stream.name)
-        target = self._log.end_offset(stream.name)
+        """Archive everything the log holds for the stream now; returns the records added.
+
+        Each partition is read until a read finds nothing: the log's end offset is not
+        trusted (a Kafka broker's high watermark may lag), nor are offsets dense."""
         added = 0
-        while start < target:
-            records = self._log.read(stream.name, start, min(self._batch, target - start))
-            if not records:
-                break
-            end = records[-1].offset + 1
-            self._offline.append(stream.name, records_to_table(stream, records), start, end)
-            added += len(records)
-            start = end
-            if progress is not None:
-                progress(len(records))
+        for partition in range(self._log.partitions(stream.name)):
+            start = self._offline.committed(stream.name, partition)
+            while records := self._log.read(stream.name, start, self._batch, partition):
+                end = records[-1].offset + 1
+                table = records_to_table(stream, records)
+                self._offline.append(stream.name, table, start, end, partition)
+                added += len(records)
+                start = end
+                if progress is not None:
+                    progress(len(records))
         return added

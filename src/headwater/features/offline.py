@@ -120,7 +120,7 @@ class TrainingSets:
                     table,
                     times,
                     self._offline.files(plan.stream.name),
-                    None if snapshot is None else snapshot.get(plan.stream.name, 0),
+                    snapshot,
                 )
                 for column in columns:
                     values[column.name] = got[column.name]

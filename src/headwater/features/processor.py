@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,8 +11,10 @@ from typing import Any
 import orjson
 
 from headwater.features.plan import FeatureSetPlan, entity_key
-from headwater.log.base import Log, Record
+from headwater.log.base import Log, LogError, Record, partition_name
 from headwater.stores.online_base import OnlineStore
+
+_LOGGER = logging.getLogger("headwater.processor")
 
 
 @dataclass
@@ -23,6 +26,7 @@ class ProcessStats:
 class Processor:
     """Keeps the online store's feature-set states up to date with the log.
 
+    Each log partition is processed on its own, with its own checkpoint per feature set.
     Each batch's new states and the feature sets' next offsets are written in one atomic
     store write, so a processor killed at any point restarts from the last committed offset
     and replays into exactly the state an uninterrupted run reaches (effects are idempotent
@@ -45,51 +49,70 @@ class Processor:
 
     def lag(self) -> dict[str, int]:
         """Per feature set, how many log records are not yet processed."""
-        out = {}
+        out: dict[str, int] = {}
         for stream, plans in self._by_stream.items():
-            end = self._log.end_offset(stream)
-            done = self._online.checkpoints([p.id for p in plans])
-            out.update({p.id: end - done.get(p.id, 0) for p in plans})
+            for partition in range(self._log.partitions(stream)):
+                end = self._log.end_offset(stream, partition)
+                names = {p.id: partition_name(p.id, partition) for p in plans}
+                done = self._online.checkpoints(list(names.values()))
+                for plan in plans:
+                    behind = max(0, end - done.get(names[plan.id], 0))
+                    out[plan.id] = out.get(plan.id, 0) + behind
         return out
 
-    def run_until_caught_up(self, progress: Callable[[int], None] | None = None) -> ProcessStats:
-        """Process every record the log holds now, then return."""
+    def run_until_caught_up(
+        self,
+        progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> ProcessStats:
+        """Process records until a read of each partition finds none left (or ``stop`` is
+        set), then return. Termination follows the reads, never the log's end offset: a
+        Kafka broker's high watermark may lag."""
         stats = ProcessStats()
         for stream, plans in self._by_stream.items():
-            target = self._log.end_offset(stream)
-            while (n := self._process_batch(stream, plans, target)) > 0:
-                stats.events += n
-                stats.batches += 1
-                if progress is not None:
-                    progress(n)
+            for partition in range(self._log.partitions(stream)):
+                while not (stop is not None and stop.is_set()):
+                    n = self._process_batch(stream, partition, plans)
+                    if n == 0:
+                        break
+                    stats.events += n
+                    stats.batches += 1
+                    if progress is not None:
+                        progress(n)
         return stats
 
     def run_forever(self, stop: threading.Event, poll_seconds: float = 0.5) -> ProcessStats:
-        """Process continuously until ``stop`` is set."""
+        """Process continuously until ``stop`` is set; an unreachable log is waited out."""
         total = ProcessStats()
         while not stop.is_set():
-            stats = self.run_until_caught_up()
+            try:
+                stats = self.run_until_caught_up(stop=stop)
+            except LogError as exc:  # e.g. a Kafka broker restarting: the checkpoints hold
+                _LOGGER.warning("cannot read the log, retrying in %ss: %s", poll_seconds, exc)
+                stats = ProcessStats()
             total.events += stats.events
             total.batches += stats.batches
             if stats.events == 0:
                 stop.wait(poll_seconds)
         return total
 
-    def _process_batch(self, stream: str, plans: list[FeatureSetPlan], target: int) -> int:
-        done = self._online.checkpoints([p.id for p in plans])
-        start = min(done.get(p.id, 0) for p in plans)
-        if start >= target:
-            return 0
-        records = self._log.read(stream, start, min(self.batch_size, target - start))
+    def _process_batch(self, stream: str, partition: int, plans: list[FeatureSetPlan]) -> int:
+        # Partition 0 keeps the feature set's id as its checkpoint name, so the checkpoints
+        # of a one-partition log (the embedded one) are those it always had.
+        names = {p.id: partition_name(p.id, partition) for p in plans}
+        committed = self._online.checkpoints(list(names.values()))
+        done = {p.id: committed.get(names[p.id], 0) for p in plans}
+        records = self._log.read(stream, min(done.values()), self.batch_size, partition)
         if not records:
             return 0
         rows = [orjson.loads(r.payload) for r in records]
         now = self._clock()
         states: dict[str, dict[str, bytes]] = {}
         for plan in plans:
-            states[plan.id] = self._apply(plan, records, rows, done.get(plan.id, 0), now)
+            states[plan.id] = self._apply(plan, records, rows, done[plan.id], now)
+        # The next offset follows the last record read, not a count: offsets may have gaps.
         end = records[-1].offset + 1
-        self._online.write(states, {p.id: max(end, done.get(p.id, 0)) for p in plans})
+        self._online.write(states, {names[p.id]: max(end, done[p.id]) for p in plans})
         return len(records)
 
     def _apply(

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from headwater.definitions import HeadwaterError, Stream
 from headwater.definitions.stream import did_you_mean
+from headwater.features.plan import entity_key
 from headwater.ingestion.columnar import check_table
 from headwater.ingestion.validate import Rejected, TimePolicy, validate
 from headwater.log.base import DEAD_LETTER_STREAM, Log, NewRecord
@@ -97,7 +98,14 @@ class Ingestor:
             checked.event_times,
             strict=True,
         ):
-            batch.add_valid(position, event_id, event_time, orjson.dumps(row), checked.fresh_ids)
+            batch.add_valid(
+                position,
+                event_id,
+                event_time,
+                orjson.dumps(row),
+                _key(stream, row),
+                checked.fresh_ids,
+            )
         if len(checked.fallback):
             rest = table.take(pa.array(checked.fallback)).to_pylist()
             for position, raw in zip(checked.fallback.tolist(), rest, strict=True):
@@ -134,9 +142,15 @@ class _Batch:
         self.result = IngestResult(offsets=[None] * size)
 
     def add_valid(
-        self, position: int, event_id: str, event_time: int, payload: bytes, fresh_id: bool = False
+        self,
+        position: int,
+        event_id: str,
+        event_time: int,
+        payload: bytes,
+        key: str,
+        fresh_id: bool = False,
     ) -> None:
-        self.records.append(NewRecord(event_id, event_time, payload, fresh_id))
+        self.records.append(NewRecord(event_id, event_time, payload, fresh_id, key))
         self.positions.append(position)
 
     def add_row(self, stream: Stream, position: int, raw: Any, policy: TimePolicy) -> None:
@@ -150,7 +164,14 @@ class _Batch:
             self.dead.append(_dead_letter(self.stream, raw, str(exc), self.now))
             return
         fresh = isinstance(raw, Mapping) and raw.get(stream.id_field) is None
-        self.add_valid(position, event.event_id, event.event_time, payload, fresh)
+        key = _key(stream, event.fields)
+        self.add_valid(position, event.event_id, event.event_time, payload, key, fresh)
+
+
+def _key(stream: Stream, row: Mapping[str, Any]) -> str:
+    """The partition key of an event: its stream key values, as entities address them, so a
+    partitioned log keeps each key's events in one partition, in order."""
+    return entity_key([row[k] for k in stream.keys])
 
 
 def _dead_letter(stream: str, raw: Any, reason: str, now: int) -> NewRecord:

@@ -1,4 +1,5 @@
-"""The embedded log: one SQLite file in WAL mode with full synchronous commits."""
+"""The embedded log: one SQLite file in WAL mode with full synchronous commits, one partition
+per stream."""
 
 from __future__ import annotations
 
@@ -129,7 +130,11 @@ class EmbeddedLog:
             )
         return found
 
-    def read(self, stream: str, start: int, limit: int) -> list[Record]:
+    def partitions(self, stream: str) -> int:
+        return 1
+
+    def read(self, stream: str, start: int, limit: int, partition: int = 0) -> list[Record]:
+        _only_partition_zero(partition)
         with self._lock:
             rows = self._db.execute(
                 "SELECT offset, event_id, event_time, ingest_time, payload FROM events "
@@ -138,7 +143,8 @@ class EmbeddedLog:
             ).fetchall()
         return [Record(*row) for row in rows]
 
-    def end_offset(self, stream: str) -> int:
+    def end_offset(self, stream: str, partition: int = 0) -> int:
+        _only_partition_zero(partition)
         with self._lock:
             row = self._db.execute(
                 "SELECT next_offset FROM heads WHERE stream = ?", (stream,)
@@ -152,3 +158,8 @@ class EmbeddedLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _only_partition_zero(partition: int) -> None:
+    if partition != 0:
+        raise LogError(f"the embedded log has one partition per stream (0), not {partition}")

@@ -10,13 +10,16 @@ import pyarrow as pa
 class OfflineStore(Protocol):
     """Holds each stream's history as Arrow-readable files.
 
-    Contract: ``append`` makes the rows of log offsets ``[start, end)`` visible atomically
-    together with the new committed offset ``end``; rows of an interrupted append are never
-    visible and are rewritten by the next one; ``files`` lists exactly the committed files.
+    Contract: ``append`` makes the rows of log offsets ``[start, end)`` of one log partition
+    visible atomically together with that partition's new committed offset ``end``; rows of
+    an interrupted append are never visible and are rewritten by the next one; ``files``
+    lists exactly the committed files of every partition.
     """
 
-    def committed(self, stream: str) -> int: ...
+    def committed(self, stream: str, partition: int = 0) -> int: ...
 
-    def append(self, stream: str, table: pa.Table, start: int, end: int) -> None: ...
+    def append(
+        self, stream: str, table: pa.Table, start: int, end: int, partition: int = 0
+    ) -> None: ...
 
     def files(self, stream: str) -> list[str]: ...

@@ -7,6 +7,8 @@ the snapshot's time are never used.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -44,9 +46,7 @@ def first_seen(
     keys = model.entity.keys
     parts, params = [], {}
     for i, stream in enumerate(streams):
-        source, p = history_source(
-            con, stream, offline.files(stream.name), snapshot.get(stream.name, 0)
-        )
+        source, p = history_source(con, stream, offline.files(stream.name), snapshot)
         if "files" in p:
             source = source.replace("$files", f"$files{i}")
             params[f"files{i}"] = p["files"]
@@ -82,7 +82,7 @@ def label_values(
     spine: pd.DataFrame,
     times_us: np.ndarray,
     files: list[str],
-    max_offset: int | None,
+    snapshot: Mapping[str, int] | None,
 ) -> pd.Series:
     """The label of each spine row: the aggregate over ``[t, t + horizon)``, transformed."""
     table = {
@@ -105,7 +105,7 @@ def label_values(
             *(label.where.fields() if label.where else ()),
         }
     )
-    source, params = history_source(con, label.stream, files, max_offset)
+    source, params = history_source(con, label.stream, files, snapshot)
     join = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in label.entity.keys)
     sql = f"""{events_cte(fields, source)}
 SELECT s._row, {value} AS label

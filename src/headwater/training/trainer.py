@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from headwater.definitions import HeadwaterError, Model
+from headwater.log.base import partition_name
 from headwater.training import artifacts, evaluation
 from headwater.training.examples import (
     build_spine,
@@ -168,9 +169,13 @@ class Trainer:
     def _snapshot(self, model: Model, reproduce: int | None) -> dict[str, Any]:
         if reproduce is not None:
             return dict(self.registry.version(model.name, reproduce)["lineage"]["snapshot"]["log"])
-        streams = sorted(self._streams(model))
+        log = self.project.log
         return {
-            "offsets": {s: self.project.log.end_offset(s) for s in streams},
+            "offsets": {
+                partition_name(s, p): log.end_offset(s, p)
+                for s in sorted(self._streams(model))
+                for p in range(log.partitions(s))
+            },
             "as_of_us": self.project.now(),
         }
 
@@ -211,7 +216,7 @@ class Trainer:
                 spine,
                 times_us,
                 p.offline_store.files(label.stream.name),
-                offsets.get(label.stream.name, 0),
+                offsets,
             ).to_numpy()
         finally:
             con.close()
