@@ -7,6 +7,7 @@ never a reason to skip.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -84,6 +85,16 @@ class TansuBroker:
         if self._output is not None:
             self._output.close()
             self._output = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its (in-memory) data but answers nothing, as a broker
+        behind a network partition would; ``resume`` brings it back as it was."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def output(self) -> str:
         if self._output is None:

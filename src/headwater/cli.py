@@ -688,12 +688,17 @@ def quickstart(
         "headwater-shop"
     ),
     users: Annotated[int, typer.Option(help="Simulated users")] = 2000,
-    days: Annotated[int, typer.Option(help="Simulated days of activity")] = 35,
+    days: Annotated[int, typer.Option(help="Simulated days of activity before now")] = 56,
+    loop: Annotated[
+        bool,
+        typer.Option(help="Then deliver ground truth and a drift: monitor, alert, retrain"),
+    ] = True,
 ) -> None:
-    """Create the shop example, simulate weeks of activity, ingest, process, and show it."""
+    """Create the shop example, simulate weeks of activity, ingest, process, train, serve,
+    and close the loop (ground truth, drift, monitor, alerts, retraining)."""
     from headwater.quickstart import run_quickstart
 
-    run_quickstart(folder, users=users, days=days, console=console)
+    run_quickstart(folder, users=users, days=days, console=console, loop=loop)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from headwater.definitions import HeadwaterError
 from headwater.definitions.types import from_micros
-from headwater.project.project import Project
+from headwater.project.project import Project, system_clock
 
 MARKER = ".headwater-quickstart"
 SAMPLE_FEATURES = [
@@ -43,13 +43,31 @@ def prepare_folder(folder: Path) -> None:
     (folder / MARKER).write_text("made by `headwater quickstart`; safe to delete\n")
 
 
-def run_quickstart(folder: Path, *, users: int, days: int, console: Console) -> Project:
-    """Simulate the shop, ingest through the real path, process, and print a summary."""
+class QuickstartClock:
+    """The quickstart's clock: real time, until the closing loop moves it forward by the
+    weeks in which ground truth arrives (``headwater serve`` later runs on real time)."""
+
+    def __init__(self) -> None:
+        self.ahead_us = 0
+
+    def __call__(self) -> int:
+        return system_clock() + self.ahead_us
+
+
+FUTURE_DAYS = 21  # simulated beyond "now": the ground truth and the drift the loop shows
+
+
+def run_quickstart(
+    folder: Path, *, users: int, days: int, console: Console, loop: bool = True
+) -> Project:
+    """Simulate the shop, ingest through the real path, process, train, serve, and (with
+    ``loop``) deliver ground truth and a drift, monitor, retrain; print a summary."""
     from headwater.examples.shop.simulator import simulate
 
     started = time.perf_counter()
     prepare_folder(folder)
-    project = Project(folder)
+    clock = QuickstartClock()
+    project = Project(folder, clock=clock)
     plan = project.apply()
     console.print(
         f"[bold]1. project[/bold] {folder.resolve()}: registered "
@@ -58,10 +76,20 @@ def run_quickstart(folder: Path, *, users: int, days: int, console: Console) -> 
     )
 
     end = project.now() / 1e6
-    sim = simulate(users=users, days=days, end=end, seed=7)
+    future = FUTURE_DAYS if loop else 0
+    # One simulation runs past "now": the events after it are the future that step 9
+    # delivers (labels mature in it), and its drift shifts behaviour only in that future.
+    sim = simulate(users=users, days=days + future, end=end + future * 86400, seed=7, drift=0.9)
+    sim.events, later = _split(sim.events, end)
+    sim.users = sorted({e["user_id"] for e in sim.events["signups"]})  # signed up by now
     console.print(
         f"[bold]2. simulated[/bold] {users} users over {days} days: "
         f"{sum(sim.counts().values()):,} events"
+        + (
+            f" (and {sum(map(len, later.values())):,} held back for the next {future} days)"
+            if loop
+            else ""
+        )
     )
 
     t0 = time.perf_counter()
@@ -137,6 +165,8 @@ def run_quickstart(folder: Path, *, users: int, days: int, console: Console) -> 
 
     train_models(project, console)
     serve_predictions(project, sim.users, console)
+    if loop:
+        close_the_loop(project, clock, later, sim.users, folder, console)
 
     console.print(
         f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]"
@@ -243,6 +273,100 @@ def serve_predictions(project: Project, users: list[str], console: Console) -> N
         f"{ordered[int(len(ordered) * 0.99) - 1] * 1000:.1f} ms; every prediction is in "
         f"the log's 'predictions' stream ({logged:,} records, with its features)"
     )
+
+
+def close_the_loop(
+    project: Project,
+    clock: QuickstartClock,
+    later: dict[str, list[dict]],
+    users: list[str],
+    folder: Path,
+    console: Console,
+) -> None:
+    """Time passes: ground truth arrives for the served predictions, behaviour drifts; the
+    monitor measures live performance, detects the drift, alerts, and a retrain follows."""
+    from headwater.monitoring.loop import retrain_if_needed
+    from headwater.monitoring.monitor import ALERTS, Monitor
+    from headwater.monitoring.report import render
+
+    served_at = project.now()
+    clock.ahead_us = FUTURE_DAYS * 86_400_000_000
+    t0 = time.perf_counter()
+    delivered = sum(project.ingest(name, events).accepted for name, events in later.items())
+    project.process()
+    now = project.now()
+    # Users come back after the drift: score a sample again, in-process this time.
+    sample = random.Random(5).sample(sorted(users), min(600, len(users)))
+    project.serving.predict("retention", [{"user_id": u} for u in sample], "inprocess")
+    console.print(
+        f"[bold]9. {FUTURE_DAYS} days later[/bold] the simulator delivered {delivered:,} more "
+        f"events (ground truth for the served predictions, and a drift: fewer visits, more "
+        f"failed payments, higher prices); {len(sample)} users scored again"
+    )
+    alerts_before = project.log.end_offset(ALERTS)
+    monitor = Monitor(project, alert=None)
+    labelled = [
+        r
+        for r in monitor.run(
+            "retention", since_us=served_at - 3_600_000_000, until_us=served_at + 1
+        )
+        if r.model == "churn"
+    ]
+    recent = [
+        r for r in monitor.run("retention", since_us=now - 3_600_000_000) if r.model == "churn"
+    ]
+    table = Table(
+        "window",
+        "version",
+        "predictions",
+        "labelled",
+        "live AUC",
+        "drift alerts",
+        title="10. the monitor",
+    )
+    for name, reports in (("when served", labelled), ("after the drift", recent)):
+        for r in reports:
+            auc = r.metrics.get("auc")
+            table.add_row(
+                name,
+                f"churn v{r.version}",
+                f"{r.predictions:,}",
+                f"{r.labelled:,} ({r.label_coverage:.0%})",
+                "-" if auc is None else f"{auc:.3f}",
+                ", ".join(d.name for d in r.drift if d.level == "alert") or "none",
+            )
+    console.print(table)
+    raised = project.log.end_offset(ALERTS) - alerts_before
+    console.print(f"   {raised} alerts appended to the 'alerts' stream (and the server log)")
+    actions = retrain_if_needed(project, recent, lambda line: console.print(f"   {line}"))
+    for a in actions:
+        doc = project.registry.version(a["model"], a["version"])
+        console.print(
+            f"   challenger {a['model']} v{a['version']} trained on the drifted data "
+            f"(held-out AUC {doc['metrics']['auc']:.3f}); it is promoted only if it beats the "
+            "champion on live labels (`headwater monitor --act`)"
+        )
+    report = folder / "reports" / "churn.html"
+    report.parent.mkdir(exist_ok=True)
+    report.write_text(render(project, "churn", days=FUTURE_DAYS + 2))
+    console.print(f"   the loop took {time.perf_counter() - t0:.1f}s; report: {report.resolve()}")
+
+
+def _split(
+    events: dict[str, list[dict]], end: float
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Events before ``end`` (epoch seconds) and the rest."""
+    past: dict[str, list[dict]] = {}
+    later: dict[str, list[dict]] = {}
+    for name, rows in events.items():
+        past[name] = [e for e in rows if _seconds(e) < end]
+        later[name] = [e for e in rows if _seconds(e) >= end]
+    return past, later
+
+
+def _seconds(event: dict) -> float:
+    ts = event["ts"]
+    return ts.timestamp() if hasattr(ts, "timestamp") else float(ts)
 
 
 def _spine(users: list[str], end: float, days: int, rows: int) -> pd.DataFrame:

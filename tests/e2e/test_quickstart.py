@@ -17,11 +17,14 @@ STEPS = (
     "6. training set",
     "7. models trained",
     "8. predictions over HTTP",
+    "9. 21 days later",
+    "10. the monitor",
+    "retraining churn",
     "quickstart finished",
 )
 
 
-def quickstart(folder, users: int, days: int) -> subprocess.CompletedProcess:
+def quickstart(folder, users: int, days: int, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -34,6 +37,7 @@ def quickstart(folder, users: int, days: int) -> subprocess.CompletedProcess:
             str(users),
             "--days",
             str(days),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -43,7 +47,7 @@ def quickstart(folder, users: int, days: int) -> subprocess.CompletedProcess:
 
 def test_quickstart_runs_end_to_end_and_leaves_a_working_project(tmp_path):
     folder = tmp_path / "shop"
-    proc = quickstart(folder, users=400, days=30)
+    proc = quickstart(folder, users=400, days=42)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for step in STEPS:
         assert step in proc.stdout, step
@@ -53,13 +57,22 @@ def test_quickstart_runs_end_to_end_and_leaves_a_working_project(tmp_path):
         assert p.log.end_offset("page_views") > 1000
         assert p.log.end_offset(DEAD_LETTER_STREAM) == 2
         assert all(lag == 0 for lag in p.processor.lag().values())
-        assert p.log.end_offset("predictions") == 200
+        served = p.log.end_offset("predictions")
+        assert served > 200  # 200 over HTTP, then the users scored again after the drift
         for model in ("churn", "purchase_propensity"):
             champion = p.registry.version(model, "champion")
             assert champion["metrics"]["auc"] > 0.6, (model, champion["metrics"])
-    # A second run replaces the folder the first one made.
-    again = quickstart(folder, users=300, days=25)
+        # the loop: labels matured for the 200 served, a drift alert, a retrained challenger
+        assert "200 (100%)" in proc.stdout
+        assert p.log.end_offset("alerts") > 0
+        challenger = p.registry.aliases("churn")["challenger"]["history"][-1]
+        assert challenger["by"] == "monitor" and "retrained" in challenger["reason"]
+        report = (folder / "reports" / "churn.html").read_text()
+        assert "Live auc by day" in report and "Drift of v1" in report
+    # A second run replaces the folder the first one made; --no-loop stops after serving.
+    again = quickstart(folder, 300, 25, "--no-loop")
     assert again.returncode == 0, again.stderr
+    assert "8. predictions over HTTP" in again.stdout and "10. the monitor" not in again.stdout
 
 
 def test_quickstart_refuses_a_folder_it_did_not_make(tmp_path):

@@ -81,14 +81,15 @@ def logged_predictions(
     """The logged (non-shadow and shadow) predictions of a time window, one row each."""
     project.serving.logger.flush()
     rows = []
-    start = 0
-    while records := project.log.read(PREDICTIONS, start, 50_000):
-        for r in records:
-            if since_us <= r.event_time < until_us:
-                doc = orjson.loads(r.payload)
-                if service is None or doc["service"] == service:
-                    rows.append(doc)
-        start = records[-1].offset + 1
+    for partition in range(project.log.partitions(PREDICTIONS)):
+        start = 0
+        while records := project.log.read(PREDICTIONS, start, 50_000, partition):
+            for r in records:
+                if since_us <= r.event_time < until_us:
+                    doc = orjson.loads(r.payload)
+                    if service is None or doc["service"] == service:
+                        rows.append(doc)
+            start = records[-1].offset + 1
     return pd.DataFrame(rows)
 
 

@@ -9,6 +9,7 @@ from headwater.definitions import DefinitionError, HeadwaterError
 from headwater.features.catalog import UnknownFeatureError
 from headwater.features.online import MissingKeyError
 from headwater.ingestion.service import UnknownStreamError
+from headwater.log.base import LogError
 from headwater.serving.scoring import NoModelVersion
 
 # Exceptions map to HTTP statuses here, not inside the exceptions; the first match wins.
@@ -18,6 +19,7 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (MissingKeyError, 422),
     (NoModelVersion, 503),
     (DefinitionError, 422),
+    (LogError, 503),  # the log (e.g. a Kafka broker) cannot be reached: nothing acknowledged
     (HeadwaterError, 500),
 ]
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from headwater.definitions import Service, Variant
-from headwater.log.base import Log
+from headwater.log.base import Log, partition_name
 
 PREDICTIONS_STREAM = "predictions"
 
@@ -94,12 +94,14 @@ class Router:
             return {}
         b = self._bandit
         for stream in (PREDICTIONS_STREAM, bandit.rewards.name):
-            start = b.offsets.get(stream, 0)
-            while records := self._log.read(stream, start, 10_000):
-                for r in records:
-                    self._absorb(stream, orjson.loads(r.payload), bandit.reward_field)
-                start = records[-1].offset + 1
-            b.offsets[stream] = start
+            for partition in range(self._log.partitions(stream)):
+                position = partition_name(stream, partition)
+                start = b.offsets.get(position, 0)
+                while records := self._log.read(stream, start, 10_000, partition):
+                    for r in records:
+                        self._absorb(stream, orjson.loads(r.payload), bandit.reward_field)
+                    start = records[-1].offset + 1
+                b.offsets[position] = start
         with self._lock:
             return {
                 v.name: (b.successes.get(v.name, 0), b.failures.get(v.name, 0))

@@ -12,7 +12,8 @@ import pandas as pd
 
 from headwater.definitions import DefinitionError, Service
 from headwater.definitions.stream import did_you_mean
-from headwater.log.base import NewRecord
+from headwater.features.plan import entity_key
+from headwater.log.base import NewRecord, partition_name
 from headwater.serving.logger import PredictionLogger
 from headwater.serving.predictor import Prediction, Predictor, Ranking
 from headwater.serving.scoring import ScorerCache
@@ -84,35 +85,51 @@ class Serving:
     def score_stream(self, service: str, batch_size: int = 1000) -> int:
         """Score every trigger event not yet scored; publish to the output stream.
 
-        Outputs carry the event id ``{service}:{trigger offset}``, so a replay after a crash
-        appends nothing twice; the checkpoint moves only after the outputs are durable.
+        Outputs carry the event id ``{service}:{trigger offset}`` (``{service}:{partition}:
+        {offset}`` beyond partition 0), so on a log that deduplicates ids (the embedded one)
+        a replay after a crash appends nothing twice; the checkpoint of each trigger
+        partition moves only after its outputs are durable. On Kafka, which cannot dedupe,
+        a crash between the two repeats that batch's outputs (at-least-once; consumers
+        dedupe on the id).
         """
         predictor = self.predictor(service)
         s = predictor.service
         if s.trigger is None:
             raise DefinitionError(f"service {service!r} has no trigger stream")
         p = self._project
-        name = f"score:{service}"
+        keys = s.entity.keys
         done = 0
-        while True:
-            start = p.online_store.checkpoints([name]).get(name, 0)
-            records = p.log.read(s.trigger.name, start, batch_size)
-            if not records:
-                return done
-            rows = [orjson.loads(r.payload) for r in records]
-            preds = predictor.predict(rows, "stream")
-            now = p.now()
-            outputs = [
-                NewRecord(
-                    f"{service}:{r.offset}",
-                    now,
-                    orjson.dumps({**pred.response(), "trigger_offset": r.offset}),
-                )
-                for r, pred in zip(records, preds, strict=True)
-            ]
-            p.log.append(s.output, outputs, now)
-            p.online_store.write({}, {name: records[-1].offset + 1})
-            done += len(records)
+        for partition in range(p.log.partitions(s.trigger.name)):
+            name = partition_name(f"score:{service}", partition)
+            while True:
+                start = p.online_store.checkpoints([name]).get(name, 0)
+                records = p.log.read(s.trigger.name, start, batch_size, partition)
+                if not records:
+                    break
+                rows = [orjson.loads(r.payload) for r in records]
+                preds = predictor.predict(rows, "stream")
+                now = p.now()
+                outputs = [
+                    NewRecord(
+                        f"{service}:{r.offset}"
+                        if partition == 0
+                        else f"{service}:{partition}:{r.offset}",
+                        now,
+                        orjson.dumps(
+                            {
+                                **pred.response(),
+                                "trigger_offset": r.offset,
+                                "trigger_partition": partition,
+                            }
+                        ),
+                        key=entity_key([row[k] for k in keys]),
+                    )
+                    for r, row, pred in zip(records, rows, preds, strict=True)
+                ]
+                p.log.append(s.output, outputs, now)
+                p.online_store.write({}, {name: records[-1].offset + 1})
+                done += len(records)
+        return done
 
     def run_stream_scoring(
         self,

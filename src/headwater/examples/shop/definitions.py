@@ -10,6 +10,7 @@ from headwater import (
     Label,
     Model,
     PromotionPolicy,
+    RetrainPolicy,
     Service,
     Stream,
     agg,
@@ -420,6 +421,8 @@ models = [
         # the heuristic a growth team would use without a model: fewer visits, more risk
         baseline=lambda df: -df["sessions_7d"],
         promotion=PromotionPolicy(metric="auc", max_regression=0.005),
+        # a drift alert on the champion, or live AUC under 0.75, trains a challenger
+        retrain=RetrainPolicy(on_drift=True, below=(("auc", 0.75),)),
         expectations=[
             Expectation("sessions_30d", min_value=0),
             Expectation("spend_30d", min_value=0, max_null_rate=0.0),
