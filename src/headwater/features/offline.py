@@ -48,6 +48,9 @@ def spine_times(spine: pa.Table, column: str) -> np.ndarray:
     if pa.types.is_timestamp(times.type):
         if times.type.tz is None:
             times = times.cast(pa.timestamp(times.type.unit, tz="UTC"))
+        if times.type.unit == "ns":  # the log keeps microseconds: drop the nanoseconds
+            ns = pc.cast(times, pa.int64()).to_numpy()
+            return ns // 1000
         return pc.cast(times.cast(pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
     if pa.types.is_date(times.type):
         return pc.cast(times.cast(pa.timestamp("us")), pa.int64()).to_numpy()
