@@ -8,6 +8,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("core.py", "serving.py", "feast_pit.py"):
+for script in ("core.py", "serving.py", "feast_pit.py", "monitoring.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

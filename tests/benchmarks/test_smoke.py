@@ -83,3 +83,28 @@ def test_feast_benchmark_agrees_with_feast_on_every_row():
         line for line in proc.stdout.splitlines() if line.startswith("| feast duckdb |")
     )
     assert duckdb_row.rstrip(" |").endswith("| 0")  # no mismatching row against Feast
+
+
+def test_monitoring_benchmark_runs_and_prints_its_rates():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "monitoring.py"),
+            "--users",
+            "150",
+            "--days",
+            "30",
+            "--windows",
+            "5",
+            "--rows",
+            "60",
+            "--predictions",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(false alarms)" in proc.stdout and "(detection)" in proc.stdout
+    assert "predictions/s" in proc.stdout

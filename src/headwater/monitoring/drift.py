@@ -41,11 +41,16 @@ class Thresholds:
     ks_pvalue: float = 0.01
     """Numeric: a two-sample Kolmogorov–Smirnov p-value below this warns."""
     null_rate_delta: float = 0.05
-    """A null rate that moved more than this from the reference's, either way, alerts."""
+    """A null rate that moved more than this from the reference's, either way, alerts..."""
+    null_rate_pvalue: float = 0.001
+    """...when a two-proportion z-test also finds the change beyond chance (p below this):
+    in a window of 300 rows a null rate near 50% wanders by 0.05 in one window of ten."""
     out_of_range_alert: float = 0.05
     """Numeric: more than this share of values outside the reference's [min, max] alerts."""
     js_alert: float = 0.1
-    """Categorical: Jensen–Shannon divergence (squared distance, base 2, in [0, 1]) above alerts."""
+    """Categorical: Jensen–Shannon divergence (squared distance, base 2, in [0, 1]) above this
+    alerts, when the chi-square p-value is also below ``chi2_pvalue`` (a small window of many
+    categories shows a divergence by chance alone)."""
     chi2_pvalue: float = 0.01
     """Categorical: a chi-square p-value (current counts vs reference shares) below this warns."""
 
@@ -118,7 +123,9 @@ def column_drift(
     n = len(current)
     null_rate = (n - len(present)) / n if n else 0.0
     reference_null_rate = float(reference.get("null_rate", 0.0))
-    findings = _findings(measures, null_rate, reference_null_rate, thresholds)
+    findings = _findings(
+        measures, null_rate, reference_null_rate, thresholds, n, float(reference.get("count", 0))
+    )
     levels = {level for level, _ in findings}
     return ColumnDrift(
         name=name,
@@ -232,11 +239,28 @@ def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def _two_proportion_pvalue(p1: float, n1: int, p0: float, n0: float) -> float:
+    """Two-sided p-value of a pooled two-proportion z-test; with an unknown reference size,
+    the reference rate is taken as exact (a one-sample test)."""
+    if n1 <= 0:
+        return 1.0
+    if n0 > 0:
+        pooled = (p1 * n1 + p0 * n0) / (n1 + n0)
+        var = pooled * (1 - pooled) * (1 / n1 + 1 / n0)
+    else:
+        var = p0 * (1 - p0) / n1
+    if var <= 0:
+        return 0.0 if p1 != p0 else 1.0
+    return float(2 * stats.norm.sf(abs(p1 - p0) / np.sqrt(var)))
+
+
 def _findings(
     measures: dict[str, float | None],
     null_rate: float,
     reference_null_rate: float,
     t: Thresholds,
+    n: int = 0,
+    reference_n: float = 0,
 ) -> list[tuple[Level, str]]:
     """Each threshold crossed, as (level, the sentence that says by how much)."""
     found: list[tuple[Level, str]] = []
@@ -245,26 +269,26 @@ def _findings(
         found.append(("alert", f"PSI {psi:.3g} > {t.psi_alert:g}"))
     elif psi is not None and psi > t.psi_warn:
         found.append(("warn", f"PSI {psi:.3g} > {t.psi_warn:g}"))
-    js = measures["js_divergence"]
-    if js is not None and js > t.js_alert:
+    js, chi2 = measures["js_divergence"], measures["chi2_pvalue"]
+    if js is not None and js > t.js_alert and (chi2 is None or chi2 < t.chi2_pvalue):
         found.append(("alert", f"Jensen-Shannon divergence {js:.3g} > {t.js_alert:g}"))
     out = measures["out_of_range_rate"]
     if out is not None and out > t.out_of_range_alert:
         limit = t.out_of_range_alert
         found.append(("alert", f"{out:.1%} of values outside the reference range > {limit:.1%}"))
     change = abs(null_rate - reference_null_rate)
-    if change > t.null_rate_delta:
+    p_null = _two_proportion_pvalue(null_rate, n, reference_null_rate, reference_n)
+    if change > t.null_rate_delta and p_null < t.null_rate_pvalue:
         found.append(
             (
                 "alert",
                 f"null rate {null_rate:.1%} vs {reference_null_rate:.1%} in the reference,"
-                f" a change of {change:.1%} > {t.null_rate_delta:.1%}",
+                f" a change of {change:.1%} > {t.null_rate_delta:.1%} (p={p_null:.2g})",
             )
         )
     ks = measures["ks_pvalue"]
     if ks is not None and ks < t.ks_pvalue:
         found.append(("warn", f"KS test p-value {ks:.2g} < {t.ks_pvalue:g}"))
-    chi2 = measures["chi2_pvalue"]
     if chi2 is not None and chi2 < t.chi2_pvalue:
         found.append(("warn", f"chi-square test p-value {chi2:.2g} < {t.chi2_pvalue:g}"))
     return found

@@ -108,11 +108,32 @@ def test_a_null_rate_jump_alerts_and_a_small_change_does_not():
     assert drift.null_rate == 0.2
     assert drift.reference_null_rate == 0.01
     assert drift.level == "alert"
-    assert drift.reasons == ("null rate 20.0% vs 1.0% in the reference, a change of 19.0% > 5.0%",)
+    assert drift.reasons == (
+        "null rate 20.0% vs 1.0% in the reference, a change of 19.0% > 5.0% (p=0)",
+    )
 
     nudged = normal(2)
     nudged[:600] = np.nan  # 3%
     assert column_drift("x", reference, nudged).level == "ok"
+
+
+def test_a_null_rate_change_within_chance_does_not_alert_in_a_small_window():
+    """Above the magnitude threshold is not enough: the change must be beyond chance."""
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=20_000)
+    values[rng.random(20_000) < 0.5] = np.nan  # half missing in the reference
+    reference = column_profile(pd.Series(values))
+
+    def window(n: int, nulls: int) -> np.ndarray:
+        w = rng.normal(size=n)
+        w[:nulls] = np.nan
+        return pd.Series(w)
+
+    small = column_drift("x", reference, window(300, 166))  # 55.3%: +5.3 points, p ~ 0.07
+    assert abs(small.null_rate - small.reference_null_rate) > 0.05
+    assert small.level != "alert"
+    large = column_drift("x", reference, window(5_000, 2_765))  # the same change, p ~ 1e-12
+    assert large.level == "alert" and "null rate" in large.reasons[0]
 
 
 def test_values_that_are_not_numbers_count_as_missing():
