@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from headwater.project.project import Project
 from headwater.serving.errors import STATUS_OF
+from headwater.serving.fastpath import FastPaths
 from headwater.serving.metrics import ServerMetrics
 from headwater.serving.routes import events, features, health, metrics, predict
 
@@ -28,9 +29,9 @@ def create_app(project: Project) -> FastAPI:
 
     for exc_type, status in STATUS_OF:
         app.add_exception_handler(exc_type, _handler(status))
-    # predictions skip FastAPI's routing and dependency machinery (the route above stays for
-    # the OpenAPI document and answers identically): a third of the request's CPU time
-    app.add_middleware(predict.PredictFastPath)
+    # predictions and feature lookups skip FastAPI's routing and dependency machinery (the
+    # routes above stay for the OpenAPI document and answer identically)
+    app.add_middleware(FastPaths)
     return app
 
 

@@ -179,15 +179,15 @@ def test_bad_requests_unknown_entities_and_metrics(served):
 
 
 def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
-    """A running server answers predictions in ``PredictFastPath``; the FastAPI route (kept
+    """A running server answers predictions in ``FastPaths``; the FastAPI route (kept
     for the OpenAPI document) must give the same statuses and bodies."""
     from fastapi import FastAPI
 
-    from headwater.serving.routes.predict import PredictFastPath
+    from headwater.serving.fastpath import FastPaths
 
     fast = create_app(served)
     slow = create_app(served)
-    slow.user_middleware = [m for m in slow.user_middleware if m.cls is not PredictFastPath]
+    slow.user_middleware = [m for m in slow.user_middleware if m.cls is not FastPaths]
     bodies = [
         {"entity": {"user_id": "nobody"}},
         {"entity": {"uid": 1}},
@@ -207,6 +207,26 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
 
     assert answers(fast) == answers(slow)
     assert [status for status, _ in answers(fast)] == [200, 422, 422, 422, 422]
+
+    lookups = [
+        {"entities": [{"user_id": "u1"}, {"user_id": "nobody"}], "features": ["visits_7d"]},
+        {"entities": [{"user_id": "u1"}], "features": ["visits_7d"], "at": "2026-02-20T10:00:00Z"},
+        {"entities": [{"user_id": "u1"}], "features": ["visit_7d"]},  # unknown: 404
+        {"entities": [{"uid": "u1"}], "features": ["visits_7d"]},  # no key: 422
+        {"entities": [{"user_id": "u1"}], "features": []},
+    ]
+
+    def lookup(app: FastAPI) -> list[tuple[int, dict]]:
+        with TestClient(app) as client:
+            return [
+                (r.status_code, r.json())
+                for r in (client.post("/v1/features", json=body) for body in lookups)
+            ]
+
+    fast_lookups = lookup(fast)
+    assert fast_lookups == lookup(slow)
+    assert [status for status, _ in fast_lookups] == [200, 200, 404, 422, 422]
+    assert fast_lookups[1][1]["at"] == "2026-02-20T10:00:00Z"
     with TestClient(fast) as client:
         too_big = b'{"entity": {"user_id": "' + b"x" * (17 * 1024 * 1024) + b'"}}'
         r = client.post("/v1/predict/risk", content=too_big)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from headwater.definitions.types import from_micros, to_micros
 from headwater.project.project import Project
+from headwater.serving.errors import error_answer
 
 router = APIRouter(tags=["features"])
 
@@ -39,6 +41,45 @@ async def _lookup(
     at_us = project.now() if at is None else to_micros(at)
     values = await run_in_threadpool(project.online.get, rows, names, at_us)
     return {"at": from_micros(at_us), "features": names, "results": values}
+
+
+def answer(app: Any, body: bytes) -> tuple[int, bytes]:
+    """``POST /v1/features`` without FastAPI's machinery (the fast path): same checks, same
+    JSON. Runs on the event loop: a lookup of a few entities takes well under a millisecond."""
+    project: Project = app.state.project
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return 422, orjson.dumps({"detail": f"the body is not valid JSON: {exc}"})
+    entities = data.get("entities") if isinstance(data, dict) else None
+    names = data.get("features") if isinstance(data, dict) else None
+    if not isinstance(entities, list) or not all(isinstance(e, dict) for e in entities):
+        return 422, orjson.dumps({"detail": '"entities" must be a list of objects'})
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return 422, orjson.dumps({"detail": '"features" must be a list of feature names'})
+    if not names:
+        return 422, orjson.dumps({"detail": "name at least one feature"})
+    at = data.get("at")
+    try:
+        at_us = project.now() if at is None else to_micros(_parse_time(at))
+        values = project.online.get(entities, names, at_us)
+    except Exception as exc:
+        known = error_answer(exc)
+        if known is None:
+            raise
+        return known
+    stamp = from_micros(at_us).isoformat().replace("+00:00", "Z")
+    return 200, orjson.dumps({"at": stamp, "features": names, "results": values})
+
+
+def _parse_time(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise HTTPException(422, '"at" must be an ISO 8601 time')
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(422, f'"at" is not an ISO 8601 time: {value!r}') from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @router.post("/v1/features", response_model=FeaturesResponse)
