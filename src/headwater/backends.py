@@ -65,6 +65,12 @@ def _postgres_metadata(url: str, root: Path) -> Any:
     return PostgresMetadataStore(url)
 
 
+def _postgres_table(url: str, root: Path) -> Any:
+    from headwater.sources.postgres import PostgresTableReader
+
+    return PostgresTableReader(url)
+
+
 BACKENDS: dict[str, dict[str, Any]] = {
     "log": {"sqlite": _sqlite_log, "kafka": _kafka_log},
     "online": {"sqlite": _sqlite_online, "redis": _redis_online},
@@ -74,6 +80,7 @@ BACKENDS: dict[str, dict[str, Any]] = {
         "postgresql": _postgres_metadata,
         "postgres": _postgres_metadata,
     },
+    "table": {"postgresql": _postgres_table, "postgres": _postgres_table},  # table sources
 }
 
 

@@ -701,6 +701,86 @@ def quickstart(
     run_quickstart(folder, users=users, days=days, console=console, loop=loop)
 
 
+source_app = typer.Typer(
+    help="Sources: feed streams from database tables and landing folders.", no_args_is_help=True
+)
+app.add_typer(source_app, name="source")
+
+
+@source_app.command("run")
+def source_run(
+    name: Annotated[str | None, typer.Argument(help="A source (default: every one)")] = None,
+    forever: Annotated[bool, typer.Option(help="Keep polling; Ctrl-C to stop")] = False,
+    every: Annotated[
+        float | None, typer.Option(help="Seconds between polls (implies --forever)")
+    ] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Poll sources once, or forever: new table rows and landed files become events."""
+    import threading
+
+    from headwater.sources import SourceRunner
+
+    def report(results, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+        for r in results:
+            if r.error:
+                err.print(f"[red]{r.summary()}[/red]")
+            elif not quiet or r.read or r.problems:  # polling forever: only news
+                console.print(r.summary())
+
+    with _open(project) as p:
+        runner = SourceRunner(p)
+        names = [runner.source(name).name] if name else None
+        if not runner.sources:
+            console.print("no sources declared; declare a TableSource or FolderSource")
+            return
+        try:
+            if forever or every is not None:
+                console.print("polling sources; Ctrl-C to stop")
+                stop = threading.Event()
+                try:
+                    runner.run_forever(stop, every or 10.0, names, lambda rs: report(rs, True))
+                except KeyboardInterrupt:
+                    stop.set()
+                return
+            results = runner.poll(names)
+        finally:
+            runner.close()
+    report(results, False)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@source_app.command("status")
+def source_status(project: ProjectOpt = Path(".")) -> None:
+    """Each source's stream, what it reads, and its checkpoint."""
+    from headwater.sources import SourceRunner
+
+    with _open(project) as p:
+        rows = SourceRunner(p).status()
+    table = Table("source", "stream", "reads", "position", "events", "updated")
+    for row in rows:
+        when = row["updated_at"]
+        updated = "-" if not when else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when / 1e6))
+        table.add_row(
+            row["source"], row["stream"], row["reads"], row["position"], str(row["events"]), updated
+        )
+    console.print(table)
+
+
+@source_app.command("reset")
+def source_reset(
+    name: Annotated[str, typer.Argument(help="The source to read again from its start")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Forget a source's checkpoint; its events keep their ids, so none is appended twice."""
+    from headwater.sources import SourceRunner
+
+    with _open(project) as p:
+        SourceRunner(p).reset(name)
+    console.print(f"{name}: checkpoint reset; the next `headwater source run` reads from the start")
+
+
 def main() -> None:
     try:
         app()

@@ -15,6 +15,7 @@ ADAPTERS = {
     "stores/metadata_postgres.py",
     "stores/online_redis.py",
     "stores/sqlite_file.py",
+    "sources/postgres.py",
 }
 # Third-party clients of a backend: each may be imported by exactly one adapter module.
 CLIENTS = {"redis", "psycopg", "confluent_kafka", "pyspark", "sqlite3", "mlflow"}
@@ -59,8 +60,9 @@ def test_each_backend_client_is_imported_by_one_adapter_only():
             if any(i == client or i.startswith(client + ".") for i in imports):
                 users.setdefault(client, []).append(name)
     for client, modules in users.items():
-        if client == "sqlite3":
-            # one SQLite file per port in the embedded configuration: one adapter per port
+        if client in ("sqlite3", "psycopg"):
+            # one adapter per port: SQLite files of the embedded configuration; PostgreSQL for
+            # the metadata store and for table sources
             assert set(modules) <= ADAPTERS, modules
         else:
             assert len(modules) == 1, (client, modules)

@@ -9,6 +9,7 @@ from headwater.definitions.expr import Expr, col
 from headwater.definitions.feature import Derived, Feature, FeatureColumn
 from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy, RetrainPolicy
 from headwater.definitions.service import Bandit, Feedback, Service, Variant
+from headwater.definitions.source import FolderSource, Source, TableSource
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, Field
 
@@ -26,13 +27,16 @@ __all__ = [
     "Feedback",
     "FeatureColumn",
     "Field",
+    "FolderSource",
     "HeadwaterError",
     "Label",
     "Model",
     "PromotionPolicy",
     "RetrainPolicy",
     "Service",
+    "Source",
     "Stream",
+    "TableSource",
     "Variant",
     "aggregation",
     "col",

@@ -16,10 +16,13 @@ from headwater.definitions import (
     Derived,
     Entity,
     Feature,
+    FolderSource,
     Label,
     Model,
     Service,
+    Source,
     Stream,
+    TableSource,
 )
 
 
@@ -34,6 +37,7 @@ class Definitions:
     labels: dict[str, Label] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
 
     def all(self) -> list[Definition]:
         return [
@@ -44,6 +48,7 @@ class Definitions:
             *self.labels.values(),
             *self.models.values(),
             *self.services.values(),
+            *self.sources.values(),
         ]
 
     def add(self, definition: Definition) -> None:
@@ -55,6 +60,8 @@ class Definitions:
             Label: self.labels,
             Model: self.models,
             Service: self.services,
+            TableSource: self.sources,
+            FolderSource: self.sources,
         }
         table = tables[type(definition)]
         existing = table.get(definition.name)
@@ -96,6 +103,8 @@ def collect(values: Iterable[Any]) -> Definitions:
             defs.add(service.candidates)
     for model in list(defs.models.values()):
         defs.add(model.label)
+    for source in defs.sources.values():
+        defs.add(source.stream)
     holders: list[Feature | Label] = [*defs.features.values(), *defs.labels.values()]
     for item in holders:
         # Features and labels hold their stream and entity; those count as declared too.
