@@ -7,8 +7,8 @@ waits until everything logged so far is durable, and runs at shutdown.
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from typing import Any
 
 import orjson
@@ -18,47 +18,61 @@ from headwater.serving.routing import PREDICTIONS_STREAM
 
 
 class PredictionLogger:
+    """Requests hand their records over with a deque append (no lock, no wake-up: waking the
+    writer per request cost more CPU than scoring); the writer wakes every ``interval``
+    seconds, or at once when ``batch`` records wait or someone flushes."""
+
     def __init__(self, log: Log, clock: Any, interval: float = 0.05, batch: int = 5000) -> None:
         self._log, self._clock, self._interval, self._batch = log, clock, interval, batch
-        self._queue: queue.Queue[dict[str, Any] | threading.Event] = queue.Queue()
+        self._pending: deque[dict[str, Any] | threading.Event] = deque()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-logger", daemon=True)
         self._thread.start()
         self.errors = 0
 
     def log(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self._queue.put(record)
+        self._pending.extend(records)  # deque appends are atomic: safe from any thread
+        if len(self._pending) >= self._batch:
+            self._wake.set()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once every record logged before the call is durable in the log."""
         done = threading.Event()
-        self._queue.put(done)
+        self._pending.append(done)
+        self._wake.set()
         done.wait(timeout)
 
     def _run(self) -> None:
         while True:
-            pending: list[dict[str, Any]] = []
-            waiters: list[threading.Event] = []
-            item = self._queue.get()
-            while True:
-                if isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    pending.append(item)
-                if len(pending) >= self._batch:
-                    break
-                try:
-                    item = self._queue.get(timeout=self._interval if not waiters else 0)
-                except queue.Empty:
-                    break
-            self._write(pending)
-            for w in waiters:
-                w.set()
+            # one wait per interval: a busy server's records of that interval go in one
+            # durable append (per-append costs dominate; a drain per request cost 50% more)
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            for _ in range(len(self._pending) // self._batch + 1):
+                self._drain()
+
+    def _drain(self) -> None:
+        records: list[dict[str, Any]] = []
+        waiters: list[threading.Event] = []
+        pending = self._pending
+        while pending and len(records) < self._batch:
+            item = pending.popleft()
+            if isinstance(item, threading.Event):
+                waiters.append(item)  # set once everything before it is written
+            else:
+                records.append(item)
+        self._write(records)
+        for w in waiters:
+            w.set()
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        rows = [NewRecord(r["prediction_id"], r["ts_us"], orjson.dumps(r)) for r in records]
+        # prediction ids are fresh UUIDs: the log need not look for earlier copies
+        rows = [
+            NewRecord(r["prediction_id"], r["ts_us"], orjson.dumps(r), fresh_id=True)
+            for r in records
+        ]
         try:
             self._log.append(PREDICTIONS_STREAM, rows, self._clock())
         except Exception:  # noqa: BLE001 - logging must never take serving down; counted
