@@ -128,22 +128,43 @@ def ingest(
 @app.command()
 def process(
     forever: Annotated[bool, typer.Option(help="Keep processing new events")] = False,
+    workers: Annotated[
+        int, typer.Option(help="With --forever: worker processes sharing the log's partitions")
+    ] = 1,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="With --forever on Kafka: the consumer group whose members share the "
+            "partitions (default: headwater.<project name>.processor)"
+        ),
+    ] = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(help="First clear the feature sets' online state, then replay the whole log"),
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Log records per committed batch")] = 20_000,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Update the online store from the log, from each feature set's checkpoint."""
+    import signal
     import threading
 
     with _open(project) as p:
         p.processor.batch_size = batch_size
         if forever:
             stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
             console.print("processing; Ctrl-C to stop")
             try:
-                p.process(forever=True, stop=stop)
+                p.process(forever=True, stop=stop, workers=workers, group=group, rebuild=rebuild)
             except KeyboardInterrupt:
                 stop.set()
             return
+        if workers != 1 or group is not None:
+            raise HeadwaterError("--workers and --group share --forever processing; add --forever")
+        if rebuild:
+            p.processor.clear()
+            console.print("cleared the online state of the feature sets; replaying the log")
         lag = sum(p.processor.lag().values())
         start = time.perf_counter()
         with _progress() as bar:

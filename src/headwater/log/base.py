@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from headwater.definitions.errors import HeadwaterError
 
@@ -96,3 +96,71 @@ class Log(Protocol):
     def streams(self) -> list[str]: ...
 
     def close(self) -> None: ...
+
+
+StreamPartition = tuple[str, int]  # (stream, partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Rebalance:
+    """What changed in a member's share since its last ``poll``: partitions taken away
+    (revoked, or lost with the member's session) and partitions given to it."""
+
+    revoked: frozenset[StreamPartition] = frozenset()
+    assigned: frozenset[StreamPartition] = frozenset()
+
+
+class Membership(Protocol):
+    """One worker's share of the partitions of some streams, in a group of workers that share
+    them: each partition is assigned to one member at a time, and members joining or leaving
+    (or dying: after ``session_seconds`` without a sign of life) move partitions.
+
+    ``poll`` keeps the membership alive and answers the changes since the last call; call it
+    between batches, so a revocation is seen only once the batch in flight has finished.
+    ``assigned`` is the member's current share, as last polled. Membership is advisory: a
+    member that stalled may still believe it owns partitions it lost, so the state a member
+    writes must be fenced elsewhere (the processor's owners in the online store).
+    """
+
+    session_seconds: float
+
+    def poll(self) -> Rebalance: ...
+
+    def assigned(self) -> frozenset[StreamPartition]: ...
+
+    def close(self) -> None:
+        """Leave the group (its partitions go to the other members at once)."""
+        ...
+
+
+@runtime_checkable
+class GroupLog(Log, Protocol):
+    """A log whose streams' partitions can be shared by a named group of workers."""
+
+    def join(self, group: str, streams: Sequence[str]) -> Membership:
+        """Become a member of ``group`` sharing the partitions of ``streams`` (created if
+        missing, with the log's partition count)."""
+        ...
+
+
+class SoleMember:
+    """The membership of a worker that is alone: every partition of the streams, always
+    (a log without groups, e.g. the embedded one)."""
+
+    session_seconds = 0.0
+
+    def __init__(self, log: Log, streams: Sequence[str]) -> None:
+        self._all = frozenset((s, p) for s in streams for p in range(log.partitions(s)))
+        self._given = False
+
+    def poll(self) -> Rebalance:
+        if self._given:
+            return Rebalance()
+        self._given = True
+        return Rebalance(assigned=self._all)
+
+    def assigned(self) -> frozenset[StreamPartition]:
+        return self._all if self._given else frozenset()
+
+    def close(self) -> None:
+        pass

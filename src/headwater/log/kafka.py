@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from headwater.log.base import DEAD_LETTER_STREAM, Appended, LogError, NewRecord, Record
+from headwater.log.base import (
+    DEAD_LETTER_STREAM,
+    Appended,
+    LogError,
+    NewRecord,
+    Rebalance,
+    Record,
+    StreamPartition,
+)
 
 try:
     from confluent_kafka import (
@@ -37,6 +45,7 @@ _STEP_S = 0.02  # one wait of the read loop
 _SCAN = 10_000  # messages per read while looking for the end
 _GIVE_UP_S = 5.0  # beyond the delivery timeout, before an append stops waiting for reports
 _LOGGER = logging.getLogger("headwater.log.kafka")
+SESSION_TIMEOUT_MS = 6000  # a member silent this long is dead: its partitions move
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,7 @@ class KafkaLog:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
-            "session.timeout.ms": 6000,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
             # a fetch at the end waits this long for records: well within a read's idle time
             "fetch.wait.max.ms": max(5, min(100, self.settings.idle_ms // 3)),
             "fetch.queue.backoff.ms": 0,
@@ -389,6 +398,29 @@ class KafkaLog:
     def streams(self) -> list[str]:
         return sorted(self._refresh_topics())
 
+    # -- sharing partitions -----------------------------------------------------------------
+
+    def join(self, group: str, streams: Sequence[str]) -> GroupMember:
+        """Join the consumer group ``group`` on the topics of ``streams`` (see ``GroupMember``);
+        missing topics are created first, with the log's partition count."""
+        for stream in streams:
+            self._ensure_topic(stream)
+        consumer = Consumer(
+            {
+                **self._client_config(),
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                "heartbeat.interval.ms": 1000,
+                # eager: every rebalance revokes every partition, then assigns them anew
+                "partition.assignment.strategy": "roundrobin",
+                "auto.offset.reset": "latest",  # it never reads: the partitions stay paused
+                "topic.metadata.refresh.interval.ms": 10_000,  # new partitions join in time
+            }
+        )
+        return GroupMember(consumer, list(streams), SESSION_TIMEOUT_MS / 1000)
+
     def close(self) -> None:
         with self._lock:
             readers, self._readers = list(self._readers.values()), {}
@@ -397,6 +429,63 @@ class KafkaLog:
             reader.close()
         if producer is not None:
             producer.flush(self._timeout_s)
+
+
+class GroupMember:
+    """A member of a Kafka consumer group, used only to share partitions: the group assigns
+    them, but the member never reads through the group or commits offsets to it (readers
+    assign partitions by hand, and the processor keeps its offsets in its own store).
+
+    The protocol is eager (``roundrobin``): a rebalance revokes every member's partitions,
+    then assigns them all anew. Cooperative rebalancing would only spare the members whose
+    partitions stay put a short pause, which matters where a partition's state lives in the
+    worker; here it lives in the online store, and a new owner only reads a checkpoint.
+    (Tansu 0.6 also leaves partitions unassigned under ``cooperative-sticky``.) Each assigned
+    partition is paused at once, so the member's consumer fetches nothing. Callbacks run in
+    ``poll``, on the caller's thread, so a revocation is seen between two of its batches.
+    """
+
+    def __init__(self, consumer: Consumer, topics: list[str], session_seconds: float) -> None:
+        self.session_seconds = session_seconds
+        self._consumer = consumer
+        self._revoked: set[StreamPartition] = set()
+        self._assigned: set[StreamPartition] = set()
+        self._share: frozenset[StreamPartition] = frozenset()
+        consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.assign(partitions)
+        if partitions:
+            consumer.pause(partitions)
+        given = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned |= given
+        self._revoked -= given
+        self._share |= given
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        taken = {(tp.topic, tp.partition) for tp in partitions}
+        self._revoked |= taken - self._assigned  # given and taken back before a poll: no news
+        self._assigned -= taken
+        self._share -= taken
+
+    def poll(self) -> Rebalance:
+        try:
+            message = self._consumer.poll(0)
+        except KafkaException as exc:
+            raise LogError(f"the consumer group failed: {exc}") from exc
+        if message is not None and message.error() is not None:
+            _LOGGER.warning("consumer group: %s", message.error())
+        change = Rebalance(frozenset(self._revoked), frozenset(self._assigned))
+        self._revoked, self._assigned = set(), set()
+        return change
+
+    def assigned(self) -> frozenset[StreamPartition]:
+        return self._share
+
+    def close(self) -> None:
+        self._consumer.close()  # leaves the group: its partitions move at once
 
 
 class _Delivery:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,8 +20,9 @@ from headwater.features.catalog import FeatureCatalog, UnknownFeatureError
 from headwater.features.history import Archiver
 from headwater.features.offline import TrainingSets, to_arrow
 from headwater.features.online import OnlineFeatures
-from headwater.features.processor import Processor, ProcessStats
+from headwater.features.processor import ProcessingError, Processor, ProcessStats
 from headwater.ingestion.service import Ingestor, IngestResult
+from headwater.log.base import GroupLog, SoleMember
 from headwater.project.config import Settings, load_settings
 from headwater.project.loader import Definitions, load_definitions
 from headwater.project.planning import Plan, apply_plan, make_plan
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 Clock = Callable[[], "int | datetime"]
 INGEST_CHUNK = 10_000
 TABLE_CHUNK = 100_000
+_LOGGER = logging.getLogger("headwater.project")
 
 
 def system_clock() -> int:
@@ -152,11 +155,43 @@ class Project:
         forever: bool = False,
         stop: threading.Event | None = None,
         progress: Callable[[int], None] | None = None,
+        workers: int = 1,
+        group: str | None = None,
+        rebuild: bool = False,
     ) -> ProcessStats:
-        """Bring the online store up to date with the log (or keep it so until ``stop``)."""
-        if forever:
-            return self.processor.run_forever(stop or threading.Event())
-        return self.processor.run_until_caught_up(progress)
+        """Bring the online store up to date with the log (or keep it so until ``stop``).
+
+        ``rebuild`` first forgets the feature sets' online state and checkpoints, so the
+        whole log is replayed. ``forever`` on a log with consumer groups (Kafka) joins the
+        group ``group`` (default ``headwater.<project name>.processor``) and processes the
+        partitions it assigns, so processes on several hosts share the work; ``workers``
+        starts that many worker processes here, each a member of the group.
+        """
+        sharing = isinstance(self.log, GroupLog)
+        if workers < 1:
+            raise ProcessingError(f"workers must be at least 1, not {workers}")
+        if not sharing and (workers > 1 or group is not None):
+            raise ProcessingError(
+                f"the log {self.settings.stores.log!r} has no consumer groups to share its "
+                "partitions, so one worker processes it: drop --workers and --group, or put "
+                'the log on Kafka (log = "kafka://host:port?partitions=N" in headwater.toml)'
+            )
+        if not forever and (workers > 1 or group is not None):
+            raise ProcessingError("workers and groups share continuous processing: add forever")
+        if rebuild:
+            self.processor.clear()
+        if not forever:
+            return self.processor.run_until_caught_up(progress, stop)
+        stop = stop or threading.Event()
+        group = group or f"headwater.{self.settings.name}.processor"
+        if workers > 1:
+            return _run_workers(self.root, group, workers, self.processor.batch_size, stop)
+        streams = self.processor.streams
+        member = self.log.join(group, streams) if sharing else SoleMember(self.log, streams)
+        try:
+            return self.processor.run_forever(stop, membership=member)
+        finally:
+            member.close()
 
     # -- features ------------------------------------------------------------------------
 
@@ -345,3 +380,73 @@ class Project:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _run_workers(
+    root: Path, group: str, workers: int, batch_size: int, stop: threading.Event
+) -> ProcessStats:
+    """Run ``workers`` processes (spawned) that each process the project in ``group``, until
+    ``stop`` is set; a worker that dies leaves its partitions to the others."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    done = context.Event()
+    results = context.SimpleQueue()
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(str(root), group, batch_size, done, results),
+            name=f"headwater-worker-{i}",
+            daemon=True,
+        )
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        running = set(processes)
+        while running and not stop.wait(0.5):
+            for process in [p for p in running if not p.is_alive()]:
+                running.discard(process)
+                _LOGGER.warning(
+                    "%s exited (code %s); the others take over its partitions",
+                    process.name,
+                    process.exitcode,
+                )
+        if not running:
+            raise ProcessingError(f"all {workers} workers exited; see their errors above")
+    finally:
+        done.set()
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.terminate()
+    total = ProcessStats()
+    while not results.empty():
+        events, batches = results.get()
+        total.events += events
+        total.batches += batches
+    return total
+
+
+def _worker(root: str, group: str, batch_size: int, done: Any, results: Any) -> None:
+    """One process of ``_run_workers``: it stops when ``done`` is set or its parent is gone,
+    and leaves Ctrl-C to the parent (which then sets ``done``)."""
+    import multiprocessing
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            if parent is not None and not parent.is_alive():
+                break
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    with Project(root) as project:
+        project.processor.batch_size = batch_size
+        stats = project.process(forever=True, group=group, stop=stop)
+    results.put((stats.events, stats.batches))

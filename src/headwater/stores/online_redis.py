@@ -16,7 +16,33 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the Redis online store needs the redis extra: pip install 'headwater[redis]'"
     ) from exc
 
+from headwater.stores.online_base import OwnershipLost
+
 _MSET_CHUNK = 10_000
+# KEYS: the checkpoints and owners hashes; ARGV: n, n SCAN patterns of state keys, then the
+# feature set ids whose checkpoint and owner fields go (the id itself, or the id and "@...").
+_CLEAR_SCRIPT = """
+local n = tonumber(ARGV[1])
+for i = 2, n + 1 do
+  local cursor = "0"
+  repeat
+    local found = redis.call("SCAN", cursor, "MATCH", ARGV[i], "COUNT", 1000)
+    cursor = found[1]
+    if #found[2] > 0 then redis.call("UNLINK", unpack(found[2])) end
+  until cursor == "0"
+end
+for _, hash in ipairs(KEYS) do
+  for _, name in ipairs(redis.call("HKEYS", hash)) do
+    for i = n + 2, #ARGV do
+      local fs = ARGV[i]
+      if name == fs or string.sub(name, 1, #fs + 1) == fs .. "@" then
+        redis.call("HDEL", hash, name)
+        break
+      end
+    end
+  end
+end
+"""
 
 
 class RedisOnlineStore:
@@ -27,13 +53,18 @@ class RedisOnlineStore:
     - ``{namespace}:s:{feature_set}:{entity_key}`` holds the encoded state of one entity for
       one feature set (a ``:`` or ``%`` in the feature set id is percent-escaped so the key is
       unambiguous; the entity key is stored as is, any characters allowed);
-    - ``{namespace}:checkpoints`` is one hash of checkpoint name → offset.
+    - ``{namespace}:checkpoints`` is one hash of checkpoint name → offset;
+    - ``{namespace}:owners`` is one hash of checkpoint name → the token of its owner.
 
     ``write`` checks every value on the client first, then sends the states (MSET, or one
     SET EX per key with a TTL) and the checkpoints' HSET in one MULTI/EXEC pipeline, so a
     call is applied entirely or not at all. (Redis does not roll back a command that fails
     *inside* EXEC; the only such failure here is a WRONGTYPE from a foreign value at the
-    checkpoints key, i.e. another program writing into this namespace.)
+    checkpoints key, i.e. another program writing into this namespace.) A write fenced by
+    ``owners`` WATCHes the owners hash, compares the tokens, and sends its MULTI/EXEC, which
+    Redis refuses if a claim changed the hash in between (then it compares again). ``clear`` is
+    one Lua script, atomic like a write, which SCANs the feature sets' keys: it blocks Redis
+    while it runs (a rebuild is rare, and the features are wrong until it is done anyway).
 
     ``state_ttl_seconds`` sets an expiry on every state written. The processor rewrites the
     state of each entity that has an event, so only entities idle longer than the TTL
@@ -52,6 +83,7 @@ class RedisOnlineStore:
         self._client = redis.Redis.from_url(url)
         self._prefix = f"{namespace}:s:".encode()
         self._checkpoints_key = f"{namespace}:checkpoints".encode()
+        self._owners_key = f"{namespace}:owners".encode()
         self._ttl = state_ttl_seconds
 
     def _key(self, feature_set: str, key: str) -> bytes:
@@ -72,11 +104,33 @@ class RedisOnlineStore:
         return {fs: [next(found) for _ in keys] for fs, keys in wanted.items()}
 
     def write(
-        self, states: Mapping[str, Mapping[str, bytes]], checkpoints: Mapping[str, int]
+        self,
+        states: Mapping[str, Mapping[str, bytes]],
+        checkpoints: Mapping[str, int],
+        owners: Mapping[str, str] | None = None,
     ) -> None:
         _check(states, checkpoints)
         pairs = [(self._key(fs, k), v) for fs, values in states.items() for k, v in values.items()]
-        pipe = self._client.pipeline(transaction=True)
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if owners:
+                        pipe.watch(self._owners_key)
+                        self._check_owners(pipe, owners)
+                        pipe.multi()
+                    self._queue(pipe, pairs, checkpoints)
+                    if len(pipe):
+                        pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # a claim came in between: compare the owners again
+
+    def _queue(
+        self,
+        pipe: redis.client.Pipeline,
+        pairs: list[tuple[bytes, bytes]],
+        checkpoints: Mapping[str, int],
+    ) -> None:
         if self._ttl is None:
             # MSET in chunks: several times faster than one SET per key, still in the MULTI
             for i in range(0, len(pairs), _MSET_CHUNK):
@@ -87,8 +141,34 @@ class RedisOnlineStore:
         if checkpoints:
             offsets: dict[FieldT, EncodableT] = dict(checkpoints.items())
             pipe.hset(self._checkpoints_key, mapping=offsets)
-        if len(pipe):
-            pipe.execute()
+
+    def _check_owners(self, pipe: redis.client.Pipeline, owners: Mapping[str, str]) -> None:
+        names = list(owners)
+        found = cast(list[bytes | None], pipe.hmget(self._owners_key, names))
+        lost = sorted(
+            n for n, token in zip(names, found, strict=True) if token != owners[n].encode()
+        )
+        if lost:
+            raise OwnershipLost(
+                f"another processor claimed {', '.join(map(repr, lost))} since this one did; "
+                "nothing of this write was applied"
+            )
+
+    def claim(self, names: Sequence[str], token: str) -> None:
+        if names:
+            self._client.hset(self._owners_key, mapping=dict.fromkeys(names, token))
+
+    def clear(self, feature_sets: Sequence[str]) -> None:
+        patterns = [_glob_escape(self._key(fs, "")) + b"*" for fs in feature_sets]
+        self._client.eval(
+            _CLEAR_SCRIPT,
+            2,
+            self._checkpoints_key,
+            self._owners_key,
+            len(patterns),
+            *patterns,
+            *feature_sets,
+        )
 
     def checkpoints(self, names: Sequence[str]) -> dict[str, int]:
         if not names:
@@ -115,3 +195,13 @@ def _check(states: Mapping[str, Mapping[str, bytes]], checkpoints: Mapping[str, 
                 f"checkpoint {name!r} must be an int offset, not {type(offset).__name__}; "
                 "nothing was written"
             )
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """``raw`` as a SCAN MATCH pattern that matches itself only."""
+    out = bytearray()
+    for byte in raw:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)

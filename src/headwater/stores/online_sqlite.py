@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from headwater.stores.online_base import OwnershipLost, owned_by
 from headwater.stores.sqlite_file import open_sqlite
 
 _SCHEMA = """
@@ -14,13 +17,18 @@ CREATE TABLE IF NOT EXISTS states (
     PRIMARY KEY (feature_set, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, token TEXT NOT NULL);
 """
 _CHUNK = 400
 _SETS_SQL: dict[int, str] = {}  # statement text by number of pairs, built once
 
 
 class SqliteOnlineStore:
-    """Feature-set states in a local SQLite file."""
+    """Feature-set states in a local SQLite file.
+
+    Writes, claims and clears are SQLite transactions (``BEGIN IMMEDIATE``), so several
+    processes may share the file: a fenced write compares the owners inside its transaction.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
@@ -60,23 +68,50 @@ class SqliteOnlineStore:
         return {fs: [found.get((fs, k)) for k in keys] for fs, keys in wanted.items()}
 
     def write(
-        self, states: Mapping[str, Mapping[str, bytes]], checkpoints: Mapping[str, int]
+        self,
+        states: Mapping[str, Mapping[str, bytes]],
+        checkpoints: Mapping[str, int],
+        owners: Mapping[str, str] | None = None,
     ) -> None:
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for feature_set, values in states.items():
-                    db.executemany(
-                        "INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
-                        [(feature_set, k, v) for k, v in values.items()],
-                    )
+        with self._transaction() as db:
+            if owners:
+                _check_owners(db, owners)
+            for feature_set, values in states.items():
                 db.executemany(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", list(checkpoints.items())
+                    "INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
+                    [(feature_set, k, v) for k, v in values.items()],
                 )
-                db.execute("COMMIT")
+            db.executemany(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", list(checkpoints.items())
+            )
+
+    def claim(self, names: Sequence[str], token: str) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO owners VALUES (?, ?)", [(n, token) for n in names]
+            )
+
+    def clear(self, feature_sets: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM states WHERE feature_set = ?", [(f,) for f in feature_sets])
+            for table in ("checkpoints", "owners"):
+                names = [n for (n,) in db.execute(f"SELECT name FROM {table}").fetchall()]
+                db.executemany(
+                    f"DELETE FROM {table} WHERE name = ?",
+                    [(n,) for n in names if owned_by(n, feature_sets)],
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``BEGIN IMMEDIATE`` takes the file's write lock at once, so
+        what it reads (the owners) cannot change before it commits."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK")
                 raise
 
     def checkpoints(self, names: Sequence[str]) -> dict[str, int]:
@@ -88,3 +123,21 @@ class SqliteOnlineStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _check_owners(db: sqlite3.Connection, owners: Mapping[str, str]) -> None:
+    """Inside a write's transaction: refuse it unless each name still has the given owner."""
+    names = list(owners)
+    found: dict[str, str] = {}
+    for i in range(0, len(names), _CHUNK):
+        chunk = names[i : i + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            db.execute(f"SELECT name, token FROM owners WHERE name IN ({marks})", chunk).fetchall()
+        )
+    lost = sorted(n for n, token in owners.items() if found.get(n) != token)
+    if lost:
+        raise OwnershipLost(
+            f"another processor claimed {', '.join(map(repr, lost))} since this one did; "
+            "nothing of this write was applied"
+        )
