@@ -8,6 +8,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("core.py", "serving.py", "feast_pit.py", "monitoring.py"):
+for script in (
+    "core.py",
+    "serving.py",
+    "feast_pit.py",
+    "feast_online.py",
+    "monitoring.py",
+    "backends.py",
+):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

@@ -108,3 +108,45 @@ def test_monitoring_benchmark_runs_and_prints_its_rates():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(false alarms)" in proc.stdout and "(detection)" in proc.stdout
     assert "predictions/s" in proc.stdout
+
+
+def test_backends_benchmark_runs_and_two_workers_match_one():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "backends.py"),
+            "--events",
+            "6000",
+            "--users",
+            "600",
+            "--lookups",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| Kafka + Redis: processing, 2 workers (incl. group join) |" in proc.stdout
+    assert "| 2 workers vs 1: identical entities (of 200) | 200 |" in proc.stdout
+
+
+def test_feast_online_benchmark_runs_and_both_agree():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "feast_online.py"),
+            "--rows",
+            "5000",
+            "--calls",
+            "50",
+            "--requests",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "x 8 features: 0 mismatches" in proc.stdout
+    assert "| in-process, 1 entity |" in proc.stdout and "| 8 |" in proc.stdout
