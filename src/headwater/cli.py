@@ -499,13 +499,20 @@ def scheduler(
     every: Annotated[float, typer.Option(help="Seconds between checks")] = 60.0,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Run the training pipelines of models whose cron schedule is due."""
-    from headwater.training.scheduler import run_due
+    """Run the training pipelines of models, and the batch scoring of services, whose cron
+    schedule is due."""
+    from headwater.training.scheduler import run_due, run_due_scoring
 
     with _open(project) as p:
         while True:
             for name, outcome in run_due(p, console.print):
                 console.print(f"{name}: {outcome}")
+            for name, outcome in run_due_scoring(p, console.print):
+                console.print(
+                    f"{name}: {outcome} scored"
+                    if isinstance(outcome, int)
+                    else f"{name}: {outcome}"
+                )
             if once:
                 return
             time.sleep(every)
@@ -525,37 +532,26 @@ def score(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Batch scoring: features from the offline store as of a time, every prediction logged."""
-    import pandas as pd
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     from headwater.definitions.types import from_micros, to_micros
+    from headwater.serving.batch import score_entities, write_scores
 
     with _open(project) as p:
-        s = p.serving.service(service)
         when = from_micros(to_micros(at) if at else p.now())
+        table = None
         if entities is not None:
             table = (
                 pq.read_table(entities)
                 if entities.suffix == ".parquet"
                 else pcsv.read_csv(entities)
             ).to_pandas()
-        else:
-            table = p.entities(s.entity.name)
-        if "timestamp" not in table.columns:
-            table["timestamp"] = pd.Timestamp(when)
         start = time.perf_counter()
         with _progress() as bar:
-            task = bar.add_task(f"score {service}", total=len(table))
-            parts = []
-            for i in range(0, len(table), 50_000):
-                parts.append(p.score(service, table.iloc[i : i + 50_000]))
-                bar.advance(task, len(parts[-1]))
-        result = pd.concat(parts, ignore_index=True)
-    if out.suffix == ".csv":
-        result.to_csv(out, index=False)
-    else:
-        result.to_parquet(out, index=False)
+            task = bar.add_task(f"score {service}", total=None)
+            result = score_entities(p, service, when, table, lambda n: bar.advance(task, n))
+    write_scores(result, out)
     console.print(
         f"scored {len(result):,} entities in {time.perf_counter() - start:.1f}s -> "
         f"{out}; predictions logged to the 'predictions' stream"

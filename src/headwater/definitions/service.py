@@ -94,7 +94,10 @@ class Service(Definition):
     ``feedback``: where the ground truth of this service's predictions arrives by prediction
     id (see ``Feedback``); without it, the model's own label is evaluated at each prediction's
     time. ``higher_is_better``: for experiment verdicts, whether a higher outcome is better
-    (False for, e.g., churn).
+    (False for, e.g., churn). ``batch_schedule``: a cron expression; ``headwater scheduler``
+    then scores every entity of the service at each fire time (the batch path, every
+    prediction logged) into ``batch_output`` under the project folder (``{service}`` and
+    ``{date}`` are filled in).
     """
 
     kind = "service"
@@ -116,6 +119,8 @@ class Service(Definition):
         max_candidates: int = 1000,
         feedback: Feedback | None = None,
         higher_is_better: bool = True,
+        batch_schedule: str | None = None,
+        batch_output: str = "scores/{service}/{date}.parquet",
         owner: str | None = None,
         description: str | None = None,
         deprecated: bool = False,
@@ -158,6 +163,13 @@ class Service(Definition):
             for f in (feedback.prediction_id, feedback.field):
                 feedback.stream.field(f)  # a clear error, with a suggestion, if it is missing
         self.feedback, self.higher_is_better = feedback, higher_is_better
+        if batch_schedule is not None and candidates is not None:
+            raise DefinitionError(f"service {name!r}: a ranking service has no batch schedule")
+        if not batch_output.endswith((".parquet", ".csv")):
+            raise DefinitionError(
+                f"service {name!r}: batch_output must end in .parquet or .csv, not {batch_output!r}"
+            )
+        self.batch_schedule, self.batch_output = batch_schedule, batch_output
         model_keys = variants[0].model.entity.keys
         if candidates is not None:
             missing = [c for c in candidates.keys if c not in model_keys]
@@ -204,6 +216,8 @@ class Service(Definition):
             extra["feedback"] = self.feedback.spec()
         if not self.higher_is_better:
             extra["higher_is_better"] = False
+        if self.batch_schedule is not None:
+            extra.update(batch_schedule=self.batch_schedule, batch_output=self.batch_output)
         return {
             "kind": self.kind,
             "name": self.name,

@@ -1,5 +1,7 @@
-"""Scheduled retraining: a model with a cron ``schedule`` is trained when a fire time passed
-since its last successful run."""
+"""Schedules: a model with a cron ``schedule`` is trained, and a service with a
+``batch_schedule`` scores its entities, when a fire time passed since the last successful run
+(runs of scoring jobs are recorded in the metadata store, so a restarted scheduler neither
+skips nor repeats one)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,57 @@ def due_models(project: Any) -> list[str]:
         if not runs or runs[-1]["started_us"] < fire:
             due.append(name)
     return due
+
+
+SCORING_RUNS = "batch_scoring_runs"
+
+
+def due_scoring(project: Any) -> list[str]:
+    """Services whose batch schedule fired after their last successful scoring run."""
+    now = from_micros(project.now())
+    runs = project.metadata.get_records(SCORING_RUNS)
+    due = []
+    for name, service in sorted(project.definitions.services.items()):
+        if not service.batch_schedule or service.deprecated:
+            continue
+        fire = to_micros(previous_fire(service.batch_schedule, now))
+        last = runs.get(name)
+        if last is None or last["started_us"] < fire:
+            due.append(name)
+    return due
+
+
+def run_due_scoring(project: Any, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
+    """Score every due service into its ``batch_output``; record each successful run."""
+    from headwater.serving.batch import score_entities, write_scores
+
+    done: list[tuple[str, int | str]] = []
+    for name in due_scoring(project):
+        service = project.definitions.services[name]
+        started = project.now()
+        when = from_micros(started)
+        out = project.root / service.batch_output.format(
+            service=name, date=when.strftime("%Y-%m-%dT%H%M%SZ")
+        )
+        log(f"scoring {name} (scheduled: {service.batch_schedule}) -> {out}")
+        try:
+            result = score_entities(project, name, when)
+            write_scores(result, out)
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the others
+            log(f"{name} failed: {exc}")
+            done.append((name, f"failed: {exc}"))
+            continue
+        project.metadata.put_records(
+            [
+                (
+                    SCORING_RUNS,
+                    name,
+                    {"started_us": started, "rows": len(result), "path": str(out)},
+                )
+            ]
+        )
+        done.append((name, len(result)))
+    return done
 
 
 def run_due(project: Any, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
