@@ -69,6 +69,25 @@ def test_quickstart_runs_end_to_end_and_leaves_a_working_project(tmp_path):
         assert challenger["by"] == "monitor" and "retrained" in challenger["reason"]
         report = (folder / "reports" / "churn.html").read_text()
         assert "Live auc by day" in report and "Drift of v1" in report
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "headwater",
+            "score",
+            "retention",
+            "-o",
+            str(tmp_path / "s.csv"),
+            "-p",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stderr
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert rows[0].startswith("user_id,timestamp,prediction_id,score") and len(rows) > 300
     # A second run replaces the folder the first one made; --no-loop stops after serving.
     again = quickstart(folder, 300, 25, "--no-loop")
     assert again.returncode == 0, again.stderr
