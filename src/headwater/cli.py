@@ -222,6 +222,7 @@ def serve(
     # milliseconds), and the logger and shadow threads hand the GIL back sooner.
     gc.collect()
     gc.freeze()
+    p.online.freeze_cached_states = True  # and so are the decoded states it caches later
     sys.setswitchinterval(0.001)
     try:
         uvicorn.run(
