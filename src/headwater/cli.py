@@ -572,9 +572,15 @@ def monitor(
     ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Join logged predictions with their ground truth; drift against reference; alerts."""
+    """Join logged predictions with their ground truth; drift against reference; alerts.
+
+    The monitor's ledger consumes the log from its checkpoints first (a kill at any point
+    resumes without counting anything twice), then the window is reported: per version, and
+    per day from the ledger's daily aggregates."""
     import logging
 
+    from headwater.definitions.types import from_micros
+    from headwater.monitoring.ledger import DAY_US, Ledger
     from headwater.monitoring.monitor import Monitor
     from headwater.serving import logs
 
@@ -594,8 +600,18 @@ def monitor(
     with _open(project) as p:
         now = p.now()
         since = now - int(days * 86_400e6)
+        ledger = Ledger(p)
+        with _progress() as bar:
+            task = bar.add_task("monitor ledger", total=None)
+            done = ledger.advance(now, lambda d: bar.update(task, completed=d.consumed))
+        console.print(
+            f"ledger: {done.predictions:,} predictions, {done.feedback:,} feedback events and "
+            f"{done.matured:,} matured labels consumed in {done.seconds:.2f}s "
+            f"({done.per_second:,.0f}/s)"
+        )
         watcher = Monitor(p, alert=send)
         reports = watcher.run(service, since_us=since)
+        daily = ledger.performance(since, now + 1, service)
         skews = {
             name: watcher.skew(name, since, now + 1)
             for name in sorted({r.service for r in reports})
@@ -636,6 +652,23 @@ def monitor(
                 "; ".join(d.reasons),
             )
         console.print(table)
+    by_day = Table("service", "variant", "version", "day", "predictions", "labelled", "delay")
+    columns: list[str] = sorted({m for row in daily for m in row.metrics})
+    for metric in columns:
+        by_day.add_column(metric)
+    for row in daily:
+        by_day.add_row(
+            row.service,
+            row.variant,
+            f"{row.model} v{row.version}",
+            "all days" if row.day is None else from_micros(row.day * DAY_US).date().isoformat(),
+            f"{row.predictions:,}",
+            f"{row.label_coverage:.0%}",
+            "-" if row.label_delay_s is None else f"{row.label_delay_s / 3600:.1f}h",
+            *(_fmt(row.metrics.get(metric)) for metric in columns),
+        )
+    console.print("performance by day of prediction (from the ledger):")
+    console.print(by_day)
 
 
 def _fmt(value: float | None) -> str:

@@ -1,17 +1,19 @@
 """The monitor: logged predictions joined with their ground truth, drift against each model
 version's reference profile, and alerts.
 
-Everything is recomputed from the log (the ``predictions`` stream and the label's stream) for
-a window of prediction times, so a run killed at any point leaves nothing half-done and the
-next run gives the same answer. Ground truth is the model's own ``Label``, evaluated at each
-prediction's time once its horizon has passed — or, for a service that declares
-``Feedback``, the outcome events that name the prediction's id.
+Ground truth is the model's own ``Label``, evaluated at each prediction's time once its horizon
+has passed — or, for a service that declares ``Feedback``, the outcome events that name the
+prediction's id. The ledger (``monitoring/ledger.py``) joins it incrementally, as a
+checkpointed consumer of the log; a run advances the ledger, then reports a window of
+prediction times from it, reading only that window's predictions (for drift) from the log.
+``run(..., recompute=True)`` recomputes every label from the log instead (the oracle the
+ledger is tested against).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,8 +27,9 @@ from headwater.definitions import Feedback, Service
 from headwater.definitions.expr import sql_name
 from headwater.definitions.types import from_micros
 from headwater.features.batch import history_source
-from headwater.log.base import NewRecord
+from headwater.log.base import NewRecord, Record
 from headwater.monitoring.drift import ColumnDrift, Thresholds, profile_drift
+from headwater.monitoring.ledger import Ledger
 from headwater.training import evaluation
 from headwater.training.examples import label_values
 
@@ -76,21 +79,37 @@ def experiment_outcomes(project: Any, service: str, since_us: int, until_us: int
 
 
 def logged_predictions(
-    project: Any, service: str | None, since_us: int, until_us: int
+    project: Any,
+    service: str | None,
+    since_us: int,
+    until_us: int,
+    ranges: Mapping[int, Sequence[tuple[int, int | None]]] | None = None,
 ) -> pd.DataFrame:
-    """The logged (non-shadow and shadow) predictions of a time window, one row each."""
+    """The logged (non-shadow and shadow) predictions of a time window, one row each.
+
+    ``ranges``: per partition, the offset ranges (end inclusive; None: to the end) to read
+    instead of the whole partition (``Ledger.read_ranges`` gives those of a window)."""
     project.serving.logger.flush()
     rows = []
     for partition in range(project.log.partitions(PREDICTIONS)):
-        start = 0
-        while records := project.log.read(PREDICTIONS, start, 50_000, partition):
-            for r in records:
+        spans = (ranges or {}).get(partition, [(0, None)])
+        for start, last in spans:
+            for r in _read(project.log, partition, start, last):
                 if since_us <= r.event_time < until_us:
                     doc = orjson.loads(r.payload)
                     if service is None or doc["service"] == service:
                         rows.append(doc)
-            start = records[-1].offset + 1
     return pd.DataFrame(rows)
+
+
+def _read(log: Any, partition: int, start: int, last: int | None) -> Iterator[Record]:
+    while last is None or start <= last:
+        limit = 50_000 if last is None else min(50_000, last - start + 1)
+        records = log.read(PREDICTIONS, start, limit, partition)
+        if not records:
+            return
+        yield from (r for r in records if last is None or r.offset <= last)
+        start = records[-1].offset + 1
 
 
 def feedback_labels(
@@ -139,17 +158,24 @@ class Monitor:
         *,
         logged: pd.DataFrame | None = None,
         alert: bool = True,
+        recompute: bool = False,
     ) -> list[VersionReport]:
         """Report every (service, variant, version) seen in the window; raise alerts.
 
-        ``logged``: predictions already read from the log (a wider window is fine), so that
-        callers looking at several windows read the stream once.
+        The ledger is advanced first, and gives each prediction's ground truth; with
+        ``recompute`` every label is recomputed from the log instead (slower; the same
+        answer). ``logged``: predictions already read from the log (a wider window is fine),
+        so that callers looking at several windows read the stream once.
         """
         now = self.project.now()
         until = now + 1 if until_us is None else until_us  # predictions made "now" count
         since = until - 86_400_000_000 * 7 if since_us is None else since_us
+        ledger = None if recompute else Ledger(self.project)
+        if ledger is not None:
+            ledger.advance(now)
         if logged is None:
-            frame = logged_predictions(self.project, service, since, until)
+            ranges = None if ledger is None else ledger.read_ranges(since, until)
+            frame = logged_predictions(self.project, service, since, until, ranges)
         elif logged.empty:
             frame = logged
         else:
@@ -161,18 +187,19 @@ class Monitor:
         if frame.empty:
             return reports
         frame = frame[~frame["shadow"].astype(bool)] if "shadow" in frame else frame
+        known = None if ledger is None else ledger.outcomes(frame["prediction_id"].tolist())
+        services = self.project.definitions.services
         for (name, variant, model, version), group in frame.groupby(
             ["service", "variant", "model", "model_version"], sort=True
         ):
+            definition = services[name]
+            labels, delays = (
+                self.labels_for(definition, self.project.model(model), group, now)
+                if known is None
+                else _known_truth(definition, self.project.model(model), group, known, now)
+            )
             reports.append(
-                self._report(
-                    self.project.definitions.services[name],
-                    variant,
-                    model,
-                    int(version),
-                    group,
-                    now,
-                )
+                self._report(definition, variant, model, int(version), group, labels, delays)
             )
         if alert:
             self._raise_alerts(reports, now)
@@ -185,7 +212,8 @@ class Monitor:
         model: str,
         version: int,
         group: pd.DataFrame,
-        now: int,
+        labels: pd.Series,
+        delays: np.ndarray,
     ) -> VersionReport:
         definition = self.project.model(model)
         doc = self.project.registry.version(model, version)
@@ -203,12 +231,10 @@ class Monitor:
         report.drift = profile_drift(
             doc["profile"], features, group["output"].to_numpy(dtype=float), self.thresholds
         )
-        labels, delays = self.labels_for(service, definition, group, now)
         matured = labels.notna()
         report.labelled = int(matured.sum())
         if report.labelled:
             report.label_delay_s = float(np.median(delays[matured.to_numpy()])) / 1e6
-        if report.labelled:
             y = labels[matured].astype(float).to_numpy()
             scores = group["output"].to_numpy(dtype=float)[matured.to_numpy()]
             try:
@@ -348,6 +374,23 @@ class Monitor:
                     self._alert_hook(alert)
         if records:
             self.project.log.append(ALERTS, records, now)
+
+
+def _known_truth(
+    service: Service, model: Any, group: pd.DataFrame, known: pd.DataFrame, now: int
+) -> tuple[pd.Series, np.ndarray]:
+    """``Monitor.labels_for`` answered from the ledger's outcomes (indexed by prediction id):
+    a model's label counts once its horizon has passed by ``now`` (the ledger settled it at
+    the clock of an earlier advance), feedback as soon as it is in the ledger."""
+    ids = group["prediction_id"].astype(str)
+    times = group["ts_us"].to_numpy(dtype=np.int64)
+    values = ids.map(known["label"]).to_numpy(dtype=float, copy=True)
+    first = ids.map(known["known_us"]).to_numpy(dtype=float)
+    if service.feedback is None:
+        values[times + model.label.horizon_us > now] = np.nan
+    labels = pd.Series([None if v != v else v for v in values.tolist()], dtype=object)
+    delays = np.maximum(np.where(np.isnan(first), times, first).astype(np.int64) - times, 0)
+    return labels, delays
 
 
 def _plain(value: Any) -> Any:
