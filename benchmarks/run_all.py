@@ -15,6 +15,7 @@ for script in (
     "feast_online.py",
     "monitoring.py",
     "backends.py",
+    "streams.py",
 ):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)
