@@ -53,6 +53,33 @@ def _parquet_offline(url: str, root: Path) -> Any:
     return ParquetOfflineStore(local_path(url, root))
 
 
+# fsspec URLs of the offline store, and the package that implements each scheme
+FSSPEC_OFFLINE = {
+    "memory": "fsspec",
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+}
+
+
+def _fsspec_offline(url: str, root: Path) -> Any:
+    """History at a URL fsspec understands; credentials come from the environment as each
+    filesystem reads them (e.g. AWS_* variables for s3://)."""
+    from headwater.stores.offline_parquet import ParquetOfflineStore
+
+    try:
+        return ParquetOfflineStore(url)
+    except ImportError as exc:
+        package = FSSPEC_OFFLINE.get(urlparse(url).scheme, "fsspec")
+        raise BackendError(
+            f"the offline store {url!r} needs {package}: pip install {package} ({exc})"
+        ) from None
+
+
 def _sqlite_metadata(url: str, root: Path) -> Any:
     from headwater.stores.metadata_sqlite import SqliteMetadataStore
 
@@ -74,7 +101,7 @@ def _postgres_table(url: str, root: Path) -> Any:
 BACKENDS: dict[str, dict[str, Any]] = {
     "log": {"sqlite": _sqlite_log, "kafka": _kafka_log},
     "online": {"sqlite": _sqlite_online, "redis": _redis_online},
-    "offline": {"file": _parquet_offline},
+    "offline": {"file": _parquet_offline, **dict.fromkeys(FSSPEC_OFFLINE, _fsspec_offline)},
     "metadata": {
         "sqlite": _sqlite_metadata,
         "postgresql": _postgres_metadata,

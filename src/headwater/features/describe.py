@@ -17,6 +17,7 @@ from headwater.stores.offline_base import OfflineStore
 def describe_stream(stream: Stream, offline: OfflineStore) -> pd.DataFrame:
     """One row per field: count, null rate, distinct values, min, max, mean."""
     con = duckdb.connect()
+    offline.attach(con)  # object-store URLs: DuckDB reads through fsspec
     try:
         source, params = history_source(con, stream, offline.files(stream.name), None)
         rows = []

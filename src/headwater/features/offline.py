@@ -2,23 +2,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.definitions import HeadwaterError, Stream
+from headwater.definitions import FeatureColumn, HeadwaterError, Stream
 from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names
 from headwater.features.history import Archiver
+from headwater.features.plan import FeatureSetPlan
+from headwater.features.spark import SparkFeatureValues, SparkSettings, check_supported
 from headwater.stores.offline_base import OfflineStore
+
+ENGINES = ("duckdb", "spark")
 
 
 class SpineError(HeadwaterError, ValueError):
     """The spine of a training set is missing columns or has unusable times."""
+
+
+class EngineError(HeadwaterError, ValueError):
+    """A training set was asked of an engine that does not exist."""
+
+
+class FeatureValues(Protocol):
+    """An engine: the values of one feature set's columns at each spine row's time."""
+
+    def values(
+        self,
+        plan: FeatureSetPlan,
+        columns: Sequence[FeatureColumn],
+        spine_keys: pa.Table,
+        times: np.ndarray,
+        files: list[str],
+        snapshot: Mapping[str, int] | None = None,
+    ) -> pa.Table: ...
+
+
+class DuckDBFeatureValues:
+    """The embedded engine: batch.py's SQL on one DuckDB connection."""
+
+    def __init__(self, offline: OfflineStore, threads: int | None) -> None:
+        self.con = duckdb.connect()
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        offline.attach(self.con)
+
+    def values(
+        self,
+        plan: FeatureSetPlan,
+        columns: Sequence[FeatureColumn],
+        spine_keys: pa.Table,
+        times: np.ndarray,
+        files: list[str],
+        snapshot: Mapping[str, int] | None = None,
+    ) -> pa.Table:
+        return feature_set_values(self.con, plan, columns, spine_keys, times, files, snapshot)
 
 
 def to_arrow(table: Any) -> pa.Table:
@@ -67,10 +110,14 @@ class TrainingSets:
         archiver: Archiver,
         streams: dict[str, Stream],
         threads: int | None = None,
+        engine: str = "duckdb",
+        spark: SparkSettings | None = None,
     ) -> None:
         self._catalog, self._offline, self._archiver = catalog, offline, archiver
         self._streams = streams
         self._threads = threads
+        self._engine = _check_engine(engine)
+        self._spark = SparkFeatureValues(spark or SparkSettings())
 
     def history(self, stream: Stream) -> pa.Table:
         """A stream's whole archived history (brought up to date first)."""
@@ -79,6 +126,7 @@ class TrainingSets:
         if not files:
             return pa.table({})
         with duckdb.connect() as con:
+            self._offline.attach(con)
             return con.sql(
                 "SELECT * FROM read_parquet($f, union_by_name = true)", params={"f": files}
             ).to_arrow_table()
@@ -90,18 +138,22 @@ class TrainingSets:
         time_column: str = "timestamp",
         progress: Callable[[str], None] | None = None,
         snapshot: dict[str, int] | None = None,
+        engine: str | None = None,
     ) -> pa.Table:
         """Feature values at each spine row's time; ``snapshot`` limits each stream's history
-        to the log offsets below the given ones (to rebuild an earlier training set exactly)."""
+        to the log offsets below the given ones (to rebuild an earlier training set exactly);
+        ``engine`` (``"duckdb"`` or ``"spark"``, by default the project's) computes them."""
+        engine = self._engine if engine is None else _check_engine(engine)
         table = to_arrow(spine)
         res = self._catalog.resolve(features)
         times = spine_times(table, time_column)
         for name in res.context:
             if name not in table.column_names:
                 raise SpineError(f"the spine has no column {name!r}, a derived feature's context")
-        con = duckdb.connect()
-        if self._threads:
-            con.execute(f"SET threads = {int(self._threads)}")
+        if engine == "spark":  # refuse what Spark cannot do before any work
+            check_supported([c for cs in res.columns.values() for c in cs])
+        duck = DuckDBFeatureValues(self._offline, self._threads) if engine == "duckdb" else None
+        compute: FeatureValues = duck or self._spark
         values: dict[str, pa.ChunkedArray | pa.Array] = {}
         try:
             for plan_id, columns in res.columns.items():
@@ -116,8 +168,7 @@ class TrainingSets:
                 self._archiver.catch_up(self._streams[plan.stream.name])
                 if progress is not None:
                     progress(plan_id)
-                got = feature_set_values(
-                    con,
+                got = compute.values(
                     plan,
                     columns,
                     table,
@@ -128,7 +179,8 @@ class TrainingSets:
                 for column in columns:
                     values[column.name] = got[column.name]
         finally:
-            con.close()
+            if duck is not None:
+                duck.con.close()
         if res.derived:
             inputs: dict[str, Any] = dict(values)
             inputs.update({c: table[c] for c in res.context})
@@ -141,3 +193,9 @@ class TrainingSets:
                 out = out.drop([name])
             out = out.append_column(name, values[name])
         return out
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise EngineError(f"unknown training-set engine {engine!r}; use one of {list(ENGINES)}")
+    return engine

@@ -293,6 +293,7 @@ class Ledger:
         times = due["ts_us"].to_numpy()
         keys = pd.DataFrame([orjson.loads(e) for e in due["entity"].to_pylist()])
         with duckdb.connect() as con:
+            self.project.offline_store.attach(con)
             values = label_values(
                 con, label, keys, times, self.project.offline_store.files(stream.name), None
             )

@@ -124,6 +124,7 @@ def feedback_labels(
     wanted = pa.table({"_pid": pa.array([str(i) for i in prediction_ids], pa.string())})
     pid, value = sql_name(feedback.prediction_id), sql_name(feedback.field)
     with duckdb.connect() as con:
+        project.offline_store.attach(con)
         source, params = history_source(con, stream, project.offline_store.files(stream.name), None)
         con.register("_wanted", wanted)
         rows = con.sql(
@@ -275,6 +276,7 @@ class Monitor:
         stream = self.project.definitions.streams[label.stream.name]
         self.project.archiver.catch_up(stream)
         with duckdb.connect() as con:
+            self.project.offline_store.attach(con)
             values = label_values(
                 con,
                 label,

@@ -9,6 +9,7 @@ from typing import Any
 
 from headwater.definitions import HeadwaterError
 from headwater.definitions.windows import parse_duration
+from headwater.features.spark import SparkSettings
 
 CONFIG_FILE = "headwater.toml"
 DEFAULT_STORES = {
@@ -50,6 +51,15 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class OfflineSettings:
+    """``[offline]``: the engine of training sets, ``"duckdb"`` (embedded) or ``"spark"``, and
+    where Spark runs (``[offline.spark]``: ``master``, and ``conf``, a table of Spark settings)."""
+
+    engine: str = "duckdb"
+    spark: SparkSettings = SparkSettings()
+
+
+@dataclass(frozen=True)
 class Settings:
     root: Path
     name: str
@@ -58,6 +68,7 @@ class Settings:
     ingest: IngestSettings
     server: ServerSettings
     tracking: TrackingSettings = TrackingSettings()
+    offline: OfflineSettings = OfflineSettings()
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -102,6 +113,26 @@ def load_settings(root: str | Path) -> Settings:
                 host=str(server.get("host", "127.0.0.1")), port=int(server.get("port", 8800))
             ),
             tracking=TrackingSettings(mlflow_uri=_table(data, "tracking").get("mlflow_uri")),
+            offline=_offline_settings(_table(data, "offline")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from None
+
+
+def _offline_settings(offline: dict[str, Any]) -> OfflineSettings:
+    engine = str(offline.get("engine", "duckdb"))
+    if engine not in ("duckdb", "spark"):
+        raise ValueError(f'[offline] engine must be "duckdb" or "spark", not {engine!r}')
+    spark = _table(offline, "spark")
+    conf = _table(spark, "conf")
+    return OfflineSettings(
+        engine=engine,
+        spark=SparkSettings(
+            master=str(spark.get("master", "local[*]")),
+            conf=tuple((str(k), _spark_value(v)) for k, v in conf.items()),
+        ),
+    )
+
+
+def _spark_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

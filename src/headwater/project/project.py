@@ -71,7 +71,12 @@ class Project:
         self.archiver = Archiver(self.log, self.offline_store)
         self.online = OnlineFeatures(self.online_store, self.catalog, self.now)
         self.training = TrainingSets(
-            self.catalog, self.offline_store, self.archiver, self.definitions.streams
+            self.catalog,
+            self.offline_store,
+            self.archiver,
+            self.definitions.streams,
+            engine=self.settings.offline.engine,
+            spark=self.settings.offline.spark,
         )
         self.registry = Registry(self.metadata)
         self._serving: Any = None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 class OfflineStore(Protocol):
@@ -13,7 +16,8 @@ class OfflineStore(Protocol):
     Contract: ``append`` makes the rows of log offsets ``[start, end)`` of one log partition
     visible atomically together with that partition's new committed offset ``end``; rows of
     an interrupted append are never visible and are rewritten by the next one; ``files``
-    lists exactly the committed files of every partition.
+    lists exactly the committed files of every partition, as local paths or URLs;
+    ``attach`` lets a DuckDB connection read those (a no-op for local paths).
     """
 
     def committed(self, stream: str, partition: int = 0) -> int: ...
@@ -23,3 +27,5 @@ class OfflineStore(Protocol):
     ) -> None: ...
 
     def files(self, stream: str) -> list[str]: ...
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...

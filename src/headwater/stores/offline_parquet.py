@@ -1,11 +1,19 @@
-"""Parquet files partitioned by stream and day, committed by an atomically replaced marker."""
+"""Parquet files partitioned by stream and day, committed by a marker written last.
+
+The history lives in a local folder or at any URL fsspec understands (``memory://``,
+``s3://``, ``gs://``...): a local folder renames finished files into place; an object store,
+which has no atomic rename, relies on each object appearing whole and on the marker.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,54 +22,141 @@ import pyarrow.parquet as pq
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import duckdb
+
 _PART = re.compile(r"^part-(?:p(\d+)-)?(\d+)-(\d+)\.parquet$")
+
+
+class _Files(Protocol):
+    """Where the history's files live: the few operations the store needs."""
+
+    def read_text(self, path: str) -> str | None: ...
+    def publish(self, path: str, data: bytes) -> None: ...  # whole or not at all
+    def glob(self, folder: str, pattern: str) -> list[str]: ...
+    def remove(self, path: str) -> None: ...
+    def location(self, path: str) -> str: ...  # what ``files`` hands to readers
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...
+
+
+class _LocalFiles:
+    """A local folder: write a temporary file, fsync it, rename it into place."""
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except FileNotFoundError:
+            return None
+
+    def publish(self, path: str, data: bytes) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        _fsync(tmp)
+        os.replace(tmp, target)
+
+    def glob(self, folder: str, pattern: str) -> list[str]:
+        return [str(p) for p in Path(folder).glob(pattern)]
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def location(self, path: str) -> str:
+        return path
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        return None  # DuckDB reads local paths itself
+
+
+class _FsspecFiles:
+    """Any fsspec filesystem. Object stores have no atomic rename, so each file is written
+    once under its final name: one PUT makes an object visible whole or not at all, and a
+    part file counts only once the marker, written after it, covers its offsets."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return bytes(self.fs.cat_file(path)).decode()
+        except FileNotFoundError:
+            return None
+
+    def publish(self, path: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(path, data)
+        except FileNotFoundError:  # a filesystem with real folders (object stores have none)
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe_file(path, data)
+
+    def glob(self, folder: str, pattern: str) -> list[str]:
+        return [str(p) for p in self.fs.glob(f"{folder}/{pattern}")]
+
+    def remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+    def location(self, path: str) -> str:
+        return str(self.fs.unstrip_protocol(path))
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        protocol = self.fs.protocol
+        protocols = set(protocol) if isinstance(protocol, tuple | list) else {protocol}
+        # DuckDB keeps one filesystem per protocol and connection: the first one stays.
+        if not protocols & set(con.list_filesystems()):
+            con.register_filesystem(self.fs)
 
 
 class ParquetOfflineStore:
     """``root/stream=NAME/date=YYYY-MM-DD/part-START-END.parquet`` plus a commit marker,
     ``_committed.json``, for log partition 0; ``part-pN-START-END.parquet`` and
-    ``_committed-pN.json`` for partition N > 0 (a log with one partition never writes them)."""
+    ``_committed-pN.json`` for partition N > 0 (a log with one partition never writes them).
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+    ``root`` is a local folder (a path, or a ``file://`` URL) or any fsspec URL;
+    ``storage_options`` go to its fsspec filesystem (credentials, endpoint...).
 
-    def _dir(self, stream: str) -> Path:
-        return self.root / f"stream={stream}"
+    >>> store = ParquetOfflineStore("memory://doctest/offline")
+    >>> store.append("clicks", pa.table({"_event_time": [0], "_offset": [0]}), 0, 1)
+    >>> store.committed("clicks"), store.files("clicks")
+    (1, ['memory:///doctest/offline/stream=clicks/date=1970-01-01/part-0-1.parquet'])
+    """
+
+    def __init__(self, root: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
+        self._files, self.root = _open_root(root, dict(storage_options or {}))
+
+    def _dir(self, stream: str) -> str:
+        return f"{self.root}/stream={stream}"
 
     def committed(self, stream: str, partition: int = 0) -> int:
-        try:
-            return int(json.loads((self._dir(stream) / _marker(partition)).read_text())["end"])
-        except FileNotFoundError:
-            return 0
+        text = self._files.read_text(f"{self._dir(stream)}/{_marker(partition)}")
+        return 0 if text is None else int(json.loads(text)["end"])
 
     def append(
         self, stream: str, table: pa.Table, start: int, end: int, partition: int = 0
     ) -> None:
         base = self._dir(stream)
-        base.mkdir(parents=True, exist_ok=True)
         self._remove_uncommitted(stream, partition)
         name = f"part-{start}-{end}" if partition == 0 else f"part-p{partition}-{start}-{end}"
         if table.num_rows:
             day_values = pa.array(table["_event_time"].to_numpy() // DAY)
             for day in pc.unique(day_values).to_pylist():
                 part = table.filter(pc.equal(day_values, day))
-                folder = base / f"date={_day_label(day)}"
-                folder.mkdir(exist_ok=True)
-                tmp = folder / f".{name}.tmp"
-                pq.write_table(part, tmp, compression="zstd")
-                _fsync(tmp)
-                os.replace(tmp, folder / f"{name}.parquet")
-        marker = base / (_marker(partition) + ".tmp")
-        marker.write_text(json.dumps({"end": end}))
-        _fsync(marker)
-        os.replace(marker, base / _marker(partition))
+                sink = io.BytesIO()
+                pq.write_table(part, sink, compression="zstd")
+                self._files.publish(
+                    f"{base}/date={_day_label(day)}/{name}.parquet", sink.getvalue()
+                )
+        # The marker goes last: until it names ``end``, readers ignore the files above.
+        self._files.publish(f"{base}/{_marker(partition)}", json.dumps({"end": end}).encode())
 
-    def _parts(self, stream: str) -> list[tuple[Path, int, int]]:
+    def _parts(self, stream: str) -> list[tuple[str, int, int]]:
         """Every part file of the stream: (path, log partition, end offset)."""
         out = []
-        for path in self._dir(stream).glob("date=*/part-*.parquet"):
-            m = _PART.match(path.name)
+        for path in self._files.glob(self._dir(stream), "date=*/part-*.parquet"):
+            m = _PART.match(path.rsplit("/", 1)[-1])
             if m:
                 out.append((path, int(m.group(1) or 0), int(m.group(3))))
         return out
@@ -70,12 +165,29 @@ class ParquetOfflineStore:
         committed = self.committed(stream, partition)
         for path, part_of, end in self._parts(stream):
             if part_of == partition and end > committed:
-                path.unlink(missing_ok=True)
+                self._files.remove(path)
 
     def files(self, stream: str) -> list[str]:
         parts = self._parts(stream)
         committed = {p: self.committed(stream, p) for p in {p for _, p, _ in parts}}
-        return sorted(str(path) for path, p, end in parts if end <= committed[p])
+        return sorted(self._files.location(path) for path, p, end in parts if end <= committed[p])
+
+    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Let a DuckDB connection read what ``files`` returns (registers the fsspec
+        filesystem of a remote root; nothing to do for a local folder)."""
+        self._files.attach(con)
+
+
+def _open_root(root: str | Path, options: dict[str, Any]) -> tuple[_Files, str]:
+    text = str(root)
+    if "://" not in text or text.startswith("file://"):
+        local = Path(text.removeprefix("file://"))
+        local.mkdir(parents=True, exist_ok=True)
+        return _LocalFiles(), str(local)
+    from fsspec.core import url_to_fs  # only remote roots need fsspec
+
+    fs, path = url_to_fs(text, **options)
+    return _FsspecFiles(fs), str(path).rstrip("/")
 
 
 def _marker(partition: int) -> str:

@@ -194,6 +194,7 @@ class Trainer:
             p.archiver.catch_up(stream)
         offsets = snapshot["offsets"]
         con = duckdb.connect()
+        p.offline_store.attach(con)
         try:
             # entities are seen in the streams holding all their keys (a user-item model's
             # pairs in the streams with both ids, not in the user-only streams it reads)
