@@ -202,6 +202,12 @@ def main() -> None:
             if not (theirs == mine or (theirs is None and mine is None)):
                 mismatches += 1
     print(f"  values compared for 50 users x {len(NAMES)} features: {mismatches} mismatches")
+    for name, r in results.items():
+        print(
+            f"  {name:<12} in-process p50/p99 ms: 1 entity {r['p50_1']:.3f}/{r['p99_1']:.3f}, "
+            f"100 entities {r['p50_100']:.3f}/{r['p99_100']:.3f}",
+            flush=True,
+        )
 
     # HTTP: each server alone on the machine with the load generator
     http: dict[str, dict[int, dict[str, float]]] = {}
@@ -223,6 +229,8 @@ def main() -> None:
                 str(work / "repo"),
                 "serve",
                 "--no-access-log",
+                "--max-requests",
+                "0",
             ],
             "/get-online-features",
             [
