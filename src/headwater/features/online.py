@@ -22,6 +22,13 @@ from headwater.stores.online_base import OnlineStore
 _UNFREEZE_AT_EXIT: list[bool] = []
 
 
+def any_known(by_entity: Mapping[str, list[bool]], rows: int) -> list[bool]:
+    """Per row, whether any of its entities has state (``get_with_entities``' flags)."""
+    if not by_entity:
+        return [False] * rows
+    return [any(flags) for flags in zip(*by_entity.values(), strict=True)]
+
+
 class MissingKeyError(HeadwaterError, ValueError):
     """A request lacks an entity key or a context field that its features need."""
 
@@ -109,8 +116,7 @@ class OnlineFeatures:
     ) -> tuple[list[dict[str, Any]], list[bool]]:
         """``get``, plus for each row whether the store holds any state of its entity."""
         out, by_entity = self.get_with_entities(rows, features, at_us)
-        known = [any(flags) for flags in zip(*by_entity.values(), strict=True)]
-        return out, known or [False] * len(rows)
+        return out, any_known(by_entity, len(rows))
 
     def get_with_entities(
         self,

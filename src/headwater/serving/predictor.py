@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.definitions import DefinitionError, Service, Variant
-from headwater.features.online import MissingKeyError, OnlineFeatures
+from headwater.features.online import MissingKeyError, OnlineFeatures, any_known
 from headwater.features.plan import entity_key
 from headwater.log.base import Log
 from headwater.serving.logger import PredictionLogger
@@ -223,13 +223,13 @@ class Predictor:
         # a candidate is unknown when its own entity has no state (a new item), whatever is
         # known of the user or of the pair; without candidate features, when nothing is
         candidate = by_entity.get(service.candidates.name)
-        known = candidate or [any(f) for f in zip(*by_entity.values(), strict=True)]
-        known = known or [False] * len(rows)
+        known = candidate if candidate is not None else any_known(by_entity, len(rows))
         self.last_timings.features_s = time.perf_counter() - start
         scored = self.score(
             rows, values, known, [variant] * len(rows), path, features_at=t, ranking=(ranking_id, k)
         )
-        top = sorted(scored, key=lambda p: p.ranked["rank"])[:k]
+        # score() ranked every candidate: only the k returned ones need ordering here
+        top = sorted((p for p in scored if p.ranked["returned"]), key=lambda p: p.ranked["rank"])
         return Ranking(ranking_id, variant.name, top, len(rows))
 
     def _route(self, rows: Sequence[Mapping[str, Any]]) -> list[Variant]:
