@@ -4,13 +4,11 @@ at t == brute force, for random events arriving late and out of order."""
 
 from __future__ import annotations
 
-import random
 import tempfile
 import uuid
 from pathlib import Path
 
 import orjson
-import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,18 +21,14 @@ from headwater.ingestion.service import Ingestor
 from headwater.log.kafka import KafkaLog, KafkaSettings
 from headwater.stores.offline_parquet import ParquetOfflineStore
 from headwater.stores.online_redis import RedisOnlineStore
-from tests import oracle
 from tests.kafka_broker import TansuBroker
 from tests.unit.features.test_consistency import (
     DAY,
     DERIVED,
     FEATURES,
-    KEYS,
-    NAMES,
     SPAN,
     T0,
-    _check,
-    _raw,
+    check_consistency,
     event_strategy,
     stream,
 )
@@ -88,47 +82,12 @@ class ScaledEngines:
     seed=st.integers(0, 2**32 - 1),
 )
 def test_online_equals_offline_equals_brute_force_on_kafka_and_redis(events, query_offsets, seed):
-    rnd = random.Random(seed)
-    times = sorted(T0 + q for q in query_offsets)
     broker = TansuBroker().start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             eng = ScaledEngines(Path(tmp), broker)
             try:
-                pending = list(events)
-                for t in times:
-                    due = [e for e in pending if e["ts"] < t]
-                    pending = [e for e in pending if e["ts"] >= t]
-                    rnd.shuffle(due)
-                    eng.now = t
-                    for i in range(0, len(due), 5):
-                        result = eng.ingestor.ingest(stream.name, [_raw(e) for e in due[i : i + 5]])
-                        assert not result.rejected
-                    eng.processor.run_until_caught_up()
-                    logged = eng.logged()
-                    rows = [{"account_id": k, "scale": 2.0} for k in KEYS]
-                    got = eng.online.get(rows, NAMES + ["ratio"])
-                    for key, values in zip(KEYS, got, strict=True):
-                        _check(logged, {"account_id": key}, t, values, f"online t={t - T0}")
-                        cnt, sx = values["cnt_1h"], values["sx_1h"]
-                        assert oracle.same(values["ratio"], None if cnt == 0 else sx * 2.0 / cnt)
-                eng.now = T0 + SPAN + 2 * DAY
-                if pending:
-                    eng.ingestor.ingest(stream.name, [_raw(e) for e in pending])
-                logged = eng.logged()
-                spine = pd.DataFrame(
-                    {
-                        "account_id": [k for t in times for k in KEYS],
-                        "timestamp": pd.to_datetime(
-                            [t for t in times for _ in KEYS], unit="us", utc=True
-                        ),
-                        "scale": 2.0,
-                    }
-                )
-                for row in eng.training.build(spine, NAMES + ["ratio"]).to_pylist():
-                    t = int(pd.Timestamp(row["timestamp"]).value // 1000)
-                    key = {"account_id": row["account_id"]}
-                    _check(logged, key, t, row, f"offline t={t - T0} key={key}")
+                check_consistency(eng, events, query_offsets, seed)
             finally:
                 eng.close()
     finally:

@@ -170,45 +170,55 @@ def _check(logged: list, key: dict, t: int, got: dict, where: str) -> None:
     seed=st.integers(0, 2**32 - 1),
 )
 def test_online_equals_offline_equals_brute_force(events, query_offsets, seed):
-    rnd = random.Random(seed)
-    times = sorted(T0 + q for q in query_offsets)
     with tempfile.TemporaryDirectory() as tmp:
         eng = Engines(Path(tmp))
-        pending = list(events)
-        for t in times:
-            # Every event before t arrives before the query at t, in random order (late ones too).
-            due = [e for e in pending if e["ts"] < t]
-            pending = [e for e in pending if e["ts"] >= t]
-            rnd.shuffle(due)
-            eng.now = t
-            for i in range(0, len(due), 5):
-                result = eng.ingestor.ingest(stream.name, [_raw(e) for e in due[i : i + 5]])
-                assert not result.rejected
-            eng.processor.run_until_caught_up()
-            logged = eng.logged()
-            rows = [{"account_id": k, "scale": 2.0} for k in KEYS]
-            got = eng.online.get(rows, NAMES + ["ratio"])
-            for key, values in zip(KEYS, got, strict=True):
-                _check(logged, {"account_id": key}, t, values, f"online t={t - T0} key={key}")
-                cnt, sx = values["cnt_1h"], values["sx_1h"]
-                assert oracle.same(values["ratio"], None if cnt == 0 else sx * 2.0 / cnt)
-        # Events at or after the last query time are in the log now: none may leak backwards.
-        eng.now = T0 + SPAN + 2 * DAY
-        eng.ingestor.ingest(stream.name, [_raw(e) for e in pending])
+        try:
+            check_consistency(eng, events, query_offsets, seed)
+        finally:
+            eng.close()
+
+
+def check_consistency(eng, events: list[dict], query_offsets: list[int], seed: int) -> None:
+    """The property on one set of engines (also run on Kafka + Redis by the integration
+    tests): events arrive late and out of order before each query time; online at t, the
+    training set at t and the brute force agree."""
+    rnd = random.Random(seed)
+    times = sorted(T0 + q for q in query_offsets)
+    pending = list(events)
+    for t in times:
+        # Every event before t arrives before the query at t, in random order (late ones too).
+        due = [e for e in pending if e["ts"] < t]
+        pending = [e for e in pending if e["ts"] >= t]
+        rnd.shuffle(due)
+        eng.now = t
+        for i in range(0, len(due), 5):
+            result = eng.ingestor.ingest(stream.name, [_raw(e) for e in due[i : i + 5]])
+            assert not result.rejected
+        eng.processor.run_until_caught_up()
         logged = eng.logged()
-        spine = pd.DataFrame(
-            {
-                "account_id": [k for t in times for k in KEYS],
-                "timestamp": pd.to_datetime([t for t in times for _ in KEYS], unit="us", utc=True),
-                "scale": 2.0,
-            }
-        )
-        table = eng.training.build(spine, NAMES + ["ratio"]).to_pylist()
-        for row in table:
-            t = int(pd.Timestamp(row["timestamp"]).value // 1000)
-            key = {"account_id": row["account_id"]}
-            _check(logged, key, t, row, f"offline t={t - T0} key={key}")
-        eng.close()
+        rows = [{"account_id": k, "scale": 2.0} for k in KEYS]
+        got = eng.online.get(rows, NAMES + ["ratio"])
+        for key, values in zip(KEYS, got, strict=True):
+            _check(logged, {"account_id": key}, t, values, f"online t={t - T0} key={key}")
+            cnt, sx = values["cnt_1h"], values["sx_1h"]
+            assert oracle.same(values["ratio"], None if cnt == 0 else sx * 2.0 / cnt)
+    # Events at or after the last query time are in the log now: none may leak backwards.
+    eng.now = T0 + SPAN + 2 * DAY
+    if pending:
+        eng.ingestor.ingest(stream.name, [_raw(e) for e in pending])
+    logged = eng.logged()
+    spine = pd.DataFrame(
+        {
+            "account_id": [k for t in times for k in KEYS],
+            "timestamp": pd.to_datetime([t for t in times for _ in KEYS], unit="us", utc=True),
+            "scale": 2.0,
+        }
+    )
+    table = eng.training.build(spine, NAMES + ["ratio"]).to_pylist()
+    for row in table:
+        t = int(pd.Timestamp(row["timestamp"]).value // 1000)
+        key = {"account_id": row["account_id"]}
+        _check(logged, key, t, row, f"offline t={t - T0} key={key}")
 
 
 def test_windows_follow_the_hop_aligned_start():
