@@ -101,18 +101,38 @@ def _lines(proc: subprocess.Popen) -> queue.Queue:
     return out
 
 
+def _consuming(line: list[str]) -> str | None:
+    """What a progress line says the driver is consuming now: the last of the three things
+    (they are consumed in order) that it has committed a batch of."""
+    busy = [phase for phase, column in PHASES.items() if int(line[column]) > 0]
+    return busy[-1] if line[0] == "progress" and busy else None
+
+
 def _run_once(proc: subprocess.Popen, rnd: random.Random, phase: str | None) -> list[list[str]]:
-    """Wait until the driver commits a batch of ``phase``, then SIGKILL it a random moment
-    later (with no phase, or when it finishes first, let it finish); answers what it said."""
+    """Wait until the driver commits a batch of ``phase`` (or of a later thing, when a
+    previous run already consumed all of ``phase``), then SIGKILL it a random moment later:
+    within about one batch's time, so the kill lands inside or between batches whatever
+    the machine's speed. With no phase, or when it finishes first, let it finish. Answers
+    what it said."""
     lines, said = _lines(proc), []
-    while phase is not None and (line := lines.get(timeout=30)) is not None:
+    order = list(PHASES)
+    last = time.perf_counter()
+    ended = False
+    while phase is not None:
+        line = lines.get(timeout=60)
+        if line is None:
+            ended = True
+            break
         said.append(line)
-        if line[0] == "progress" and int(line[PHASES[phase]]) > 0:
-            time.sleep(rnd.uniform(0, 0.25))
+        now, gap = time.perf_counter(), time.perf_counter() - last
+        last = now
+        current = _consuming(line)
+        if current is not None and order.index(current) >= order.index(phase):
+            time.sleep(rnd.uniform(0, min(1.5 * gap, 0.25)))
             proc.send_signal(signal.SIGKILL)
             break
-    proc.wait(30)
-    while (line := lines.get(timeout=10)) is not None:
+    proc.wait(60)
+    while not ended and (line := lines.get(timeout=30)) is not None:
         said.append(line)
     return said
 
@@ -132,14 +152,14 @@ def test_sigkill_while_consuming_resumes_to_the_same_ledger(tmp_path):
         with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
             said = _run_once(proc, rnd, phase)
         if proc.returncode == -signal.SIGKILL:
-            killed.append((phase, said[-1]))
+            killed.append((_consuming(said[-1]), said[-1]))
             continue
         assert proc.returncode == 0 and said[-1][0] == "done", said[-3:]
         break
-    # every kill landed while the ledger was consuming what it was meant to, and the last
-    # run resumed where the killed ones left off
-    assert [phase for phase, _ in killed] == list(KILLS)
-    assert all(int(line[PHASES[phase]]) > 0 for phase, line in killed)
+    # every run was killed while the ledger consumed something, each of the three things
+    # at least once, and the last run resumed where the killed ones left off
+    assert len(killed) == len(KILLS), killed
+    assert {phase for phase, _ in killed} == set(PHASES), killed
     assert 0 < int(said[-1][1]) < total
 
     with Project(reference, clock=lambda: now) as p:
