@@ -90,7 +90,7 @@ def test_keys_are_partitioned_as_kafkas_java_clients_do(kafka_log):
     ]
 
 
-def test_event_ids_are_not_deduplicated(kafka_log):
+def test_event_ids_appended_again_after_a_success_are_not_deduplicated(kafka_log):
     stream_name = _name()
     record = NewRecord("same-id", 1, b"{}", key="k")
     first = kafka_log.append(stream_name, [record], ingest_time=1)
@@ -122,6 +122,54 @@ def test_an_unreachable_broker_fails_appends_in_time_and_a_new_one_is_used(own_b
         got = log.read(known, 0, 10, appended[0].partition)
         assert [r.event_id for r in got] == ["c"]
         assert log.partitions(known) == 2
+    finally:
+        log.close()
+
+
+def test_retrying_an_append_that_failed_but_landed_adds_no_second_copy(own_broker):
+    """A stalled broker (SIGSTOP) holds an append's request; the append fails, and once the
+    broker runs again it takes the request: the records are in the log although the append
+    said no. Retrying them answers where they are (duplicates) and appends only the rest."""
+    broker = own_broker
+    log = KafkaLog(KafkaSettings.from_url(broker.url(partitions=3, delivery_timeout_ms=1500)))
+    try:
+        stream_name = _name()
+        before = [NewRecord(f"b{i}", 1, b"{}", key=f"k{i}") for i in range(30)]
+        log.append(stream_name, before, ingest_time=1)
+        held = [NewRecord(f"h{i}", 1, b"{}", key=f"k{i}") for i in range(30)]
+        broker.pause()
+        try:
+            with pytest.raises(LogError, match="retry it"):
+                log.append(stream_name, held, ingest_time=2)
+        finally:
+            broker.resume()
+        others = [NewRecord(f"n{i}", 1, b"{}", key=f"k{i}") for i in range(5)]
+        fresh = [NewRecord(f"f{i}", 1, b"{}", fresh_id=True, key=f"k{i}") for i in range(3)]
+        deadline = time.monotonic() + 30
+        while True:  # the client retries until the log answers
+            try:
+                answer = log.append(stream_name, [*held, *others, *fresh], ingest_time=3)
+                break
+            except LogError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        seen = [r.event_id for p in range(3) for r in log.read(stream_name, 0, 1000, p)]
+        assert sorted(seen) == sorted(r.event_id for r in [*before, *held, *others, *fresh])
+        # the requests the broker held were taken when it ran again: the retry answered
+        # their records as duplicates, where they are, and appended the rest of the batch
+        landed = [r for r, a in zip(held, answer, strict=False) if a.duplicate]
+        assert landed and not any(a.duplicate for a in answer[len(held) :])
+        where = {
+            r.event_id: (p, r.offset) for p in range(3) for r in log.read(stream_name, 0, 1000, p)
+        }
+        assert [(a.partition, a.offset) for a in answer] == [
+            where[r.event_id] for r in [*held, *others, *fresh]
+        ]
+        # a later retry of the landed ones is still answered, never appended
+        assert all(a.duplicate for a in log.append(stream_name, landed, ingest_time=4))
+        assert log.end_offset(stream_name, answer[0].partition) == max(
+            o + 1 for p, o in where.values() if p == answer[0].partition
+        )
     finally:
         log.close()
 

@@ -75,8 +75,8 @@ class Log(Protocol):
     ``start`` (a reader is caught up when a read returns nothing).
 
     Event ids: the embedded log appends an id already present in the stream no more and
-    answers its existing offset with ``duplicate=True``; a Kafka log cannot, and always
-    answers ``duplicate=False`` (see its adapter).
+    answers its existing offset with ``duplicate=True``; a Kafka log does so only for the
+    records of a failed append that reached the broker all the same (see its adapter).
     """
 
     def append(

@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -46,6 +47,7 @@ _SCAN = 10_000  # messages per read while looking for the end
 _GIVE_UP_S = 5.0  # beyond the delivery timeout, before an append stops waiting for reports
 _LOGGER = logging.getLogger("headwater.log.kafka")
 SESSION_TIMEOUT_MS = 6000  # a member silent this long is dead: its partitions move
+_LANDED_KEPT = 100_000  # ids of in-doubt records found in the log, kept per stream for retries
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,22 @@ class KafkaLog:
     travel in headers, so ``Record`` round-trips exactly. Internal streams (``predictions``,
     ``alerts``, names starting with ``_``) get one partition: their readers read them whole.
 
-    Event ids are not deduplicated. The idempotent producer removes the duplicates of its own
-    retries, but an application that appends an event again (a client retrying after a
-    timeout, a replay) gets a second copy, so ``Appended.duplicate`` is always False. Readers
-    must tolerate repeats (the processor's effects are idempotent per offset, not per id).
+    Retrying a failed append does not duplicate. An append that fails may still have reached
+    the broker in part (a broker that stalls and recovers takes the requests it held), so its
+    records are *in doubt*: the log remembers their ids and, per partition, the offset from
+    which they would lie (the end it knew, seeded from the high watermark when it first
+    appends to a stream). The next append that carries one of those ids first reads those
+    partitions from there to the end, once, and answers every in-doubt record it finds there
+    as ``duplicate=True`` at its offset, appending only the rest (ids found are kept, up to
+    ``_LANDED_KEPT`` a stream, for later retries). This holds for retries through the same
+    process; a request the broker takes only after that read (held up for longer than
+    ``idle_ms`` after the broker answers again) can still repeat. Otherwise event ids are not
+    deduplicated: an application that appends an event again after a success (a replay, a
+    retry through another process) gets a second copy with ``duplicate=False``, as the
+    idempotent producer only removes the duplicates of its own retries. Readers must tolerate
+    repeats (the processor's effects are idempotent per offset, not per id). Transactions
+    would hide a failed append's records from ``read_committed`` readers on Apache Kafka, but
+    Tansu does not filter aborted records, so the log does not rely on them.
 
     Reads assign a consumer per (stream, partition) by hand and never commit: the processor
     keeps its offsets in its own store, atomically with its state. Offsets may have gaps
@@ -186,6 +200,10 @@ class KafkaLog:
         self._readers: dict[tuple[str, int], _Reader] = {}
         self._probe = _Reader(Consumer(self._consumer_config()))
         self._ends: dict[tuple[str, int], int] = {}  # lower bounds of end offsets, from records
+        self._doubt_lock = threading.Lock()  # held while in-doubt records are looked for
+        self._doubts: dict[str, _InDoubt] = {}
+        self._seeded: set[str] = set()  # streams whose ends are known from the broker
+        self._landed: dict[str, OrderedDict[str, Appended]] = {}
 
     def _client_config(self) -> dict:
         return {
@@ -214,9 +232,26 @@ class KafkaLog:
     def append(self, stream: str, records: Sequence[NewRecord], ingest_time: int) -> list[Appended]:
         if not records:
             return []
-        self._ensure_topic(stream)
+        partitions = self._ensure_topic(stream)
+        if stream not in self._seeded:
+            self._seed_ends(stream, partitions)
+        landed = self._settle_doubts(stream, records)
+        if not landed:
+            return self._produce(stream, records, ingest_time)
+        fresh = [r for r in records if r.fresh_id or r.event_id not in landed]
+        produced = iter(self._produce(stream, fresh, ingest_time) if fresh else [])
+        return [
+            next(produced) if r.fresh_id or r.event_id not in landed else landed[r.event_id]
+            for r in records
+        ]
+
+    def _produce(
+        self, stream: str, records: Sequence[NewRecord], ingest_time: int
+    ) -> list[Appended]:
         producer = self._current_producer()
         delivery = _Delivery(len(records))
+        # where this append's records will lie: at or after the ends known now
+        ends = {p: e for (name, p), e in list(self._ends.items()) if name == stream}
         ingest = str(ingest_time).encode()
         for i, r in enumerate(records):
             _produce(
@@ -237,6 +272,7 @@ class KafkaLog:
             producer.poll(_STEP_S)
         if delivery.error is not None or not delivery.done.is_set():
             self._drop_producer(producer, stream)
+            self._note_doubts(stream, records, delivery, ends)
             reason = delivery.error or "no delivery report in time"
             raise LogError(
                 f"could not append to stream {stream!r} on Kafka ({self.settings.bootstrap}): "
@@ -247,6 +283,56 @@ class KafkaLog:
                 where = (stream, a.partition)
                 self._ends[where] = max(self._ends.get(where, 0), a.offset + 1)
         return delivery.results
+
+    # -- failed appends: records in doubt -----------------------------------------------------
+
+    def _note_doubts(
+        self,
+        stream: str,
+        records: Sequence[NewRecord],
+        delivery: _Delivery,
+        ends: dict[int, int],
+    ) -> None:
+        """Remember the records of a failed append that may be in the log all the same (see
+        the class); those the broker confirmed are known to be there. ``ends``: the ends of
+        the stream's partitions known before the append."""
+        everywhere = range(self._topics.get(stream) or self.settings.partitions_of(stream))
+        with self._doubt_lock:
+            doubt = self._doubts.setdefault(stream, _InDoubt())
+            landed = self._landed.setdefault(stream, OrderedDict())
+            for i, r in enumerate(records):
+                if r.fresh_id:  # nobody can retry an id they were never told
+                    continue
+                if i in delivery.confirmed:
+                    a = delivery.results[i]
+                    landed[r.event_id] = Appended(a.offset, True, a.partition)
+                    continue
+                doubt.ids.add(r.event_id)
+                partition = delivery.partitions.get(i, -1)
+                for p in everywhere if partition < 0 else (partition,):
+                    since = ends.get(p, 0)
+                    doubt.since[p] = min(doubt.since.get(p, since), since)
+            _trim(landed)
+
+    def _settle_doubts(self, stream: str, records: Sequence[NewRecord]) -> dict[str, Appended]:
+        """Where the records of ``records`` that an earlier failed append may have put in the
+        log are: looked for once, by the first append that retries one of them."""
+        if stream not in self._doubts and not self._landed.get(stream):
+            return {}
+        with self._doubt_lock:
+            ids = {r.event_id for r in records if not r.fresh_id}
+            doubt = self._doubts.get(stream)
+            landed = self._landed.setdefault(stream, OrderedDict())
+            if doubt is not None and not doubt.ids.isdisjoint(ids):
+                for partition, start in sorted(doubt.since.items()):
+                    while found := self.read(stream, start, _SCAN, partition):
+                        for rec in found:
+                            if rec.event_id in doubt.ids and rec.event_id not in landed:
+                                landed[rec.event_id] = Appended(rec.offset, True, partition)
+                        start = found[-1].offset + 1
+                del self._doubts[stream]
+                _trim(landed)
+            return {i: landed[i] for i in ids if i in landed}
 
     def _current_producer(self) -> Producer:
         with self._lock:
@@ -291,6 +377,22 @@ class KafkaLog:
                     raise LogError(f"the Kafka topic of {stream!r} was created but is not visible")
                 time.sleep(_STEP_S)
         return topics[stream]
+
+    def _seed_ends(self, stream: str, partitions: int) -> None:
+        """Lower bounds of the ends of a stream's partitions the log has not written to yet
+        (from where a failed append's records would lie): the high watermarks, less a batch
+        for brokers whose watermark is off by one."""
+        for p in range(partitions):
+            if (stream, p) in self._ends:
+                continue
+            try:
+                _, high = self._probe.consumer.get_watermark_offsets(
+                    TopicPartition(stream, p), timeout=self._timeout_s, cached=False
+                )
+            except KafkaException as exc:
+                raise LogError(f"cannot reach Kafka at {self.settings.bootstrap}: {exc}") from exc
+            self._note_end(stream, p, max(0, high - _SCAN))
+        self._seeded.add(stream)
 
     def _refresh_topics(self) -> dict[str, int]:
         try:
@@ -488,11 +590,27 @@ class GroupMember:
         self._consumer.close()  # leaves the group: its partitions move at once
 
 
+@dataclass
+class _InDoubt:
+    """The records of a stream's failed appends that may be in the log: their ids, and per
+    partition the offset from which they would lie."""
+
+    ids: set[str] = field(default_factory=set)
+    since: dict[int, int] = field(default_factory=dict)
+
+
+def _trim(landed: OrderedDict[str, Appended]) -> None:
+    while len(landed) > _LANDED_KEPT:
+        landed.popitem(last=False)
+
+
 class _Delivery:
     """The delivery reports of one append, filled in by the producer's callbacks."""
 
     def __init__(self, count: int) -> None:
         self.results: list[Appended] = [Appended(-1, False)] * count
+        self.confirmed: set[int] = set()  # indexes of the records the broker took
+        self.partitions: dict[int, int] = {}  # the partition of each record reported on
         self.error: str | None = None
         self.done = threading.Event()
         self._pending = count
@@ -501,10 +619,13 @@ class _Delivery:
     def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             with self._lock:
+                partition = msg.partition()
+                self.partitions[index] = -1 if partition is None else partition
                 if err is not None:
                     self.error = self.error or err.str()
                 else:
-                    self.results[index] = Appended(msg.offset() or 0, False, msg.partition() or 0)
+                    self.results[index] = Appended(msg.offset() or 0, False, partition or 0)
+                    self.confirmed.add(index)
                 self._pending -= 1
                 if self._pending == 0:
                     self.done.set()
