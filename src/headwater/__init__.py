@@ -3,6 +3,7 @@
 from headwater.definitions import (
     Aggregation,
     Bandit,
+    ChangeSource,
     DefinitionError,
     Derived,
     Entity,
@@ -45,6 +46,7 @@ __all__ = [
     "Expectation",
     "Feature",
     "Feedback",
+    "ChangeSource",
     "FolderSource",
     "HeadwaterError",
     "Label",

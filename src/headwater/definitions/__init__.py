@@ -9,7 +9,7 @@ from headwater.definitions.expr import Expr, col
 from headwater.definitions.feature import Derived, Feature, FeatureColumn
 from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy, RetrainPolicy
 from headwater.definitions.service import Bandit, Feedback, Service, Variant
-from headwater.definitions.source import FolderSource, Source, TableSource
+from headwater.definitions.source import ChangeSource, FolderSource, Source, TableSource
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, Field
 
@@ -27,6 +27,7 @@ __all__ = [
     "Feedback",
     "FeatureColumn",
     "Field",
+    "ChangeSource",
     "FolderSource",
     "HeadwaterError",
     "Label",

@@ -1,5 +1,5 @@
 """Sources: where a stream's events come from besides being pushed — a database table read
-incrementally by a cursor column, or files landing in a folder."""
+incrementally by a cursor column or change by change, or files landing in a folder."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from headwater.definitions.base import Definition
 from headwater.definitions.errors import DefinitionError
 from headwater.definitions.stream import Stream
+from headwater.definitions.types import DType
 from headwater.definitions.windows import parse_duration
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -36,6 +37,51 @@ def _duration_or_none(value: str | timedelta | int | None) -> int | None:
     if value is None or value == 0:
         return None
     return parse_duration(value)
+
+
+def _check_table(
+    name: str,
+    stream: Stream,
+    url: str,
+    table: str,
+    keys: tuple[str, ...],
+    columns: Mapping[str, str] | None,
+    batch_size: int,
+    extra: Sequence[str] = (),
+) -> None:
+    """The checks a source on a database table needs: a database URL, a table name, a key,
+    column names, and ``columns`` mapping onto fields of the stream, with every required
+    field mapped (``extra``: fields the source fills itself)."""
+    if not isinstance(url, str) or "://" not in url:
+        raise DefinitionError(
+            f"source {name!r}: url must be a database URL, e.g. postgresql://user@host/db"
+        )
+    parts = table.split(".") if isinstance(table, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.match(p) for p in parts):
+        raise DefinitionError(
+            f"source {name!r}: table {table!r} is not a table name; write 'orders' or "
+            "'schema.orders'"
+        )
+    if not keys:
+        raise DefinitionError(f"source {name!r} needs key= (the table's primary key)")
+    for column in (*keys, *(columns or {})):
+        if not isinstance(column, str) or not _IDENTIFIER.match(column):
+            raise DefinitionError(f"source {name!r}: {column!r} is not a column name")
+    for target in (*(columns or {}).values(), *extra):
+        if target != stream.id_field:
+            stream.field(target)  # a clear error, with a suggestion, if it is missing
+    targets = [*(columns or {}).values(), *extra]
+    if len(set(targets)) != len(targets):
+        raise DefinitionError(f"source {name!r}: two columns map to the same field")
+    if columns is not None:
+        unmapped = [f for f, s in stream.fields.items() if not s.nullable and f not in targets]
+        if unmapped:
+            raise DefinitionError(
+                f"source {name!r}: stream {stream.name!r} requires field {unmapped[0]!r}, "
+                "but no column maps to it; add it to columns="
+            )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DefinitionError(f"source {name!r}: batch_size must be a positive integer")
 
 
 class Source(Definition):
@@ -72,7 +118,8 @@ class TableSource(Source):
     timestamp cursor is newer than the database's ``now() - delay`` to a later poll, so
     transactions still open when a poll runs cannot commit rows behind its position.
     ``url`` names the database (``postgresql://``); an index on ``(cursor, key)`` makes each
-    read a range scan. Deleted rows are not seen: a delete is no row to read.
+    read a range scan. Deleted rows are not seen: a delete is no row to read (a
+    ``ChangeSource`` sees them).
 
     >>> orders = Stream("orders", fields={"user_id": "string", "amount": "float",
     ...     "ts": "timestamp"}, key="user_id", time="ts", owner="shop", description="Orders")
@@ -102,37 +149,10 @@ class TableSource(Source):
         tags: Sequence[str] = (),
     ) -> None:
         self._init_source(name, stream, owner, description, deprecated, tags)
-        if not isinstance(url, str) or "://" not in url:
-            raise DefinitionError(
-                f"source {name!r}: url must be a database URL, e.g. postgresql://user@host/db"
-            )
-        parts = table.split(".") if isinstance(table, str) else []
-        if not 1 <= len(parts) <= 2 or not all(_IDENTIFIER.match(p) for p in parts):
-            raise DefinitionError(
-                f"source {name!r}: table {table!r} is not a table name; write 'orders' or "
-                "'schema.orders'"
-            )
         keys = (key,) if isinstance(key, str) else tuple(key)
-        if not keys:
-            raise DefinitionError(f"source {name!r} needs key= (the table's primary key)")
-        for column in (cursor, *keys, *(columns or {})):
-            if not isinstance(column, str) or not _IDENTIFIER.match(column):
-                raise DefinitionError(f"source {name!r}: {column!r} is not a column name")
-        for target in (columns or {}).values():
-            if target != stream.id_field:
-                stream.field(target)  # a clear error, with a suggestion, if it is missing
-        targets = list((columns or {}).values())
-        if len(set(targets)) != len(targets):
-            raise DefinitionError(f"source {name!r}: two columns map to the same field")
-        if columns is not None:
-            unmapped = [f for f, s in stream.fields.items() if not s.nullable and f not in targets]
-            if unmapped:
-                raise DefinitionError(
-                    f"source {name!r}: stream {stream.name!r} requires field {unmapped[0]!r}, "
-                    "but no column maps to it; add it to columns="
-                )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise DefinitionError(f"source {name!r}: batch_size must be a positive integer")
+        _check_table(name, stream, url, table, keys, columns, batch_size)
+        if not isinstance(cursor, str) or not _IDENTIFIER.match(cursor):
+            raise DefinitionError(f"source {name!r}: {cursor!r} is not a column name")
         self.url, self.table, self.cursor, self.keys = url, table, cursor, keys
         self.columns = None if columns is None else dict(columns)
         self.batch_size = batch_size
@@ -155,6 +175,94 @@ class TableSource(Source):
             "cursor": self.cursor,
             "keys": list(self.keys),
             "columns": self.columns,
+        }
+
+
+class ChangeSource(Source):
+    """A stream fed by every change of a PostgreSQL table: change data capture by trigger.
+
+    The first poll installs, in the source database, a trigger on ``table`` that records each
+    inserted, updated and deleted row (the new row; for a delete, the old one) in the table
+    ``headwater_capture.changes``, then reads the table's existing rows as a consistent
+    snapshot (``snapshot=False`` skips it); later polls read the recorded changes in commit
+    order, exactly once each. Unlike a ``TableSource`` it sees deletes, and every update
+    even without an ``updated_at`` column. It needs no ``wal_level=logical``, only the right
+    to create a schema, a function and a trigger. ``operation`` names a string field of the
+    stream that receives ``"snapshot"``, ``"insert"``, ``"update"`` or ``"delete"``;
+    ``changed_at`` a timestamp field that receives when the change happened (a good event
+    time for a change stream). ``columns`` maps table columns to stream fields as for a
+    ``TableSource``. Recorded changes that the source has read are deleted once older than
+    ``retention`` (0: at once). A change is read once every transaction older than its own
+    has ended: a transaction left open anywhere on the server delays the capture (never
+    reorders or loses it) until it ends. TRUNCATE is not captured.
+
+    >>> changes = Stream("customer_changes", fields={"customer_id": "string",
+    ...     "tier": "string", "op": "string", "ts": "timestamp"}, key="customer_id",
+    ...     time="ts", owner="crm", description="Every change of a customer")
+    >>> source = ChangeSource("customers_cdc", stream=changes,
+    ...     url="postgresql://app@db/crm", table="public.customers", key="id",
+    ...     columns={"id": "customer_id", "tier": "tier"}, operation="op", changed_at="ts",
+    ...     owner="crm", description="The customers table, change by change")
+    >>> source.spec()["type"], source.retention_us // 86_400_000_000
+    ('changes', 7)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        stream: Stream,
+        url: str,
+        table: str,
+        key: str | Sequence[str],
+        columns: Mapping[str, str] | None = None,
+        operation: str | None = None,
+        changed_at: str | None = None,
+        snapshot: bool = True,
+        batch_size: int = 1000,
+        retention: str | timedelta | int = "7d",
+        owner: str | None = None,
+        description: str | None = None,
+        deprecated: bool = False,
+        tags: Sequence[str] = (),
+    ) -> None:
+        self._init_source(name, stream, owner, description, deprecated, tags)
+        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+            raise DefinitionError(
+                f"source {name!r}: change data capture reads PostgreSQL; url must be "
+                "postgresql://user@host/db"
+            )
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        extra = [f for f in (operation, changed_at) if f is not None]
+        _check_table(name, stream, url, table, keys, columns, batch_size, extra)
+        if operation is not None and stream.field(operation).dtype is not DType.STRING:
+            raise DefinitionError(
+                f"source {name!r}: operation field {operation!r} must be a string"
+            )
+        if changed_at is not None and stream.field(changed_at).dtype is not DType.TIMESTAMP:
+            raise DefinitionError(
+                f"source {name!r}: changed_at field {changed_at!r} must be a timestamp"
+            )
+        self.url, self.table, self.keys = url, table, keys
+        self.columns = None if columns is None else dict(columns)
+        self.operation, self.changed_at = operation, changed_at
+        self.snapshot, self.batch_size = bool(snapshot), batch_size
+        self.retention_us = 0 if retention == 0 else parse_duration(retention)
+
+    def spec(self) -> dict[str, Any]:
+        # batch_size and retention change when changes are read and kept, not which
+        return {
+            "kind": self.kind,
+            "type": "changes",
+            "name": self.name,
+            "stream": self.stream.name,
+            "url": redact_url(self.url),
+            "table": self.table,
+            "keys": list(self.keys),
+            "columns": self.columns,
+            "operation": self.operation,
+            "changed_at": self.changed_at,
+            "snapshot": self.snapshot,
         }
 
 

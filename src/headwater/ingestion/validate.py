@@ -69,15 +69,23 @@ def validate(stream: Stream, raw: Any, policy: TimePolicy) -> ValidEvent:
     return ValidEvent(event_id, event_time, out)
 
 
+def _shown(micros: int) -> str:
+    """A time for a message, also one beyond what datetime can hold (years 1 to 9999)."""
+    try:
+        return from_micros(micros).isoformat()
+    except (ValueError, OverflowError):
+        return f"{micros} µs after 1970-01-01"
+
+
 def _check_time(stream: Stream, event_time: int, policy: TimePolicy) -> None:
     if event_time > policy.now_us + policy.max_future_us:
         raise Rejected(
-            f"event time {from_micros(event_time).isoformat()} is in the future "
+            f"event time {_shown(event_time)} is in the future "
             f"(now is {from_micros(policy.now_us).isoformat()}); check the sender's clock"
         )
     lateness = stream.allowed_lateness_us
     if lateness is not None and event_time < policy.now_us - lateness:
         raise Rejected(
-            f"event time {from_micros(event_time).isoformat()} is later than stream "
+            f"event time {_shown(event_time)} is later than stream "
             f"{stream.name!r} allows ({lateness / 1e6:.0f}s)"
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater.definitions import (
+    ChangeSource,
     Definition,
     DefinitionError,
     Derived,
@@ -62,6 +63,7 @@ class Definitions:
             Service: self.services,
             TableSource: self.sources,
             FolderSource: self.sources,
+            ChangeSource: self.sources,
         }
         table = tables[type(definition)]
         existing = table.get(definition.name)

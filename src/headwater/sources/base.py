@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from headwater.definitions import HeadwaterError
 
 # Collections of the metadata store's records holding the sources' checkpoints.
-TABLE_POSITIONS = "source_positions"
+TABLE_POSITIONS = "source_positions"  # table and change sources alike
 FOLDER_FILES = "source_files"  # one collection per source: "source_files/<name>"
 
 
@@ -45,6 +45,47 @@ class TableReader(Protocol):
     def read(
         self, query: TableQuery, after: Sequence[Any] | None, limit: int
     ) -> list[tuple[Any, ...]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    """One recorded change of a captured table: the transaction that made it and its order
+    within the capture (together its position), what it did, when, and the row."""
+
+    xid: str
+    seq: int
+    operation: str  # insert, update or delete
+    changed_at: Any  # an aware datetime
+    row: dict[str, Any]
+
+
+@runtime_checkable
+class ChangeReader(Protocol):
+    """Reads a database table change by change (see ``ChangeSource``).
+
+    Contract: ``install`` makes every later committed change of ``table`` recorded (once
+    installed, calling it again changes nothing). ``snapshot`` yields the table's rows, in
+    batches, as of one snapshot, first yielding that snapshot's token. ``changes`` returns up
+    to ``limit`` recorded changes of ``table`` strictly after position ``after`` in (xid,
+    seq) order, only of transactions that have ended (so no change can later appear before
+    one returned), leaving out those of transactions visible in snapshot ``since`` (already
+    in it). ``prune`` deletes recorded changes of ``table`` at or before ``upto`` that are
+    older than ``older_than_s`` seconds.
+    """
+
+    def columns(self, table: str) -> list[str]: ...
+
+    def install(self, table: str) -> None: ...
+
+    def snapshot(self, table: str, batch: int) -> Generator[str | list[dict[str, Any]]]: ...
+
+    def changes(
+        self, table: str, after: tuple[str, int] | None, limit: int, since: str | None
+    ) -> list[Change]: ...
+
+    def prune(self, table: str, upto: tuple[str, int], older_than_s: float) -> int: ...
 
     def close(self) -> None: ...
 

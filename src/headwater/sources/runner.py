@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headwater.definitions import HeadwaterError
-from headwater.definitions.source import FolderSource, Source, TableSource
+from headwater.definitions.source import ChangeSource, FolderSource, Source, TableSource
 from headwater.definitions.stream import did_you_mean
-from headwater.sources.base import PollResult, SourceError, TableReader
+from headwater.sources.base import ChangeReader, PollResult, SourceError, TableReader
+from headwater.sources.changes import ChangePoller
 from headwater.sources.folder import FolderPoller
 from headwater.sources.table import TablePoller, open_reader
 
@@ -86,6 +87,21 @@ class SourceRunner:
                     "events": doc.get("rows", 0),
                     "updated_at": doc.get("updated_at"),
                 }
+            elif isinstance(source, ChangeSource):
+                doc = self._changes(source).checkpoint() or {}
+                position = doc.get("position")
+                row |= {
+                    "reads": f"changes of table {source.table} (capture trigger)",
+                    "position": (
+                        "start"
+                        if not doc.get("installed")
+                        else "after the snapshot"
+                        if position is None
+                        else f"transaction {position[0]}, change {position[1]}"
+                    ),
+                    "events": doc.get("rows", 0),
+                    "updated_at": doc.get("updated_at"),
+                }
             elif isinstance(source, FolderSource):
                 folder = self._folder(source)
                 files = folder.checkpoint().values()
@@ -108,19 +124,31 @@ class SourceRunner:
             reader.close()
         self._readers.clear()
 
-    def _poller(self, source: Source) -> TablePoller | FolderPoller:
+    def _poller(self, source: Source) -> TablePoller | ChangePoller | FolderPoller:
         if isinstance(source, TableSource):
             return self._table(source)
+        if isinstance(source, ChangeSource):
+            return self._changes(source)
         if isinstance(source, FolderSource):
             return self._folder(source)
         raise SourceError(f"source {source.name!r}: {type(source).__name__} cannot be polled")
 
-    def _table(self, source: TableSource) -> TablePoller:
-        reader = self._readers.get(source.url)
+    def _reader(self, url: str) -> TableReader:
+        reader = self._readers.get(url)
         if reader is None:
-            reader = self._readers[source.url] = open_reader(source.url, self._project.root)
+            reader = self._readers[url] = open_reader(url, self._project.root)
+        return reader
+
+    def _table(self, source: TableSource) -> TablePoller:
         p = self._project
-        return TablePoller(source, reader, p.ingest, p.metadata, p.now)
+        return TablePoller(source, self._reader(source.url), p.ingest, p.metadata, p.now)
+
+    def _changes(self, source: ChangeSource) -> ChangePoller:
+        reader = self._reader(source.url)
+        if not isinstance(reader, ChangeReader):
+            raise SourceError(f"source {source.name!r}: {source.url!r} cannot capture changes")
+        p = self._project
+        return ChangePoller(source, reader, p.ingest, p.metadata, p.now)
 
     def _folder(self, source: FolderSource) -> FolderPoller:
         p = self._project

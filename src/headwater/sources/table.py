@@ -13,7 +13,7 @@ from uuid import UUID
 import orjson
 
 from headwater.backends import BACKENDS, BackendError, open_backend
-from headwater.definitions.source import TableSource, redact_url
+from headwater.definitions.source import ChangeSource, TableSource, redact_url
 from headwater.definitions.stream import did_you_mean
 from headwater.ingestion.service import IngestResult
 from headwater.sources.base import TABLE_POSITIONS, PollResult, SourceError, TableQuery, TableReader
@@ -95,6 +95,38 @@ def event_value(value: Any) -> Any:
     return value
 
 
+def field_mapping(
+    source: TableSource | ChangeSource,
+    available: Sequence[str],
+    needed: Sequence[str] = (),
+    filled: Sequence[str] = (),
+) -> dict[str, str]:
+    """Which stream field each table column feeds: ``source.columns``, or every column named
+    like a field; every column named (and ``needed``) must exist, and every required field of
+    the stream must be fed (or ``filled`` by the source itself)."""
+    stream = source.stream
+    if source.columns is not None:
+        mapping = source.columns
+    else:
+        known = {*stream.fields, stream.id_field} - set(filled)
+        mapping = {c: c for c in available if c in known}
+        fed = {*mapping.values(), *filled}
+        missing = [f for f, s in stream.fields.items() if not s.nullable and f not in fed]
+        if missing:
+            raise SourceError(
+                f"source {source.name!r}: table {source.table!r} has no column for the "
+                f"required field {missing[0]!r} of stream {stream.name!r}; map one with "
+                f'columns={{"<column>": {missing[0]!r}, ...}}'
+            )
+    for column in (*needed, *mapping):
+        if column not in available:
+            raise SourceError(
+                f"source {source.name!r}: table {source.table!r} has no column {column!r}"
+                + did_you_mean(column, available)
+            )
+    return mapping
+
+
 class TablePoller:
     """Reads a table source's new rows in batches and ingests them, checkpointing after each
     batch: the batch is durable in the log before its position is saved, so a crash between
@@ -164,12 +196,12 @@ class TablePoller:
         if doc is None:
             return self._fresh()
         source = self.source
-        if (doc["table"], doc["order_by"]) != (source.table, list(source.order_by)):
+        if (doc["table"], doc.get("order_by")) != (source.table, list(source.order_by)):
             raise SourceError(
                 f"source {source.name!r} has a position in {doc['table']!r} ordered by "
-                f"{tuple(doc['order_by'])}, but it now reads {source.table!r} ordered by "
-                f"{source.order_by}; run `headwater source reset {source.name}` to read the "
-                "table from its start"
+                f"{tuple(doc.get('order_by') or ('its changes',))}, but it now reads "
+                f"{source.table!r} ordered by {source.order_by}; run "
+                f"`headwater source reset {source.name}` to read the table from its start"
             )
         return doc
 
@@ -189,26 +221,9 @@ class TablePoller:
 
     def _plan(self) -> tuple[TableQuery, list[tuple[int, str]]]:
         """The columns to select (the ordering ones first) and where each field comes from."""
-        source, stream = self.source, self.source.stream
+        source = self.source
         available = self._reader.columns(source.table)
-        if source.columns is not None:
-            mapping = source.columns
-        else:
-            known = {*stream.fields, stream.id_field}
-            mapping = {c: c for c in available if c in known}
-            missing = [f for f, s in stream.fields.items() if not s.nullable and f not in mapping]
-            if missing:
-                raise SourceError(
-                    f"source {source.name!r}: table {source.table!r} has no column for the "
-                    f"required field {missing[0]!r} of stream {stream.name!r}; map one with "
-                    f'columns={{"<column>": {missing[0]!r}, ...}}'
-                )
-        for column in (*source.order_by, *mapping):
-            if column not in available:
-                raise SourceError(
-                    f"source {source.name!r}: table {source.table!r} has no column {column!r}"
-                    + did_you_mean(column, available)
-                )
+        mapping = field_mapping(source, available, source.order_by)
         selected = (*source.order_by, *(c for c in mapping if c not in source.order_by))
         fields = [(selected.index(c), f) for c, f in mapping.items()]
         return TableQuery(source.table, selected, source.order_by, source.delay_us), fields

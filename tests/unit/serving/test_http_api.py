@@ -59,6 +59,7 @@ def test_duplicate_event_ids_are_appended_once(client):
         ({"ts": "yesterday-ish"}, "cannot parse 'yesterday-ish' as a timestamp"),
         ({"amout": 3.0}, "unknown field 'amout' in stream 'orders'; did you mean 'amount'?"),
         ({"ts": time.time() + 86400}, "is in the future"),
+        ({"ts": 1e12}, "µs after 1970-01-01 is in the future"),  # past year 9999: no crash
         ({"event_id": 7}, "'event_id' must be a non-empty string"),
     ],
 )
