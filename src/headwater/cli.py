@@ -744,12 +744,45 @@ def quickstart(
         bool,
         typer.Option(help="Then deliver ground truth and a drift: monitor, alert, retrain"),
     ] = True,
+    log: Annotated[
+        str | None, typer.Option(help="Log URL, e.g. kafka://host:9092?partitions=4")
+    ] = None,
+    online: Annotated[
+        str | None, typer.Option(help="Online store URL, e.g. redis://host:6379/0")
+    ] = None,
+    offline: Annotated[
+        str | None, typer.Option(help="Offline store URL, e.g. s3://bucket/path")
+    ] = None,
+    metadata: Annotated[
+        str | None,
+        typer.Option(help="Metadata store URL, e.g. postgresql://user@host/db?schema=shop"),
+    ] = None,
+    now: Annotated[
+        str | None,
+        typer.Option(help="Run as of this ISO time, clock stopped: reruns give the same results"),
+    ] = None,
 ) -> None:
     """Create the shop example, simulate weeks of activity, ingest, process, train, serve,
-    and close the loop (ground truth, drift, monitor, alerts, retraining)."""
+    and close the loop (ground truth, drift, monitor, alerts, retraining). It runs on the
+    embedded stores, or on yours: --log, --online, --offline, --metadata (empty ones)."""
+    from headwater.definitions.types import InvalidValue, to_micros
     from headwater.quickstart import run_quickstart
 
-    run_quickstart(folder, users=users, days=days, console=console, loop=loop)
+    chosen = {"log": log, "online": online, "offline": offline, "metadata": metadata}
+    try:
+        now_us = None if now is None else to_micros(now)
+    except InvalidValue as exc:
+        raise typer.BadParameter(str(exc), param_hint="--now") from None
+    project = run_quickstart(
+        folder,
+        users=users,
+        days=days,
+        console=console,
+        loop=loop,
+        stores={port: url for port, url in chosen.items() if url is not None},
+        now_us=now_us,
+    )
+    project.close()
 
 
 source_app = typer.Typer(

@@ -1,10 +1,14 @@
-"""``headwater quickstart``: the shop example, end to end, on embedded defaults."""
+"""``headwater quickstart``: the shop example, end to end, on embedded defaults or on the
+stores a user names (Kafka, Redis, PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from headwater.definitions import HeadwaterError
+from headwater.definitions.source import redact_url
 from headwater.definitions.types import from_micros
+from headwater.log.base import DEAD_LETTER_STREAM
 from headwater.project.project import Project, system_clock
 
 MARKER = ".headwater-quickstart"
@@ -28,8 +34,9 @@ SAMPLE_FEATURES = [
 ]
 
 
-def prepare_folder(folder: Path) -> None:
-    """A fresh project folder; one made by an earlier quickstart is replaced."""
+def prepare_folder(folder: Path, stores: Mapping[str, str] | None = None) -> None:
+    """A fresh project folder; one made by an earlier quickstart is replaced. ``stores``
+    (port → URL, e.g. ``{"log": "kafka://127.0.0.1:9092"}``) replace embedded defaults."""
     if folder.exists():
         if not (folder / MARKER).exists():
             raise HeadwaterError(
@@ -38,42 +45,120 @@ def prepare_folder(folder: Path) -> None:
         shutil.rmtree(folder)
     source = Path(__file__).parent / "examples" / "shop"
     folder.mkdir(parents=True)
-    for name in ("headwater.toml", "definitions.py"):
-        shutil.copy(source / name, folder / name)
+    shutil.copy(source / "definitions.py", folder / "definitions.py")
+    config = (source / "headwater.toml").read_text()
+    (folder / "headwater.toml").write_text(with_stores(config, stores) if stores else config)
     (folder / MARKER).write_text("made by `headwater quickstart`; safe to delete\n")
 
 
-class QuickstartClock:
-    """The quickstart's clock: real time, until the closing loop moves it forward by the
-    weeks in which ground truth arrives (``headwater serve`` later runs on real time)."""
+def with_stores(config: str, stores: Mapping[str, str]) -> str:
+    """The text of a ``headwater.toml`` with ``stores`` in its [stores] section (the other
+    ports keep theirs); ``Project`` validates the URLs when it opens them.
 
-    def __init__(self) -> None:
+    >>> print(with_stores('[stores]\\nlog = "sqlite:///log.db"\\nonline = "sqlite:///o.db"\\n',
+    ...                   {"log": "kafka://k:9092"}), end="")
+    # Chosen with `headwater quickstart`; the others are the embedded defaults.
+    [stores]
+    log = "kafka://k:9092"
+    online = "sqlite:///o.db"
+    """
+    urls = {**tomllib.loads(config)["stores"], **stores}
+    header = config.index("[stores]")
+    paragraph = config.rfind("\n\n", 0, header)  # the section's comment goes with it
+    start = 0 if paragraph == -1 else paragraph + 2
+    end = config.find("\n[", header)
+    section = "# Chosen with `headwater quickstart`; the others are the embedded defaults.\n"
+    # A JSON string is a TOML basic string (the same quotes and escapes).
+    section += "[stores]\n" + "".join(
+        f"{port} = {json.dumps(url, ensure_ascii=False)}\n" for port, url in urls.items()
+    )
+    return config[:start] + section + ("" if end == -1 else config[end:])
+
+
+def check_stores_unused(project: Project) -> None:
+    """Stores outside the folder outlive it, so an earlier quickstart's events or definitions
+    in them would mix with this run's (a Kafka log does not deduplicate events): refuse them.
+    Online state is derived from the log, which holds none of the shop's events: any left
+    there is stale, and cleared."""
+    from headwater.monitoring.monitor import ALERTS
+    from headwater.serving.routing import PREDICTIONS_STREAM
+
+    stores = project.settings.stores
+    written = {*project.definitions.streams, DEAD_LETTER_STREAM, PREDICTIONS_STREAM, ALERTS}
+    held = [
+        stream
+        for stream in project.log.streams()
+        if stream in written
+        and any(project.log.end_offset(stream, p) for p in range(project.log.partitions(stream)))
+    ]
+    if held:
+        raise HeadwaterError(
+            f"the log {redact_url(stores.log)} already holds events of {', '.join(held)} "
+            "(from an earlier quickstart?); give the quickstart a log without them, e.g. a "
+            "fresh Kafka cluster, or delete those topics"
+        )
+    if project.metadata.definitions():
+        raise HeadwaterError(
+            f"the metadata store {redact_url(stores.metadata)} already holds definitions "
+            "(from an earlier quickstart?); give the quickstart an empty one, e.g. "
+            "postgresql://...?schema=NEW_SCHEMA"
+        )
+    project.processor.clear()
+
+
+class QuickstartClock:
+    """The quickstart's clock: real time, or ``start_us`` and stopped there (so two runs give
+    the same results), until the closing loop moves it forward by the weeks in which ground
+    truth arrives (``headwater serve`` later runs on real time)."""
+
+    def __init__(self, start_us: int | None = None) -> None:
+        self.start_us = start_us
         self.ahead_us = 0
 
     def __call__(self) -> int:
-        return system_clock() + self.ahead_us
+        return (system_clock() if self.start_us is None else self.start_us) + self.ahead_us
 
 
 FUTURE_DAYS = 21  # simulated beyond "now": the ground truth and the drift the loop shows
 
 
 def run_quickstart(
-    folder: Path, *, users: int, days: int, console: Console, loop: bool = True
+    folder: Path,
+    *,
+    users: int,
+    days: int,
+    console: Console,
+    loop: bool = True,
+    stores: Mapping[str, str] | None = None,
+    now_us: int | None = None,
 ) -> Project:
     """Simulate the shop, ingest through the real path, process, train, serve, and (with
-    ``loop``) deliver ground truth and a drift, monitor, retrain; print a summary."""
+    ``loop``) deliver ground truth and a drift, monitor, retrain; print a summary.
+
+    ``stores`` (port → URL) put the project on other backends than the embedded ones;
+    ``now_us`` runs it as of that time, with the clock stopped, instead of the wall clock:
+    two runs with the same ``now_us`` give the same results, on any stores.
+    """
     from headwater.examples.shop.simulator import simulate
 
     started = time.perf_counter()
-    prepare_folder(folder)
-    clock = QuickstartClock()
+    prepare_folder(folder, stores)
+    clock = QuickstartClock(now_us)
     project = Project(folder, clock=clock)
+    try:
+        check_stores_unused(project)
+    except HeadwaterError:
+        project.close()
+        raise
     plan = project.apply()
     console.print(
         f"[bold]1. project[/bold] {folder.resolve()}: registered "
         f"{len(plan.pending)} definitions "
         f"({', '.join(f'{n} {a}' for a, n in plan.summary().items())})"
     )
+    if stores:
+        chosen = vars(project.settings.stores)
+        console.print("   stores: " + ", ".join(f"{k} {redact_url(u)}" for k, u in chosen.items()))
 
     end = project.now() / 1e6
     future = FUTURE_DAYS if loop else 0

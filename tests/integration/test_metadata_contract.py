@@ -285,6 +285,18 @@ def test_records_keep_the_order_of_their_first_write(store: MetadataStore) -> No
     ]
 
 
+def test_documents_keep_the_order_of_their_keys(store: MetadataStore) -> None:
+    """A profile's features, a model's columns: the order they were written in is meaning."""
+    keys = ["sessions_30d", "conversion_7d", "page_views_30d", "sessions_1d", "a", "b_long"]
+    doc = {k: {"z": i, "a": -i} for i, k in enumerate(keys)}
+    store.put_records([("profiles", "churn/1", doc)])
+    back = store.get_records("profiles")["churn/1"]
+    assert list(back) == keys and all(list(v) == ["z", "a"] for v in back.values())
+    spec = {"features": {k: 1 for k in keys}}
+    store.apply([_definition("churn", "v1", kind="model", spec=spec)], [])
+    assert list(store.definitions()[0].spec["features"]) == keys
+
+
 def test_the_same_record_twice_in_one_put_keeps_the_last(store: MetadataStore) -> None:
     store.put_records([("aliases", "prod", {"v": 1}), ("aliases", "prod", {"v": 2})])
     assert store.get_records("aliases") == {"prod": {"v": 2}}
@@ -358,7 +370,7 @@ def test_concurrent_opens_migrate_once_and_reopening_is_a_no_op(pg_schema: str) 
     try:
         assert errors == []
         rows = _migration_rows(pg_schema)
-        assert [v for v, _ in rows] == [1, 2]
+        assert [v for v, _ in rows] == [1, 2, 3]
         stores[0].apply([_definition("spend")], [])
         stores.append(PostgresMetadataStore(PG_URL, schema=pg_schema))
         assert _migration_rows(pg_schema) == rows
@@ -373,7 +385,7 @@ def test_the_schema_can_come_from_the_url(pg_schema: str) -> None:
     try:
         assert store.schema == pg_schema
         store.apply([_definition("spend")], [])
-        assert [v for v, _ in _migration_rows(pg_schema)] == [1, 2]
+        assert [v for v, _ in _migration_rows(pg_schema)] == [1, 2, 3]
     finally:
         store.close()
     other = PostgresMetadataStore(PG_URL, schema=pg_schema)
@@ -386,7 +398,7 @@ def test_the_schema_can_come_from_the_url(pg_schema: str) -> None:
 def test_a_schema_at_version_1_is_upgraded_keeping_its_definitions(
     pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert len(MIGRATIONS) == 2
+    assert len(MIGRATIONS) == 3
     spend, clicks = _definition("spend", "v1"), _definition("clicks", "c1", at=5)
     with monkeypatch.context() as m:
         m.setattr(metadata_postgres, "MIGRATIONS", MIGRATIONS[:1])
@@ -406,7 +418,7 @@ def test_a_schema_at_version_1_is_upgraded_keeping_its_definitions(
     store = PostgresMetadataStore(PG_URL, schema=pg_schema)
     try:
         after = _migration_rows(pg_schema)
-        assert [v for v, _ in after] == [1, 2]
+        assert [v for v, _ in after] == [1, 2, 3]
         assert after[0] == before[0]  # step 1 is not run again
         assert store.definitions() == [_definition("spend", "v2", at=2)]
         assert store.history("feature", "spend") == [spend, _definition("spend", "v2", at=2)]
@@ -430,8 +442,8 @@ def test_a_statement_the_server_rejects_rolls_the_whole_apply_back(pg_schema: st
     store = PostgresMetadataStore(PG_URL, schema=pg_schema)
     try:
         store.apply([_definition("spend", "v1")], [])
-        # JSONB cannot hold U+0000: the server fails the second row, after the first was written
-        bad = _definition("broken", spec={"text": "nul \x00 here"})
+        # a text column cannot hold U+0000: the second row fails after the first was written
+        bad = _definition("broken \x00 name")
         with pytest.raises(psycopg.DataError):
             store.apply([_definition("spend", "v2"), bad], [("feature", "spend")])
         assert store.definitions() == [_definition("spend", "v1")]

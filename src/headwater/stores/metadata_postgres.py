@@ -58,6 +58,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX records_by_collection ON {schema}.records (collection, seq);
     """,
+    # step 3: json keeps a document's text, so its keys read back in the order written (jsonb
+    # reorders them: a model's features, a profile's columns came back in another order)
+    """
+    ALTER TABLE {schema}.definitions ALTER COLUMN spec TYPE json, ALTER COLUMN meta TYPE json;
+    ALTER TABLE {schema}.definition_history
+        ALTER COLUMN spec TYPE json, ALTER COLUMN meta TYPE json;
+    ALTER TABLE {schema}.records ALTER COLUMN doc TYPE json;
+    """,
 )
 
 
@@ -67,13 +75,13 @@ _SELECT_DEFINITIONS = (
     "ORDER BY kind, name"
 )
 _UPSERT = (
-    "INSERT INTO {schema}.definitions VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s) "
+    "INSERT INTO {schema}.definitions VALUES (%s, %s, %s, %s::json, %s::json, %s) "
     "ON CONFLICT (kind, name) DO UPDATE SET version = EXCLUDED.version, spec = EXCLUDED.spec, "
     "meta = EXCLUDED.meta, applied_at = EXCLUDED.applied_at"
 )
 _RECORD_APPLY = (
     "INSERT INTO {schema}.definition_history (kind, name, version, spec, meta, applied_at, action) "
-    "VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s, 'apply')"
+    "VALUES (%s, %s, %s, %s::json, %s::json, %s, 'apply')"
 )
 # DELETE ... RETURNING takes the row lock, so no concurrent apply slips in between
 _REMOVE = (
@@ -88,7 +96,7 @@ _SELECT_HISTORY = (
 )
 _SELECT_RECORDS = "SELECT id, doc FROM {schema}.records WHERE collection = %s ORDER BY seq"
 _UPSERT_RECORD = (
-    "INSERT INTO {schema}.records (collection, id, doc) VALUES (%s, %s, %s::jsonb) "
+    "INSERT INTO {schema}.records (collection, id, doc) VALUES (%s, %s, %s::json) "
     "ON CONFLICT (collection, id) DO UPDATE SET doc = EXCLUDED.doc"
 )
 
@@ -191,7 +199,7 @@ class PostgresMetadataStore:
     def get_records(self, collection: str) -> dict[str, dict[str, Any]]:
         with self._lock:
             rows = self._connection().execute(self._select_records, (collection,)).fetchall()
-        # psycopg decodes jsonb into Python objects
+        # psycopg decodes json into Python objects
         return {record_id: doc for record_id, doc in rows}
 
     def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
