@@ -8,9 +8,12 @@ Redis online store (127.0.0.1:6379, database 12, flushed first):
   process x2  the state cleared, then two worker processes sharing the partitions through a
               consumer group until caught up (`headwater process --forever --workers 2`)
   lookups     online features of 1 and 100 entities from Redis (in-process)
-and, for reference, the embedded log's ingest and processing of the same events.
+and, for reference, the embedded log's ingest and processing of the same events. The events
+are generated once; each of ``--runs`` runs starts from a fresh project, an empty broker and a
+flushed Redis database, and compares the 2 workers' values with the 1 worker's. Figures are
+printed as min / median / max over the runs.
 
-    python benchmarks/backends.py [--events 500000] [--users 50000]
+    python benchmarks/backends.py [--events 500000] [--users 50000] [--runs 3]
 """
 
 from __future__ import annotations
@@ -29,21 +32,25 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from common import END_US, events_table, fresh_dir, write_project  # noqa: E402
+from common import (  # noqa: E402
+    END_US,
+    Figures,
+    add_runs_argument,
+    events_table,
+    fresh_dir,
+    percentiles,
+    write_project,
+)
 from core import DEFINITIONS, FEATURES  # noqa: E402
 from tests.kafka_broker import TansuBroker  # noqa: E402
 
 from headwater import Project  # noqa: E402
+from headwater.definitions.types import from_micros  # noqa: E402
 
 REDIS = "redis://127.0.0.1:6379/12"
 
 
-def percentiles(samples: list[float]) -> str:
-    ms = np.array(samples) * 1000
-    return f"{np.percentile(ms, 50):.2f} / {np.percentile(ms, 99):.2f}"
-
-
-def ingest(project: Project, table, chunk: int = 20_000) -> float:
+def ingest(project: Project, table: pa.Table, chunk: int = 20_000) -> float:
     start = time.perf_counter()
     for i in range(0, table.num_rows, chunk):
         result = project.ingest("purchases", table.slice(i, chunk))
@@ -71,87 +78,107 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=50_000)
     ap.add_argument("--lookups", type=int, default=2_000)
     ap.add_argument("--partitions", type=int, default=4)
+    add_runs_argument(ap)
     args = ap.parse_args()
+    figures = Figures(args.runs)
     # worker processes run on the real clock (they expire tiles by it): the events end now
     now = time.time_ns() // 1000
     shift = (now - END_US) // 86_400_000_000 * 86_400_000_000
     table = events_table(args.events, args.users, 30)
     ts = pc.add(table["ts"].cast(pa.int64()), shift).cast(pa.timestamp("us", tz="UTC"))
     table = table.set_column(table.schema.get_field_index("ts"), "ts", ts)
-    users = [str(u) for u in range(args.users)]
-    rows: dict[str, str] = {}
-    work = fresh_dir("backends")
+    broker = TansuBroker()
+    for _ in figures.runs():
+        work = fresh_dir("backends")
+        embedded(work / "embedded", table, figures)
+        broker.start()  # an empty broker each run: the topic holds this run's events only
+        try:
+            kafka_redis(work / "kafka", broker, table, args, figures)
+        finally:
+            broker.stop()
 
-    embedded = write_project(work / "embedded", DEFINITIONS)
-    with Project(embedded) as p:
-        seconds = ingest(p, table)
-        rows["embedded log: SDK ingest"] = f"{args.events / seconds:,.0f} events/s"
+    figures.compare(
+        "Kafka + Redis processing, 2 workers / 1 worker (events/s)",
+        "Kafka + Redis: processing, 2 workers (incl. group join)",
+        "Kafka + Redis: processing, 1 worker",
+    )
+    print(f"\n{args.events:,} events, {args.users:,} users, {args.partitions} partitions")
+    print(figures.report())
+
+
+def embedded(folder: Path, table: pa.Table, figures: Figures) -> None:
+    with Project(write_project(folder, DEFINITIONS)) as p:
+        figures.add("embedded log: SDK ingest", table.num_rows / ingest(p, table), "events/s")
         start = time.perf_counter()
         p.process()
-        rows["embedded log: processing"] = (
-            f"{args.events / (time.perf_counter() - start):,.0f} events/s"
-        )
+        rate = table.num_rows / (time.perf_counter() - start)
+        figures.add("embedded log: processing", rate, "events/s")
 
+
+def kafka_redis(
+    folder: Path, broker: TansuBroker, table: pa.Table, args: argparse.Namespace, figures: Figures
+) -> None:
+    """Ingest, 1 worker, lookups, then the same processing by 2 workers; values compared."""
     redis.Redis.from_url(REDIS).flushdb()
-    broker = TansuBroker().start()
-    try:
-        folder = write_project(work / "kafka", DEFINITIONS)
-        toml = folder / "headwater.toml"
-        toml.write_text(
-            toml.read_text()
-            + f'[stores]\nlog = "{broker.url(partitions=args.partitions)}"\n'
-            + f'online = "{REDIS}"\n'
+    write_project(folder, DEFINITIONS)
+    toml = folder / "headwater.toml"
+    toml.write_text(
+        toml.read_text()
+        + f'[stores]\nlog = "{broker.url(partitions=args.partitions)}"\n'
+        + f'online = "{REDIS}"\n'
+    )
+    users = [str(u) for u in range(args.users)]
+    with Project(folder) as p:
+        figures.add("Kafka: SDK ingest", args.events / ingest(p, table), "events/s")
+        start = time.perf_counter()
+        p.process()
+        rate = args.events / (time.perf_counter() - start)
+        figures.add("Kafka + Redis: processing, 1 worker", rate, "events/s")
+        lookups(p, users, args.lookups, figures)
+        # Both results are read at one instant after every processing clock of this run (the
+        # workers give up after 30 minutes): tiles expire by the real clock, so reading each
+        # at its own "now" could put an hourly window edge between them.
+        at = from_micros(time.time_ns() // 1000 + 3_600_000_000)
+        values = p.online_features([{"user_id": u} for u in users[:200]], FEATURES, at=at)
+
+        p.processor.clear()  # the same work again, shared by two worker processes
+        stop = threading.Event()
+        start = time.perf_counter()
+        runner = threading.Thread(
+            target=p.process, kwargs={"forever": True, "workers": 2, "stop": stop}
         )
-        with Project(folder) as p:
-            seconds = ingest(p, table)
-            rows["Kafka: SDK ingest"] = f"{args.events / seconds:,.0f} events/s"
-            start = time.perf_counter()
-            p.process()
-            x1 = time.perf_counter() - start
-            rows["Kafka + Redis: processing, 1 worker"] = f"{args.events / x1:,.0f} events/s"
+        runner.start()
+        time.sleep(1.0)
+        deadline = time.monotonic() + 1800
+        while not caught_up(p, args.events) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        x2 = time.perf_counter() - start
+        stop.set()
+        runner.join(timeout=60)
+        figures.add(
+            "Kafka + Redis: processing, 2 workers (incl. group join)", args.events / x2, "events/s"
+        )
+        again = p.online_features([{"user_id": u} for u in users[:200]], FEATURES, at=at)
+    differing = [(a, b) for a, b in zip(values, again, strict=True) if a != b]
+    if differing:
+        print(f"  first difference: 1 worker {differing[0][0]}\n  2 workers {differing[0][1]}")
+    figures.add(
+        "2 workers vs 1: entities with a differing value (of 200)", len(differing), "entities"
+    )
 
-            rng = np.random.default_rng(3)
-            for batch, label in ((1, "1 entity"), (100, "100 entities")):
-                samples = []
-                for _ in range(args.lookups if batch == 1 else max(args.lookups // 10, 10)):
-                    ask = [{"user_id": u} for u in rng.choice(users, batch)]
-                    t = time.perf_counter()
-                    p.online_features(ask, FEATURES)
-                    samples.append(time.perf_counter() - t)
-                rows[f"Redis lookup, {label} x 12 features (p50 / p99 ms)"] = percentiles(samples)
-            values = p.online_features([{"user_id": u} for u in users[:200]], FEATURES)
 
-            p.processor.clear()  # the same work again, shared by two worker processes
-            stop = threading.Event()
-            start = time.perf_counter()
-            runner = threading.Thread(
-                target=p.process, kwargs={"forever": True, "workers": 2, "stop": stop}
-            )
-            runner.start()
-            time.sleep(1.0)
-            deadline = time.monotonic() + 1800
-            while not caught_up(p, args.events) and time.monotonic() < deadline:
-                time.sleep(0.25)
-            x2 = time.perf_counter() - start
-            stop.set()
-            runner.join(timeout=60)
-            rows["Kafka + Redis: processing, 2 workers (incl. group join)"] = (
-                f"{args.events / x2:,.0f} events/s"
-            )
-            again = p.online_features([{"user_id": u} for u in users[:200]], FEATURES)
-            same = sum(a == b for a, b in zip(values, again, strict=True))
-            if same < len(values):
-                diff = next((a, b) for a, b in zip(values, again, strict=True) if a != b)
-                print(f"  first difference: 1 worker {diff[0]}\n  2 workers {diff[1]}")
-            rows["2 workers vs 1: identical entities (of 200)"] = str(same)
-    finally:
-        broker.stop()
-
-    print(f"\n{args.events:,} events, {args.users:,} users, {args.partitions} partitions\n")
-    print("| measure | result |")
-    print("| --- | --- |")
-    for name, value in rows.items():
-        print(f"| {name} | {value} |")
+def lookups(p: Project, users: list[str], count: int, figures: Figures) -> None:
+    rng = np.random.default_rng(3)
+    for batch, label in ((1, "1 entity"), (100, "100 entities")):
+        samples = []
+        for _ in range(count if batch == 1 else max(count // 10, 10)):
+            ask = [{"user_id": u} for u in rng.choice(users, batch)]
+            t = time.perf_counter()
+            p.online_features(ask, FEATURES)
+            samples.append(time.perf_counter() - t)
+        p50, p99 = percentiles(samples)
+        figures.add(f"Redis lookup, {label} x 12 features, p50", p50, "ms")
+        figures.add(f"Redis lookup, {label} x 12 features, p99", p99, "ms")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
-"""Shared helpers of the benchmarks: deterministic data, timing, peak memory, project set-up."""
+"""Shared helpers of the benchmarks: deterministic data, figures over runs, peak memory, load."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import multiprocessing
+import numbers
 import resource
 import shutil
+import statistics
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +66,102 @@ def spine_table(n: int, users: int, days: int, seed: int = 2) -> pa.Table:
     )
 
 
-@contextmanager
-def timed(label: str, results: dict[str, float]) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    results[label] = time.perf_counter() - start
-    print(f"  {label}: {results[label]:.2f}s", flush=True)
+def add_runs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="measured runs on the same data (set-up happens once); min / median / max printed",
+    )
+
+
+class Figures:
+    """The figures of a benchmark, each recorded once per run, printed as min / median / max.
+
+    Comparisons are ratios of medians, so that one slow run of either side does not make the
+    ratio.
+
+    >>> figures = Figures(runs=3)
+    >>> for run in figures.runs():
+    ...     figures.add("join, headwater", [1.0, 2.0, 4.0][run - 1], "s")
+    ...     figures.add("join, Feast", [9.0, 6.0, 7.0][run - 1], "s")
+    run 1 of 3
+    run 2 of 3
+    run 3 of 3
+    >>> figures.compare("Feast / headwater (join s)", "join, Feast", "join, headwater")
+    >>> print(figures.report())
+    <BLANKLINE>
+    3 runs on the same data:
+    | figure | min | median | max | unit |
+    | --- | --- | --- | --- | --- |
+    | join, headwater | 1.00 | 2.00 | 4.00 | s |
+    | join, Feast | 6.00 | 7.00 | 9.00 | s |
+    <BLANKLINE>
+    | ratio of medians | value |
+    | --- | --- |
+    | Feast / headwater (join s) | 3.50x |
+    """
+
+    def __init__(self, runs: int) -> None:
+        if runs < 1:
+            raise ValueError(f"--runs must be at least 1, got {runs}")
+        self.count = runs
+        self._samples: dict[str, list[float]] = {}
+        self._units: dict[str, str] = {}
+        self._counts: set[str] = set()  # figures that count things: printed as whole numbers
+        self._ratios: list[tuple[str, str, str]] = []
+
+    def runs(self, part: str = "") -> Iterator[int]:
+        """1, 2, ... N, announcing each run (of ``part`` of the benchmark, if given)."""
+        for run in range(1, self.count + 1):
+            print(f"run {run} of {self.count}" + (f": {part}" if part else ""), flush=True)
+            yield run
+
+    def add(self, name: str, value: float, unit: str) -> None:
+        """Record this run's ``value`` of figure ``name``. An ``int`` value makes the figure a
+        count, printed without decimals."""
+        if self._units.setdefault(name, unit) != unit:
+            raise ValueError(f"figure {name!r} is in {self._units[name]}, not {unit}")
+        samples = self._samples.setdefault(name, [])
+        if len(samples) == self.count:
+            raise ValueError(f"figure {name!r} was recorded more than once per run")
+        if isinstance(value, numbers.Integral):
+            self._counts.add(name)
+        samples.append(float(value))
+
+    def median(self, name: str) -> float:
+        return statistics.median(self._samples[name])
+
+    def compare(self, label: str, numerator: str, denominator: str) -> None:
+        """Print the ratio of two figures' medians under ``label``."""
+        self._ratios.append((label, numerator, denominator))
+
+    def report(self) -> str:
+        """The markdown tables: every figure, then every ratio; each figure recorded N times."""
+        lines = [f"\n{self.count} run{'s' * (self.count > 1)} on the same data:"]
+        lines += ["| figure | min | median | max | unit |", "| --- | --- | --- | --- | --- |"]
+        for name, samples in self._samples.items():
+            if len(samples) != self.count:
+                raise ValueError(f"figure {name!r} has {len(samples)} runs of {self.count}")
+            values = (min(samples), statistics.median(samples), max(samples))
+            shown = " | ".join(_number(v, name in self._counts) for v in values)
+            lines.append(f"| {name} | {shown} | {self._units[name]} |")
+        if self._ratios:
+            lines += ["", "| ratio of medians | value |", "| --- | --- |"]
+            for label, numerator, denominator in self._ratios:
+                ratio = self.median(numerator) / self.median(denominator)
+                lines.append(f"| {label} | {_number(ratio, False)}x |")
+        return "\n".join(lines)
+
+
+def _number(value: float, count: bool) -> str:
+    """About three significant digits, thousands separated; counts as whole numbers."""
+    if count and value.is_integer():
+        return f"{value:,.0f}"
+    size = abs(value)
+    if size >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if size >= 10 else f"{value:.2f}" if size >= 1 else f"{value:.3f}"
 
 
 def peak_rss_mb() -> float:
@@ -133,7 +225,7 @@ def _worker(args: tuple[str, list[list[bytes]]]) -> tuple[list[float], int, floa
     return latencies, len(errors), time.perf_counter() - start
 
 
-def load(url: str, bodies: list[dict], clients: int) -> dict[str, float]:
+def load(url: str, bodies: Sequence[object], clients: int) -> dict[str, float]:
     """``clients`` concurrent clients (spread over 2 load processes) send ``bodies``."""
     encoded = [json.dumps(b).encode() for b in bodies]  # NaN as NaN: both servers parse it
     per_client = [encoded[i::clients] for i in range(clients)]

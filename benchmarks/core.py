@@ -3,7 +3,9 @@
     python benchmarks/core.py                       # the sizes of the closing notes
     python benchmarks/core.py --events 20000 ...    # a quick run
 
-Every figure is printed; nothing is asserted on time.
+The training-set data is ingested and archived once (set-up, its times printed); every figure
+is then measured ``--runs`` times (a fresh project for ingest and processing in each run) and
+printed as min / median / max. Nothing is asserted on time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     END_US,
+    Figures,
+    add_runs_argument,
     events_table,
     fresh_dir,
     load,
@@ -58,11 +62,6 @@ features = [
 FEATURES = [
     f"{n}_{w}" for n in ("orders", "spend", "order_value") for w in ("1h", "1d", "7d", "30d")
 ]
-
-
-def _latency(samples: list[float]) -> str:
-    p50, p99 = percentiles(samples)
-    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
 
 
 def _clock() -> int:
@@ -117,29 +116,39 @@ def rows_of(table: pa.Table, prefix: str) -> list[dict]:
     ]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--events", type=int, default=200_000, help="events for ingest/processing")
-    ap.add_argument("--http-events", type=int, default=100_000)
-    ap.add_argument("--users", type=int, default=10_000)
-    ap.add_argument("--lookups", type=int, default=2_000)
-    ap.add_argument("--ts-events", type=int, default=10_000_000, help="training-set events")
-    ap.add_argument("--ts-spine", type=int, default=1_000_000, help="training-set spine rows")
-    ap.add_argument("--ts-users", type=int, default=100_000)
-    args = ap.parse_args()
-    figures: dict[str, str] = {}
-
-    print(f"ingest and processing: {args.events:,} events, {args.users:,} users", flush=True)
-    folder = write_project(fresh_dir("core"), DEFINITIONS)
-    rows = rows_of(events_table(args.events, args.users, 30), "e")
+def prepare_training_set(args: argparse.Namespace) -> tuple[Path, pa.Table, list[str]]:
+    """Set-up, once: the training-set events ingested through the log and archived."""
+    print(
+        f"training set: {args.ts_spine:,} spine rows over {args.ts_events:,} events, "
+        f"{args.ts_users:,} users",
+        flush=True,
+    )
+    folder = write_project(fresh_dir("core-ts"), DEFINITIONS)
     with Project(folder, clock=_clock) as p:
-        rate = sdk_ingest(p, rows, 10_000)
-        figures["SDK ingest, batches of 10,000"] = f"{rate:,.0f} events/s"
+        table = events_table(args.ts_events, args.ts_users, 90, seed=7)
+        start = time.perf_counter()
+        for i in range(0, table.num_rows, 500_000):
+            p.ingest("purchases", rows_of(table.slice(i, 500_000), f"t{i}-"))
+        ingest_s = time.perf_counter() - start
+        start = time.perf_counter()
+        p.archiver.catch_up(p.definitions.streams["purchases"])
+        archive_s = time.perf_counter() - start
+    notes = [
+        f"training-set data (set-up, once): ingest through the log {ingest_s:.1f}s, "
+        f"archive log to Parquet {archive_s:.1f}s"
+    ]
+    return folder, spine_table(args.ts_spine, args.ts_users, 90), notes
+
+
+def measure_local(args: argparse.Namespace, rows: list[dict], figures: Figures) -> None:
+    """SDK ingest and processing into a fresh project, then online lookups from it."""
+    folder = write_project(fresh_dir("core"), DEFINITIONS)
+    with Project(folder, clock=_clock) as p:
+        figures.add("SDK ingest, batches of 10,000", sdk_ingest(p, rows, 10_000), "events/s")
         start = time.perf_counter()
         stats = p.process()
-        figures["processing (12 windowed features)"] = (
-            f"{stats.events / (time.perf_counter() - start):,.0f} events/s"
-        )
+        rate = stats.events / (time.perf_counter() - start)
+        figures.add("processing (12 windowed features)", rate, "events/s")
         users = [f"{i}" for i in range(args.users)]
         rng = np.random.default_rng(3)
         at = from_micros(END_US)
@@ -155,46 +164,63 @@ def main() -> None:
             ),
             max(args.lookups // 10, 10),
         )
-        figures["online lookup, 1 entity x 12 features"] = _latency(one)
-        figures["online lookup, 100 entities x 12 features"] = _latency(hundred)
+    for label, samples in (("1 entity", one), ("100 entities", hundred)):
+        p50, p99 = percentiles(samples)
+        figures.add(f"online lookup, {label} x 12 features, p50", p50, "ms")
+        figures.add(f"online lookup, {label} x 12 features, p99", p99, "ms")
 
-    http_folder = write_project(fresh_dir("core-http"), DEFINITIONS)
-    http_rows = rows_of(events_table(args.http_events, args.users, 30, seed=5), "h")
+
+def measure_http(http_rows: list[dict], figures: Figures) -> None:
+    """HTTP ingest into a fresh project; each level sends events not sent before."""
+    folder = write_project(fresh_dir("core-http"), DEFINITIONS)
     for batch, clients in ((1, 1), (1, 16), (100, 4), (1000, 4)):
         part = http_rows[: min(len(http_rows), 5_000 * batch)]
-        rate = http_ingest(http_folder, part, batch, clients)
-        figures[f"HTTP ingest, batches of {batch}, {clients} clients"] = f"{rate:,.0f} events/s"
+        rate = http_ingest(folder, part, batch, clients)
+        figures.add(f"HTTP ingest, batches of {batch}, {clients} clients", rate, "events/s")
         http_rows = http_rows[len(part) :] or http_rows
 
-    print(
-        f"training set: {args.ts_spine:,} spine rows over {args.ts_events:,} events, "
-        f"{args.ts_users:,} users",
-        flush=True,
-    )
-    ts_folder = write_project(fresh_dir("core-ts"), DEFINITIONS)
-    with Project(ts_folder, clock=_clock) as p:
-        table = events_table(args.ts_events, args.ts_users, 90, seed=7)
-        start = time.perf_counter()
-        for i in range(0, table.num_rows, 500_000):
-            p.ingest("purchases", rows_of(table.slice(i, 500_000), f"t{i}-"))
-        figures["training-set data: ingest through the log"] = f"{time.perf_counter() - start:.1f}s"
-        start = time.perf_counter()
-        p.archiver.catch_up(p.definitions.streams["purchases"])
-        figures["training-set data: archive log to Parquet"] = f"{time.perf_counter() - start:.1f}s"
-        spine = spine_table(args.ts_spine, args.ts_users, 90)
+
+def measure_training_set(
+    args: argparse.Namespace, folder: Path, spine: pa.Table, figures: Figures
+) -> None:
+    with Project(folder, clock=_clock) as p:
         start = time.perf_counter()
         result = p.training_set(spine, FEATURES, output="arrow")
-        figures[
-            f"training set {args.ts_spine:,} x {len(FEATURES)} features over "
-            f"{args.ts_events:,} events"
-        ] = (
-            f"{time.perf_counter() - start:.1f}s, {result.num_rows:,} rows, "
-            f"peak RSS {peak_rss_mb():,.0f} MB"
-        )
+        seconds = time.perf_counter() - start
+    if result.num_rows != spine.num_rows:
+        raise RuntimeError(f"the training set has {result.num_rows:,} of {spine.num_rows:,} rows")
+    name = (
+        f"training set {args.ts_spine:,} x {len(FEATURES)} features over {args.ts_events:,} events"
+    )
+    figures.add(name, seconds, "s")
 
-    print("\n| figure | value |\n| --- | --- |")
-    for name, value in figures.items():
-        print(f"| {name} | {value} |")
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000, help="events for ingest/processing")
+    ap.add_argument("--http-events", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--lookups", type=int, default=2_000)
+    ap.add_argument("--ts-events", type=int, default=10_000_000, help="training-set events")
+    ap.add_argument("--ts-spine", type=int, default=1_000_000, help="training-set spine rows")
+    ap.add_argument("--ts-users", type=int, default=100_000)
+    add_runs_argument(ap)
+    args = ap.parse_args()
+    figures = Figures(args.runs)
+
+    ts_folder, spine, notes = prepare_training_set(args)
+    print(f"ingest and processing: {args.events:,} events, {args.users:,} users", flush=True)
+    rows = rows_of(events_table(args.events, args.users, 30), "e")
+    http_rows = rows_of(events_table(args.http_events, args.users, 30, seed=5), "h")
+    for _ in figures.runs():
+        measure_local(args, rows, figures)
+        measure_http(http_rows, figures)
+        measure_training_set(args, ts_folder, spine, figures)
+
+    print(figures.report())
+    for note in notes:
+        print(note)
+    print(f"peak RSS of this process (set-up and every run): {peak_rss_mb():,.0f} MB")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ Measured, after both are loaded:
   in-process  1 entity and 100 entities per call, p50/p99 over --calls calls
   HTTP        single-entity lookups at 1 and 8 concurrent clients: req/s, p50, p99
               (`feast serve --no-access-log`, headwater's POST /v1/features; one process each)
-Every run checks that both return the same values for a sample of users.
+Both are loaded once (set-up); each of ``--runs`` runs then measures every figure again and
+checks that both return the same values for a sample of users. Figures are printed as
+min / median / max over the runs.
 
-    python benchmarks/feast_online.py [--rows 1000000] [--calls 10000]
+    python benchmarks/feast_online.py [--rows 1000000] [--calls 10000] [--runs 3]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fresh_dir, load  # noqa: E402
+from common import Figures, add_runs_argument, fresh_dir, load, percentiles  # noqa: E402
 from feast_pit import FEAST_VENV, FLOATS, INTS, START, generate  # noqa: E402
 from serving import free_port, wait_ready  # noqa: E402
 
@@ -46,7 +48,7 @@ from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueTyp
 from feast.types import Float64, Int64
 
 repo, features, end = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-users, calls = int(sys.argv[4]), int(sys.argv[5])
+users, calls, runs = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 repo.mkdir(parents=True, exist_ok=True)
 (repo / "feature_store.yaml").write_text(
     "project: bench\\nregistry: registry.db\\nprovider: local\\n"
@@ -85,12 +87,14 @@ def timed(batch):
     return out
 for _ in range(200):
     store.get_online_features(features=refs, entity_rows=[{"user_id": 1}]).to_dict()
-one, hundred = timed(1), timed(100)[: max(calls // 10, 10)]
-sample = store.get_online_features(
-    features=refs, entity_rows=[{"user_id": u} for u in range(50)]
-).to_dict()
-print(json.dumps({"materialize_s": materialize_s, "one": one, "hundred": hundred,
-                  "sample": sample}))
+out = []
+for _ in range(runs):
+    one, hundred = timed(1), timed(100)[: max(calls // 10, 10)]
+    sample = store.get_online_features(
+        features=refs, entity_rows=[{"user_id": u} for u in range(50)]
+    ).to_dict()
+    out.append({"one": one, "hundred": hundred, "sample": sample})
+print(json.dumps({"materialize_s": materialize_s, "runs": out}))
 """
 
 DEFINITIONS = """
@@ -108,18 +112,15 @@ features = [
 """
 
 
-def percentiles(seconds: list[float]) -> tuple[float, float]:
-    ms = np.array(seconds) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=4000, help="HTTP requests per level")
     ap.add_argument("--clients", default="1,8")
+    add_runs_argument(ap)
     args = ap.parse_args()
+    figures = Figures(args.runs)
     users = max(args.rows // 100, 10)
     if not (FEAST_VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(FEAST_VENV)], check=True)
@@ -131,91 +132,21 @@ def main() -> None:
     end = START + pd.Timedelta(days=91)
     print(f"{args.rows:,} feature rows, {users:,} users", flush=True)
 
-    from headwater import Project
-    from headwater.definitions.types import to_micros
-
     hw = work / "headwater"
-    hw.mkdir()
-    (hw / "headwater.toml").write_text(
-        '[project]\nname = "online"\ndefinitions = ["definitions.py"]\n'
-    )
-    fields = " ".join(f'"{n}": "{"float" if n.startswith("f") else "int"}",' for n in NAMES)
-    (hw / "definitions.py").write_text(
-        textwrap.dedent(DEFINITIONS % {"fields": fields, "names": NAMES})
-    )
-    end_us = to_micros(end)
-    results: dict[str, dict[str, float]] = {}
-    with Project(hw, clock=lambda: end_us) as p:
-        t = time.perf_counter()
-        for batch in pq.ParquetFile(features).iter_batches(batch_size=200_000):
-            p.ingest("stats", pa.Table.from_batches([batch]))
-        p.process()
-        load_s = time.perf_counter() - t
-        rng = np.random.default_rng(5)
-        names = [f"{n}_lifetime" for n in NAMES]
-        for _ in range(200):
-            p.online_features({"user_id": 1}, names)
-
-        def timed(batch: int, calls: int) -> list[float]:
-            out = []
-            for _ in range(calls):
-                rows = [{"user_id": int(u)} for u in rng.integers(0, users, batch)]
-                start = time.perf_counter()
-                p.online_features(rows, names)
-                out.append(time.perf_counter() - start)
-            return out
-
-        one, hundred = timed(1, args.calls), timed(100, max(args.calls // 10, 10))
-        ours_sample = p.online_features([{"user_id": u} for u in range(50)], names)
-    results["headwater"] = {"load_s": load_s}
-    results["headwater"].update(zip(("p50_1", "p99_1"), percentiles(one), strict=True))
-    results["headwater"].update(zip(("p50_100", "p99_100"), percentiles(hundred), strict=True))
-    print(f"  headwater: ingest + process {load_s:.1f}s", flush=True)
-
-    script = work / "feast_setup.py"
-    script.write_text(FEAST_SETUP % {"names": NAMES})
-    proc = subprocess.run(
-        [
-            str(FEAST_VENV / "bin" / "python"),
-            str(script),
-            str(work / "repo"),
-            str(features),
-            end.isoformat(),
-            str(users),
-            str(args.calls),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    feast = json.loads(proc.stdout.strip().splitlines()[-1])
-    results["feast"] = {"load_s": feast["materialize_s"]}
-    results["feast"].update(zip(("p50_1", "p99_1"), percentiles(feast["one"]), strict=True))
-    results["feast"].update(zip(("p50_100", "p99_100"), percentiles(feast["hundred"]), strict=True))
-    print(f"  feast: materialize {feast['materialize_s']:.1f}s", flush=True)
-    mismatches = 0
-    for i, row in enumerate(ours_sample):
-        for n in NAMES:
-            theirs = feast["sample"][n][i]
-            mine = row[f"{n}_lifetime"]
-            if not (theirs == mine or (theirs is None and mine is None)):
-                mismatches += 1
-    print(f"  values compared for 50 users x {len(NAMES)} features: {mismatches} mismatches")
-    for name, r in results.items():
-        print(
-            f"  {name:<12} in-process p50/p99 ms: 1 entity {r['p50_1']:.3f}/{r['p99_1']:.3f}, "
-            f"100 entities {r['p50_100']:.3f}/{r['p99_100']:.3f}",
-            flush=True,
+    ours = headwater_in_process(hw, features, end, users, args.calls, figures)
+    theirs = feast_in_process(work, features, end, users, args.calls, figures)
+    for run, (mine, feast) in enumerate(zip(ours, theirs, strict=True), start=1):
+        mismatches = count_mismatches(mine, feast)
+        print(f"  run {run}: 50 users x {len(NAMES)} features compared: {mismatches} mismatches")
+        figures.add(
+            f"in-process values, 50 users x {len(NAMES)} features: mismatches", mismatches, "values"
         )
 
-    # HTTP: each server alone on the machine with the load generator
-    http: dict[str, dict[int, dict[str, float]]] = {}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     levels = [int(c) for c in args.clients.split(",")]
     rng = np.random.default_rng(9)
     ids = [int(u) for u in rng.integers(0, users, args.requests)]
-    servers = {
+    names = [f"{n}_lifetime" for n in NAMES]
+    servers: dict[str, tuple[list[str], str, list[dict], str]] = {
         "headwater": (
             [sys.executable, "-m", "headwater", "serve", "-p", str(hw)],
             "/v1/features",
@@ -241,52 +172,158 @@ def main() -> None:
         ),
     }
     for name, (cmd, path, bodies, health) in servers.items():
-        port = free_port()
-        server = subprocess.Popen(
-            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        http_runs(name, cmd, path, bodies, health, levels, figures)
+
+    for label in ("1 entity", "100 entities"):
+        figures.compare(
+            f"headwater speed-up over Feast, in-process, {label} (Feast p50 / headwater p50)",
+            f"in-process, {label}: Feast p50",
+            f"in-process, {label}: headwater p50",
         )
-        try:
-            wait_ready(f"http://127.0.0.1:{port}{health}", server)
-            url = f"http://127.0.0.1:{port}{path}"
-            load(url, bodies[:200], 1)  # warm up
+    for clients in levels:
+        figures.compare(
+            f"headwater / feast serve, HTTP {clients} clients (req/s)",
+            f"HTTP, {clients} clients: headwater req/s",
+            f"HTTP, {clients} clients: feast serve req/s",
+        )
+    print(figures.report())
+
+
+def headwater_in_process(
+    hw: Path, features: Path, end: pd.Timestamp, users: int, calls: int, figures: Figures
+) -> list[list[dict]]:
+    """Load once (set-up), then each run: timed lookups, and the values of a sample of users."""
+    from headwater import Project
+    from headwater.definitions.types import to_micros
+
+    hw.mkdir()
+    (hw / "headwater.toml").write_text(
+        '[project]\nname = "online"\ndefinitions = ["definitions.py"]\n'
+    )
+    fields = " ".join(f'"{n}": "{"float" if n.startswith("f") else "int"}",' for n in NAMES)
+    (hw / "definitions.py").write_text(
+        textwrap.dedent(DEFINITIONS % {"fields": fields, "names": NAMES})
+    )
+    end_us = to_micros(end)
+    samples = []
+    with Project(hw, clock=lambda: end_us) as p:
+        t = time.perf_counter()
+        for batch in pq.ParquetFile(features).iter_batches(batch_size=200_000):
+            p.ingest("stats", pa.Table.from_batches([batch]))
+        p.process()
+        print(f"  headwater: ingest + process {time.perf_counter() - t:.1f}s (set-up, once)")
+        rng = np.random.default_rng(5)
+        names = [f"{n}_lifetime" for n in NAMES]
+        for _ in range(200):
+            p.online_features({"user_id": 1}, names)
+
+        def timed(batch: int, calls: int) -> list[float]:
+            out = []
+            for _ in range(calls):
+                rows = [{"user_id": int(u)} for u in rng.integers(0, users, batch)]
+                start = time.perf_counter()
+                p.online_features(rows, names)
+                out.append(time.perf_counter() - start)
+            return out
+
+        for _ in figures.runs("headwater in-process"):
+            one, hundred = timed(1, calls), timed(100, max(calls // 10, 10))
+            record_lookups(figures, "headwater", one, hundred)
+            samples.append(p.online_features([{"user_id": u} for u in range(50)], names))
+    return samples
+
+
+def feast_in_process(
+    work: Path, features: Path, end: pd.Timestamp, users: int, calls: int, figures: Figures
+) -> list[dict]:
+    """Feast's side in its own venv: materialize once, then every run; its samples."""
+    script = work / "feast_setup.py"
+    script.write_text(FEAST_SETUP % {"names": NAMES})
+    print(f"Feast in-process: materialize, then {figures.count} runs", flush=True)
+    proc = subprocess.run(
+        [
+            str(FEAST_VENV / "bin" / "python"),
+            str(script),
+            str(work / "repo"),
+            str(features),
+            end.isoformat(),
+            str(users),
+            str(calls),
+            str(figures.count),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    feast = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  feast: materialize {feast['materialize_s']:.1f}s (set-up, once)", flush=True)
+    for run in feast["runs"]:
+        record_lookups(figures, "Feast", run["one"], run["hundred"])
+    return [run["sample"] for run in feast["runs"]]
+
+
+def record_lookups(figures: Figures, system: str, one: list[float], hundred: list[float]) -> None:
+    for label, samples in (("1 entity", one), ("100 entities", hundred)):
+        p50, p99 = percentiles(samples)
+        figures.add(f"in-process, {label}: {system} p50", p50, "ms")
+        figures.add(f"in-process, {label}: {system} p99", p99, "ms")
+        print(f"  {system:<10} in-process, {label}: p50 {p50:.3f} ms, p99 {p99:.3f} ms", flush=True)
+
+
+def count_mismatches(ours: list[dict], feast: dict) -> int:
+    mismatches = 0
+    for i, row in enumerate(ours):
+        for n in NAMES:
+            theirs = feast[n][i]
+            mine = row[f"{n}_lifetime"]
+            if not (theirs == mine or (theirs is None and mine is None)):
+                mismatches += 1
+    return mismatches
+
+
+def http_runs(
+    name: str,
+    cmd: list[str],
+    path: str,
+    bodies: list[dict],
+    health: str,
+    levels: list[int],
+    figures: Figures,
+) -> None:
+    """One server alone on the machine with the load generator, started once for every run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = free_port()
+    server = subprocess.Popen(
+        [*cmd, "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}{health}", server)
+        url = f"http://127.0.0.1:{port}{path}"
+        load(url, bodies[:200], 1)  # warm up
+        for _ in figures.runs(f"HTTP, {name}"):
+            errors = 0
             for clients in levels:
                 r = load(url, bodies, clients)
-                http.setdefault(name, {})[clients] = r
+                figures.add(f"HTTP, {clients} clients: {name} req/s", r["rps"], "req/s")
+                figures.add(f"HTTP, {clients} clients: {name} p50", r["p50"], "ms")
+                figures.add(f"HTTP, {clients} clients: {name} p99", r["p99"], "ms")
+                errors += int(r["errors"])
                 print(
                     f"  {name:<12} HTTP {clients} clients: {r['rps']:,.0f} req/s p50 "
                     f"{r['p50']:.2f} ms p99 {r['p99']:.2f} ms errors {r['errors']:.0f}",
                     flush=True,
                 )
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-
-    ours, theirs = results["headwater"], results["feast"]
-    print("\n| lookup | headwater p50 / p99 ms | Feast p50 / p99 ms | speed-up (p50) |")
-    print("| --- | --- | --- | --- |")
-    for label, key in (("in-process, 1 entity", "1"), ("in-process, 100 entities", "100")):
-        print(
-            f"| {label} | {ours['p50_' + key]:.3f} / {ours['p99_' + key]:.3f} | "
-            f"{theirs['p50_' + key]:.3f} / {theirs['p99_' + key]:.3f} | "
-            f"{theirs['p50_' + key] / ours['p50_' + key]:.1f}x |"
-        )
-    print(
-        "\n| HTTP clients | headwater req/s (p50 / p99 ms) | feast serve req/s (p50 / p99 ms)"
-        " | ratio (req/s) |"
-    )
-    print("| --- | --- | --- | --- |")
-    for clients in levels:
-        a, b = http["headwater"][clients], http["feast serve"][clients]
-        print(
-            f"| {clients} | {a['rps']:,.0f} ({a['p50']:.2f} / {a['p99']:.2f}) | "
-            f"{b['rps']:,.0f} ({b['p50']:.2f} / {b['p99']:.2f}) | {a['rps'] / b['rps']:.1f}x |"
-        )
+            figures.add(f"HTTP: {name} failed requests (every level)", errors, "requests")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ resolution, six float64 and two int64 features, uniform over 90 days) and an ent
 TTL; headwater reads the same rows as a stream of feature events and answers with `last`
 features over a 2-day window (hop 1 s, so the window starts exactly 2 days back). Feast's
 join includes a feature row stamped exactly at the entity time, headwater's window ends just
-before t, so headwater is asked as of t + 1 µs. Every run compares both answers for every
-entity row: mismatching values and dropped rows are counted and printed.
+before t, so headwater is asked as of t + 1 µs. The data is generated and loaded into
+headwater once; each of ``--runs`` runs then times every system's join (a fresh Feast repo each
+run) and compares both answers for every entity row: mismatching values and dropped rows are
+counted. Figures are printed as min / median / max over the runs.
 
     python benchmarks/feast_pit.py --size S     # 1M feature rows / 10k users, 100k entity rows
     python benchmarks/feast_pit.py --size L     # 10M / 100k users, 1M entity rows
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, fresh_dir  # noqa: E402
+from common import WORK, Figures, add_runs_argument, fresh_dir  # noqa: E402
 
 SIZES = {"S": (1_000_000, 10_000, 100_000), "L": (10_000_000, 100_000, 1_000_000)}
 FLOATS = [f"f{i}" for i in range(6)]
@@ -206,7 +209,9 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="S")
     ap.add_argument("--rows", type=int, help="override the feature rows (for smoke runs)")
     ap.add_argument("--stores", default="duckdb,file", help="Feast offline stores to run")
+    add_runs_argument(ap)
     args = ap.parse_args()
+    figures = Figures(args.runs)
     rows, users, spine_rows = SIZES[args.size]
     if args.rows:
         rows, users, spine_rows = args.rows, max(args.rows // 100, 10), max(args.rows // 10, 10)
@@ -221,55 +226,49 @@ def main() -> None:
         flush=True,
     )
     features, spine = generate(rows, users, spine_rows, work)
-    results: dict[str, dict] = {}
     hw = work / "headwater"
     hw.mkdir()
     load = load_headwater(hw, features)
     print(
         f"  headwater: ingest through the log {load['ingest']:.1f}s, archive "
-        f"{load['archive']:.1f}s (not part of the timed join)",
+        f"{load['archive']:.1f}s (set-up, once: not part of the timed join)",
         flush=True,
     )
-    ours_out = work / "headwater.parquet"
-    results["headwater"] = run_json(
-        [
-            sys.executable,
-            "-c",
-            HEADWATER_RUN,
-            str(hw),
-            str(spine),
-            str(ours_out),
-            ",".join(FLOATS + INTS),
-        ]
-    )
-    print(f"  headwater: {results['headwater']}", flush=True)
     script = work / "feast_run.py"
     script.write_text(FEAST_RUN % {"names": FLOATS + INTS})
-    for kind in args.stores.split(","):
-        out = work / f"feast-{kind}.parquet"
-        results[f"feast {kind}"] = run_json(
-            [
-                str(FEAST_VENV / "bin" / "python"),
-                str(script),
-                str(work / f"repo-{kind}"),
-                kind,
-                str(features),
-                str(spine),
-                str(out),
-            ]
+    stores = args.stores.split(",")
+    for _ in figures.runs():
+        ours_out = work / "headwater.parquet"
+        names = ",".join(FLOATS + INTS)
+        result = run_json(
+            [sys.executable, "-c", HEADWATER_RUN, str(hw), str(spine), str(ours_out), names]
         )
-        dropped, mismatched, compared = compare(spine, out, ours_out)
-        results[f"feast {kind}"].update(dropped=dropped, mismatched_rows=mismatched)
-        print(f"  feast {kind}: {results[f'feast {kind}']}", flush=True)
+        record(figures, "headwater", result)
+        for kind in stores:
+            repo, out = work / f"repo-{kind}", work / f"feast-{kind}.parquet"
+            shutil.rmtree(repo, ignore_errors=True)  # a fresh registry and online store each run
+            cmd = [str(FEAST_VENV / "bin" / "python"), str(script), str(repo), kind]
+            result = run_json([*cmd, str(features), str(spine), str(out)])
+            dropped, mismatched, _ = compare(spine, out, ours_out)
+            result.update(dropped=dropped, mismatched_rows=mismatched)
+            record(figures, f"feast {kind}", result)
+            figures.add(f"feast {kind}: entity rows missing from either answer", dropped, "rows")
+            figures.add(f"feast {kind}: rows with a differing value", mismatched, "rows")
 
-    ours = results["headwater"]["seconds"]
-    print("\n| system | seconds | peak RSS MB | rows | headwater speed-up | mismatching rows |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, r in results.items():
-        print(
-            f"| {name} | {r['seconds']:.2f} | {r['rss_mb']:,.0f} | {r['rows']:,} | "
-            f"{r['seconds'] / ours:.1f}x | {r.get('mismatched_rows', '-')} |"
+    for kind in stores:
+        figures.compare(
+            f"headwater speed-up over feast {kind} (its seconds / headwater's)",
+            f"feast {kind}: training set",
+            "headwater: training set",
         )
+    print(figures.report())
+
+
+def record(figures: Figures, system: str, result: dict) -> None:
+    print(f"  {system}: {result}", flush=True)
+    figures.add(f"{system}: training set", result["seconds"], "s")
+    figures.add(f"{system}: peak RSS", result["rss_mb"], "MB")
+    figures.add(f"{system}: rows returned", int(result["rows"]), "rows")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ Side by side, on the same LightGBM model (the quickstart's churn model) and mach
   bare        a FastAPI endpoint that only calls the booster on a given vector (the ceiling)
   mlflow      `mlflow models serve` of the same fitted model (sent the same feature vector)
 
-    python benchmarks/serving.py [--requests 2000] [--users 2000]
+The project, model and servers are set up once; then each of ``--runs`` runs sends every
+server every client level, and the figures are printed as min / median / max over the runs.
+
+    python benchmarks/serving.py [--requests 2000] [--users 2000] [--runs 3]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fresh_dir, load  # noqa: E402
+from common import Figures, add_runs_argument, fresh_dir, load  # noqa: E402
 
 from headwater import Project  # noqa: E402
 
@@ -87,7 +90,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--skip-mlflow", action="store_true")
+    add_runs_argument(ap)
     args = ap.parse_args()
+    figures = Figures(args.runs)
     work = fresh_dir("serving")
     print("preparing the quickstart's project and churn model ...", flush=True)
     project, users = prepare(args.users, work / "shop")
@@ -97,103 +102,25 @@ def main() -> None:
     chosen = [users[i] for i in rng.integers(0, len(users), args.requests)]
     vectors = project.online_features([{"user_id": u} for u in chosen[:200]], features)
     project.close()
+    matrix = feature_matrix(doc, features, vectors, args.requests)
 
-    servers: dict[str, tuple[str, list[dict]]] = {}
     procs: list[subprocess.Popen] = []
     # mlflow starts `uvicorn` through the shell: the venv's bin must be on PATH
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": path}
+    levels = [int(c) for c in args.clients.split(",")]
     try:
-        port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "headwater",
-                    "serve",
-                    "-p",
-                    str(work / "shop"),
-                    "--port",
-                    str(port),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_ready(f"http://127.0.0.1:{port}/healthz", procs[-1])
-        servers["headwater"] = (
-            f"http://127.0.0.1:{port}/v1/predict/retention",
-            [{"entity": {"user_id": u}} for u in chosen],
-        )
-
-        categories = doc["signature"]["categories"]
-
-        def code(name: str, value: object) -> float:
-            if value is None:
-                return math.nan
-            if name in categories:
-                known = categories[name]
-                return float(known.index(value)) if value in known else math.nan
-            return float(value)  # type: ignore[arg-type]
-
-        raw = [[v.get(f) for f in features] for v in vectors]
-        numeric = [[code(f, x) for f, x in zip(features, row, strict=True)] for row in raw]
-        matrix = [numeric[i % len(numeric)] for i in range(args.requests)]
-        bare = work / "bare_app.py"
-        bare.write_text(textwrap.dedent(BARE_APP.format(model=doc["artifacts"]["lightgbm"])))
-        port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "bare_app:app",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                    "--app-dir",
-                    str(work),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_ready(f"http://127.0.0.1:{port}/docs", procs[-1])
-        servers["bare FastAPI + booster"] = (
-            f"http://127.0.0.1:{port}/predict",
-            [{"features": row} for row in matrix],
-        )
-
+        servers = {
+            "headwater": start_headwater(work, chosen, env, procs),
+            "bare FastAPI + booster": start_bare(doc, matrix, work, env, procs),
+        }
         if not args.skip_mlflow:
             servers["mlflow models serve"] = start_mlflow(doc, features, matrix, work, env, procs)
-
-        levels = [int(c) for c in args.clients.split(",")]
-        table: dict[str, dict[int, dict[str, float]]] = {}
         for name, (url, bodies) in servers.items():
-            for body in bodies[:20]:  # warm up, and show a failure instead of timing it
-                r = httpx.post(
-                    url,
-                    content=json.dumps(body),
-                    timeout=30,
-                    headers={"content-type": "application/json"},
-                )
-                if r.status_code != 200:
-                    print(f"  {name} answered {r.status_code}: {r.text[-700:]}", flush=True)
-                    break
-            for clients in levels:
-                result = load(url, bodies, clients)
-                table.setdefault(name, {})[clients] = result
-                print(
-                    f"  {name:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
-                    f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
-                    f"errors {result['errors']:.0f}",
-                    flush=True,
-                )
+            warm_up(name, url, bodies)
+        for _ in figures.runs():
+            for name, (url, bodies) in servers.items():
+                measure(name, url, bodies, levels, figures)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -203,21 +130,111 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print("\n| server | clients | req/s | p50 ms | p99 ms | headwater / this (req/s) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, rows in table.items():
-        for clients, r in rows.items():
-            ratio = table["headwater"][clients]["rps"] / r["rps"]
-            print(
-                f"| {name} | {clients} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                f"{ratio:.2f}x |"
+    for name in [n for n in servers if n != "headwater"]:
+        for clients in levels:
+            figures.compare(
+                f"headwater / {name}, {clients} clients (req/s)",
+                f"headwater, {clients} clients: req/s",
+                f"{name}, {clients} clients: req/s",
             )
+    print(figures.report())
+
+
+def feature_matrix(
+    doc: dict, features: list[str], vectors: list[dict], requests: int
+) -> list[list[float]]:
+    """The model's input vectors (categories as their codes), one per request."""
+    categories = doc["signature"]["categories"]
+
+    def code(name: str, value: object) -> float:
+        if value is None:
+            return math.nan
+        if name in categories:
+            known = categories[name]
+            return float(known.index(value)) if value in known else math.nan
+        return float(value)  # type: ignore[arg-type]
+
+    raw = [[v.get(f) for f in features] for v in vectors]
+    numeric = [[code(f, x) for f, x in zip(features, row, strict=True)] for row in raw]
+    return [numeric[i % len(numeric)] for i in range(requests)]
+
+
+def start_headwater(
+    work: Path, chosen: list[str], env: dict, procs: list[subprocess.Popen]
+) -> tuple[str, list[dict]]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "headwater", "serve", "-p", str(work / "shop")]
+    procs.append(
+        subprocess.Popen(
+            [*cmd, "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    wait_ready(f"http://127.0.0.1:{port}/healthz", procs[-1])
+    bodies = [{"entity": {"user_id": u}} for u in chosen]
+    return f"http://127.0.0.1:{port}/v1/predict/retention", bodies
+
+
+def start_bare(
+    doc: dict, matrix: list[list[float]], work: Path, env: dict, procs: list[subprocess.Popen]
+) -> tuple[str, list[dict]]:
+    bare = work / "bare_app.py"
+    bare.write_text(textwrap.dedent(BARE_APP.format(model=doc["artifacts"]["lightgbm"])))
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port)]
+    procs.append(
+        subprocess.Popen(
+            [*cmd, "--log-level", "warning", "--app-dir", str(work)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    wait_ready(f"http://127.0.0.1:{port}/docs", procs[-1])
+    return f"http://127.0.0.1:{port}/predict", [{"features": row} for row in matrix]
+
+
+def warm_up(name: str, url: str, bodies: list[dict]) -> None:
+    """A few requests before any is timed; a failure is shown instead of being timed."""
+    for body in bodies[:20]:
+        r = httpx.post(
+            url,
+            content=json.dumps(body),
+            timeout=30,
+            headers={"content-type": "application/json"},
+        )
+        if r.status_code != 200:
+            print(f"  {name} answered {r.status_code}: {r.text[-700:]}", flush=True)
+            return
+
+
+def measure(name: str, url: str, bodies: list[dict], levels: list[int], figures: Figures) -> None:
+    """One run of a server: every client level in turn."""
+    errors = 0
+    for clients in levels:
+        result = load(url, bodies, clients)
+        for key, label, unit in (
+            ("rps", "req/s", "req/s"),
+            ("p50", "p50", "ms"),
+            ("p99", "p99", "ms"),
+        ):
+            figures.add(f"{name}, {clients} clients: {label}", result[key], unit)
+        errors += int(result["errors"])
+        print(
+            f"  {name:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
+            f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
+            f"errors {result['errors']:.0f}",
+            flush=True,
+        )
+    figures.add(f"{name}: failed requests (every level)", errors, "requests")
 
 
 def start_mlflow(
     doc: dict,
     features: list[str],
-    matrix: list[list[object]],
+    matrix: list[list[float]],
     work: Path,
     env: dict,
     procs: list[subprocess.Popen],

@@ -32,6 +32,11 @@ each of the last 24 hours and the 1d window ending at 2026-01-01. There headwate
 (``start <= ts < t``, the start hop-aligned) and Quix's ``[start, end)`` are the same events;
 every event of a user is in time order, so Quix drops none as late (the count is printed).
 
+The events, the topics, the embedded log and Quix's venv are set up once; each of ``--runs``
+runs then times every system again (headwater's state cleared, Quix in a new consumer group)
+and compares its values with the reference's of the same run. Figures are printed as
+min / median / max over the runs.
+
     python benchmarks/streams.py                                # 1M events, 100k users
     python benchmarks/streams.py --events 20000 --users 2000    # a quick run
     python benchmarks/streams.py --no-quix --no-redis           # headwater and the bare loop
@@ -42,9 +47,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +62,15 @@ import pyarrow as pa
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from common import DAY_US, END_US, WORK, fresh_dir, write_project  # noqa: E402
+from common import (  # noqa: E402
+    DAY_US,
+    END_US,
+    WORK,
+    Figures,
+    add_runs_argument,
+    fresh_dir,
+    write_project,
+)
 from tests.kafka_broker import TansuBroker  # noqa: E402
 
 from headwater import Project  # noqa: E402
@@ -66,8 +81,12 @@ QUIX_VENV = WORK / "quix-venv"
 REDIS = "redis://127.0.0.1:6379/15"  # the benchmark's own database: flushed before use
 STREAM, PLAIN_TOPIC = "events", "events-plain"
 FEATURES = ["spend_1h", "orders_1h", "spend_1d", "orders_1d"]
+REFERENCE = "headwater, Kafka log -> SQLite"  # the system every other is compared with
 # Every window value compared: (user, window, end) -> (sum, count)
 Values = dict[tuple[str, str, int], tuple[float, int]]
+Extra = tuple[str, float, str]  # a system's own figure of a run: (name, value, unit)
+# One run of a system: its seconds, its values and its own figures
+System = Callable[[int], tuple[float, Values, list[Extra]]]
 
 DEFINITIONS = """
 from headwater import Entity, Feature, Stream, agg
@@ -262,6 +281,7 @@ def headwater_ingest(folder: Path, table: pa.Table, chunk: int = 20_000) -> floa
 def headwater_process(folder: Path, events: int, sample: list[str]) -> tuple[float, Values]:
     """Seconds until ``Project.process()`` caught up, and the sampled users' values."""
     with Project(folder, clock=lambda: END_US) as p:
+        p.processor.clear()  # every run replays the whole log into an empty state
         start = time.perf_counter()
         stats = p.process()
         seconds = time.perf_counter() - start
@@ -302,15 +322,24 @@ def quix_version(python: Path) -> str:
 
 
 def run_quix(
-    python: Path, bootstrap: str, work: Path, events: int, sample: list[str], changelog: bool
+    python: Path,
+    bootstrap: str,
+    work: Path,
+    events: int,
+    sample: list[str],
+    changelog: bool,
+    run: int,
 ) -> tuple[dict[str, float], Values]:
-    name = f"quix-{'changelog' if changelog else 'local'}"
+    """One run in a new consumer group, with a new state folder (both removed afterwards)."""
+    name = f"quix-{'changelog' if changelog else 'local'}-{run}"
     script, sample_file = work / "quix_run.py", work / "sample.json"
     script.write_text(QUIX_RUN)
     sample_file.write_text(json.dumps(sample))
     cmd = [str(python), str(script), bootstrap, PLAIN_TOPIC, f"bench-{name}"]
     cmd += [str(work / name), "on" if changelog else "off", str(events), str(sample_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    drop_topics(bootstrap, f"bench-{name}")
+    shutil.rmtree(work / name, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"Quix Streams failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -326,6 +355,33 @@ def run_quix(
         (u, w, end): found.get((u, w, end), (0.0, 0)) for u in sample for w, end in instants()
     }
     return out, values
+
+
+def drop_topics(bootstrap: str, group: str) -> None:
+    """Delete the topics Quix Streams made for a consumer group (its changelogs): they would
+    keep a finished run's state in the broker's memory."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=10).topics if group in t]
+    if names:
+        for future in admin.delete_topics(names).values():
+            future.result(30)
+
+
+def quix_system(
+    python: Path, bootstrap: str, work: Path, events: int, sample: list[str], changelog: bool
+) -> System:
+    def measure(run: int) -> tuple[float, Values, list[Extra]]:
+        out, values = run_quix(python, bootstrap, work, events, sample, changelog, run)
+        extras = [
+            ("first message after start (group join)", out["join"], "s"),
+            ("first to last message", events / out["first_to_last"], "events/s"),
+            ("late events skipped", int(out["late"]), "events"),
+        ]
+        return out["seconds"], values, extras
+
+    return measure
 
 
 # -- the bare loop ----------------------------------------------------------------------------
@@ -391,6 +447,14 @@ def bare_kafka_loop(bootstrap: str, partitions: int, events: int) -> tuple[float
     return seconds, tiles
 
 
+def bare_system(loop: Callable[[], tuple[float, dict]], sample: list[str]) -> System:
+    def measure(run: int) -> tuple[float, Values, list[Extra]]:
+        seconds, tiles = loop()
+        return seconds, tile_values(tiles, sample), []
+
+    return measure
+
+
 def tile_values(tiles: dict[str, dict[int, list[Any]]], sample: list[str]) -> Values:
     values: Values = {}
     for user in sample:
@@ -434,7 +498,9 @@ def main() -> None:
         action="store_true",
         help="also run Quix Streams without changelog topics (its state in RocksDB only)",
     )
+    add_runs_argument(ap)
     args = ap.parse_args()
+    figures = Figures(args.runs)
     table = generate(args.events, args.users, args.days)
     sample = choose_sample(table, args.sample)
     work = fresh_dir(f"streams-{args.events}")  # a smoke run leaves a full one's alone
@@ -443,109 +509,109 @@ def main() -> None:
         f"{args.partitions} partitions; {len(sample):,} users' values compared",
         flush=True,
     )
-    rows: list[tuple[str, float]] = []  # (system, seconds)
-    checks: dict[str, Values] = {}
     notes: list[str] = []
-
-    folder = headwater_project(work / "embedded", {})
-    notes.append(f"headwater ingest, embedded log: {headwater_ingest(folder, table):.1f}s")
-    seconds, checks["headwater, embedded log -> SQLite"] = headwater_process(
-        folder, args.events, sample
-    )
-    rows.append(("headwater, embedded log -> SQLite", seconds))
-    print(f"  headwater, embedded log: {seconds:.2f}s", flush=True)
-
     broker = TansuBroker().start()
     try:
-        run_on_broker(args, broker, table, sample, work, rows, checks, notes)
+        systems = prepare(args, broker, table, sample, work, notes)
+        for run in figures.runs():
+            measure_run(args.events, systems, run, figures)
     finally:
         broker.stop()
-
-    users, amounts, ts = columns(table)
-    seconds, tiles = bare_loop(users, amounts, ts)
-    rows.append(("bare Python loop, in memory", seconds))
-    checks["bare Python loop, in memory"] = tile_values(tiles, sample)
-    report(args, rows, checks, notes)
+    report(args, figures, list(systems), notes, len(sample))
 
 
-def run_on_broker(
+def prepare(
     args: argparse.Namespace,
     broker: TansuBroker,
     table: pa.Table,
     sample: list[str],
     work: Path,
-    rows: list[tuple[str, float]],
-    checks: dict[str, Values],
     notes: list[str],
-) -> None:
+) -> dict[str, System]:
+    """Set-up, once: the logs and topics filled, Quix Streams installed; the systems to run,
+    in the table's order, the reference first."""
+    embedded = headwater_project(work / "embedded", {})
+    notes.append(f"headwater ingest, embedded log: {headwater_ingest(embedded, table):.1f}s")
     bootstrap = broker.address
     for topic in (STREAM, PLAIN_TOPIC):
         create_topic(bootstrap, topic, args.partitions)
     log = broker.url(partitions=args.partitions)
-    folder = headwater_project(work / "kafka", {"log": log})
-    seconds = headwater_ingest(folder, table)
+    kafka = headwater_project(work / "kafka", {"log": log})
+    seconds = headwater_ingest(kafka, table)
     notes.append(f"headwater ingest through its Kafka log (SDK, Arrow batches): {seconds:.1f}s")
     seconds = produce_plain(bootstrap, table)
     notes.append(f"plain topic for Quix (confluent-kafka producer, JSON): {seconds:.1f}s")
-    name = "headwater, Kafka log -> SQLite"
-    seconds, checks[name] = headwater_process(folder, args.events, sample)
-    rows.insert(0, (name, seconds))
-    print(f"  {name}: {seconds:.2f}s", flush=True)
+
+    def headwater(folder: Path) -> System:
+        def measure(run: int) -> tuple[float, Values, list[Extra]]:
+            return (*headwater_process(folder, args.events, sample), [])
+
+        return measure
+
+    systems = {REFERENCE: headwater(kafka)}
     if not args.no_redis:
         import redis
 
         redis.Redis.from_url(args.redis).flushdb()
         folder = headwater_project(work / "kafka-redis", {"log": log, "online": args.redis})
-        name = "headwater, Kafka log -> Redis"
-        seconds, checks[name] = headwater_process(folder, args.events, sample)
-        rows.insert(1, (name, seconds))
+        systems["headwater, Kafka log -> Redis"] = headwater(folder)
+    systems["headwater, embedded log -> SQLite"] = headwater(embedded)
+    if not args.no_quix:
+        python = quix_python()
+        version = quix_version(python)
+        for changelog in (True, False)[: 1 + args.quix_no_changelog]:
+            name = f"Quix Streams {version}, RocksDB" + (" + changelog topics" if changelog else "")
+            systems[name] = quix_system(python, bootstrap, work, args.events, sample, changelog)
+    systems["bare Python loop, consuming the plain topic"] = bare_system(
+        lambda: bare_kafka_loop(bootstrap, args.partitions, args.events), sample
+    )
+    users, amounts, ts = columns(table)
+    systems["bare Python loop, in memory"] = bare_system(
+        lambda: bare_loop(users, amounts, ts), sample
+    )
+    return systems
+
+
+def measure_run(events: int, systems: dict[str, System], run: int, figures: Figures) -> None:
+    """Every system once; then each one's values compared with the reference's of this run."""
+    values: dict[str, Values] = {}
+    for name, measure in systems.items():
+        if name.startswith("Quix"):
+            print(f"  {name}: running (minutes at 1M events)", flush=True)
+        seconds, values[name], extras = measure(run)
         print(f"  {name}: {seconds:.2f}s", flush=True)
-    seconds, tiles = bare_kafka_loop(bootstrap, args.partitions, args.events)
-    rows.append(("bare Python loop, consuming the plain topic", seconds))
-    checks["bare Python loop, consuming the plain topic"] = tile_values(tiles, sample)
-    if args.no_quix:
-        return
-    python = quix_python()
-    version = quix_version(python)
-    for changelog in (True, False)[: 1 + args.quix_no_changelog]:
-        name = f"Quix Streams {version}, RocksDB" + (" + changelog topics" if changelog else "")
-        print(f"  {name}: running (minutes at 1M events)", flush=True)
-        out, checks[name] = run_quix(python, bootstrap, work, args.events, sample, changelog)
-        rows.append((name, out["seconds"]))
-        notes.append(
-            f"{name}: first message {out['join']:.1f}s after start; first to last message "
-            f"{args.events / out['first_to_last']:,.0f} events/s; late events skipped "
-            f"{out['late']}"
-        )
-        print(f"  {name}: {out['seconds']:.2f}s", flush=True)
+        figures.add(f"{name}: seconds", seconds, "s")
+        figures.add(f"{name}: events/s", events / seconds, "events/s")
+        for figure, value, unit in extras:
+            figures.add(f"{name}: {figure}", value, unit)
+    for name in systems:
+        bad = differing(values[REFERENCE], values[name])
+        figures.add(f"{name}: values differing from the reference", bad, "values")
 
 
 def report(
     args: argparse.Namespace,
-    rows: list[tuple[str, float]],
-    checks: dict[str, Values],
+    figures: Figures,
+    systems: list[str],
     notes: list[str],
+    sampled: int,
 ) -> None:
-    """The table; the first row (headwater, Kafka log -> SQLite) is the reference."""
-    rows = sorted(rows, key=lambda row: ("headwater" not in row[0], "bare" in row[0]))
-    reference_name, reference_seconds = rows[0]
-    reference = checks[reference_name]
-    print(f"\n{args.events:,} events, {args.users:,} users, {args.partitions} partitions\n")
-    print("| system | seconds | events/s | headwater speed-up | values differing |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, seconds in rows:
-        print(
-            f"| {name} | {seconds:.2f} | {args.events / seconds:,.0f} | "
-            f"{seconds / reference_seconds:.2f}x | {differing(reference, checks[name])} |"
+    """The tables; the first system (headwater, Kafka log -> SQLite) is the reference."""
+    for name in systems[1:]:
+        figures.compare(
+            f"{name} / {REFERENCE} (seconds)", f"{name}: seconds", f"{REFERENCE}: seconds"
         )
+    print(f"\n{args.events:,} events, {args.users:,} users, {args.partitions} partitions")
+    print(figures.report())
     print(
-        f"\nheadwater speed-up: this system's time / the time of {reference_name!r}. "
-        f"Values differing from it: of {len(reference) * 2:,} per system (sum and count of "
-        f"the 1h window ending at each of the last 24 hours and of the 1d window ending at "
-        f"2026-01-01, for {len(reference) // len(instants()):,} users)."
+        f"\nRatios: a system's median seconds / the reference's ({REFERENCE!r}): above 1, "
+        f"headwater is that much faster. Values differing from the reference: of "
+        f"{sampled * len(instants()) * 2:,} per system and run (sum and count of the 1h window "
+        f"ending at each of the last 24 hours and of the 1d window ending at 2026-01-01, for "
+        f"{sampled:,} users)."
     )
     for note in notes:
-        print(f"  {note}")
+        print(f"  set-up, once: {note}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,25 @@
-"""A tiny run of each benchmark script, so that they cannot rot."""
+"""A tiny run of each benchmark script, so that they cannot rot.
+
+The cheap scripts run twice (``--runs 2``), so that their set-up-once / measure-per-run split
+is exercised; those starting a competitor (its own virtual environment or server), and
+backends.py (whose second run costs as much as its first: two workers joining a group), once.
+"""
 
 from __future__ import annotations
 
+import doctest
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+HEADER = "| figure | min | median | max | unit |"
+RATIOS = "| ratio of medians | value |"
 
 
 def _run(script: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
-    """A benchmark script with its arguments; it must exit cleanly."""
+    """A benchmark script with its arguments; it must exit cleanly and print its figures."""
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
@@ -18,7 +27,30 @@ def _run(script: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
         timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert HEADER in proc.stdout, proc.stdout
     return proc
+
+
+def _figure(stdout: str, name: str) -> list[str]:
+    """The min, median and max printed for figure ``name``."""
+    row = next((line for line in stdout.splitlines() if line.startswith(f"| {name} |")), None)
+    assert row is not None, f"no figure {name!r} in:\n{stdout}"
+    return row.strip(" |").split(" | ")[1:4]
+
+
+def _ratio(stdout: str, label: str) -> str:
+    row = next((line for line in stdout.splitlines() if line.startswith(f"| {label} |")), None)
+    assert RATIOS in stdout and row is not None, f"no ratio {label!r} in:\n{stdout}"
+    return row
+
+
+def test_the_figures_helper_runs_its_docstring_example():
+    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCHMARKS / "common.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_core_benchmark_runs_and_prints_its_table():
@@ -38,36 +70,51 @@ def test_core_benchmark_runs_and_prints_its_table():
         "500",
         "--ts-users",
         "100",
+        "--runs",
+        "2",
         timeout=600,
     )
+    assert "2 runs on the same data:" in proc.stdout
     for figure in (
-        "SDK ingest",
-        "processing",
-        "online lookup, 1 entity",
-        "HTTP ingest",
+        "SDK ingest, batches of 10,000",
+        "processing (12 windowed features)",
+        "online lookup, 1 entity x 12 features, p50",
+        "HTTP ingest, batches of 1000, 4 clients",
         "training set 500 x 12 features over 5,000 events",
     ):
-        assert figure in proc.stdout, figure
+        _figure(proc.stdout, figure)
 
 
 def test_serving_benchmark_runs_all_three_servers():
-    proc = _run("serving.py", "--requests", "60", "--users", "300", "--clients", "1,2", timeout=900)
-    for server in (
-        "| headwater | 2 |",
-        "| bare FastAPI + booster | 2 |",
-        "| mlflow models serve | 2 |",
-    ):
-        assert server in proc.stdout, server
+    proc = _run(
+        "serving.py",
+        "--requests",
+        "60",
+        "--users",
+        "300",
+        "--clients",
+        "1,2",
+        "--runs",
+        "1",
+        timeout=900,
+    )
+    for server in ("headwater", "bare FastAPI + booster", "mlflow models serve"):
+        _figure(proc.stdout, f"{server}, 2 clients: req/s")
+        assert _figure(proc.stdout, f"{server}: failed requests (every level)") == ["0"] * 3
     assert "answered" not in proc.stdout  # every server accepted the requests
+    _ratio(proc.stdout, "headwater / mlflow models serve, 2 clients (req/s)")
+    _ratio(proc.stdout, "headwater / bare FastAPI + booster, 2 clients (req/s)")
 
 
 def test_feast_benchmark_agrees_with_feast_on_every_row():
-    proc = _run("feast_pit.py", "--rows", "20000", timeout=900)
-    assert "| feast duckdb |" in proc.stdout and "| feast file |" in proc.stdout
-    duckdb_row = next(
-        line for line in proc.stdout.splitlines() if line.startswith("| feast duckdb |")
-    )
-    assert duckdb_row.rstrip(" |").endswith("| 0")  # no mismatching row against Feast
+    proc = _run("feast_pit.py", "--rows", "20000", "--runs", "1", timeout=900)
+    for kind in ("duckdb", "file"):
+        _figure(proc.stdout, f"feast {kind}: training set")
+        _ratio(proc.stdout, f"headwater speed-up over feast {kind} (its seconds / headwater's)")
+    # no value differs from Feast's; Feast's duckdb store returns every entity row
+    assert _figure(proc.stdout, "feast duckdb: rows with a differing value") == ["0"] * 3
+    assert _figure(proc.stdout, "feast file: rows with a differing value") == ["0"] * 3
+    assert _figure(proc.stdout, "feast duckdb: entity rows missing from either answer") == ["0"] * 3
 
 
 def test_monitoring_benchmark_runs_and_prints_its_rates():
@@ -83,24 +130,56 @@ def test_monitoring_benchmark_runs_and_prints_its_rates():
         "60",
         "--predictions",
         "300",
+        "--runs",
+        "2",
         timeout=600,
     )
-    assert "(false alarms)" in proc.stdout and "(detection)" in proc.stdout
-    assert "predictions/s" in proc.stdout
+    _figure(proc.stdout, "model's own period (false alarms): windows with a drift alert")
+    _figure(proc.stdout, "after the simulated drift (detection): windows with a drift alert")
+    _figure(proc.stdout, "monitor throughput (join labels, score, drift)")
+    # each run's monitor judges that run's predictions, and only those
+    assert _figure(proc.stdout, "monitor run: predictions judged") == ["300"] * 3
 
 
 def test_backends_benchmark_runs_and_two_workers_match_one():
-    proc = _run("backends.py", "--events", "6000", "--users", "600", "--lookups", "50", timeout=600)
-    assert "| Kafka + Redis: processing, 2 workers (incl. group join) |" in proc.stdout
-    assert "| 2 workers vs 1: identical entities (of 200) | 200 |" in proc.stdout
+    proc = _run(
+        "backends.py",
+        "--events",
+        "6000",
+        "--users",
+        "600",
+        "--lookups",
+        "50",
+        "--runs",
+        "1",
+        timeout=600,
+    )
+    _figure(proc.stdout, "Kafka + Redis: processing, 2 workers (incl. group join)")
+    differing = _figure(proc.stdout, "2 workers vs 1: entities with a differing value (of 200)")
+    assert differing == ["0"] * 3
+    _ratio(proc.stdout, "Kafka + Redis processing, 2 workers / 1 worker (events/s)")
 
 
 def test_feast_online_benchmark_runs_and_both_agree():
     proc = _run(
-        "feast_online.py", "--rows", "5000", "--calls", "50", "--requests", "100", timeout=900
+        "feast_online.py",
+        "--rows",
+        "5000",
+        "--calls",
+        "50",
+        "--requests",
+        "100",
+        "--runs",
+        "1",
+        timeout=900,
     )
-    assert "x 8 features: 0 mismatches" in proc.stdout
-    assert "| in-process, 1 entity |" in proc.stdout and "| 8 |" in proc.stdout
+    assert _figure(proc.stdout, "in-process values, 50 users x 8 features: mismatches") == ["0"] * 3
+    _figure(proc.stdout, "HTTP, 8 clients: feast serve req/s")
+    _ratio(
+        proc.stdout,
+        "headwater speed-up over Feast, in-process, 1 entity (Feast p50 / headwater p50)",
+    )
+    _ratio(proc.stdout, "headwater / feast serve, HTTP 8 clients (req/s)")
 
 
 def test_streams_benchmark_runs_and_every_system_agrees():
@@ -115,14 +194,24 @@ def test_streams_benchmark_runs_and_every_system_agrees():
         "--no-quix",
         "--redis",
         "redis://127.0.0.1:6379/9",
+        "--runs",
+        "2",
         timeout=600,
     )
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][2:]
-    assert [row.split(" | ")[0] for row in rows] == [
-        "| headwater, Kafka log -> SQLite",
-        "| headwater, Kafka log -> Redis",
-        "| headwater, embedded log -> SQLite",
-        "| bare Python loop, consuming the plain topic",
-        "| bare Python loop, in memory",
+    systems = [
+        "headwater, Kafka log -> SQLite",
+        "headwater, Kafka log -> Redis",
+        "headwater, embedded log -> SQLite",
+        "bare Python loop, consuming the plain topic",
+        "bare Python loop, in memory",
     ]
-    assert all(row.endswith("| 0 |") for row in rows), rows  # every value as headwater's
+    timed = [
+        line.split(": seconds |")[0][2:]
+        for line in proc.stdout.splitlines()
+        if ": seconds |" in line
+    ]
+    assert timed == systems
+    for system in systems:  # every value as headwater's, in every run
+        assert _figure(proc.stdout, f"{system}: values differing from the reference") == ["0"] * 3
+    for system in systems[1:]:
+        _ratio(proc.stdout, f"{system} / headwater, Kafka log -> SQLite (seconds)")
