@@ -7,3 +7,8 @@ class HeadwaterError(Exception):
 
 class DefinitionError(HeadwaterError, ValueError):
     """A stream, entity or feature definition is invalid; the message says how to fix it."""
+
+
+class StoreUnavailable(HeadwaterError):
+    """A store the project runs on (Redis, PostgreSQL) cannot be reached; nothing was done,
+    so the call can be retried once it is back."""

@@ -6,6 +6,7 @@ import orjson
 from fastapi import HTTPException
 
 from headwater.definitions import DefinitionError, HeadwaterError
+from headwater.definitions.errors import StoreUnavailable
 from headwater.features.catalog import UnknownFeatureError
 from headwater.features.online import MissingKeyError
 from headwater.ingestion.service import UnknownStreamError
@@ -20,6 +21,7 @@ STATUS_OF: list[tuple[type[Exception], int]] = [
     (NoModelVersion, 503),
     (DefinitionError, 422),
     (LogError, 503),  # the log (e.g. a Kafka broker) cannot be reached: nothing acknowledged
+    (StoreUnavailable, 503),  # Redis or PostgreSQL cannot be reached: retry later
     (HeadwaterError, 500),
 ]
 

@@ -3,14 +3,17 @@ tables created and upgraded by ordered migrations when a store connects."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote
 
 from headwater.definitions import HeadwaterError
+from headwater.definitions.errors import StoreUnavailable
+from headwater.definitions.source import redact_url
 from headwater.stores.metadata_base import RegisteredDefinition
 
 if TYPE_CHECKING:
@@ -101,6 +104,26 @@ _UPSERT_RECORD = (
 )
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reachable(method: _F) -> _F:
+    """PostgreSQL being unreachable (down, restarting, the connection lost) as
+    ``StoreUnavailable``; errors in what is asked stay as they are."""
+
+    @functools.wraps(method)
+    def call(self: PostgresMetadataStore, *args: Any, **kwargs: Any) -> Any:
+        import psycopg
+
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.OperationalError as exc:
+            where = redact_url(self._url)
+            raise StoreUnavailable(f"cannot reach PostgreSQL at {where}: {exc}") from exc
+
+    return cast(_F, call)
+
+
 class MetadataSchemaError(HeadwaterError):
     """The database's metadata schema is newer than this version of headwater knows."""
 
@@ -114,7 +137,9 @@ class PostgresMetadataStore:
     created and older ones upgraded when the store connects, so no SQL is run by hand.
     """
 
+    @_reachable
     def __init__(self, url: str, schema: str = "headwater") -> None:
+        self._url = url
         try:
             from psycopg import sql
         except ModuleNotFoundError as e:
@@ -153,7 +178,7 @@ class PostgresMetadataStore:
     def _connect(self) -> psycopg.Connection[Any]:
         import psycopg
 
-        return psycopg.connect(self._url, autocommit=True)
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
 
     def _connection(self) -> psycopg.Connection[Any]:
         # a connection the server dropped (restart, failover) is replaced on next use
@@ -161,11 +186,13 @@ class PostgresMetadataStore:
             self._conn = self._connect()
         return self._conn
 
+    @_reachable
     def definitions(self) -> list[RegisteredDefinition]:
         with self._lock:
             rows = self._connection().execute(self._select_definitions).fetchall()
         return [RegisteredDefinition(*row) for row in rows]
 
+    @_reachable
     def apply(
         self, upserts: Sequence[RegisteredDefinition], removals: Sequence[tuple[str, str]]
     ) -> None:
@@ -191,17 +218,20 @@ class PostgresMetadataStore:
                 if removals:
                     cur.executemany(self._remove, list(removals))
 
+    @_reachable
     def history(self, kind: str, name: str) -> list[RegisteredDefinition]:
         with self._lock:
             rows = self._connection().execute(self._history, (kind, name)).fetchall()
         return [RegisteredDefinition(*row) for row in rows]
 
+    @_reachable
     def get_records(self, collection: str) -> dict[str, dict[str, Any]]:
         with self._lock:
             rows = self._connection().execute(self._select_records, (collection,)).fetchall()
         # psycopg decodes json into Python objects
         return {record_id: doc for record_id, doc in rows}
 
+    @_reachable
     def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         # serialized as the SQLite store does, and before any SQL, so bad input changes nothing
         rows = [(collection, record_id, json.dumps(doc)) for collection, record_id, doc in records]

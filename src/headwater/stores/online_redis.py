@@ -5,8 +5,9 @@ The only module that imports redis-py; the backend registry imports it lazily.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import cast
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 try:
     import redis
@@ -16,7 +17,25 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the Redis online store needs the redis extra: pip install 'headwater[redis]'"
     ) from exc
 
+from headwater.definitions.errors import StoreUnavailable
+from headwater.definitions.source import redact_url
 from headwater.stores.online_base import OwnershipLost
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reachable(method: _F) -> _F:
+    """Redis being unreachable (down, restarting, a timeout) as ``StoreUnavailable``."""
+
+    @functools.wraps(method)
+    def call(self: RedisOnlineStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot reach Redis at {self._where}: {exc}") from exc
+
+    return cast(_F, call)
+
 
 _MSET_CHUNK = 10_000
 # KEYS: the checkpoints and owners hashes; ARGV: n, n SCAN patterns of state keys, then the
@@ -81,6 +100,7 @@ class RedisOnlineStore:
         if state_ttl_seconds is not None and state_ttl_seconds <= 0:
             raise ValueError(f"state_ttl_seconds must be positive or None, not {state_ttl_seconds}")
         self._client = redis.Redis.from_url(url)
+        self._where = redact_url(url)
         self._prefix = f"{namespace}:s:".encode()
         self._checkpoints_key = f"{namespace}:checkpoints".encode()
         self._owners_key = f"{namespace}:owners".encode()
@@ -90,12 +110,14 @@ class RedisOnlineStore:
         escaped = feature_set.replace("%", "%25").replace(":", "%3A")
         return self._prefix + escaped.encode() + b":" + key.encode()
 
+    @_reachable
     def get_many(self, feature_set: str, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         found = self._client.mget([self._key(feature_set, k) for k in keys])
         return cast(list[bytes | None], found)
 
+    @_reachable
     def get_sets(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, list[bytes | None]]:
         names = [self._key(fs, k) for fs, keys in wanted.items() for k in keys]
         if not names:
@@ -103,6 +125,7 @@ class RedisOnlineStore:
         found = iter(cast(list[bytes | None], self._client.mget(names)))  # one round trip
         return {fs: [next(found) for _ in keys] for fs, keys in wanted.items()}
 
+    @_reachable
     def write(
         self,
         states: Mapping[str, Mapping[str, bytes]],
@@ -154,10 +177,12 @@ class RedisOnlineStore:
                 "nothing of this write was applied"
             )
 
+    @_reachable
     def claim(self, names: Sequence[str], token: str) -> None:
         if names:
             self._client.hset(self._owners_key, mapping=dict.fromkeys(names, token))
 
+    @_reachable
     def clear(self, feature_sets: Sequence[str]) -> None:
         patterns = [_glob_escape(self._key(fs, "")) + b"*" for fs in feature_sets]
         self._client.eval(
@@ -170,6 +195,7 @@ class RedisOnlineStore:
             *feature_sets,
         )
 
+    @_reachable
     def checkpoints(self, names: Sequence[str]) -> dict[str, int]:
         if not names:
             return {}
