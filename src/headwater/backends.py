@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from headwater.definitions import HeadwaterError
+from headwater.definitions.source import redact_url
 
 
 class BackendError(HeadwaterError):
@@ -116,5 +117,6 @@ def open_backend(port: str, url: str, root: Path) -> Any:
     factory = BACKENDS[port].get(scheme)
     if factory is None:
         known = ", ".join(f"{s}://" for s in BACKENDS[port])
-        raise BackendError(f"no {port} backend for {url!r}; known schemes: {known}")
+        shown = redact_url(url)
+        raise BackendError(f"no {port} backend for {shown!r}; known schemes: {known}")
     return factory(url, root)
