@@ -184,17 +184,19 @@ class ChangeSource(Source):
     The first poll installs, in the source database, a trigger on ``table`` that records each
     inserted, updated and deleted row (the new row; for a delete, the old one) in the table
     ``headwater_capture.changes``, then reads the table's existing rows as a consistent
-    snapshot (``snapshot=False`` skips it); later polls read the recorded changes in commit
-    order, exactly once each. Unlike a ``TableSource`` it sees deletes, and every update
-    even without an ``updated_at`` column. It needs no ``wal_level=logical``, only the right
-    to create a schema, a function and a trigger. ``operation`` names a string field of the
-    stream that receives ``"snapshot"``, ``"insert"``, ``"update"`` or ``"delete"``;
-    ``changed_at`` a timestamp field that receives when the change happened (a good event
-    time for a change stream). ``columns`` maps table columns to stream fields as for a
-    ``TableSource``. Recorded changes that the source has read are deleted once older than
-    ``retention`` (0: at once). A change is read once every transaction older than its own
-    has ended: a transaction left open anywhere on the server delays the capture (never
-    reorders or loses it) until it ends. TRUNCATE is not captured.
+    snapshot (``snapshot=False`` skips it); later polls read the recorded changes, exactly
+    once each, in the order of their transactions' ids (not of their commits: the event
+    time, e.g. ``changed_at``, carries when each happened). Unlike a ``TableSource`` it sees
+    deletes, and every update even without an ``updated_at`` column. It needs no
+    ``wal_level=logical``, only the right to create a schema, a function and a trigger.
+    ``operation`` names a string field of the stream that receives ``"snapshot"``,
+    ``"insert"``, ``"update"`` or ``"delete"``; ``changed_at`` a timestamp field that
+    receives when the change happened (a good event time for a change stream). ``columns``
+    maps table columns to stream fields as for a ``TableSource``. Recorded changes that the
+    source has read are deleted once older than ``retention`` (0: at once). A change is read
+    once every transaction older than its own has ended: a transaction left open anywhere on
+    the server delays the capture (never reorders or loses it) until it ends. TRUNCATE is not
+    captured.
 
     >>> changes = Stream("customer_changes", fields={"customer_id": "string",
     ...     "tier": "string", "op": "string", "ts": "timestamp"}, key="customer_id",
