@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -24,6 +25,7 @@ app = typer.Typer(
 # Piped output (CI, files) gets room for tables instead of rich's 80-column default.
 console = Console() if sys.stdout.isatty() else Console(width=130)
 err = Console(stderr=True, soft_wrap=True)
+_NUMBER = re.compile(r"-?\d+(\.\d*)?")  # epoch seconds on the command line
 
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder", envvar="HEADWATER_PROJECT")
@@ -519,6 +521,17 @@ def scheduler(
             time.sleep(every)
 
 
+def _time_option(value: str, option: str) -> int:
+    """A time given on the command line (ISO 8601, or epoch seconds), in microseconds; a
+    usage error naming the option otherwise."""
+    from headwater.definitions.types import InvalidValue, to_micros
+
+    try:
+        return to_micros(float(value) if _NUMBER.fullmatch(value.strip()) else value)
+    except InvalidValue as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
 @app.command()
 def score(
     service: Annotated[str, typer.Argument(help="Service to score with")],
@@ -536,11 +549,12 @@ def score(
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from headwater.definitions.types import from_micros, to_micros
+    from headwater.definitions.types import from_micros
     from headwater.serving.batch import score_entities, write_scores
 
+    at_us = None if at is None else _time_option(at, "--at")
     with _open(project) as p:
-        when = from_micros(to_micros(at) if at else p.now())
+        when = from_micros(at_us if at_us is not None else p.now())
         table = None
         if entities is not None:
             table = (
@@ -765,14 +779,10 @@ def quickstart(
     """Create the shop example, simulate weeks of activity, ingest, process, train, serve,
     and close the loop (ground truth, drift, monitor, alerts, retraining). It runs on the
     embedded stores, or on yours: --log, --online, --offline, --metadata (empty ones)."""
-    from headwater.definitions.types import InvalidValue, to_micros
     from headwater.quickstart import run_quickstart
 
     chosen = {"log": log, "online": online, "offline": offline, "metadata": metadata}
-    try:
-        now_us = None if now is None else to_micros(now)
-    except InvalidValue as exc:
-        raise typer.BadParameter(str(exc), param_hint="--now") from None
+    now_us = None if now is None else _time_option(now, "--now")
     project = run_quickstart(
         folder,
         users=users,

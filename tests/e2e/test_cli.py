@@ -105,3 +105,15 @@ def test_ingest_files_in_three_formats_then_features_and_training_set(small_proj
     assert got[1]["spend_lifetime"] == sum(r["amount"] for r in rows if r["user_id"] == "u2")
     with Project(small_project) as p:
         assert p.log.end_offset(DEAD_LETTER_STREAM) == 2
+
+
+def test_a_time_option_that_is_no_time_is_a_usage_error(small_project, tmp_path):
+    out = str(tmp_path / "scores.parquet")
+    bad = run("score", "x", "--out", out, "--at", "garbage", "-p", str(small_project), ok=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--at" in bad.stderr and "cannot parse 'garbage' as a timestamp" in bad.stderr
+    # epoch seconds are a time: this one gets past the option to the unknown service
+    epoch = run(
+        "score", "x", "--out", out, "--at", "1767225600", "-p", str(small_project), ok=False
+    )
+    assert epoch.returncode == 1 and "--at" not in epoch.stderr, epoch.stderr
