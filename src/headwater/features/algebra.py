@@ -1,6 +1,7 @@
 """The aggregation algebra: init, update, merge and finalize over partial aggregates.
 
-Partials are plain lists and numbers so tiles serialize as they are. The stream processor and
+Partials are plain lists and numbers so tiles serialize as they are; merge and finalize also
+take them as tuples (the online path reads decoded states as tuples). The stream processor and
 online reads use this module; the batch engine compiles the same definitions to SQL, and the
 property tests check that both agree with a brute-force evaluation.
 
@@ -134,7 +135,7 @@ def last_k_algebra(k: int) -> Algebra:
         return s
 
     def merge(a: list[Any], b: list[Any]) -> list[Any]:
-        return sorted(a + b, key=lambda e: (e[0], e[1]), reverse=True)[:k]
+        return sorted([*a, *b], key=lambda e: (e[0], e[1]), reverse=True)[:k]
 
     return Algebra(list, update, merge, lambda s: [e[2] for e in s])
 

@@ -94,7 +94,7 @@ class OnlineFeatures:
         hit = cache.get(key)
         if hit is not None and hit[0] == blob:
             return hit[1]
-        state = plan.decode(blob)
+        state = plan.decode(blob, shared=True)
         if len(cache) >= self._cache_size:
             cache.pop(next(iter(cache)), None)  # the oldest entry goes
         cache[key] = (blob, state)

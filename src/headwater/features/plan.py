@@ -188,21 +188,30 @@ class FeatureSetPlan:
     def encode(self, state: dict[str, Any]) -> bytes:
         return msgpack.packb(state, default=_encode_set, strict_types=False)
 
-    def decode(self, blob: bytes | None) -> dict[str, Any]:
+    def decode(self, blob: bytes | None, shared: bool = False) -> dict[str, Any]:
+        """The state a blob holds: lists to update (the processor), or with ``shared``
+        tuples only to read (the online path keeps decoded states in a cache: tuples of
+        plain values leave the garbage collector's passes, so a large cache does not make
+        its full passes take tens of milliseconds)."""
         if blob is None:
             return self.new_state()
-        state = msgpack.unpackb(blob, strict_map_key=False)
+        state = msgpack.unpackb(blob, strict_map_key=False, use_list=not shared)
         for hop, slots in self.hop_slots.items():
             tiles = state["h"].setdefault(hop, {})
-            distinct = [i for i, s in enumerate(slots) if s.kind == "count_distinct"]
+            distinct = {i for i, s in enumerate(slots) if s.kind == "count_distinct"}
             if distinct:
-                for tile in tiles.values():
-                    for i in distinct:
-                        tile[i] = set(tile[i])
-        for i, s in enumerate(self.lifetime_slots):
-            if s.kind == "count_distinct":
-                state["l"][i] = set(state["l"][i])
+                for start, tile in tiles.items():
+                    tiles[start] = _with_sets(tile, distinct, shared)
+        distinct = {i for i, s in enumerate(self.lifetime_slots) if s.kind == "count_distinct"}
+        if distinct:
+            state["l"] = _with_sets(state["l"], distinct, shared)
         return state
+
+
+def _with_sets(partials: Any, distinct: set[int], shared: bool) -> Any:
+    """The partials with those of ``count_distinct`` as sets (they are stored as arrays)."""
+    out = [set(v) if i in distinct else v for i, v in enumerate(partials)]
+    return tuple(out) if shared else out
 
 
 def _encode_set(value: Any) -> Any:
