@@ -42,7 +42,7 @@ changes_seen = Feature("changes", entity=customer, stream=changes, aggregation=a
                        windows=["lifetime"], owner="crm", description="Changes of the customer")
 customers_cdc = ChangeSource(
     "customers_cdc", stream=changes, url={url!r}, table={table!r}, key="id",
-    columns={{"code": "customer_id", "tier": "tier", "spend": "spend"}}, operation="op",
+    columns={columns!r}, operation="op",
     changed_at="ts", snapshot={snapshot!r}, batch_size={batch}, retention={retention!r},
     owner="crm", description="The customers table, change by change",
 )
@@ -66,11 +66,25 @@ def table() -> Iterator[str]:
             conn.execute("DELETE FROM headwater_capture.changes WHERE source_table = %s", [name])
 
 
+COLUMNS = {"code": "customer_id", "tier": "tier", "spend": "spend"}
+
+
 def _project(
-    tmp_path: Path, table: str, *, batch: int = 1000, snapshot: bool = True, retention="7d"
+    tmp_path: Path,
+    table: str,
+    *,
+    batch: int = 1000,
+    snapshot: bool = True,
+    retention: Any = "7d",
+    columns: dict[str, str] = COLUMNS,
 ) -> Path:
     text = DEFINITIONS.format(
-        url=PG_URL, table=table, batch=batch, snapshot=snapshot, retention=retention
+        url=PG_URL,
+        table=table,
+        batch=batch,
+        snapshot=snapshot,
+        retention=retention,
+        columns=columns,
     )
     folder = tmp_path / "project"
     shutil.rmtree(folder / "__pycache__", ignore_errors=True)
@@ -247,3 +261,17 @@ def test_changes_the_snapshot_already_holds_are_left_out(table: str) -> None:
         assert len(reader.changes(table, None, 10, None)) == 2
     finally:
         reader.close()
+
+
+def test_an_integer_id_keys_a_string_field(tmp_path: Path, table: str) -> None:
+    """A table's bigint primary key feeds the stream's string key as its digits."""
+    path = _project(tmp_path, table, columns={"id": "customer_id", "tier": "tier"})
+    _sql("INSERT INTO {t} VALUES (7, 'c7', 'bronze', 1)", table)
+    assert _poll(path).accepted == 1
+    _sql("UPDATE {t} SET tier = 'gold' WHERE id = 7", table)
+    result = _poll(path)
+    assert (result.accepted, result.rejected) == (1, 0)
+    assert [(e["customer_id"], e["op"], e["tier"]) for e in _events(path)] == [
+        ("7", "snapshot", "bronze"),
+        ("7", "update", "gold"),
+    ]

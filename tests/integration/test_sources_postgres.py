@@ -297,3 +297,14 @@ def test_cli_runs_sources_once_and_reports(tmp_path: Path, table: str) -> None:
     _project(tmp_path, table, url="postgresql://postgres@127.0.0.1:1/test")
     failed = cli.invoke(app, ["source", "run", "-p", str(path)])
     assert failed.exit_code == 1
+
+
+def test_an_integer_id_keys_a_string_field(tmp_path: Path, table: str) -> None:
+    """The table's bigint id feeds the stream's string key as its digits, not a rejection."""
+    columns = {"id": "user_id", "amount": "amount", "status": "status", "created_at": "ts"}
+    path = _project(tmp_path, table, columns=columns)
+    _upsert(table, *(_row(i, T0 + timedelta(seconds=i)) for i in (1, 22)))
+    result = _poll(path)
+    assert (result.accepted, result.rejected) == (2, 0)
+    with Project(path) as project:
+        assert [e["user_id"] for e in _events(project)] == ["1", "22"]

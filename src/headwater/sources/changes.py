@@ -13,7 +13,7 @@ from headwater.definitions.source import ChangeSource
 from headwater.definitions.types import from_micros
 from headwater.ingestion.service import IngestResult
 from headwater.sources.base import TABLE_POSITIONS, Change, ChangeReader, PollResult, SourceError
-from headwater.sources.table import field_mapping
+from headwater.sources.table import event_value, field_mapping, text_fields
 from headwater.stores.metadata_base import MetadataStore
 
 Ingest = Callable[[str, list[Any]], IngestResult]
@@ -43,6 +43,7 @@ class ChangePoller:
     ) -> None:
         self.source, self._reader, self._ingest = source, reader, ingest
         self._metadata, self._clock = metadata, clock
+        self._texts = text_fields(source.stream)
 
     def checkpoint(self) -> dict[str, Any] | None:
         return self._metadata.get_records(TABLE_POSITIONS).get(self.source.name)
@@ -107,7 +108,8 @@ class ChangePoller:
         change: Change | None,
     ) -> dict[str, Any]:
         source = self.source
-        event = {field: row.get(column) for column, field in mapping.items()}
+        texts = self._texts
+        event = {f: event_value(row.get(c), f in texts) for c, f in mapping.items()}
         if source.operation is not None:
             event[source.operation] = operation
         if source.changed_at is not None:

@@ -14,7 +14,8 @@ import orjson
 
 from headwater.backends import BACKENDS, BackendError, open_backend
 from headwater.definitions.source import ChangeSource, TableSource, redact_url
-from headwater.definitions.stream import did_you_mean
+from headwater.definitions.stream import Stream, did_you_mean
+from headwater.definitions.types import DType
 from headwater.ingestion.service import IngestResult
 from headwater.sources.base import TABLE_POSITIONS, PollResult, SourceError, TableQuery, TableReader
 from headwater.stores.metadata_base import MetadataStore
@@ -84,8 +85,15 @@ def event_id(table: str, keys: Sequence[Any], cursor: Any) -> str:
     return hashlib.sha256(text).hexdigest()[:32]
 
 
-def event_value(value: Any) -> Any:
-    """A database value as the stream validator understands it."""
+def event_value(value: Any, text: bool = False) -> Any:
+    """A database value as the stream validator understands it; with ``text`` (the field is a
+    string), an integer as its digits: a table's bigint id keys a stream's string key.
+
+    >>> event_value(Decimal("2.50")), event_value(42, text=True), event_value(True, text=True)
+    (2.5, '42', True)
+    """
+    if text and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, UUID):
@@ -93,6 +101,12 @@ def event_value(value: Any) -> Any:
     if isinstance(value, date) and not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     return value
+
+
+def text_fields(stream: Stream) -> frozenset[str]:
+    """The stream's string fields (its id field included)."""
+    strings = {f for f, spec in stream.fields.items() if spec.dtype is DType.STRING}
+    return frozenset({*strings, stream.id_field})
 
 
 def field_mapping(
@@ -151,6 +165,7 @@ class TablePoller:
         doc = self._resume(self.checkpoint())
         after = None if doc["position"] is None else [decode_value(v) for v in doc["position"]]
         query, fields = self._plan()
+        texts = text_fields(source.stream)
         n = len(source.order_by)
         cursor_at = query.columns.index(source.cursor)
         key_at = [query.columns.index(k) for k in source.keys]
@@ -165,7 +180,7 @@ class TablePoller:
                         f"source {source.name!r}: a row of {source.table!r} has a NULL in "
                         f"{source.order_by[1:]}; key= must be NOT NULL, e.g. the primary key"
                     )
-                event = {field: event_value(row[i]) for i, field in fields}
+                event = {field: event_value(row[i], field in texts) for i, field in fields}
                 if event.get(source.stream.id_field) is None:
                     keys = [row[i] for i in key_at]
                     event[source.stream.id_field] = event_id(source.table, keys, row[cursor_at])
