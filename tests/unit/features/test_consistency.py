@@ -21,8 +21,10 @@ from headwater.features.offline import TrainingSets
 from headwater.features.online import OnlineFeatures
 from headwater.features.processor import Processor
 from headwater.ingestion.service import Ingestor
+from headwater.log.base import Log
 from headwater.log.embedded import EmbeddedLog
 from headwater.stores.offline_parquet import ParquetOfflineStore
+from headwater.stores.online_base import OnlineStore
 from headwater.stores.online_sqlite import SqliteOnlineStore
 from tests import oracle
 
@@ -114,13 +116,16 @@ event_strategy = st.fixed_dictionaries(
 
 
 class Engines:
-    """The real adapters and engines, wired as Project wires them, with a controlled clock."""
+    """The real adapters and engines, wired as Project wires them, with a controlled clock:
+    the embedded log and online store, or the ``log`` and ``online_store`` given."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, log: Log | None = None, online_store: OnlineStore | None = None
+    ) -> None:
         self.now = T0
         clock = lambda: self.now  # noqa: E731
-        self.log = EmbeddedLog(folder / "log.db")
-        self.online_store = SqliteOnlineStore(folder / "online.db")
+        self.log = log or EmbeddedLog(folder / "log.db")
+        self.online_store = online_store or SqliteOnlineStore(folder / "online.db")
         self.offline_store = ParquetOfflineStore(folder / "offline")
         self.catalog = FeatureCatalog(FEATURES, [DERIVED])
         self.ingestor = Ingestor(self.log, {stream.name: stream}, clock, max_future_us=0)
@@ -137,11 +142,14 @@ class Engines:
         )
 
     def logged(self) -> list[tuple[int, int, dict]]:
+        """Every event with its offset; an account's events share one partition, so the
+        (time, offset) order of ties within an account is the log's."""
         import orjson
 
         return [
             (r.event_time, r.offset, orjson.loads(r.payload))
-            for r in self.log.read(stream.name, 0, 1_000_000)
+            for partition in range(self.log.partitions(stream.name))
+            for r in self.log.read(stream.name, 0, 1_000_000, partition)
         ]
 
     def close(self) -> None:
