@@ -12,8 +12,8 @@ import orjson
 from headwater.definitions.source import ChangeSource
 from headwater.definitions.types import from_micros
 from headwater.ingestion.service import IngestResult
-from headwater.sources.base import TABLE_POSITIONS, Change, ChangeReader, PollResult, SourceError
-from headwater.sources.table import event_value, field_mapping, text_fields
+from headwater.sources.base import Change, ChangeReader, PollResult, SourceError
+from headwater.sources.table import PositionedPoller, event_value, field_mapping, text_fields
 from headwater.stores.metadata_base import MetadataStore
 
 Ingest = Callable[[str, list[Any]], IngestResult]
@@ -26,12 +26,15 @@ def change_id(table: str, *parts: Any) -> str:
     return hashlib.sha256(text).hexdigest()[:32]
 
 
-class ChangePoller:
+class ChangePoller(PositionedPoller):
     """Reads a change source: the first poll installs the capture, then reads the table as
     one snapshot (checkpointed once whole: a crash during it reads it again, with the same
     event ids for unchanged rows), then every poll reads the changes recorded since, in
     batches, checkpointing the position after each (the batch is durable in the log first,
     so a crash between the two re-reads it, with the same ids)."""
+
+    source: ChangeSource
+    _reader: ChangeReader
 
     def __init__(
         self,
@@ -41,12 +44,8 @@ class ChangePoller:
         metadata: MetadataStore,
         clock: Callable[[], int],
     ) -> None:
-        self.source, self._reader, self._ingest = source, reader, ingest
-        self._metadata, self._clock = metadata, clock
+        super().__init__(source, reader, ingest, metadata, clock)
         self._texts = text_fields(source.stream)
-
-    def checkpoint(self) -> dict[str, Any] | None:
-        return self._metadata.get_records(TABLE_POSITIONS).get(self.source.name)
 
     def poll(self, result: PollResult) -> None:
         source = self.source
@@ -70,7 +69,7 @@ class ChangePoller:
             events = [self._event(c.operation, c.changed_at, c.row, mapping, c) for c in changes]
             ingested = self._ingest(source.stream.name, events)
             after = (changes[-1].xid, changes[-1].seq)
-            doc = self._save(self._count({**doc, "position": list(after)}, ingested, len(events)))
+            doc = self._save(self._counted({**doc, "position": list(after)}, ingested, len(events)))
             result.add(ingested.accepted, ingested.duplicates, len(ingested.rejected), len(events))
             self._reader.prune(source.table, after, source.retention_us / 1e6)
             if len(changes) < source.batch_size:
@@ -82,7 +81,6 @@ class ChangePoller:
         """Ingest the table's rows as of one snapshot; changes made by transactions that the
         snapshot saw are then left out of the change reads (their rows are in it)."""
         source = self.source
-        total = {"accepted": 0, "rejected": 0, "rows": 0}
         # closed on any error, so the snapshot's transaction never outlives the poll
         with closing(self._reader.snapshot(source.table, source.batch_size)) as rows:
             token = next(rows)
@@ -94,10 +92,8 @@ class ChangePoller:
                 result.add(
                     ingested.accepted, ingested.duplicates, len(ingested.rejected), len(events)
                 )
-                total["rows"] += len(events)
-                total["accepted"] += ingested.accepted
-                total["rejected"] += len(ingested.rejected)
-        return self._save({**doc, "snapshot": token, **{k: doc[k] + v for k, v in total.items()}})
+                doc = self._counted(doc, ingested, len(events))
+        return self._save({**doc, "snapshot": token})
 
     def _event(
         self,
@@ -114,8 +110,8 @@ class ChangePoller:
             event[source.operation] = operation
         if source.changed_at is not None:
             # a snapshot row changed at some unknown time before it: it is seen now
-            seen = from_micros(self._clock())
-            event[source.changed_at] = changed_at if changed_at is not None else seen
+            seen = changed_at if changed_at is not None else from_micros(self._clock())
+            event[source.changed_at] = seen
         if event.get(source.stream.id_field) is None:
             keys = [row.get(k) for k in source.keys]
             if change is None:
@@ -153,17 +149,4 @@ class ChangePoller:
                 f"source; run `headwater source reset {source.name}` to read {source.table!r} "
                 "from a new snapshot"
             )
-        return doc
-
-    def _count(self, doc: dict[str, Any], ingested: IngestResult, rows: int) -> dict[str, Any]:
-        return {
-            **doc,
-            "rows": doc["rows"] + rows,
-            "accepted": doc["accepted"] + ingested.accepted,
-            "rejected": doc["rejected"] + len(ingested.rejected),
-        }
-
-    def _save(self, doc: dict[str, Any]) -> dict[str, Any]:
-        doc = {**doc, "updated_at": self._clock()}
-        self._metadata.put_records([(TABLE_POSITIONS, self.source.name, doc)])
         return doc

@@ -141,15 +141,14 @@ def field_mapping(
     return mapping
 
 
-class TablePoller:
-    """Reads a table source's new rows in batches and ingests them, checkpointing after each
-    batch: the batch is durable in the log before its position is saved, so a crash between
-    the two re-reads the batch, whose events the log recognizes by id."""
+class PositionedPoller:
+    """What the pollers of database sources share: the source, its reader, how events are
+    ingested, and the checkpoint document in the metadata store (a position and counts)."""
 
     def __init__(
         self,
-        source: TableSource,
-        reader: TableReader,
+        source: Any,
+        reader: Any,
         ingest: Ingest,
         metadata: MetadataStore,
         clock: Callable[[], int],
@@ -159,6 +158,29 @@ class TablePoller:
 
     def checkpoint(self) -> dict[str, Any] | None:
         return self._metadata.get_records(TABLE_POSITIONS).get(self.source.name)
+
+    def _save(self, doc: dict[str, Any]) -> dict[str, Any]:
+        doc = {**doc, "updated_at": self._clock()}
+        self._metadata.put_records([(TABLE_POSITIONS, self.source.name, doc)])
+        return doc
+
+    @staticmethod
+    def _counted(doc: dict[str, Any], ingested: IngestResult, rows: int) -> dict[str, Any]:
+        return {
+            **doc,
+            "rows": doc["rows"] + rows,
+            "accepted": doc["accepted"] + ingested.accepted,
+            "rejected": doc["rejected"] + len(ingested.rejected),
+        }
+
+
+class TablePoller(PositionedPoller):
+    """Reads a table source's new rows in batches and ingests them, checkpointing after each
+    batch: the batch is durable in the log before its position is saved, so a crash between
+    the two re-reads the batch, whose events the log recognizes by id."""
+
+    source: TableSource
+    _reader: TableReader
 
     def poll(self, result: PollResult) -> None:
         source = self.source
@@ -223,16 +245,8 @@ class TablePoller:
     def _advance(
         self, doc: dict[str, Any], after: list[Any], ingested: IngestResult, rows: int
     ) -> dict[str, Any]:
-        doc = {
-            **doc,
-            "position": [encode_value(v) for v in after],
-            "rows": doc["rows"] + rows,
-            "accepted": doc["accepted"] + ingested.accepted,
-            "rejected": doc["rejected"] + len(ingested.rejected),
-            "updated_at": self._clock(),
-        }
-        self._metadata.put_records([(TABLE_POSITIONS, self.source.name, doc)])
-        return doc
+        position = [encode_value(v) for v in after]
+        return self._save(self._counted({**doc, "position": position}, ingested, rows))
 
     def _plan(self) -> tuple[TableQuery, list[tuple[int, str]]]:
         """The columns to select (the ordering ones first) and where each field comes from."""
