@@ -6,7 +6,7 @@ rename either); no S3-compatible server runs here, so ``s3://`` is only checked 
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -150,7 +150,11 @@ def test_offline_urls_are_chosen_by_scheme(tmp_path, memory_url):
         open_backend("offline", "ftp://host/offline", tmp_path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed")
-def test_an_object_store_without_its_package_says_what_to_install(tmp_path):
+def test_an_object_store_without_its_package_says_what_to_install(tmp_path, monkeypatch):
+    # s3fs absent (as here) or made unimportable, and unknown to fsspec's registry
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    registry = sys.modules["fsspec.registry"]._registry  # filesystems already imported
+    for scheme in ("s3", "s3a"):
+        monkeypatch.delitem(registry, scheme, raising=False)
     with pytest.raises(BackendError, match="needs s3fs: pip install s3fs"):
         open_backend("offline", "s3://bucket/offline", tmp_path)

@@ -15,6 +15,10 @@ import fsspec
 import orjson
 import pandas as pd
 import pyarrow as pa
+
+# pyspark comes with the dev extra and Java 17 is on every machine of this project: either
+# missing fails these tests, never skips them
+import pyspark  # noqa: E402, F401
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -41,9 +45,8 @@ from tests.unit.features.test_consistency import (
     stream,
 )
 
-pytest.importorskip("pyspark")
 if shutil.which("java") is None:
-    pytest.skip("the Spark engine needs Java 17 or 21 on PATH", allow_module_level=True)
+    pytest.fail("the Spark engine needs Java 17 or 21 on PATH", pytrace=False)
 
 from headwater.features import spark as spark_engine  # noqa: E402
 from headwater.features.spark import SparkEngineError, SparkSettings, spark_session  # noqa: E402
