@@ -144,7 +144,7 @@ def process(
         bool,
         typer.Option(help="First clear the feature sets' online state, then replay the whole log"),
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Log records per committed batch")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="Log records per committed batch")] = 100_000,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Update the online store from the log, from each feature set's checkpoint."""

@@ -133,6 +133,11 @@ def test_reads_start_anywhere_and_stop_at_the_limit(log, stream):
     assert log.read(stream, 30, 100, partition) == []
     assert log.read(stream, 31, 100, partition) == []  # past the end
     assert log.read(stream, 0, 0, partition) == []
+    # the processor's cheaper read: the same records' offsets and payloads
+    for start, limit in ((0, 100), (10, 5), (28, 100), (30, 10)):
+        expected = [(r.offset, r.payload) for r in log.read(stream, start, limit, partition)]
+        assert log.read_payloads(stream, start, limit, partition) == expected
+    assert log.read_payloads(stream, 0, 100, partition)[3] == (3, b'{"i": 3}')
 
 
 def test_unknown_streams_are_empty(log, stream):

@@ -97,6 +97,16 @@ class FeatureSetPlan:
             (i, position[s.feature.name], s.algebra.update)
             for i, s in enumerate(self.lifetime_slots)
         ]
+        self._update_many = self._compile_update_many()
+        # which partials are count_distinct sets (stored as arrays), per hop and lifetime
+        self._distinct_hops = [
+            (hop, distinct)
+            for hop, slots in self.hop_slots.items()
+            if (distinct := {i for i, s in enumerate(slots) if s.kind == "count_distinct"})
+        ]
+        self._distinct_lifetime = {
+            i for i, s in enumerate(self.lifetime_slots) if s.kind == "count_distinct"
+        }
 
     @property
     def columns(self) -> list[FeatureColumn]:
@@ -139,12 +149,77 @@ class FeatureSetPlan:
             if value is not None:
                 tile[i] = update(tile[i], value, ts, off)
 
+    def update_many(
+        self,
+        states: Mapping[str, dict[str, Any]],
+        keys: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        offsets: Sequence[int],
+    ) -> None:
+        """Apply events in order: the i-th (``rows[i]`` at log offset ``offsets[i]``) to the
+        state of ``keys[i]`` in ``states``; exactly ``update`` once per event, in one loop
+        compiled for this feature set."""
+        self._update_many(states, keys, rows, offsets)
+
+    def _compile_update_many(self) -> Any:
+        """``update_many`` as Python source written for this feature set, so the processor's
+        loop does per event only what its features need: no call per event, no list of
+        values, no filter where there is none, and counts and sums added in place. Other
+        aggregations call their algebra's ``update``, as ``update`` does."""
+        env: dict[str, Any] = {}
+        lines = ["def update_many(states, keys, rows, offsets):"]
+        lines.append("    for key, row, off in zip(keys, rows, offsets, strict=True):")
+        lines.append(f"        ts = row[{self.stream.time!r}]")
+        maybe_none = []
+        for j, (where, fld) in enumerate(self._inputs):
+            value = f"row.get({fld!r})" if fld else "True"
+            if where is not None:
+                env[f"W{j}"] = where.evaluate
+                value = f"({value} if W{j}(row) is True else None)"
+            if value != "True":
+                maybe_none.append(j)
+            lines.append(f"        v{j} = {value}")
+        if len(maybe_none) == len(self._inputs):  # else some value is always there
+            none = " and ".join(f"v{j} is None" for j in maybe_none)
+            lines.append(f"        if {none}:")
+            lines.append("            continue")
+        lines.append("        state = states[key]")
+        if self._hop_programs:
+            lines.append("        hops = state['h']")
+        for h, (hop, program, inits) in enumerate(self._hop_programs):
+            lines.append(f"        tiles = hops[{hop}]")
+            lines.append(f"        start = ts - ts % {hop}")
+            lines.append("        tile = tiles.get(start)")
+            lines.append("        if tile is None:")
+            fresh = []
+            for i, init in enumerate(inits):
+                if self.hop_slots[hop][i].kind in ("count", "sum"):
+                    fresh.append(repr(init()))  # an immutable 0: no call per new tile
+                else:
+                    env[f"I{h}_{i}"] = init
+                    fresh.append(f"I{h}_{i}()")
+            lines.append(f"            tile = tiles[start] = [{', '.join(fresh)}]")
+            kinds = self.hop_slots[hop]
+            for i, feature, update in program:
+                env[f"U{h}_{i}"] = update
+                lines += _slot_update("tile", i, feature, kinds[i].kind, f"U{h}_{i}", maybe_none)
+        if self._lifetime_program:
+            lines.append("        tile = state['l']")
+        for i, feature, update in self._lifetime_program:
+            env[f"L{i}"] = update
+            kind = self.lifetime_slots[i].kind
+            lines += _slot_update("tile", i, feature, kind, f"L{i}", maybe_none)
+        exec(compile("\n".join(lines), f"<update_many of {self.id}>", "exec"), env)
+        return env["update_many"]
+
     def expire(self, state: dict[str, Any], now_us: int) -> None:
         """Drop tiles that no window evaluated at or after ``now_us`` can reach."""
+        retention = self.hop_retention
         for hop, tiles in state["h"].items():
-            oldest = window_start(now_us, self.hop_retention[hop], hop)
-            for start in [s for s in tiles if s < oldest]:
-                del tiles[start]
+            oldest = window_start(now_us, retention[hop], hop)
+            if tiles and min(tiles) < oldest:  # the common case, a check in C: none to drop
+                for start in [s for s in tiles if s < oldest]:
+                    del tiles[start]
 
     def evaluate(
         self, state: dict[str, Any] | None, columns: Iterable[FeatureColumn], t_us: int
@@ -188,6 +263,23 @@ class FeatureSetPlan:
     def encode(self, state: dict[str, Any]) -> bytes:
         return msgpack.packb(state, default=_encode_set, strict_types=False)
 
+    def encode_many(self, states: Mapping[str, dict[str, Any]], now_us: int) -> dict[str, bytes]:
+        """Each state expired at ``now_us`` (see ``expire``; changed in place) and encoded."""
+        bounds = [
+            (hop, window_start(now_us, window, hop)) for hop, window in self.hop_retention.items()
+        ]
+        pack = msgpack.Packer(default=_encode_set, strict_types=False).pack  # one a batch
+        out = {}
+        for key, state in states.items():
+            hops = state["h"]
+            for hop, oldest in bounds:
+                tiles = hops[hop]
+                if tiles and min(tiles) < oldest:  # the common case, a check in C: none to drop
+                    for start in [s for s in tiles if s < oldest]:
+                        del tiles[start]
+            out[key] = pack(state)
+        return out
+
     def decode(self, blob: bytes | None, shared: bool = False) -> dict[str, Any]:
         """The state a blob holds: lists to update (the processor), or with ``shared``
         tuples only to read (the online path keeps decoded states in a cache: tuples of
@@ -196,16 +288,34 @@ class FeatureSetPlan:
         if blob is None:
             return self.new_state()
         state = msgpack.unpackb(blob, strict_map_key=False, use_list=not shared)
-        for hop, slots in self.hop_slots.items():
-            tiles = state["h"].setdefault(hop, {})
-            distinct = {i for i, s in enumerate(slots) if s.kind == "count_distinct"}
-            if distinct:
-                for start, tile in tiles.items():
-                    tiles[start] = _with_sets(tile, distinct, shared)
-        distinct = {i for i, s in enumerate(self.lifetime_slots) if s.kind == "count_distinct"}
-        if distinct:
-            state["l"] = _with_sets(state["l"], distinct, shared)
+        hops = state["h"]
+        if len(hops) != len(self.hop_slots):  # a hop without tiles yet is stored empty
+            for hop in self.hop_slots:
+                hops.setdefault(hop, {})
+        for hop, distinct in self._distinct_hops:
+            tiles = hops[hop]
+            for start, tile in tiles.items():
+                tiles[start] = _with_sets(tile, distinct, shared)
+        if self._distinct_lifetime:
+            state["l"] = _with_sets(state["l"], self._distinct_lifetime, shared)
         return state
+
+
+def _slot_update(
+    tile: str, i: int, feature: int, kind: str, update: str, maybe_none: list[int]
+) -> list[str]:
+    """The lines of ``update_many`` applying value ``v<feature>`` to partial ``i``: in place
+    for counts and sums (the same ``+ 1`` and ``+ value`` as their algebra's update), a call
+    of the algebra's ``update`` otherwise; skipped where the value is None."""
+    if kind == "count":
+        step = f"{tile}[{i}] += 1"
+    elif kind == "sum":
+        step = f"{tile}[{i}] += v{feature}"
+    else:
+        step = f"{tile}[{i}] = {update}({tile}[{i}], v{feature}, ts, off)"
+    if feature not in maybe_none:
+        return [f"        {step}"]
+    return [f"        if v{feature} is not None:", f"            {step}"]
 
 
 def _with_sets(partials: Any, distinct: set[int], shared: bool) -> Any:
@@ -215,8 +325,13 @@ def _with_sets(partials: Any, distinct: set[int], shared: bool) -> Any:
 
 
 def _encode_set(value: Any) -> Any:
+    # Sorted: a set's order depends on how it was built (the processor keeps states between
+    # batches), and the same state must encode to the same bytes however it was built.
     if isinstance(value, set):
-        return list(value)
+        try:
+            return sorted(value)
+        except TypeError:  # values of one field are of one type; mixed ones are not ordered
+            return list(value)
     raise TypeError(f"cannot encode {type(value).__name__} in a tile")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,6 @@ from headwater.log.base import (
     Log,
     LogError,
     Membership,
-    Record,
     SoleMember,
     StreamPartition,
     partition_name,
@@ -103,10 +104,13 @@ class Processor:
         online: OnlineStore,
         plans: Sequence[FeatureSetPlan],
         clock: Callable[[], int],
-        batch_size: int = 20_000,
+        batch_size: int = 100_000,
+        cached_states: int = 200_000,
     ) -> None:
         self._log, self._online, self._clock = log, online, clock
         self.batch_size = batch_size
+        self.cached_states = cached_states
+        self._cache: dict[StreamPartition, _StateCache] = {}
         self._by_stream: dict[str, list[FeatureSetPlan]] = {}
         for plan in plans:
             self._by_stream.setdefault(plan.stream.name, []).append(plan)
@@ -137,16 +141,26 @@ class Processor:
         """Process every partition until a read of each finds no record left (or ``stop`` is
         set), then return. Termination follows the reads, never the log's end offset: a
         Kafka broker's high watermark may lag. Raises ``TakenOver`` when another processor
-        (a ``run_forever`` worker) claims a partition meanwhile; the work committed stays."""
+        (a ``run_forever`` worker) claims a partition meanwhile; the work committed stays.
+
+        The partitions take turns, a batch each, and each one's next batch is read while
+        its current one is processed, so reads (and a Kafka log's wait at the end of a
+        partition) overlap the work and each other."""
         stats = ProcessStats()
-        for stream in self._by_stream:
-            for partition in range(self._log.partitions(stream)):
-                where = (stream, partition)
-                token = self._claim([where])[where]
-                while not (stop is not None and stop.is_set()):
+        pending = [(s, p) for s in self._by_stream for p in range(self._log.partitions(s))]
+        tokens: dict[StreamPartition, str] = {}
+        ahead = _ReadAhead(self._log, len(pending))
+        try:
+            while pending:
+                for where in list(pending):
+                    if stop is not None and stop.is_set():
+                        return stats
+                    if where not in tokens:
+                        tokens.update(self._claim([where]))
                     try:
-                        n = self._process_batch(stream, partition, token)
+                        n = self._process_batch(*where, tokens[where], ahead)
                     except OwnershipLost:
+                        stream, partition = where
                         raise TakenOver(
                             f"another processor took over partition {partition} of stream "
                             f"{stream!r} (a `headwater process --forever` worker, or a rebuild); "
@@ -154,11 +168,14 @@ class Processor:
                             "or stop it and run again"
                         ) from None
                     if n == 0:
-                        break
+                        pending.remove(where)
+                        continue
                     stats.events += n
                     stats.batches += 1
                     if progress is not None:
                         progress(n)
+        finally:
+            ahead.close()
         return stats
 
     def run_forever(
@@ -241,6 +258,7 @@ class Processor:
         """Forget every feature set's online state and checkpoints (and owners), so the next
         run replays the whole log. A worker still running is refused its next write, and
         replays too once it claims its partitions again."""
+        self._cache.clear()
         self._online.clear([plan.id for plans in self._by_stream.values() for plan in plans])
 
     def _claim(self, partitions: Iterable[StreamPartition]) -> dict[StreamPartition, str]:
@@ -253,54 +271,137 @@ class Processor:
         self._online.claim(names, token)
         return dict.fromkeys(wanted, token)
 
-    def _process_batch(self, stream: str, partition: int, token: str) -> int:
+    def _process_batch(
+        self, stream: str, partition: int, token: str, ahead: _ReadAhead | None = None
+    ) -> int:
+        where = (stream, partition)
+        cache = self._cache.get(where)
+        if cache is None or cache.token != token:  # claimed anew: what it held may be stale
+            cache = self._cache[where] = _StateCache(token)
+        try:
+            return self._process_cached(stream, partition, token, ahead, cache)
+        except BaseException:
+            # the batch's states were changed in place but not written (or maybe written):
+            # the next batch reads them from the store again
+            self._cache.pop(where, None)
+            raise
+
+    def _process_cached(
+        self,
+        stream: str,
+        partition: int,
+        token: str,
+        ahead: _ReadAhead | None,
+        cache: _StateCache,
+    ) -> int:
         plans = self._by_stream[stream]
         # Partition 0 keeps the feature set's id as its checkpoint name, so the checkpoints
         # of a one-partition log (the embedded one) are those it always had.
         names = {p.id: partition_name(p.id, partition) for p in plans}
         committed = self._online.checkpoints(list(names.values()))
         done = {p.id: committed.get(names[p.id], 0) for p in plans}
-        records = self._log.read(stream, min(done.values()), self.batch_size, partition)
-        if not records:
+        where, start = (stream, partition), min(done.values())
+        read = ahead.take(where, start) if ahead is not None else None
+        if read is None:
+            read = self._log.read_payloads(stream, start, self.batch_size, partition)
+        if not read:
             return 0
-        rows = [orjson.loads(r.payload) for r in records]
+        if ahead is not None:  # the next batch is read while this one is processed
+            ahead.start(where, read[-1][0] + 1, self.batch_size)
+        offsets = [offset for offset, _ in read]
+        rows = [orjson.loads(payload) for _, payload in read]
         now = self._clock()
-        states: dict[str, dict[str, bytes]] = {}
+        states: dict[str, dict[str, dict[str, Any]]] = {}
+        encoded: dict[str, dict[str, bytes]] = {}
         for plan in plans:
-            states[plan.id] = self._apply(plan, records, rows, done[plan.id], now)
+            states[plan.id] = self._apply(plan, offsets, rows, done[plan.id], cache)
+            encoded[plan.id] = plan.encode_many(states[plan.id], now)
         # The next offset follows the last record read, not a count: offsets may have gaps.
-        end = records[-1].offset + 1
+        end = offsets[-1] + 1
         checkpoints = {names[p.id]: max(end, done[p.id]) for p in plans}
-        self._online.write(states, checkpoints, dict.fromkeys(checkpoints, token))
-        return len(records)
+        self._online.write(encoded, checkpoints, dict.fromkeys(checkpoints, token))
+        limit = self.cached_states // max(1, len(self._cache))
+        for plan_id, changed in states.items():
+            cache.keep(plan_id, changed, limit)
+        return len(read)
 
     def _apply(
         self,
         plan: FeatureSetPlan,
-        records: list[Record],
+        offsets: list[int],
         rows: list[dict[str, Any]],
         from_offset: int,
-        now: int,
-    ) -> dict[str, bytes]:
+        cache: _StateCache,
+    ) -> dict[str, dict[str, Any]]:
+        """The batch's events applied to the states of their entities: those changed."""
+        if offsets[0] < from_offset:  # this feature set has some of the batch already
+            first = next((i for i, o in enumerate(offsets) if o >= from_offset), len(offsets))
+            offsets, rows = offsets[first:], rows[first:]
+        if not offsets:
+            return {}
         keys = plan.entity.keys
-        pairs = [
-            (rec, row) for rec, row in zip(records, rows, strict=True) if rec.offset >= from_offset
-        ]
         if len(keys) == 1:  # the common case, without a call per event
             (k,) = keys
-            todo = [(str(row[k]), rec, row) for rec, row in pairs]
+            entities = [str(row[k]) for row in rows]
         else:
-            todo = [(entity_key([row[k] for k in keys]), rec, row) for rec, row in pairs]
-        if not todo:
-            return {}
-        distinct = list(dict.fromkeys(key for key, _, _ in todo))
-        loaded = self._online.get_many(plan.id, distinct)
-        states = {key: plan.decode(blob) for key, blob in zip(distinct, loaded, strict=True)}
-        time_field = plan.stream.time
-        for key, rec, row in todo:
-            plan.update(states[key], row, row[time_field], rec.offset)
-        encoded = {}
-        for key, state in states.items():
-            plan.expire(state, now)
-            encoded[key] = plan.encode(state)
-        return encoded
+            entities = [entity_key([row[k] for k in keys]) for row in rows]
+        known = cache.states.get(plan.id, {})
+        states = {key: known.get(key) for key in dict.fromkeys(entities)}
+        missing = [key for key, state in states.items() if state is None]
+        if missing:
+            loaded = self._online.get_many(plan.id, missing)
+            for key, blob in zip(missing, loaded, strict=True):
+                states[key] = plan.decode(blob)
+        plan.update_many(states, entities, rows, offsets)  # type: ignore[arg-type]
+        return states  # type: ignore[return-value]
+
+
+class _StateCache:
+    """A partition's decoded states, kept between batches by the processor that owns it:
+    exactly what its last committed write stored, so the next batch need not read and
+    decode them again. Valid for one claim (``token``): a new claim starts empty, and a
+    batch that fails drops the cache. The least recently written go beyond ``limit``."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.states: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def keep(self, plan_id: str, changed: dict[str, dict[str, Any]], limit: int) -> None:
+        states = self.states.setdefault(plan_id, {})
+        for key in changed:
+            states.pop(key, None)  # so the order of the dict is that of the last writes
+        states.update(changed)
+        if len(states) > limit:
+            for key in list(itertools.islice(states, len(states) - limit)):
+                del states[key]
+
+
+class _ReadAhead:
+    """Reads of partitions' next batches, in threads, while the current ones are processed.
+
+    A read started at one offset is used only by a batch that starts there (the checkpoints
+    it is read from may have moved otherwise); any other is dropped. Reading is I/O (a
+    Kafka consumer's fetches and end-of-partition wait, SQLite's query), so it overlaps the
+    processing, and the reads of several partitions overlap one another."""
+
+    def __init__(self, log: Log, partitions: int) -> None:
+        self._log = log
+        self._pool = ThreadPoolExecutor(max(1, min(partitions, 8)), "headwater-read")
+        self._reads: dict[StreamPartition, tuple[int, Future[list[tuple[int, bytes]]]]] = {}
+
+    def start(self, where: StreamPartition, offset: int, limit: int) -> None:
+        stream, partition = where
+        future = self._pool.submit(self._log.read_payloads, stream, offset, limit, partition)
+        self._reads[where] = (offset, future)
+
+    def take(self, where: StreamPartition, offset: int) -> list[tuple[int, bytes]] | None:
+        """The read started at ``offset`` (waiting for it), or None where there is none."""
+        started = self._reads.pop(where, None)
+        if started is None or started[0] != offset:
+            return None
+        return started[1].result()
+
+    def close(self) -> None:
+        """Wait for the reads in flight, dropping what they read."""
+        self._reads.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -143,6 +143,17 @@ class EmbeddedLog:
             ).fetchall()
         return [Record(*row) for row in rows]
 
+    def read_payloads(
+        self, stream: str, start: int, limit: int, partition: int = 0
+    ) -> list[tuple[int, bytes]]:
+        _only_partition_zero(partition)
+        with self._lock:
+            return self._db.execute(
+                "SELECT offset, payload FROM events "
+                "WHERE stream = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                (stream, start, limit),
+            ).fetchall()
+
     def end_offset(self, stream: str, partition: int = 0) -> int:
         _only_partition_zero(partition)
         with self._lock:

@@ -1,0 +1,113 @@
+"""The processor's fast path: the compiled batch update, the batch encoding and the states it
+keeps between batches give exactly what the plain per-event path gives."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+from headwater.definitions.windows import DAY, MINUTE
+from headwater.features.plan import plan_feature_sets
+from headwater.features.processor import Processor
+from headwater.stores.online_base import OwnershipLost
+from headwater.stores.online_sqlite import SqliteOnlineStore
+from tests.unit.features.test_consistency import FEATURES, KEYS, SPAN, T0, Engines, _raw, stream
+
+
+def _events(seed: int, n: int) -> list[dict]:
+    rnd = random.Random(seed)
+    return [
+        {
+            "account_id": rnd.choice(KEYS),
+            "x": None if rnd.random() < 0.2 else rnd.randrange(-40, 40) / 4,
+            "n": None if rnd.random() < 0.2 else rnd.randrange(-5, 10),
+            "cat": rnd.choice(["a", "b", "c", None]),
+            "k": rnd.randrange(4),
+            "ts": T0 + rnd.randrange(SPAN // MINUTE) * MINUTE + rnd.randrange(3),
+        }
+        for _ in range(n)
+    ]
+
+
+def test_update_many_is_update_once_per_event_and_encode_many_is_expire_then_encode():
+    # every aggregation kind, filters, null fields, three hops and lifetime (see FEATURES)
+    (plan,) = plan_feature_sets(FEATURES)
+    for seed in range(4):
+        events = _events(seed, 400)
+        one = {key: plan.new_state() for key in KEYS}
+        many = {key: plan.new_state() for key in KEYS}
+        for off, event in enumerate(events):
+            plan.update(one[event["account_id"]], event, event["ts"], off)
+        keys = [e["account_id"] for e in events]
+        plan.update_many(many, keys, events, list(range(len(events))))
+        assert many == one
+        assert sum(len(tiles) for tiles in one["k0"]["h"].values()) > 20  # something to compare
+        now = T0 + SPAN - DAY  # drops some tiles of the short windows
+        encoded = plan.encode_many(many, now)
+        for key, state in one.items():
+            plan.expire(state, now)
+            assert encoded[key] == plan.encode(state)
+            assert plan.decode(encoded[key]) == state
+
+
+def test_an_event_without_any_value_leaves_the_state_as_it_was():
+    (plan,) = plan_feature_sets([f for f in FEATURES if f.aggregation.field == "x"])
+    states = {"k0": plan.new_state()}
+    row = {"account_id": "k0", "x": None, "n": 1, "cat": "a", "k": 1, "ts": T0}
+    plan.update_many(states, ["k0"], [row], [0])
+    assert states["k0"] == plan.new_state()
+
+
+class _RefusesOnce(SqliteOnlineStore):
+    """A store that refuses the ``n``-th write as if another processor had claimed it."""
+
+    def __init__(self, path: Path, n: int) -> None:
+        super().__init__(path)
+        self.writes, self.n = 0, n
+
+    def write(self, states, checkpoints, owners=None):  # type: ignore[no-untyped-def]
+        self.writes += 1
+        if self.writes == self.n:
+            raise OwnershipLost("refused for the test")
+        super().write(states, checkpoints, owners)
+
+
+def _stored(store: SqliteOnlineStore, plan) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [plan.decode(blob) for blob in store.get_many(plan.id, KEYS)]
+
+
+def test_a_refused_batch_is_replayed_from_the_store_not_from_the_states_it_changed(tmp_path):
+    """The worker keeps its partitions' states between batches. A refused write changed some
+    of them in place; they must be dropped, or the replay would count those events twice."""
+    events = _events(7, 300)
+    clean = Engines(tmp_path / "clean")
+    refused = Engines(tmp_path / "refused", online_store=_RefusesOnce(tmp_path / "o.db", 3))
+    try:
+        for eng in (clean, refused):
+            eng.now = T0 + SPAN
+            result = eng.ingestor.ingest(stream.name, [_raw(e) for e in events])
+            assert not result.rejected
+        clean.processor.run_until_caught_up()
+        processor = Processor(
+            refused.log, refused.online_store, refused.catalog.plans, lambda: T0 + SPAN, 40
+        )
+        stop = threading.Event()
+        worker = threading.Thread(target=processor.run_forever, args=(stop, 0.01))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 20
+            while any(processor.lag().values()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            worker.join(10)
+        store = refused.online_store
+        assert isinstance(store, _RefusesOnce) and store.writes > 3  # refused, then replayed
+        assert not any(processor.lag().values())
+        for plan in clean.catalog.plans:
+            assert _stored(store, plan) == _stored(clean.online_store, plan)  # type: ignore[arg-type]
+    finally:
+        clean.close()
+        refused.close()
