@@ -96,6 +96,13 @@ class Processor:
     worker that lost it has heard so). This also heals a store that lost everything (a Redis
     restart): the owners are gone too, every write is refused, and the reclaimed partitions
     replay from offset 0.
+
+    Speed: a processor keeps the decoded states of the partitions it owns between batches
+    (up to ``cached_states`` in all, the least recently written dropped first); they are
+    exactly what its last committed write stored, valid while its claim holds, and dropped
+    when a batch fails. Each feature set applies a batch in one loop compiled for its
+    features (``FeatureSetPlan.update_many``), from offsets and payloads only
+    (``Log.read_payloads``).
     """
 
     def __init__(
