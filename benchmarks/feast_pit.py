@@ -25,6 +25,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -152,11 +153,43 @@ def generate(rows: int, users: int, spine_rows: int, folder: Path) -> tuple[Path
     return features, spine_path
 
 
-def run_json(cmd: list[str]) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class DidNotFinish(Exception):
+    """A competitor's run went past the memory or time cap and was stopped."""
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0.0
+
+
+def run_json(cmd: list[str], cap_mb: float | None = None, timeout_s: float | None = None) -> dict:
+    """The JSON the command prints last; with caps, a run that goes past ``cap_mb`` of
+    resident memory or ``timeout_s`` is killed and raises ``DidNotFinish`` (a store that
+    would take the whole machine's memory must not take the benchmark, or the machine,
+    down with it)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        began, peak = time.monotonic(), 0.0
+        while proc.poll() is None:
+            peak = max(peak, rss_mb(proc.pid))
+            elapsed = time.monotonic() - began
+            over = cap_mb is not None and peak > cap_mb
+            if over or (timeout_s is not None and elapsed > timeout_s):
+                proc.kill()
+                proc.wait()
+                why = f"{peak:,.0f} MB resident" if over else f"{elapsed:,.0f} s"
+                raise DidNotFinish(f"stopped after {elapsed:,.0f} s at {why}")
+            time.sleep(0.1)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed:\n{err.read()[-3000:]}")
+        return json.loads(out.read().strip().splitlines()[-1])
 
 
 def load_headwater(folder: Path, features: Path) -> dict[str, float]:
@@ -209,6 +242,15 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="S")
     ap.add_argument("--rows", type=int, help="override the feature rows (for smoke runs)")
     ap.add_argument("--stores", default="duckdb,file", help="Feast offline stores to run")
+    ap.add_argument(
+        "--feast-cap-gb",
+        type=float,
+        default=16.0,
+        help="stop a Feast run past this much resident memory (it counts as not finished)",
+    )
+    ap.add_argument(
+        "--feast-timeout-s", type=float, default=1800.0, help="stop a Feast run after this long"
+    )
     add_runs_argument(ap)
     args = ap.parse_args()
     figures = Figures(args.runs)
@@ -237,6 +279,7 @@ def main() -> None:
     script = work / "feast_run.py"
     script.write_text(FEAST_RUN % {"names": FLOATS + INTS})
     stores = args.stores.split(",")
+    unfinished: dict[str, str] = {}
     for _ in figures.runs():
         ours_out = work / "headwater.parquet"
         names = ",".join(FLOATS + INTS)
@@ -245,10 +288,21 @@ def main() -> None:
         )
         record(figures, "headwater", result)
         for kind in stores:
+            if kind in unfinished:  # it would not finish again on the same data
+                continue
             repo, out = work / f"repo-{kind}", work / f"feast-{kind}.parquet"
             shutil.rmtree(repo, ignore_errors=True)  # a fresh registry and online store each run
             cmd = [str(FEAST_VENV / "bin" / "python"), str(script), str(repo), kind]
-            result = run_json([*cmd, str(features), str(spine), str(out)])
+            try:
+                result = run_json(
+                    [*cmd, str(features), str(spine), str(out)],
+                    cap_mb=args.feast_cap_gb * 1024,
+                    timeout_s=args.feast_timeout_s,
+                )
+            except DidNotFinish as exc:
+                unfinished[kind] = str(exc)
+                print(f"  feast {kind}: did not finish: {exc}", flush=True)
+                continue
             dropped, mismatched, _ = compare(spine, out, ours_out)
             result.update(dropped=dropped, mismatched_rows=mismatched)
             record(figures, f"feast {kind}", result)
@@ -256,6 +310,12 @@ def main() -> None:
             figures.add(f"feast {kind}: rows with a differing value", mismatched, "rows")
 
     for kind in stores:
+        if kind in unfinished:
+            print(
+                f"feast {kind}: did not finish ({unfinished[kind]}; caps --feast-cap-gb "
+                f"{args.feast_cap_gb:g}, --feast-timeout-s {args.feast_timeout_s:g})"
+            )
+            continue
         figures.compare(
             f"headwater speed-up over feast {kind} (its seconds / headwater's)",
             f"feast {kind}: training set",

@@ -245,6 +245,7 @@ class Processor:
         change = member.poll()
         for where in change.revoked:
             share.forget(where)
+            self._cache.pop(where, None)
         assigned = member.assigned()
         now = time.monotonic()
         again = set()
