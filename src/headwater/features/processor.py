@@ -102,7 +102,8 @@ class Processor:
     exactly what its last committed write stored, valid while its claim holds, and dropped
     when a batch fails. Each feature set applies a batch in one loop compiled for its
     features (``FeatureSetPlan.update_many``), from offsets and payloads only
-    (``Log.read_payloads``).
+    (``Log.read_payloads``), and a partition's next batch is read (in a thread) while its
+    current one is processed.
     """
 
     def __init__(
@@ -203,27 +204,33 @@ class Processor:
         member = membership or SoleMember(self._log, self.streams)
         share = _Share()
         total = ProcessStats()
-        while not stop.is_set():
-            events = 0
-            try:
-                self._follow(member, share)
-                for where, token in share.due(poll_seconds):
-                    if stop.is_set():
-                        break
-                    n = self._visit(where, token, share)
-                    events += n
-                    total.batches += 1 if n else 0
-            except LogError as exc:  # e.g. a Kafka broker restarting: the checkpoints hold
-                _LOGGER.warning("cannot read the log, retrying in %ss: %s", poll_seconds, exc)
-            total.events += events
-            if events == 0:
-                stop.wait(poll_seconds)
+        ahead = _ReadAhead(self._log, 8)  # a busy partition's next batch is read meanwhile
+        try:
+            while not stop.is_set():
+                events = 0
+                try:
+                    self._follow(member, share)
+                    for where, token in share.due(poll_seconds):
+                        if stop.is_set():
+                            break
+                        n = self._visit(where, token, share, ahead)
+                        events += n
+                        total.batches += 1 if n else 0
+                except LogError as exc:  # e.g. a Kafka broker restarting: checkpoints hold
+                    _LOGGER.warning("cannot read the log, retrying in %ss: %s", poll_seconds, exc)
+                total.events += events
+                if events == 0:
+                    stop.wait(poll_seconds)
+        finally:
+            ahead.close()
         return total
 
-    def _visit(self, where: StreamPartition, token: str, share: _Share) -> int:
+    def _visit(
+        self, where: StreamPartition, token: str, share: _Share, ahead: _ReadAhead | None = None
+    ) -> int:
         """One batch of an owned partition; a refused write gives the partition up."""
         try:
-            n = self._process_batch(*where, token)
+            n = self._process_batch(*where, token, ahead)
         except OwnershipLost:
             stream, partition = where
             _LOGGER.warning(
