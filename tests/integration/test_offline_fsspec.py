@@ -158,3 +158,86 @@ def test_an_object_store_without_its_package_says_what_to_install(tmp_path, monk
         monkeypatch.delitem(registry, scheme, raising=False)
     with pytest.raises(BackendError, match="needs s3fs: pip install s3fs"):
         open_backend("offline", "s3://bucket/offline", tmp_path)
+
+
+def _day_rows(offsets: range, days: int) -> pa.Table:
+    """Rows at the given offsets, spread round-robin over ``days`` days (a backfill out of
+    time order: every append touches every day)."""
+    day = 86_400_000_000
+    return pa.table(
+        {
+            "_offset": list(offsets),
+            "_event_time": [(o % days) * day + o for o in offsets],
+            "x": [float(o) for o in offsets],
+        }
+    )
+
+
+def _rows(store: ParquetOfflineStore, stream: str) -> list[int]:
+    con = duckdb.connect()
+    store.attach(con)
+    files = store.files(stream)
+    found = con.sql("SELECT _offset FROM read_parquet($f)", params={"f": files}).fetchall()
+    return sorted(o for (o,) in found)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_compaction_merges_small_files_and_readers_see_each_row_once(where, tmp_path, memory_url):
+    store = ParquetOfflineStore(tmp_path / "offline" if where == "local" else memory_url)
+    for start in range(0, 100, 10):  # 10 appends x 3 days: 30 files of ~3 rows
+        store.append("s", _day_rows(range(start, start + 10), days=3), start, start + 10)
+    assert len(store.files("s")) == 30
+    listed_before = store.files("s")
+    assert store.compact("s", at_least=8) == 30
+    assert len(store.files("s")) == 3  # one a day
+    assert _rows(store, "s") == list(range(100))
+    # the replaced files stay for readers that listed them before, until the grace is over
+    assert all(store._files.read_bytes(p.replace("memory://", "")) for p in listed_before)
+    assert store.compact("s", at_least=8) == 0  # three files: nothing to merge
+    more = range(100, 130)
+    for start in range(100, 130, 10):
+        store.append("s", _day_rows(range(start, start + 10), days=3), start, start + 10)
+    assert _rows(store, "s") == list(range(130))
+    # small merged files merge again with the new ones; an appended file's rows stay
+    assert store.compact("s", at_least=4) == 12
+    assert len(store.files("s")) == 3
+    assert _rows(store, "s") == list(range(100)) + list(more)
+    store.compact("s", grace_s=0)  # the files merged twice over are removed now
+    assert len(store._parts("s")) == 3
+
+
+def test_compaction_leaves_large_files_and_what_lies_between_them(tmp_path):
+    store = ParquetOfflineStore(tmp_path / "offline")
+    for start in range(0, 40, 10):
+        store.append("s", _day_rows(range(start, start + 10), days=1), start, start + 10)
+    assert store.compact("s", small_bytes=1, at_least=2) == 0  # every file counts as large
+    assert len(store.files("s")) == 4
+    assert store.compact("s", at_least=5) == 0  # too few small files
+    assert store.compact("s", at_least=4) == 4
+    assert _rows(store, "s") == list(range(40))
+
+
+def test_the_archiver_compacts_a_backfill(project_factory):
+    """Through the project: events archived out of time order, 20 appends each touching all
+    5 days, end in one file a day, and the training set is the one of a single append."""
+    from tests.conftest import SMALL_DEFINITIONS
+
+    rows = pd.DataFrame(
+        {
+            "user_id": [f"u{i % 7}" for i in range(400)],
+            "amount": [float(i) for i in range(400)],
+            "status": ["paid"] * 400,
+            "ts": [NOW - timedelta(days=i % 5, minutes=i) for i in range(400)],
+        }
+    )
+    spine = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "timestamp": [NOW] * 3})
+    got = []
+    for batch in (20, 10_000):
+        with Project(project_factory(SMALL_DEFINITIONS), clock=lambda: NOW) as p:
+            assert p.ingest("orders", rows).accepted == 400
+            p.archiver._batch = batch  # noqa: SLF001 - the size of each append
+            assert p.archiver.catch_up(p.definitions.streams["orders"]) == 400
+            assert len(p.offline_store.files("orders")) == 5  # one a day
+            got.append(p.training_set(spine, NAMES, output="arrow").to_pylist())
+    assert got[0] == got[1]
+    assert got[0][0]["spend_lifetime"] == sum(float(i) for i in range(400) if i % 7 == 1)

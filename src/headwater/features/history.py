@@ -86,4 +86,6 @@ class Archiver:
                 start = end
                 if progress is not None:
                     progress(len(records))
+        if added:  # a backfill out of time order leaves many small files a day
+            self._offline.compact(stream.name)
         return added

@@ -28,4 +28,9 @@ class OfflineStore(Protocol):
 
     def files(self, stream: str) -> list[str]: ...
 
+    def compact(self, stream: str) -> int:
+        """Merge small files of the history into larger ones (what ``files`` lists keeps
+        every row exactly once throughout); returns how many files were merged."""
+        ...
+
     def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...
