@@ -202,24 +202,23 @@ class FeatureSetPlan:
             kinds = self.hop_slots[hop]
             for i, feature, update in program:
                 env[f"U{h}_{i}"] = update
-                lines += _slot_update("tile", i, feature, kinds[i].kind, f"U{h}_{i}", maybe_none)
+                lines += _slot_update(i, feature, kinds[i].kind, f"U{h}_{i}", maybe_none)
         if self._lifetime_program:
             lines.append("        tile = state['l']")
         for i, feature, update in self._lifetime_program:
             env[f"L{i}"] = update
             kind = self.lifetime_slots[i].kind
-            lines += _slot_update("tile", i, feature, kind, f"L{i}", maybe_none)
+            lines += _slot_update(i, feature, kind, f"L{i}", maybe_none)
         exec(compile("\n".join(lines), f"<update_many of {self.id}>", "exec"), env)
         return env["update_many"]
 
     def expire(self, state: dict[str, Any], now_us: int) -> None:
         """Drop tiles that no window evaluated at or after ``now_us`` can reach."""
-        retention = self.hop_retention
-        for hop, tiles in state["h"].items():
-            oldest = window_start(now_us, retention[hop], hop)
-            if tiles and min(tiles) < oldest:  # the common case, a check in C: none to drop
-                for start in [s for s in tiles if s < oldest]:
-                    del tiles[start]
+        _drop_older(state["h"], self._oldest_tiles(now_us))
+
+    def _oldest_tiles(self, now_us: int) -> list[tuple[int, int]]:
+        """Per hop, the start of the oldest tile a window evaluated at ``now_us`` reads."""
+        return [(hop, window_start(now_us, w, hop)) for hop, w in self.hop_retention.items()]
 
     def evaluate(
         self, state: dict[str, Any] | None, columns: Iterable[FeatureColumn], t_us: int
@@ -265,18 +264,11 @@ class FeatureSetPlan:
 
     def encode_many(self, states: Mapping[str, dict[str, Any]], now_us: int) -> dict[str, bytes]:
         """Each state expired at ``now_us`` (see ``expire``; changed in place) and encoded."""
-        bounds = [
-            (hop, window_start(now_us, window, hop)) for hop, window in self.hop_retention.items()
-        ]
+        oldest = self._oldest_tiles(now_us)
         pack = msgpack.Packer(default=_encode_set, strict_types=False).pack  # one a batch
         out = {}
         for key, state in states.items():
-            hops = state["h"]
-            for hop, oldest in bounds:
-                tiles = hops[hop]
-                if tiles and min(tiles) < oldest:  # the common case, a check in C: none to drop
-                    for start in [s for s in tiles if s < oldest]:
-                        del tiles[start]
+            _drop_older(state["h"], oldest)
             out[key] = pack(state)
         return out
 
@@ -289,7 +281,7 @@ class FeatureSetPlan:
             return self.new_state()
         state = msgpack.unpackb(blob, strict_map_key=False, use_list=not shared)
         hops = state["h"]
-        if len(hops) != len(self.hop_slots):  # a hop without tiles yet is stored empty
+        if len(hops) != len(self.hop_slots):  # every state is stored with every hop; if not
             for hop in self.hop_slots:
                 hops.setdefault(hop, {})
         for hop, distinct in self._distinct_hops:
@@ -301,18 +293,26 @@ class FeatureSetPlan:
         return state
 
 
-def _slot_update(
-    tile: str, i: int, feature: int, kind: str, update: str, maybe_none: list[int]
-) -> list[str]:
-    """The lines of ``update_many`` applying value ``v<feature>`` to partial ``i``: in place
-    for counts and sums (the same ``+ 1`` and ``+ value`` as their algebra's update), a call
-    of the algebra's ``update`` otherwise; skipped where the value is None."""
+def _drop_older(hops: dict[int, dict[int, Any]], oldest: list[tuple[int, int]]) -> None:
+    """Drop each hop's tiles that start before its oldest."""
+    for hop, first in oldest:
+        tiles = hops[hop]
+        if tiles and min(tiles) < first:  # the common case, a check in C: none to drop
+            for start in [s for s in tiles if s < first]:
+                del tiles[start]
+
+
+def _slot_update(i: int, feature: int, kind: str, update: str, maybe_none: list[int]) -> list[str]:
+    """The lines of ``update_many`` applying value ``v<feature>`` to partial ``i`` of
+    ``tile``: in place for counts and sums (the same ``+ 1`` and ``+ value`` as their
+    algebra's update), a call of the algebra's ``update`` otherwise; skipped where the value
+    is None."""
     if kind == "count":
-        step = f"{tile}[{i}] += 1"
+        step = f"tile[{i}] += 1"
     elif kind == "sum":
-        step = f"{tile}[{i}] += v{feature}"
+        step = f"tile[{i}] += v{feature}"
     else:
-        step = f"{tile}[{i}] = {update}({tile}[{i}], v{feature}, ts, off)"
+        step = f"tile[{i}] = {update}(tile[{i}], v{feature}, ts, off)"
     if feature not in maybe_none:
         return [f"        {step}"]
     return [f"        if v{feature} is not None:", f"            {step}"]

@@ -361,14 +361,20 @@ class Processor:
         else:
             entities = [entity_key([row[k] for k in keys]) for row in rows]
         known = cache.states.get(plan.id, {})
-        states = {key: known.get(key) for key in dict.fromkeys(entities)}
-        missing = [key for key, state in states.items() if state is None]
+        states: dict[str, dict[str, Any]] = {}
+        missing = []
+        for key in dict.fromkeys(entities):
+            state = known.get(key)
+            if state is None:
+                missing.append(key)
+            else:
+                states[key] = state
         if missing:
             loaded = self._online.get_many(plan.id, missing)
             for key, blob in zip(missing, loaded, strict=True):
                 states[key] = plan.decode(blob)
-        plan.update_many(states, entities, rows, offsets)  # type: ignore[arg-type]
-        return states  # type: ignore[return-value]
+        plan.update_many(states, entities, rows, offsets)
+        return states
 
 
 class _StateCache:

@@ -193,10 +193,10 @@ class ParquetOfflineStore:
             if part.partition == partition and part.end > committed:
                 self._files.remove(part.path)
 
-    def _done(self, stream: str) -> tuple[list[_Part], list[_Part]]:
-        """The committed part files: those readers use, and those left from compactions
-        (a file whose offsets another file of its day and partition covers: that file holds
-        its rows)."""
+    def _done(self, stream: str) -> tuple[list[_Part], list[tuple[_Part, _Part]]]:
+        """The committed part files: those readers use, and those left from compactions,
+        each with the file of its day and partition that covers its offsets (and holds its
+        rows)."""
         parts = self._parts(stream)
         committed = {p: self.committed(stream, p) for p in {part.partition for part in parts}}
         groups: dict[tuple[str, int], list[_Part]] = {}
@@ -204,12 +204,16 @@ class ParquetOfflineStore:
             if part.end <= committed[part.partition]:
                 groups.setdefault((part.folder, part.partition), []).append(part)
         live: list[_Part] = []
-        replaced: list[_Part] = []
+        replaced: list[tuple[_Part, _Part]] = []
         for group in groups.values():
-            reach = -1  # the largest end among the files before, in (start, -end) order
+            # in (start, -end) order, a file no further than the furthest before it is covered
+            widest: _Part | None = None
             for part in sorted(group, key=lambda p: (p.start, -p.end)):
-                (replaced if part.end <= reach else live).append(part)
-                reach = max(reach, part.end)
+                if widest is not None and part.end <= widest.end:
+                    replaced.append((part, widest))
+                else:
+                    live.append(part)
+                    widest = part
         return live, replaced
 
     def files(self, stream: str) -> list[str]:
@@ -235,9 +239,8 @@ class ParquetOfflineStore:
         that listed them before may still be reading them."""
         live, replaced = self._done(stream)
         now = time.time()
-        for part in replaced:
-            covers = [o for o in live if part.within(o)]
-            if covers and all(now - self._files.modified(o.path) >= grace_s for o in covers):
+        for part, cover in replaced:
+            if now - self._files.modified(cover.path) >= grace_s:
                 self._files.remove(part.path)
         merged = 0
         groups: dict[tuple[str, int], list[_Part]] = {}
@@ -280,16 +283,6 @@ class _Part:
     partition: int
     start: int
     end: int
-
-    def within(self, other: _Part) -> bool:
-        """Another file of the same day and partition covers this one's offsets."""
-        return (
-            other.path != self.path
-            and other.folder == self.folder
-            and other.partition == self.partition
-            and other.start <= self.start
-            and self.end <= other.end
-        )
 
 
 def _open_root(root: str | Path, options: dict[str, Any]) -> tuple[_Files, str]:
