@@ -144,15 +144,37 @@ def process(
         bool,
         typer.Option(help="First clear the feature sets' online state, then replay the whole log"),
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Log records per committed batch")] = 100_000,
+    batch_size: Annotated[int, typer.Option(help="Log records read and applied at a time")] = (
+        100_000
+    ),
+    commit_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Behind a backlog, commit each partition's states and checkpoints this often "
+            "(a batch that finds the partition caught up is committed at once); 0: every batch"
+        ),
+    ] = 5.0,
+    cached_states: Annotated[
+        int,
+        typer.Option(
+            help="Decoded entity states kept in memory between batches, uncommitted ones "
+            "included (a partition with more uncommitted states commits)"
+        ),
+    ] = 200_000,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Update the online store from the log, from each feature set's checkpoint."""
     import signal
     import threading
 
+    if batch_size < 1 or commit_seconds < 0 or cached_states < 0:
+        raise HeadwaterError(
+            "--batch-size must be at least 1, --commit-seconds and --cached-states at least 0"
+        )
     with _open(project) as p:
         p.processor.batch_size = batch_size
+        p.processor.commit_seconds = commit_seconds
+        p.processor.cached_states = cached_states
         if forever:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -187,8 +187,10 @@ def log(tmp_path: Path) -> Iterator[EmbeddedLog]:
 
 
 def _processor(log: EmbeddedLog, store: Any) -> Processor:
+    """A processor committing every batch (of 400 of the 3000 events), so a stall falls
+    between batches of one run."""
     plans = FeatureCatalog(FEATURES, [DERIVED]).plans
-    return Processor(log, store, plans, lambda: NOW, batch_size=400)
+    return Processor(log, store, plans, lambda: NOW, batch_size=400, commit_seconds=0.0)
 
 
 def _contents(store: OnlineStore, processor: Processor) -> dict[str, Any]:

@@ -172,10 +172,10 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_state_is_exact(
 
         try:
             assert p.ingest(stream, _events(3000, rnd, now)).accepted == 3000
-            # Small batches: processing takes long enough for a kill to land mid-way.
-            workers = [
-                Worker(shared, f"w{i}", "--group", group, "--batch-size", "25") for i in (0, 1)
-            ]
+            # Small batches, each committed: processing takes long enough for a kill to land
+            # mid-way, and the checkpoints show how far each worker got.
+            flags = ["--batch-size", "25", "--commit-seconds", "0"]
+            workers = [Worker(shared, f"w{i}", "--group", group, *flags) for i in (0, 1)]
 
             def split_in_two() -> bool:
                 owners = [t for t in _owners(redis_db, plan_ids).values() if len(t) == 1]

@@ -98,9 +98,16 @@ class Processor:
     replay from offset 0.
 
     Speed: a processor keeps the decoded states of the partitions it owns between batches
-    (up to ``cached_states`` in all, the least recently written dropped first); they are
-    exactly what its last committed write stored, valid while its claim holds, and dropped
-    when a batch fails. Each feature set applies a batch in one loop compiled for its
+    (up to ``cached_states`` in all, the least recently written dropped first), valid while
+    its claim holds and dropped when a batch fails. Behind a backlog it commits a partition
+    every ``commit_seconds`` rather than every batch: the states its batches changed since
+    the last commit stay in memory (never dropped from the cache until written), then are
+    written once, with the checkpoints of the last batch, in one atomic write as before. A
+    batch shorter than ``batch_size`` (the processor has caught up) is committed at once,
+    so a processor that keeps up commits every batch, and so does one whose uncommitted
+    states pass the cache's share of a partition. A crash loses at most the uncommitted
+    batches, which the next owner replays from the committed checkpoints exactly as an
+    uninterrupted run would. Each feature set applies a batch in one loop compiled for its
     features (``FeatureSetPlan.update_many``), from offsets and payloads only
     (``Log.read_payloads``), and a partition's next batch is read (in a thread) while its
     current one is processed.
@@ -114,14 +121,30 @@ class Processor:
         clock: Callable[[], int],
         batch_size: int = 100_000,
         cached_states: int = 200_000,
+        commit_seconds: float = 5.0,
     ) -> None:
         self._log, self._online, self._clock = log, online, clock
         self.batch_size = batch_size
         self.cached_states = cached_states
+        self.commit_seconds = commit_seconds
         self._cache: dict[StreamPartition, _StateCache] = {}
         self._by_stream: dict[str, list[FeatureSetPlan]] = {}
         for plan in plans:
             self._by_stream.setdefault(plan.stream.name, []).append(plan)
+
+    def settings(self) -> dict[str, float]:
+        """The settings a processor of another process needs to work as this one does."""
+        return {
+            "batch_size": self.batch_size,
+            "cached_states": self.cached_states,
+            "commit_seconds": self.commit_seconds,
+        }
+
+    def configure(self, settings: dict[str, float]) -> None:
+        """Take ``settings`` (of ``settings()``)."""
+        self.batch_size = int(settings["batch_size"])
+        self.cached_states = int(settings["cached_states"])
+        self.commit_seconds = float(settings["commit_seconds"])
 
     @property
     def streams(self) -> list[str]:
@@ -153,7 +176,8 @@ class Processor:
 
         The partitions take turns, a batch each, and each one's next batch is read while
         its current one is processed, so reads (and a Kafka log's wait at the end of a
-        partition) overlap the work and each other."""
+        partition) overlap the work and each other. Everything processed is committed
+        before it returns, also when ``stop`` ends it."""
         stats = ProcessStats()
         pending = [(s, p) for s in self._by_stream for p in range(self._log.partitions(s))]
         tokens: dict[StreamPartition, str] = {}
@@ -162,19 +186,12 @@ class Processor:
             while pending:
                 for where in list(pending):
                     if stop is not None and stop.is_set():
+                        for stopped, token in tokens.items():
+                            self._taken_over(self._commit, stopped, token)
                         return stats
                     if where not in tokens:
                         tokens.update(self._claim([where]))
-                    try:
-                        n = self._process_batch(*where, tokens[where], ahead)
-                    except OwnershipLost:
-                        stream, partition = where
-                        raise TakenOver(
-                            f"another processor took over partition {partition} of stream "
-                            f"{stream!r} (a `headwater process --forever` worker, or a rebuild); "
-                            "what this run committed stays. Let that processor do the work, "
-                            "or stop it and run again"
-                        ) from None
+                    n = self._taken_over(self._process_batch, where, tokens[where], ahead)
                     if n == 0:
                         pending.remove(where)
                         continue
@@ -185,6 +202,22 @@ class Processor:
         finally:
             ahead.close()
         return stats
+
+    @staticmethod
+    def _taken_over(
+        step: Callable[..., int], where: StreamPartition, token: str, *args: Any
+    ) -> int:
+        """``step(where, token, ...)``, a refused write raised as ``TakenOver``."""
+        try:
+            return step(where, token, *args)
+        except OwnershipLost:
+            stream, partition = where
+            raise TakenOver(
+                f"another processor took over partition {partition} of stream "
+                f"{stream!r} (a `headwater process --forever` worker, or a rebuild); "
+                "what this run committed stays. Let that processor do the work, "
+                "or stop it and run again"
+            ) from None
 
     def run_forever(
         self,
@@ -197,8 +230,9 @@ class Processor:
         ``membership`` is this worker's share of the partitions (default: all of them). It
         is polled between rounds of one batch per owned partition, so a revoked partition's
         batch in flight is finished (committed, or refused if already claimed) before the
-        partition is given up. A partition found caught up is read again after
-        ``poll_seconds``, so the busy ones do not wait for reads that find nothing. The
+        partition is given up (and what was processed of it committed). A partition found
+        caught up is read again after ``poll_seconds``, so the busy ones do not wait for
+        reads that find nothing. What was processed is committed when ``stop`` ends it. The
         caller closes the membership.
         """
         member = membership or SoleMember(self._log, self.streams)
@@ -221,6 +255,8 @@ class Processor:
                 total.events += events
                 if events == 0:
                     stop.wait(poll_seconds)
+            for where, token in list(share.owned.items()):
+                self._commit_or_give_up(where, token)
         finally:
             ahead.close()
         return total
@@ -230,7 +266,7 @@ class Processor:
     ) -> int:
         """One batch of an owned partition; a refused write gives the partition up."""
         try:
-            n = self._process_batch(*where, token, ahead)
+            n = self._process_batch(where, token, ahead)
         except OwnershipLost:
             stream, partition = where
             _LOGGER.warning(
@@ -251,6 +287,9 @@ class Processor:
         timeout later."""
         change = member.poll()
         for where in change.revoked:
+            token = share.owned.get(where)
+            if token is not None:
+                self._commit_or_give_up(where, token)
             share.forget(where)
             self._cache.pop(where, None)
         assigned = member.assigned()
@@ -286,36 +325,85 @@ class Processor:
         self._online.claim(names, token)
         return dict.fromkeys(wanted, token)
 
-    def _process_batch(
-        self, stream: str, partition: int, token: str, ahead: _ReadAhead | None = None
-    ) -> int:
-        where = (stream, partition)
+    def _cache_of(self, where: StreamPartition, token: str) -> _StateCache:
         cache = self._cache.get(where)
         if cache is None or cache.token != token:  # claimed anew: what it held may be stale
             cache = self._cache[where] = _StateCache(token)
+        return cache
+
+    def _process_batch(
+        self, where: StreamPartition, token: str, ahead: _ReadAhead | None = None
+    ) -> int:
+        """One batch of a partition, committed with what its earlier batches left
+        uncommitted when it is short (caught up), ``commit_seconds`` after the first of them,
+        or when the uncommitted states pass the partition's share of the cache. A partition
+        found caught up (no record read) is committed too."""
+        cache = self._cache_of(where, token)
         try:
-            return self._process_cached(stream, partition, token, ahead, cache)
+            n = self._process_cached(where, ahead, cache)
+            limit = self.cached_states // max(1, len(self._cache))
+            if cache.since is not None and (
+                n < self.batch_size
+                or time.monotonic() - cache.since >= self.commit_seconds
+                or cache.uncommitted() > limit
+            ):
+                self._write(where, cache, limit)
+            return n
         except BaseException:
             # the batch's states were changed in place but not written (or maybe written):
-            # the next batch reads them from the store again
+            # the next batch reads them (and the checkpoints) from the store again
             self._cache.pop(where, None)
             raise
 
+    def _commit(self, where: StreamPartition, token: str) -> int:
+        """Write what was processed of a partition and not yet committed; the records
+        processed since its last commit."""
+        cache = self._cache.get(where)
+        if cache is None or cache.token != token or cache.since is None:
+            return 0
+        try:
+            return self._write(where, cache, self.cached_states // max(1, len(self._cache)))
+        except BaseException:
+            self._cache.pop(where, None)
+            raise
+
+    def _commit_or_give_up(self, where: StreamPartition, token: str) -> None:
+        """Commit a partition this processor leaves; if another has claimed it, the other
+        replays what this one processed since its last commit."""
+        try:
+            self._commit(where, token)
+        except OwnershipLost:
+            stream, partition = where
+            _LOGGER.info("partition %s of %r was claimed by another processor", partition, stream)
+
+    def _write(self, where: StreamPartition, cache: _StateCache, limit: int) -> int:
+        """The cache's uncommitted states (expired now) and checkpoints, in one store write
+        fenced by the cache's claim; the records it commits."""
+        assert cache.done is not None
+        stream, partition = where
+        now = self._clock()
+        encoded = {
+            plan.id: plan.encode_many(cache.dirty.get(plan.id, {}), now)
+            for plan in self._by_stream[stream]
+        }
+        checkpoints = {partition_name(i, partition): n for i, n in cache.done.items()}
+        self._online.write(encoded, checkpoints, dict.fromkeys(checkpoints, cache.token))
+        return cache.committed(limit)
+
     def _process_cached(
-        self,
-        stream: str,
-        partition: int,
-        token: str,
-        ahead: _ReadAhead | None,
-        cache: _StateCache,
+        self, where: StreamPartition, ahead: _ReadAhead | None, cache: _StateCache
     ) -> int:
+        """A batch applied to the cached states (not written); the records read."""
+        stream, partition = where
         plans = self._by_stream[stream]
-        # Partition 0 keeps the feature set's id as its checkpoint name, so the checkpoints
-        # of a one-partition log (the embedded one) are those it always had.
-        names = {p.id: partition_name(p.id, partition) for p in plans}
-        committed = self._online.checkpoints(list(names.values()))
-        done = {p.id: committed.get(names[p.id], 0) for p in plans}
-        where, start = (stream, partition), min(done.values())
+        if cache.done is None:
+            # Partition 0 keeps the feature set's id as its checkpoint name, so the
+            # checkpoints of a one-partition log (the embedded one) are those it always had.
+            names = {p.id: partition_name(p.id, partition) for p in plans}
+            committed = self._online.checkpoints(list(names.values()))
+            cache.done = {p.id: committed.get(names[p.id], 0) for p in plans}
+        done = cache.done
+        start = min(done.values())
         read = ahead.take(where, start) if ahead is not None else None
         if read is None:
             read = self._log.read_payloads(stream, start, self.batch_size, partition)
@@ -325,19 +413,11 @@ class Processor:
             ahead.start(where, read[-1][0] + 1, self.batch_size)
         offsets = [offset for offset, _ in read]
         rows = [orjson.loads(payload) for _, payload in read]
-        now = self._clock()
-        states: dict[str, dict[str, dict[str, Any]]] = {}
-        encoded: dict[str, dict[str, bytes]] = {}
         for plan in plans:
-            states[plan.id] = self._apply(plan, offsets, rows, done[plan.id], cache)
-            encoded[plan.id] = plan.encode_many(states[plan.id], now)
+            cache.changed(plan.id, self._apply(plan, offsets, rows, done[plan.id], cache))
         # The next offset follows the last record read, not a count: offsets may have gaps.
         end = offsets[-1] + 1
-        checkpoints = {names[p.id]: max(end, done[p.id]) for p in plans}
-        self._online.write(encoded, checkpoints, dict.fromkeys(checkpoints, token))
-        limit = self.cached_states // max(1, len(self._cache))
-        for plan_id, changed in states.items():
-            cache.keep(plan_id, changed, limit)
+        cache.processed({p.id: max(end, done[p.id]) for p in plans}, len(read))
         return len(read)
 
     def _apply(
@@ -378,23 +458,49 @@ class Processor:
 
 
 class _StateCache:
-    """A partition's decoded states, kept between batches by the processor that owns it:
-    exactly what its last committed write stored, so the next batch need not read and
-    decode them again. Valid for one claim (``token``): a new claim starts empty, and a
-    batch that fails drops the cache. The least recently written go beyond ``limit``."""
+    """A partition's decoded states, kept between batches by the processor that owns it,
+    so the next batch need not read and decode them again: what its last committed write
+    stored, plus what the batches since have changed (``dirty``, never dropped before they
+    are written) up to the offsets in ``done``. Valid for one claim (``token``): a new
+    claim starts empty, and a batch that fails drops the cache. After a commit, the least
+    recently written states go beyond ``limit``."""
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.states: dict[str, dict[str, dict[str, Any]]] = {}
+        self.dirty: dict[str, dict[str, dict[str, Any]]] = {}
+        self.done: dict[str, int] | None = None  # per feature set, its next offset
+        self.since: float | None = None  # when the first uncommitted batch was processed
+        self.records = 0  # processed since the last commit
 
-    def keep(self, plan_id: str, changed: dict[str, dict[str, Any]], limit: int) -> None:
-        states = self.states.setdefault(plan_id, {})
-        for key in changed:
-            states.pop(key, None)  # so the order of the dict is that of the last writes
-        states.update(changed)
-        if len(states) > limit:
-            for key in list(itertools.islice(states, len(states) - limit)):
-                del states[key]
+    def changed(self, plan_id: str, states: dict[str, dict[str, Any]]) -> None:
+        """A batch's changed states (the cached ones changed in place, others new)."""
+        self.states.setdefault(plan_id, {}).update(states)
+        self.dirty.setdefault(plan_id, {}).update(states)
+
+    def processed(self, done: dict[str, int], records: int) -> None:
+        self.done = done
+        self.records += records
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def uncommitted(self) -> int:
+        return sum(len(states) for states in self.dirty.values())
+
+    def committed(self, limit: int) -> int:
+        """The uncommitted states were written: keep the most recently written ``limit``
+        of each feature set; the records that commit covered."""
+        for plan_id, written in self.dirty.items():
+            states = self.states[plan_id]
+            for key in written:
+                states.pop(key, None)  # so the order of the dict is that of the last writes
+            states.update(written)
+            if len(states) > limit:
+                for key in list(itertools.islice(states, len(states) - limit)):
+                    del states[key]
+        records = self.records
+        self.dirty, self.since, self.records = {}, None, 0
+        return records
 
 
 class _ReadAhead:

@@ -190,7 +190,7 @@ class Project:
         stop = stop or threading.Event()
         group = group or f"headwater.{self.settings.name}.processor"
         if workers > 1:
-            return _run_workers(self.root, group, workers, self.processor.batch_size, stop)
+            return _run_workers(self.root, group, workers, self.processor.settings(), stop)
         streams = self.processor.streams
         member = self.log.join(group, streams) if sharing else SoleMember(self.log, streams)
         try:
@@ -388,7 +388,7 @@ class Project:
 
 
 def _run_workers(
-    root: Path, group: str, workers: int, batch_size: int, stop: threading.Event
+    root: Path, group: str, workers: int, settings: dict[str, float], stop: threading.Event
 ) -> ProcessStats:
     """Run ``workers`` processes (spawned) that each process the project in ``group``, until
     ``stop`` is set; a worker that dies leaves its partitions to the others."""
@@ -400,7 +400,7 @@ def _run_workers(
     processes = [
         context.Process(
             target=_worker,
-            args=(str(root), group, batch_size, done, results),
+            args=(str(root), group, settings, done, results),
             name=f"headwater-worker-{i}",
             daemon=True,
         )
@@ -434,7 +434,7 @@ def _run_workers(
     return total
 
 
-def _worker(root: str, group: str, batch_size: int, done: Any, results: Any) -> None:
+def _worker(root: str, group: str, settings: dict[str, float], done: Any, results: Any) -> None:
     """One process of ``_run_workers``: it stops when ``done`` is set or its parent is gone,
     and leaves Ctrl-C to the parent (which then sets ``done``)."""
     import multiprocessing
@@ -452,6 +452,6 @@ def _worker(root: str, group: str, batch_size: int, done: Any, results: Any) -> 
 
     threading.Thread(target=watch, daemon=True).start()
     with Project(root) as project:
-        project.processor.batch_size = batch_size
+        project.processor.configure(settings)
         stats = project.process(forever=True, group=group, stop=stop)
     results.put((stats.events, stats.batches))

@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from headwater.definitions.windows import DAY, MINUTE
 from headwater.features.plan import plan_feature_sets
 from headwater.features.processor import Processor
@@ -78,12 +80,21 @@ def _stored(store: SqliteOnlineStore, plan) -> list[dict]:  # type: ignore[no-un
     return [plan.decode(blob) for blob in store.get_many(plan.id, KEYS)]
 
 
-def test_a_refused_batch_is_replayed_from_the_store_not_from_the_states_it_changed(tmp_path):
+@pytest.mark.parametrize(
+    ("commit_seconds", "refused_write"),
+    [(0.0, 3), (3600.0, 1)],
+    ids=["a commit every batch", "one commit for the backlog"],
+)
+def test_a_refused_batch_is_replayed_from_the_store_not_from_the_states_it_changed(
+    tmp_path, commit_seconds, refused_write
+):
     """The worker keeps its partitions' states between batches. A refused write changed some
-    of them in place; they must be dropped, or the replay would count those events twice."""
+    of them in place; they must be dropped, or the replay would count those events twice.
+    With commits deferred, the refused write holds every batch since the last commit."""
     events = _events(7, 300)
     clean = Engines(tmp_path / "clean")
-    refused = Engines(tmp_path / "refused", online_store=_RefusesOnce(tmp_path / "o.db", 3))
+    store = _RefusesOnce(tmp_path / "o.db", refused_write)
+    refused = Engines(tmp_path / "refused", online_store=store)
     try:
         for eng in (clean, refused):
             eng.now = T0 + SPAN
@@ -91,7 +102,12 @@ def test_a_refused_batch_is_replayed_from_the_store_not_from_the_states_it_chang
             assert not result.rejected
         clean.processor.run_until_caught_up()
         processor = Processor(
-            refused.log, refused.online_store, refused.catalog.plans, lambda: T0 + SPAN, 40
+            refused.log,
+            refused.online_store,
+            refused.catalog.plans,
+            lambda: T0 + SPAN,
+            40,
+            commit_seconds=commit_seconds,
         )
         stop = threading.Event()
         worker = threading.Thread(target=processor.run_forever, args=(stop, 0.01))
@@ -103,11 +119,93 @@ def test_a_refused_batch_is_replayed_from_the_store_not_from_the_states_it_chang
         finally:
             stop.set()
             worker.join(10)
-        store = refused.online_store
-        assert isinstance(store, _RefusesOnce) and store.writes > 3  # refused, then replayed
+        assert store.writes > refused_write  # refused, then replayed
         assert not any(processor.lag().values())
         for plan in clean.catalog.plans:
             assert _stored(store, plan) == _stored(clean.online_store, plan)  # type: ignore[arg-type]
     finally:
         clean.close()
         refused.close()
+
+
+class _Counts(SqliteOnlineStore):
+    """A store that counts its writes, and can fail the ``fail``-th one (an error, not a
+    refusal: the store is down)."""
+
+    def __init__(self, path: Path, fail: int = 0) -> None:
+        super().__init__(path)
+        self.writes, self.fail = 0, fail
+
+    def write(self, states, checkpoints, owners=None):  # type: ignore[no-untyped-def]
+        self.writes += 1
+        if self.writes == self.fail:
+            raise OSError("the store is down, for the test")
+        super().write(states, checkpoints, owners)
+
+
+@pytest.mark.parametrize(
+    ("settings", "writes"),
+    [
+        ({"commit_seconds": 3600.0}, 1),  # behind a backlog: one commit, at the short batch
+        ({"commit_seconds": 0.0}, 8),  # every batch (7 of 40 events and 1 of 20)
+        ({"commit_seconds": 3600.0, "cached_states": 2}, 8),  # 4 keys: more than fit
+    ],
+    ids=["deferred", "every batch", "memory bound"],
+)
+def test_commits_are_deferred_behind_a_backlog_and_give_the_same_states(tmp_path, settings, writes):
+    events = _events(11, 300)
+    clean = Engines(tmp_path / "clean")
+    store = _Counts(tmp_path / "o.db")
+    deferred = Engines(tmp_path / "deferred", online_store=store)
+    try:
+        for eng in (clean, deferred):
+            eng.now = T0 + SPAN
+            assert not eng.ingestor.ingest(stream.name, [_raw(e) for e in events]).rejected
+        clean.processor.commit_seconds = 0.0
+        clean.processor.run_until_caught_up()
+        processor = Processor(
+            deferred.log, store, deferred.catalog.plans, lambda: T0 + SPAN, 40, **settings
+        )
+        stats = processor.run_until_caught_up()
+        assert (stats.events, stats.batches, store.writes) == (300, 8, writes)
+        assert not any(processor.lag().values())
+        for plan in clean.catalog.plans:
+            assert _stored(store, plan) == _stored(clean.online_store, plan)
+    finally:
+        clean.close()
+        deferred.close()
+
+
+def test_a_stop_commits_what_was_processed_and_a_failed_commit_is_replayed(tmp_path):
+    events = _events(13, 300)
+    clean = Engines(tmp_path / "clean")
+    store = _Counts(tmp_path / "o.db", fail=1)
+    failing = Engines(tmp_path / "failing", online_store=store)
+    try:
+        for eng in (clean, failing):
+            eng.now = T0 + SPAN
+            assert not eng.ingestor.ingest(stream.name, [_raw(e) for e in events]).rejected
+        clean.processor.run_until_caught_up()
+        plans = failing.catalog.plans
+        processor = Processor(failing.log, store, plans, lambda: T0 + SPAN, 40)
+        with pytest.raises(OSError, match="store is down"):
+            processor.run_until_caught_up()  # its only commit fails: nothing is stored
+        assert sum(processor.lag().values()) == 300 * len(plans)
+        stop = threading.Event()
+        seen: list[int] = []
+
+        def stop_after_two(n: int) -> None:
+            seen.append(n)
+            if len(seen) == 2:
+                stop.set()
+
+        stats = processor.run_until_caught_up(stop_after_two, stop)
+        assert (stats.events, store.writes) == (80, 2)  # the stop committed both batches
+        assert sum(processor.lag().values()) == 220 * len(plans)
+        processor.run_until_caught_up()
+        assert not any(processor.lag().values())
+        for plan in plans:
+            assert _stored(store, plan) == _stored(clean.online_store, plan)
+    finally:
+        clean.close()
+        failing.close()
