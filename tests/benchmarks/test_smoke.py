@@ -203,7 +203,9 @@ def test_streams_benchmark_runs_and_every_system_agrees():
         "headwater, Kafka log -> Redis",
         "headwater, embedded log -> SQLite",
         "bare Python loop, consuming the plain topic",
+        "bare Python loop, consuming the plain topic, collector off",
         "bare Python loop, in memory",
+        "bare Python loop, in memory, collector off",
     ]
     timed = [
         line.split(": seconds |")[0][2:]

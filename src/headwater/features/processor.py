@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -340,14 +342,15 @@ class Processor:
         found caught up (no record read) is committed too."""
         cache = self._cache_of(where, token)
         try:
-            n = self._process_cached(where, ahead, cache)
-            limit = self.cached_states // max(1, len(self._cache))
-            if cache.since is not None and (
-                n < self.batch_size
-                or time.monotonic() - cache.since >= self.commit_seconds
-                or cache.uncommitted() > limit
-            ):
-                self._write(where, cache, limit)
+            with _collector_paused():
+                n = self._process_cached(where, ahead, cache)
+                limit = self.cached_states // max(1, len(self._cache))
+                if cache.since is not None and (
+                    n < self.batch_size
+                    or time.monotonic() - cache.since >= self.commit_seconds
+                    or cache.uncommitted() > limit
+                ):
+                    self._write(where, cache, limit)
             return n
         except BaseException:
             # the batch's states were changed in place but not written (or maybe written):
@@ -455,6 +458,24 @@ class Processor:
                 states[key] = plan.decode(blob)
         plan.update_many(states, entities, rows, offsets)
         return states
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a batch is applied (then as it was).
+
+    A batch allocates a dict per record and a list per new tile, and Python's collector
+    counts allocations: over a batch of 100k records it ran its young passes thousands of
+    times and its full passes (over every cached state: millions of objects) dozens of
+    times, about a quarter of the processing time. Records and states hold no reference
+    cycles, so reference counting frees them anyway; the collector finds nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class _StateCache:
