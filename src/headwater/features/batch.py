@@ -153,11 +153,7 @@ def feature_set_values(
             table = _ranged_values(con, plan, ranged, starts, source, params)
             got.update({c.name: table[c.name] for c in ranged})
         for group in _by_filter(asof):
-            table = None
-            if group[0].feature.where is None and len(keys) == 1:
-                table = _sorted_last_values(con, plan, group, spine, source, params)
-            if table is None:
-                table = _asof_values(con, plan, group, starts, source, params)
+            table = _asof_values(con, plan, group, starts, source, params)
             got.update({c.name: table[c.name] for c in group})
     finally:
         con.unregister("_spine")
@@ -169,107 +165,6 @@ def _asof_eligible(column: FeatureColumn) -> bool:
     finds it without joining every event of the window."""
     agg = column.aggregation
     return agg.kind == "last" and not column.feature.stream.fields[agg.field or ""].nullable
-
-
-def _sorted_last_values(
-    con: duckdb.DuckDBPyConnection,
-    plan: FeatureSetPlan,
-    columns: list[FeatureColumn],
-    spine: Mapping[str, np.ndarray],
-    source: str,
-    params: dict[str, object],
-) -> pa.Table | None:
-    """``last`` columns of one entity key without a filter, by sorting instead of DuckDB's
-    ASOF join; None where (entity code, time) cannot be packed into one int64.
-
-    Each history row gets the int64 ``code * span + (time - t0)`` (``code`` numbers the
-    entity keys), and the rows are sorted by it, ties of equal (entity, time) by log
-    offset. Then the row an ASOF join would pick for a spine row (the latest of its
-    entity before ``t``, by (time, offset)) is the one just before where the spine row's
-    own packed value ``code * span + (t - t0)`` would be inserted, if it has the same
-    entity: one binary search per spine row, in spine order sorted so that the searches
-    walk the history once. Sorting one int64 is several times cheaper than DuckDB's sort of
-    the HUGEINT (time, offset) key and the entity, which was most of the join's time."""
-    (key,) = plan.entity.keys
-    fields = sorted({c.aggregation.field or "" for c in columns})
-    selected = ", ".join(sql_name(f) for f in dict.fromkeys([key, *fields]))
-    history = con.sql(
-        f"SELECT {selected}, _event_time, _offset FROM {source}", params=params or None
-    ).to_arrow_table()
-    if history.num_rows == 0:
-        return None
-    times = history["_event_time"].to_numpy()
-    spine_times = spine["_t"]
-    t0 = int(min(times.min(), spine_times.min()))
-    span = int(max(times.max(), spine_times.max())) - t0 + 1
-    codes = _entity_codes(history[key], spine[key])
-    if codes is None:
-        return None
-    history_codes, spine_codes, count = codes
-    if count * span >= 1 << 62:
-        return None
-    packed = history_codes * np.int64(span) + (times - t0)
-    order = np.argsort(packed)
-    packed = packed[order]
-    _order_ties_by_offset(packed, order, history["_offset"].to_numpy())
-    wanted = spine_codes * np.int64(span) + (spine_times - t0)
-    by_time = np.argsort(wanted)
-    found = np.empty(len(wanted), dtype=np.int64)
-    found[by_time] = np.searchsorted(packed, wanted[by_time]) - 1
-    # the row found must be of the same entity (not the last row of an earlier one)
-    hit = found >= 0
-    hit[hit] = packed[found[hit]] >= spine_codes[hit] * np.int64(span)
-    rows = order[np.where(hit, found, 0)]
-    row_times = times[rows]
-    out: dict[str, pa.Array | pa.ChunkedArray] = {}
-    for c in columns:
-        valid = hit
-        if c.window_us is not None:  # the window's start: floor((t - W) / h) * h
-            start = ((spine_times - c.window_us) // (c.hop_us or 1)) * (c.hop_us or 1)
-            valid = hit & (row_times >= start)
-        indices = pa.array(rows, mask=~valid)
-        out[c.name] = history[c.aggregation.field or ""].take(indices)
-    return pa.table(out)
-
-
-def _entity_codes(
-    history: pa.ChunkedArray, spine: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Entity keys numbered from 0 (equal keys equal numbers) in the history and the spine,
-    and how many numbers; None for a key type other than int and string, or a null key."""
-    if history.null_count:
-        return None
-    if pa.types.is_integer(history.type):
-        if spine.dtype.kind not in "iu":  # a null key made it float
-            return None
-        keys = history.to_numpy()
-        wanted = np.asarray(spine, dtype=np.int64)
-        low = int(min(keys.min(), wanted.min()))
-        count = int(max(keys.max(), wanted.max())) - low + 1
-        return keys - low, wanted - low, count
-    if pa.types.is_string(history.type) or pa.types.is_large_string(history.type):
-        both = pa.chunked_array([*history.chunks, pa.array(spine, type=history.type)])
-        encoded = both.combine_chunks().dictionary_encode()
-        if encoded.indices.null_count:
-            return None
-        numbers = encoded.indices.to_numpy().astype(np.int64)
-        n = len(history)
-        return numbers[:n], numbers[n:], len(encoded.dictionary)
-    return None
-
-
-def _order_ties_by_offset(packed: np.ndarray, order: np.ndarray, offsets: np.ndarray) -> None:
-    """Within each run of equal ``packed`` (sorted), put ``order`` in log-offset order, so
-    the last row of the run is the latest event, as ``last`` breaks ties."""
-    tie = packed[1:] == packed[:-1]
-    if not tie.any():
-        return
-    involved = np.zeros(len(packed), dtype=bool)
-    involved[1:] |= tie
-    involved[:-1] |= tie
-    at = np.flatnonzero(involved)
-    rows = order[at]
-    order[at] = rows[np.lexsort((offsets[rows], packed[at]))]
 
 
 def _by_filter(columns: list[FeatureColumn]) -> list[list[FeatureColumn]]:
