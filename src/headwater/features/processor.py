@@ -259,7 +259,10 @@ class Processor:
                 if events == 0:
                     stop.wait(poll_seconds)
             for where, token in list(share.owned.items()):
-                self._commit_or_give_up(where, token)
+                try:
+                    self._commit_or_give_up(where, token)
+                except Exception as exc:  # a store out of reach: the next owner replays it
+                    _LOGGER.warning("could not commit partition %s at the stop: %s", where, exc)
         finally:
             ahead.close()
         return total
