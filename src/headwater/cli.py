@@ -177,8 +177,16 @@ def process(
         p.processor.cached_states = cached_states
         if forever:
             stop = threading.Event()
+
+            def interrupted(*_: object) -> None:
+                if stop.is_set():
+                    raise KeyboardInterrupt  # a second Ctrl-C: quit now, uncommitted work replays
+                stop.set()
+                console.print("stopping after the batch in flight, committing what was processed")
+
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            console.print("processing; Ctrl-C to stop")
+            signal.signal(signal.SIGINT, interrupted)
+            console.print("processing; Ctrl-C to stop (twice to quit at once)")
             try:
                 p.process(forever=True, stop=stop, workers=workers, group=group, rebuild=rebuild)
             except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -135,7 +136,11 @@ def test_processor_killed_at_random_points_reaches_the_same_state(small_project,
     for _ in range(12):  # kill at random points until it has been killed five times
         if kills >= 5:
             break
-        proc = headwater("process", "--project", str(small_project), "--batch-size", "300")
+        # commits every 0.2 s: kills land between commits, with batches processed since
+        proc = headwater(
+            "process", "--project", str(small_project), "--batch-size", "300",
+            "--commit-seconds", "0.2",
+        )  # fmt: skip
         time.sleep(rnd.uniform(0.3, 1.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -157,3 +162,38 @@ def test_processor_killed_at_random_points_reaches_the_same_state(small_project,
             states = [plan.decode(b) for b in crashed.online_store.get_many(plan.id, users)]
             clean_states = [plan.decode(b) for b in clean.online_store.get_many(plan.id, users)]
             assert states == clean_states
+
+
+def test_ctrl_c_stops_a_forever_processor_and_keeps_what_it_processed(small_project):
+    rnd = random.Random(7)
+    now = time.time()
+    with Project(small_project) as p:
+        events = [
+            {
+                "user_id": f"u{rnd.randrange(60)}",
+                "amount": 1.0,
+                "status": "paid",
+                "ts": now - rnd.uniform(0, 86400),
+            }
+            for _ in range(20_000)
+        ]
+        assert p.ingest("orders", events).accepted == 20_000
+        before = sum(p.processor.lag().values())
+    proc = headwater(
+        "process", "--forever", "--project", str(small_project), "--batch-size", "200",
+        "--commit-seconds", "3600", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # the signal handler is set before this line is printed
+        lines.append(line)
+        if "processing" in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "stopping after the batch in flight" in out
+    assert "Traceback" not in out
+    with Project(small_project) as p:
+        assert sum(p.processor.lag().values()) < before  # committed at the stop (or caught up)

@@ -209,3 +209,44 @@ def test_a_stop_commits_what_was_processed_and_a_failed_commit_is_replayed(tmp_p
     finally:
         clean.close()
         failing.close()
+
+
+class _StopsAtRead:
+    """The log, setting ``stop`` at its ``n``-th read of payloads (read-ahead included)."""
+
+    def __init__(self, log, n: int, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+        self.log, self.n, self.stop, self.reads = log, n, stop, 0
+
+    def read_payloads(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        if self.reads == self.n:
+            self.stop.set()
+        return self.log.read_payloads(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.log, name)
+
+
+def test_a_worker_stopped_behind_a_backlog_commits_what_it_processed(tmp_path):
+    events = _events(17, 300)
+    clean = Engines(tmp_path / "clean")
+    store = _Counts(tmp_path / "o.db")
+    stopped = Engines(tmp_path / "stopped", online_store=store)
+    try:
+        for eng in (clean, stopped):
+            eng.now = T0 + SPAN
+            assert not eng.ingestor.ingest(stream.name, [_raw(e) for e in events]).rejected
+        clean.processor.run_until_caught_up()
+        plans = stopped.catalog.plans
+        stop = threading.Event()
+        log = _StopsAtRead(stopped.log, 3, stop)
+        worker = Processor(log, store, plans, lambda: T0 + SPAN, 40, commit_seconds=3600.0)  # type: ignore[arg-type]
+        stats = worker.run_forever(stop, 0.01)
+        assert 0 < stats.events < 300 and store.writes == 1  # one commit: the stop's
+        assert sum(worker.lag().values()) == (300 - stats.events) * len(plans)
+        Processor(stopped.log, store, plans, lambda: T0 + SPAN, 40).run_until_caught_up()
+        for plan in plans:
+            assert _stored(store, plan) == _stored(clean.online_store, plan)
+    finally:
+        clean.close()
+        stopped.close()
