@@ -3,9 +3,11 @@ keeps between batches give exactly what the plain per-event path gives."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,22 +64,46 @@ def test_an_event_without_any_value_leaves_the_state_as_it_was():
     assert states["k0"] == plan.new_state()
 
 
-class _RefusesOnce(SqliteOnlineStore):
-    """A store that refuses the ``n``-th write as if another processor had claimed it."""
+class _Counts(SqliteOnlineStore):
+    """A store that counts its writes and fails the ``fail``-th one with ``error``: an
+    ``OwnershipLost`` as if another processor had claimed it, an ``OSError`` as if it were
+    down."""
 
-    def __init__(self, path: Path, n: int) -> None:
+    def __init__(self, path: Path, fail: int = 0, error: Exception | None = None) -> None:
         super().__init__(path)
-        self.writes, self.n = 0, n
+        self.writes, self.fail = 0, fail
+        self.error = error or OSError("the store is down, for the test")
 
     def write(self, states, checkpoints, owners=None):  # type: ignore[no-untyped-def]
         self.writes += 1
-        if self.writes == self.n:
-            raise OwnershipLost("refused for the test")
+        if self.writes == self.fail:
+            raise self.error
         super().write(states, checkpoints, owners)
 
 
 def _stored(store: SqliteOnlineStore, plan) -> list[dict]:  # type: ignore[no-untyped-def]
     return [plan.decode(blob) for blob in store.get_many(plan.id, KEYS)]
+
+
+@contextlib.contextmanager
+def _beside_a_clean_run(tmp_path: Path, seed: int, store: _Counts) -> Iterator[Engines]:
+    """Engines on ``store``, with 300 events in their log; on leaving, the states in
+    ``store`` must be those of a clean run over the same events (committing every batch)."""
+    events = _events(seed, 300)
+    clean = Engines(tmp_path / "clean")
+    other = Engines(tmp_path / "other", online_store=store)
+    try:
+        for eng in (clean, other):
+            eng.now = T0 + SPAN
+            assert not eng.ingestor.ingest(stream.name, [_raw(e) for e in events]).rejected
+        clean.processor.commit_seconds = 0.0
+        clean.processor.run_until_caught_up()
+        yield other
+        for plan in clean.catalog.plans:
+            assert _stored(store, plan) == _stored(clean.online_store, plan)
+    finally:
+        clean.close()
+        other.close()
 
 
 @pytest.mark.parametrize(
@@ -91,19 +117,11 @@ def test_a_refused_batch_is_replayed_from_the_store_not_from_the_states_it_chang
     """The worker keeps its partitions' states between batches. A refused write changed some
     of them in place; they must be dropped, or the replay would count those events twice.
     With commits deferred, the refused write holds every batch since the last commit."""
-    events = _events(7, 300)
-    clean = Engines(tmp_path / "clean")
-    store = _RefusesOnce(tmp_path / "o.db", refused_write)
-    refused = Engines(tmp_path / "refused", online_store=store)
-    try:
-        for eng in (clean, refused):
-            eng.now = T0 + SPAN
-            result = eng.ingestor.ingest(stream.name, [_raw(e) for e in events])
-            assert not result.rejected
-        clean.processor.run_until_caught_up()
+    store = _Counts(tmp_path / "o.db", refused_write, OwnershipLost("refused for the test"))
+    with _beside_a_clean_run(tmp_path, 7, store) as refused:
         processor = Processor(
             refused.log,
-            refused.online_store,
+            store,
             refused.catalog.plans,
             lambda: T0 + SPAN,
             40,
@@ -121,26 +139,6 @@ def test_a_refused_batch_is_replayed_from_the_store_not_from_the_states_it_chang
             worker.join(10)
         assert store.writes > refused_write  # refused, then replayed
         assert not any(processor.lag().values())
-        for plan in clean.catalog.plans:
-            assert _stored(store, plan) == _stored(clean.online_store, plan)  # type: ignore[arg-type]
-    finally:
-        clean.close()
-        refused.close()
-
-
-class _Counts(SqliteOnlineStore):
-    """A store that counts its writes, and can fail the ``fail``-th one (an error, not a
-    refusal: the store is down)."""
-
-    def __init__(self, path: Path, fail: int = 0) -> None:
-        super().__init__(path)
-        self.writes, self.fail = 0, fail
-
-    def write(self, states, checkpoints, owners=None):  # type: ignore[no-untyped-def]
-        self.writes += 1
-        if self.writes == self.fail:
-            raise OSError("the store is down, for the test")
-        super().write(states, checkpoints, owners)
 
 
 @pytest.mark.parametrize(
@@ -153,39 +151,19 @@ class _Counts(SqliteOnlineStore):
     ids=["deferred", "every batch", "memory bound"],
 )
 def test_commits_are_deferred_behind_a_backlog_and_give_the_same_states(tmp_path, settings, writes):
-    events = _events(11, 300)
-    clean = Engines(tmp_path / "clean")
     store = _Counts(tmp_path / "o.db")
-    deferred = Engines(tmp_path / "deferred", online_store=store)
-    try:
-        for eng in (clean, deferred):
-            eng.now = T0 + SPAN
-            assert not eng.ingestor.ingest(stream.name, [_raw(e) for e in events]).rejected
-        clean.processor.commit_seconds = 0.0
-        clean.processor.run_until_caught_up()
+    with _beside_a_clean_run(tmp_path, 11, store) as deferred:
         processor = Processor(
             deferred.log, store, deferred.catalog.plans, lambda: T0 + SPAN, 40, **settings
         )
         stats = processor.run_until_caught_up()
         assert (stats.events, stats.batches, store.writes) == (300, 8, writes)
         assert not any(processor.lag().values())
-        for plan in clean.catalog.plans:
-            assert _stored(store, plan) == _stored(clean.online_store, plan)
-    finally:
-        clean.close()
-        deferred.close()
 
 
 def test_a_stop_commits_what_was_processed_and_a_failed_commit_is_replayed(tmp_path):
-    events = _events(13, 300)
-    clean = Engines(tmp_path / "clean")
     store = _Counts(tmp_path / "o.db", fail=1)
-    failing = Engines(tmp_path / "failing", online_store=store)
-    try:
-        for eng in (clean, failing):
-            eng.now = T0 + SPAN
-            assert not eng.ingestor.ingest(stream.name, [_raw(e) for e in events]).rejected
-        clean.processor.run_until_caught_up()
+    with _beside_a_clean_run(tmp_path, 13, store) as failing:
         plans = failing.catalog.plans
         processor = Processor(failing.log, store, plans, lambda: T0 + SPAN, 40)
         with pytest.raises(OSError, match="store is down"):
@@ -204,11 +182,6 @@ def test_a_stop_commits_what_was_processed_and_a_failed_commit_is_replayed(tmp_p
         assert sum(processor.lag().values()) == 220 * len(plans)
         processor.run_until_caught_up()
         assert not any(processor.lag().values())
-        for plan in plans:
-            assert _stored(store, plan) == _stored(clean.online_store, plan)
-    finally:
-        clean.close()
-        failing.close()
 
 
 class _StopsAtRead:
@@ -228,15 +201,8 @@ class _StopsAtRead:
 
 
 def test_a_worker_stopped_behind_a_backlog_commits_what_it_processed(tmp_path):
-    events = _events(17, 300)
-    clean = Engines(tmp_path / "clean")
     store = _Counts(tmp_path / "o.db")
-    stopped = Engines(tmp_path / "stopped", online_store=store)
-    try:
-        for eng in (clean, stopped):
-            eng.now = T0 + SPAN
-            assert not eng.ingestor.ingest(stream.name, [_raw(e) for e in events]).rejected
-        clean.processor.run_until_caught_up()
+    with _beside_a_clean_run(tmp_path, 17, store) as stopped:
         plans = stopped.catalog.plans
         stop = threading.Event()
         log = _StopsAtRead(stopped.log, 3, stop)
@@ -245,8 +211,3 @@ def test_a_worker_stopped_behind_a_backlog_commits_what_it_processed(tmp_path):
         assert 0 < stats.events < 300 and store.writes == 1  # one commit: the stop's
         assert sum(worker.lag().values()) == (300 - stats.events) * len(plans)
         Processor(stopped.log, store, plans, lambda: T0 + SPAN, 40).run_until_caught_up()
-        for plan in plans:
-            assert _stored(store, plan) == _stored(clean.online_store, plan)
-    finally:
-        clean.close()
-        stopped.close()
