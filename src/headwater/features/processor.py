@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -29,6 +29,7 @@ from headwater.log.base import (
 from headwater.stores.online_base import OnlineStore, OwnershipLost
 
 _LOGGER = logging.getLogger("headwater.processor")
+T = TypeVar("T")
 
 
 class ProcessingError(HeadwaterError):
@@ -207,9 +208,7 @@ class Processor:
         return stats
 
     @staticmethod
-    def _taken_over(
-        step: Callable[..., int], where: StreamPartition, token: str, *args: Any
-    ) -> int:
+    def _taken_over(step: Callable[..., T], where: StreamPartition, token: str, *args: Any) -> T:
         """``step(where, token, ...)``, a refused write raised as ``TakenOver``."""
         try:
             return step(where, token, *args)
@@ -348,13 +347,12 @@ class Processor:
         try:
             with _collector_paused():
                 n = self._process_cached(where, ahead, cache)
-                limit = self.cached_states // max(1, len(self._cache))
                 if cache.since is not None and (
                     n < self.batch_size
                     or time.monotonic() - cache.since >= self.commit_seconds
-                    or cache.uncommitted() > limit
+                    or cache.uncommitted() > self._cache_share()
                 ):
-                    self._write(where, cache, limit)
+                    self._write(where, cache)
             return n
         except BaseException:
             # the batch's states were changed in place but not written (or maybe written):
@@ -362,17 +360,11 @@ class Processor:
             self._cache.pop(where, None)
             raise
 
-    def _commit(self, where: StreamPartition, token: str) -> int:
-        """Write what was processed of a partition and not yet committed; the records
-        processed since its last commit."""
+    def _commit(self, where: StreamPartition, token: str) -> None:
+        """Write what was processed of a partition and not yet committed."""
         cache = self._cache.get(where)
-        if cache is None or cache.token != token or cache.since is None:
-            return 0
-        try:
-            return self._write(where, cache, self.cached_states // max(1, len(self._cache)))
-        except BaseException:
-            self._cache.pop(where, None)
-            raise
+        if cache is not None and cache.token == token and cache.since is not None:
+            self._write(where, cache)
 
     def _commit_or_give_up(self, where: StreamPartition, token: str) -> None:
         """Commit a partition this processor leaves; if another has claimed it, the other
@@ -383,19 +375,28 @@ class Processor:
             stream, partition = where
             _LOGGER.info("partition %s of %r was claimed by another processor", partition, stream)
 
-    def _write(self, where: StreamPartition, cache: _StateCache, limit: int) -> int:
+    def _cache_share(self) -> int:
+        """How many states each owned partition's cache keeps."""
+        return self.cached_states // max(1, len(self._cache))
+
+    def _write(self, where: StreamPartition, cache: _StateCache) -> None:
         """The cache's uncommitted states (expired now) and checkpoints, in one store write
-        fenced by the cache's claim; the records it commits."""
+        fenced by the cache's claim. A failed write drops the cache (its states were
+        expired in place, and may or may not be stored)."""
         assert cache.done is not None
         stream, partition = where
-        now = self._clock()
-        encoded = {
-            plan.id: plan.encode_many(cache.dirty.get(plan.id, {}), now)
-            for plan in self._by_stream[stream]
-        }
-        checkpoints = {partition_name(i, partition): n for i, n in cache.done.items()}
-        self._online.write(encoded, checkpoints, dict.fromkeys(checkpoints, cache.token))
-        return cache.committed(limit)
+        try:
+            now = self._clock()
+            encoded = {
+                plan.id: plan.encode_many(cache.dirty.get(plan.id, {}), now)
+                for plan in self._by_stream[stream]
+            }
+            checkpoints = {partition_name(i, partition): n for i, n in cache.done.items()}
+            self._online.write(encoded, checkpoints, dict.fromkeys(checkpoints, cache.token))
+        except BaseException:
+            self._cache.pop(where, None)
+            raise
+        cache.committed(self._cache_share())
 
     def _process_cached(
         self, where: StreamPartition, ahead: _ReadAhead | None, cache: _StateCache
@@ -424,7 +425,7 @@ class Processor:
             cache.changed(plan.id, self._apply(plan, offsets, rows, done[plan.id], cache))
         # The next offset follows the last record read, not a count: offsets may have gaps.
         end = offsets[-1] + 1
-        cache.processed({p.id: max(end, done[p.id]) for p in plans}, len(read))
+        cache.processed({p.id: max(end, done[p.id]) for p in plans})
         return len(read)
 
     def _apply(
@@ -498,25 +499,23 @@ class _StateCache:
         self.dirty: dict[str, dict[str, dict[str, Any]]] = {}
         self.done: dict[str, int] | None = None  # per feature set, its next offset
         self.since: float | None = None  # when the first uncommitted batch was processed
-        self.records = 0  # processed since the last commit
 
     def changed(self, plan_id: str, states: dict[str, dict[str, Any]]) -> None:
         """A batch's changed states (the cached ones changed in place, others new)."""
         self.states.setdefault(plan_id, {}).update(states)
         self.dirty.setdefault(plan_id, {}).update(states)
 
-    def processed(self, done: dict[str, int], records: int) -> None:
+    def processed(self, done: dict[str, int]) -> None:
         self.done = done
-        self.records += records
         if self.since is None:
             self.since = time.monotonic()
 
     def uncommitted(self) -> int:
         return sum(len(states) for states in self.dirty.values())
 
-    def committed(self, limit: int) -> int:
+    def committed(self, limit: int) -> None:
         """The uncommitted states were written: keep the most recently written ``limit``
-        of each feature set; the records that commit covered."""
+        of each feature set."""
         for plan_id, written in self.dirty.items():
             states = self.states[plan_id]
             for key in written:
@@ -525,9 +524,7 @@ class _StateCache:
             if len(states) > limit:
                 for key in list(itertools.islice(states, len(states) - limit)):
                     del states[key]
-        records = self.records
-        self.dirty, self.since, self.records = {}, None, 0
-        return records
+        self.dirty, self.since = {}, None
 
 
 class _ReadAhead:
