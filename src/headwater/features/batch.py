@@ -8,6 +8,7 @@ each value follows DESIGN.md's time semantics exactly: ``start = floor((t - W) /
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -18,6 +19,9 @@ from headwater.definitions.expr import sql_name
 from headwater.features.history import ARROW_TYPES, history_schema
 from headwater.features.plan import FeatureSetPlan
 from headwater.log.base import partition_name
+
+if TYPE_CHECKING:
+    from headwater.features.sorted_history import Latest
 
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 
@@ -128,8 +132,11 @@ def feature_set_values(
     times: np.ndarray,
     files: list[str],
     snapshot: Mapping[str, int] | None = None,
+    latest: Latest | None = None,
 ) -> pa.Table:
-    """One row per spine row (in order): the values of ``columns`` at each row's time."""
+    """One row per spine row (in order): the values of ``columns`` at each row's time;
+    with ``latest`` (the stream's sorted history), ``last`` columns it can answer come from
+    binary searches in it rather than from a join."""
     spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
     keys = plan.entity.keys
     for k in keys:
@@ -143,12 +150,16 @@ def feature_set_values(
         if c.window_us is not None and c.hop_us is not None:
             name = starts.setdefault((c.window_us, c.hop_us), f"_start{len(starts)}")
             spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
+    got: dict[str, pa.ChunkedArray | pa.Array] = {}
+    if latest is not None and keys == plan.stream.keys:
+        searched = [c for c in columns if _asof_eligible(c) and c.feature.where is None]
+        if searched:
+            got.update(latest.last(searched, spine_keys[keys[0]], times))
     con.register("_spine", pa.table(spine))
     try:
-        asof = [c for c in columns if _asof_eligible(c)]
+        asof = [c for c in columns if _asof_eligible(c) and c.name not in got]
         ranged = [c for c in columns if not _asof_eligible(c)]
         source, params = history_source(con, plan.stream, files, snapshot)
-        got: dict[str, pa.ChunkedArray] = {}
         if ranged:
             table = _ranged_values(con, plan, ranged, starts, source, params)
             got.update({c.name: table[c.name] for c in ranged})

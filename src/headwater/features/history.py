@@ -65,10 +65,19 @@ class Archiver:
 
     The store commits the files of a batch together with its end offset, so a crash at any
     point leaves either the old or the new history, and the next run resumes from the marker.
+    With ``sorted_history``, each run then keeps the stream's sorted copy current enough
+    (``features.sorted_history.refresh``).
     """
 
-    def __init__(self, log: Log, offline: OfflineStore, batch_size: int = 250_000) -> None:
+    def __init__(
+        self,
+        log: Log,
+        offline: OfflineStore,
+        batch_size: int = 250_000,
+        sorted_history: bool = True,
+    ) -> None:
         self._log, self._offline, self._batch = log, offline, batch_size
+        self._sorted_history = sorted_history
 
     def catch_up(self, stream: Stream, progress: Callable[[int], None] | None = None) -> int:
         """Archive everything the log holds for the stream now; returns the records added.
@@ -76,16 +85,21 @@ class Archiver:
         Each partition is read until a read finds nothing: the log's end offset is not
         trusted (a Kafka broker's high watermark may lag), nor are offsets dense."""
         added = 0
+        committed: dict[int, int] = {}
         for partition in range(self._log.partitions(stream.name)):
-            start = self._offline.committed(stream.name, partition)
+            start = committed[partition] = self._offline.committed(stream.name, partition)
             while records := self._log.read(stream.name, start, self._batch, partition):
                 end = records[-1].offset + 1
                 table = records_to_table(stream, records)
                 self._offline.append(stream.name, table, start, end, partition)
                 added += len(records)
-                start = end
+                start = committed[partition] = end
                 if progress is not None:
                     progress(len(records))
         if added:  # a backfill out of time order leaves many small files a day
             self._offline.compact(stream.name)
+        if self._sorted_history:
+            from headwater.features.sorted_history import refresh  # it imports this module
+
+            refresh(self._offline, stream, committed)
         return added

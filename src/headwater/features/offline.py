@@ -15,6 +15,7 @@ from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names
 from headwater.features.history import Archiver
 from headwater.features.plan import FeatureSetPlan
+from headwater.features.sorted_history import Latest
 from headwater.features.spark import SparkFeatureValues, SparkSettings, check_supported
 from headwater.stores.offline_base import OfflineStore
 
@@ -44,13 +45,15 @@ class FeatureValues(Protocol):
 
 
 class DuckDBFeatureValues:
-    """The embedded engine: batch.py's SQL on one DuckDB connection."""
+    """The embedded engine: batch.py's SQL on one DuckDB connection, and binary searches in
+    each stream's sorted history where ``sorted_history`` lets it use that."""
 
-    def __init__(self, offline: OfflineStore, threads: int | None) -> None:
+    def __init__(self, offline: OfflineStore, threads: int | None, sorted_history: bool) -> None:
         self.con = duckdb.connect()
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         offline.attach(self.con)
+        self.offline, self.sorted_history = offline, sorted_history
 
     def values(
         self,
@@ -61,7 +64,12 @@ class DuckDBFeatureValues:
         files: list[str],
         snapshot: Mapping[str, int] | None = None,
     ) -> pa.Table:
-        return feature_set_values(self.con, plan, columns, spine_keys, times, files, snapshot)
+        latest = None
+        if self.sorted_history:
+            latest = Latest.open(self.con, self.offline, plan.stream, snapshot)
+        return feature_set_values(
+            self.con, plan, columns, spine_keys, times, files, snapshot, latest
+        )
 
 
 def to_arrow(table: Any) -> pa.Table:
@@ -112,8 +120,10 @@ class TrainingSets:
         threads: int | None = None,
         engine: str = "duckdb",
         spark: SparkSettings | None = None,
+        sorted_history: bool = True,
     ) -> None:
         self._catalog, self._offline, self._archiver = catalog, offline, archiver
+        self._sorted_history = sorted_history
         self._streams = streams
         self._threads = threads
         self._engine = _check_engine(engine)
@@ -152,7 +162,9 @@ class TrainingSets:
                 raise SpineError(f"the spine has no column {name!r}, a derived feature's context")
         if engine == "spark":  # refuse what Spark cannot do before any work
             check_supported([c for cs in res.columns.values() for c in cs])
-        duck = DuckDBFeatureValues(self._offline, self._threads) if engine == "duckdb" else None
+        duck = None
+        if engine == "duckdb":
+            duck = DuckDBFeatureValues(self._offline, self._threads, self._sorted_history)
         compute: FeatureValues = duck or self._spark
         values: dict[str, pa.ChunkedArray | pa.Array] = {}
         try:

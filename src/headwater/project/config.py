@@ -53,10 +53,12 @@ class TrackingSettings:
 @dataclass(frozen=True)
 class OfflineSettings:
     """``[offline]``: the engine of training sets, ``"duckdb"`` (embedded) or ``"spark"``, and
-    where Spark runs (``[offline.spark]``: ``master``, and ``conf``, a table of Spark settings)."""
+    where Spark runs (``[offline.spark]``: ``master``, and ``conf``, a table of Spark settings);
+    ``sorted_history``: keep each stream's history sorted by key too, for ``last`` features."""
 
     engine: str = "duckdb"
     spark: SparkSettings = SparkSettings()
+    sorted_history: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,12 @@ def _offline_settings(offline: dict[str, Any]) -> OfflineSettings:
         raise ValueError(f'[offline] engine must be "duckdb" or "spark", not {engine!r}')
     spark = _table(offline, "spark")
     conf = _table(spark, "conf")
+    sorted_history = offline.get("sorted_history", True)
+    if not isinstance(sorted_history, bool):
+        raise ValueError(f"[offline] sorted_history must be true or false, not {sorted_history!r}")
     return OfflineSettings(
         engine=engine,
+        sorted_history=sorted_history,
         spark=SparkSettings(
             master=str(spark.get("master", "local[*]")),
             conf=tuple((str(k), _spark_value(v)) for k, v in conf.items()),

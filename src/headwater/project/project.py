@@ -68,7 +68,8 @@ class Project:
             self.log, self.definitions.streams, self.now, self.settings.ingest.max_future_us
         )
         self.processor = Processor(self.log, self.online_store, self.catalog.plans, self.now)
-        self.archiver = Archiver(self.log, self.offline_store)
+        sorted_history = self.settings.offline.sorted_history
+        self.archiver = Archiver(self.log, self.offline_store, sorted_history=sorted_history)
         self.online = OnlineFeatures(self.online_store, self.catalog, self.now)
         self.training = TrainingSets(
             self.catalog,
@@ -77,6 +78,7 @@ class Project:
             self.definitions.streams,
             engine=self.settings.offline.engine,
             spark=self.settings.offline.spark,
+            sorted_history=sorted_history,
         )
         self.registry = Registry(self.metadata)
         self._serving: Any = None

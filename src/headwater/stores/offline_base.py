@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
@@ -26,7 +27,10 @@ class OfflineStore(Protocol):
         self, stream: str, table: pa.Table, start: int, end: int, partition: int = 0
     ) -> None: ...
 
-    def files(self, stream: str) -> list[str]: ...
+    def files(self, stream: str, since: Mapping[int, int] | None = None) -> list[str]:
+        """The committed files; with ``since`` (log partition -> offset), only those that
+        may hold rows at or past its offsets (they may hold earlier rows too)."""
+        ...
 
     def compact(self, stream: str) -> int:
         """Merge small files of the history into larger ones (what ``files`` lists keeps
@@ -34,3 +38,13 @@ class OfflineStore(Protocol):
         ...
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...
+
+    def write_sorted(self, stream: str, table: pa.Table) -> None:
+        """Replace the stream's sorted copy (``features.sorted_history`` says what it holds,
+        in the table's schema metadata); readers see the old one or the new one whole."""
+        ...
+
+    def read_sorted(self, stream: str) -> pa.Table | None:
+        """The stream's sorted copy as last written (memory-mapped where the store is a local
+        folder), or None if there is none."""
+        ...

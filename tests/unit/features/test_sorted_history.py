@@ -1,0 +1,275 @@
+"""The sorted copy of a stream's history gives the same training sets as the join it replaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from headwater import Entity, Feature, Project, Stream, agg, col
+from headwater.definitions.types import from_micros
+from headwater.definitions.windows import DAY, HOUR, MINUTE
+from headwater.features.batch import feature_set_values
+from headwater.features.catalog import FeatureCatalog
+from headwater.features.history import history_schema
+from headwater.features.sorted_history import (
+    REBUILD_SHARE,
+    Latest,
+    read_run,
+    refresh,
+    sort_rows,
+)
+from headwater.stores.offline_parquet import ParquetOfflineStore
+
+T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
+
+
+def _stream(key_type: str) -> Stream:
+    return Stream(
+        "stats",
+        fields={"uid": key_type, "x": "float", "k": "int", "note": "string", "ts": "timestamp"},
+        key="uid",
+        time="ts",
+        required=["x", "k"],
+        owner="t",
+        description="d",
+    )
+
+
+def _features(stream: Stream) -> list[Feature]:
+    user = Entity("user", keys="uid", owner="t", description="d")
+    windows = ["1h", "2d", "lifetime"]
+    return [
+        Feature("lx", entity=user, stream=stream, aggregation=agg.last("x"), windows=windows,
+                owner="t", description="d"),
+        Feature("lk", entity=user, stream=stream, aggregation=agg.last("k"), windows=windows,
+                hop="1s", owner="t", description="d"),
+        # a filter or a nullable field: still the join, beside the searches
+        Feature("lk_big", entity=user, stream=stream, aggregation=agg.last("k"), windows=["2d"],
+                where=col("x") > 0, owner="t", description="d"),
+        Feature("lnote", entity=user, stream=stream, aggregation=agg.last("note"),
+                windows=["2d"], owner="t", description="d"),
+    ]  # fmt: skip
+
+
+def _history(stream: Stream, rng: np.random.Generator, n: int, partition: int, start: int,
+             coarse: bool, users: int) -> pa.Table:  # fmt: skip
+    step = MINUTE if coarse else 1  # coarse times make ties (the same event time) frequent
+    times = T0 + rng.integers(0, 5 * DAY // step, n) * step
+    uids = rng.integers(0, users, n)
+    keys = [f"u{u}" for u in uids] if stream.fields["uid"].dtype.value == "string" else uids
+    columns = {
+        "_offset": np.arange(start, start + n),
+        "_event_id": [f"e{partition}-{start + i}" for i in range(n)],
+        "_event_time": times,
+        "_ingest_time": times,
+        "_partition": np.full(n, partition, dtype=np.int32),
+        "uid": keys,
+        "x": rng.integers(-8, 8, n) / 4,
+        "k": rng.integers(0, 1000, n),
+        "note": [None if i % 3 else f"n{i}" for i in range(n)],
+        "ts": times,
+    }
+    return pa.table(columns, schema=history_schema(stream))
+
+
+class Setting:
+    """A parquet history of two log partitions, the catalog and one DuckDB connection."""
+
+    def __init__(self, root: Path, key_type: str, coarse: bool, seed: int) -> None:
+        self.stream = _stream(key_type)
+        self.rng = np.random.default_rng(seed)
+        self.coarse = coarse
+        self.store = ParquetOfflineStore(root)
+        self.catalog = FeatureCatalog(_features(self.stream), [])
+        res = self.catalog.resolve([c.name for f in _features(self.stream) for c in f.columns])
+        [(plan_id, self.columns)] = res.columns.items()
+        self.plan = self.catalog.plan(plan_id)
+        self.ends = {0: 0, 1: 0}
+        self.con = duckdb.connect()
+
+    def append(self, partition: int, n: int) -> None:
+        start = self.ends[partition]
+        table = _history(self.stream, self.rng, n, partition, start, self.coarse, users=40)
+        self.store.append("stats", table, start, start + n, partition)
+        self.ends[partition] = start + n
+
+    def spine(self, n: int) -> tuple[pa.Table, np.ndarray]:
+        uids = self.rng.integers(0, 45, n)  # some keys the history does not hold
+        keys = (
+            [f"u{u}" for u in uids] if self.stream.fields["uid"].dtype.value == "string" else uids
+        )
+        times = T0 + self.rng.integers(-HOUR // MINUTE, 6 * DAY // MINUTE, n) * MINUTE
+        times[: n // 4] += self.rng.integers(0, 2, n // 4)  # a microsecond after an event
+        return pa.table({"uid": keys}), times
+
+    def values(
+        self, latest: Latest | None, snapshot: dict[str, int] | None = None
+    ) -> tuple[pa.Table, pa.Table]:
+        """The values through ``latest`` and through the join alone, for one random spine."""
+        spine, times = self.spine(500)
+        files = self.store.files("stats")
+        got = feature_set_values(
+            self.con, self.plan, self.columns, spine, times, files, snapshot, latest
+        )
+        return got, feature_set_values(
+            self.con, self.plan, self.columns, spine, times, files, snapshot, None
+        )
+
+
+@pytest.mark.parametrize(
+    ("key_type", "coarse", "seed"), [("int", True, 1), ("string", True, 2), ("int", False, 3)]
+)
+def test_the_copy_and_the_rows_archived_since_answer_as_the_join(tmp_path, key_type, coarse, seed):
+    s = Setting(tmp_path, key_type, coarse, seed)
+    s.append(0, 3000)
+    s.append(1, 2000)
+    assert refresh(s.store, s.stream, s.ends)
+    run = read_run(s.store, s.stream)
+    assert run is not None and run.covered == {0: 3000, 1: 2000}
+    assert len(run.pos) == 5000
+    got, want = s.values(Latest.open(s.con, s.store, s.stream, None))
+    assert got.to_pylist() == want.to_pylist()
+    assert sum(v is not None for v in got["lx_2d"].to_pylist()) > 100  # not all null
+
+    s.append(1, 600)  # archived after the copy was written: searched in memory
+    s.append(0, 500)
+    assert not refresh(s.store, s.stream, s.ends)  # 1,100 rows behind 5,000: not yet
+    latest = Latest.open(s.con, s.store, s.stream, None)
+    assert latest is not None and [len(r.pos) for r in latest.runs] == [5000, 1100]
+    got, want = s.values(latest)
+    assert got.to_pylist() == want.to_pylist()
+
+    # a snapshot at or past the copy's offsets reads the copy and part of the rest
+    snapshot = {"stats": 3200, "stats@p1": 2000}
+    latest = Latest.open(s.con, s.store, s.stream, snapshot)
+    assert latest is not None and [len(r.pos) for r in latest.runs] == [5000, 200]
+    got, want = s.values(latest, snapshot)
+    assert got.to_pylist() == want.to_pylist()
+    # an older one cannot use the copy: the join answers alone
+    assert Latest.open(s.con, s.store, s.stream, {"stats": 2999, "stats@p1": 2600}) is None
+
+
+def test_the_copy_is_rebuilt_once_a_quarter_of_its_rows_came_after_it(tmp_path):
+    s = Setting(tmp_path, "int", True, 4)
+    s.append(0, 4000)
+    assert refresh(s.store, s.stream, s.ends)
+    assert not refresh(s.store, s.stream, s.ends)  # nothing new
+    s.append(0, 4000 // REBUILD_SHARE - 1)
+    assert not refresh(s.store, s.stream, s.ends)
+    s.append(0, 1)
+    assert refresh(s.store, s.stream, s.ends)
+    assert read_run(s.store, s.stream).covered == {0: 5000, 1: 0}
+    assert len(s.store.files("stats", since={0: 5000})) == 0
+    assert s.store.files("stats", since={0: 4999}) != []
+
+
+def test_a_copy_made_for_other_fields_is_not_used(tmp_path):
+    s = Setting(tmp_path, "int", True, 5)
+    s.append(0, 100)
+    assert refresh(s.store, s.stream, s.ends)
+    changed = Stream(
+        "stats",
+        fields={"uid": "int", "x": "float", "k": "int", "y": "int", "ts": "timestamp"},
+        key="uid", time="ts", required=["x", "k", "y"], owner="t", description="d",
+    )  # fmt: skip
+    assert read_run(s.store, changed) is None
+    assert refresh(s.store, changed, s.ends, force=True)
+    assert read_run(s.store, changed) is not None
+
+
+def _brute_last(keys, times, query_keys, query_times):
+    """Row of the latest (time, then row order) event of each key before each time, or -1."""
+    out = []
+    for k, t in zip(query_keys, query_times, strict=True):
+        rows = [i for i in range(len(keys)) if keys[i] == k and times[i] < t]
+        out.append(max(rows, key=lambda i: (times[i], i)) if rows else -1)
+    return out
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_searches_find_the_latest_event_before_each_time(spread):
+    """Both forms of slots: whole multiples of a unit, and ranks among distinct times where
+    keys times the span would not fit an int64 (microseconds over millennia)."""
+    rng = np.random.default_rng(7)
+    n = 400
+    keys = rng.integers(0, 7, n)
+    if spread:
+        times = rng.integers(0, 1 << 61, n)
+        times[:50] = times[50:100]  # ties
+    else:
+        times = T0 + rng.integers(0, 300, n) * 1000
+    table = pa.table(
+        {"uid": keys, "_event_time": times, "_offset": np.arange(n), "_partition": np.zeros(n)}
+    )
+    run = sort_rows(table, "uid", {})
+    assert run is not None and (run.unit == 0) == spread
+    assert np.all(np.diff(run.pos) >= 0)
+    query_keys = rng.integers(0, 9, 300)
+    query_times = np.concatenate([rng.choice(times, 200) + rng.integers(0, 2, 200),
+                                  [times.min(), times.max() + 1] * 50])  # fmt: skip
+    rows = run.last_before(pa.array(query_keys), query_times)
+    offsets = [int(run.offsets[r]) if r >= 0 else -1 for r in rows]
+    assert offsets == _brute_last(keys, times, query_keys, query_times)
+
+
+def test_an_empty_history_has_an_empty_copy(tmp_path):
+    stream = _stream("int")
+    store = ParquetOfflineStore(tmp_path)
+    run = sort_rows(history_schema(stream).empty_table(), "uid", {})
+    assert run is not None
+    assert run.last_before(pa.array([1, 2]), np.array([T0, T0])).tolist() == [-1, -1]
+    assert not refresh(store, stream, {0: 0})
+
+
+@pytest.mark.parametrize("root", ["local", "memory://sorted-history-test"])
+def test_stores_publish_and_replace_the_copy(tmp_path, root):
+    store = ParquetOfflineStore(tmp_path / "offline" if root == "local" else root)
+    assert store.read_sorted("s") is None
+    store.write_sorted("s", pa.table({"a": [1, 2]}))
+    store.write_sorted("s", pa.table({"a": [3]}))
+    assert store.read_sorted("s").to_pydict() == {"a": [3]}
+    if root == "local":
+        assert len(list((tmp_path / "offline" / "stream=s" / "_sorted").iterdir())) == 1
+
+
+PROJECT = """
+from headwater import Entity, Feature, Stream, agg
+
+user = Entity("user", keys="uid", owner="t", description="d")
+stats = Stream("stats", fields={"uid": "int", "x": "float", "ts": "timestamp"}, key="uid",
+               time="ts", required=["x"], owner="t", description="d")
+features = [Feature("lx", entity=user, stream=stats, aggregation=agg.last("x"),
+                    windows=["1d"], owner="t", description="d")]
+"""
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_projects_keep_a_copy_unless_told_not_to(project_factory, enabled):
+    folder = project_factory(PROJECT)
+    if not enabled:
+        with (folder / "headwater.toml").open("a") as toml:
+            toml.write("[offline]\nsorted_history = false\n")
+    day = 86_400_000_000
+    with Project(folder, clock=lambda: T0 + 10 * day) as p:
+        events = [
+            {"uid": i % 3, "x": float(i), "ts": from_micros(T0 + i * HOUR)} for i in range(30)
+        ]
+        assert p.ingest("stats", events).accepted == 30
+        spine = pa.table(
+            {"uid": [0, 1, 2, 3], "timestamp": pa.array([T0 + day] * 4, pa.timestamp("us", "UTC"))}
+        )
+        got = p.training_set(spine, ["lx_1d"], output="arrow")
+        assert got["lx_1d"].to_pylist() == [21.0, 22.0, 23.0, None]
+        assert (p.offline_store.read_sorted("stats") is not None) == enabled
+
+
+def test_a_bad_setting_is_refused(project_factory):
+    folder = project_factory(PROJECT)
+    with (folder / "headwater.toml").open("a") as toml:
+        toml.write('[offline]\nsorted_history = "yes"\n')
+    with pytest.raises(Exception, match="sorted_history must be true or false"):
+        Project(folder)
