@@ -7,9 +7,11 @@ TTL; headwater reads the same rows as a stream of feature events and answers wit
 features over a 2-day window (hop 1 s, so the window starts exactly 2 days back). Feast's
 join includes a feature row stamped exactly at the entity time, headwater's window ends just
 before t, so headwater is asked as of t + 1 µs. The data is generated and loaded into
-headwater once; each of ``--runs`` runs then times every system's join (a fresh Feast repo each
-run) and compares both answers for every entity row: mismatching values and dropped rows are
-counted. Figures are printed as min / median / max over the runs.
+headwater once: ingested through the log, archived, and sorted by key and time (the copy
+headwater's archiver keeps; each step is timed and printed). Each of ``--runs`` runs then times
+every system's join (a fresh Feast repo each run; headwater twice, with its sorted copy and
+without it, the ASOF join alone) and compares the answers for every entity row: mismatching
+values and dropped rows are counted. Figures are printed as min / median / max over the runs.
 
     python benchmarks/feast_pit.py --size S     # 1M feature rows / 10k users, 100k entity rows
     python benchmarks/feast_pit.py --size L     # 10M / 100k users, 1M entity rows
@@ -114,6 +116,13 @@ def peak_mb():
 
 folder, spine_path, out, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 project = Project(folder)
+if sys.argv[5] == "join":  # without the sorted copy of the history: the ASOF join alone
+    from headwater.features.offline import TrainingSets
+
+    project.training = TrainingSets(
+        project.catalog, project.offline_store, project.archiver, project.definitions.streams,
+        sorted_history=False,
+    )
 spine = pq.read_table(spine_path).to_pandas()
 spine["timestamp"] = spine["event_timestamp"] + pd.Timedelta(microseconds=1)
 start = time.perf_counter()
@@ -195,6 +204,8 @@ def run_json(cmd: list[str], cap_mb: float | None = None, timeout_s: float | Non
 def load_headwater(folder: Path, features: Path) -> dict[str, float]:
     from headwater import Project
     from headwater.definitions.types import to_micros
+    from headwater.features.history import Archiver
+    from headwater.features.sorted_history import refresh
 
     names = FLOATS + INTS
     fields = " ".join(f'"{n}": "{"float" if n.startswith("f") else "int"}",' for n in names)
@@ -211,14 +222,21 @@ def load_headwater(folder: Path, features: Path) -> dict[str, float]:
         for batch in pq.ParquetFile(features).iter_batches(batch_size=200_000):
             p.ingest("stats", pa.Table.from_batches([batch]))
         timings["ingest"] = time.perf_counter() - start
+        stream = p.definitions.streams["stats"]
         start = time.perf_counter()
-        p.archiver.catch_up(p.definitions.streams["stats"])
+        Archiver(p.log, p.offline_store, sorted_history=False).catch_up(stream)
         timings["archive"] = time.perf_counter() - start
+        start = time.perf_counter()  # what catch_up does next, timed on its own
+        refresh(p.offline_store, stream, {0: p.offline_store.committed("stats")})
+        timings["sort"] = time.perf_counter() - start
+    copy = folder / ".headwater" / "offline" / "stream=stats" / "_sorted"
+    timings["sorted_mb"] = sum(f.stat().st_size for f in copy.iterdir()) / 1e6
     return timings
 
 
-def compare(spine: Path, feast_out: Path, ours_out: Path) -> tuple[int, int, int]:
-    """(dropped rows, mismatching rows, values compared) over every entity row."""
+def compare(spine: Path, feast_out: Path, ours_out: Path, suffix: str = "") -> tuple[int, int, int]:
+    """(dropped rows, mismatching rows, values compared) over every entity row; ``suffix``
+    ends the first answer's column names (``"_2d"`` where it is headwater's too)."""
     names = FLOATS + INTS
     base = pq.read_table(spine).to_pandas()
     feast = pd.read_parquet(feast_out).set_index("row_id")
@@ -230,7 +248,7 @@ def compare(spine: Path, feast_out: Path, ours_out: Path) -> tuple[int, int, int
     ours = ours.reindex(base["row_id"])
     bad = np.zeros(len(base), dtype=bool)
     for n in names:
-        a = pd.to_numeric(feast[n], errors="coerce").to_numpy(dtype=float)
+        a = pd.to_numeric(feast[f"{n}{suffix}"], errors="coerce").to_numpy(dtype=float)
         b = pd.to_numeric(ours[f"{n}_2d"], errors="coerce").to_numpy(dtype=float)
         same = (a == b) | (np.isnan(a) & np.isnan(b))
         bad |= ~same
@@ -277,7 +295,7 @@ def main() -> None:
     wanted = {"rows": rows, "users": users, "spine_rows": spine_rows}
     features, spine, hw = work / "features.parquet", work / "spine.parquet", work / "headwater"
     done = json.loads(ready.read_text()) if args.reuse and ready.exists() else {}
-    if done.get("data") == wanted:
+    if done.get("data") == wanted and "sort" in done.get("load", {}):
         load, earlier = done["load"], " (an earlier invocation's, reused)"
     else:
         work = fresh_dir(f"feast-{args.size}")
@@ -287,7 +305,8 @@ def main() -> None:
         ready.write_text(json.dumps({"data": wanted, "load": load}))
     print(
         f"  headwater: ingest through the log {load['ingest']:.1f}s, archive "
-        f"{load['archive']:.1f}s (set-up, once: not part of the timed join){earlier}",
+        f"{load['archive']:.1f}s, sorted copy {load['sort']:.1f}s ({load['sorted_mb']:,.0f} MB)"
+        f" (set-up, once: not part of the timed join){earlier}",
         flush=True,
     )
     script = work / "feast_run.py"
@@ -295,12 +314,15 @@ def main() -> None:
     stores = args.stores.split(",")
     unfinished: dict[str, str] = {}
     for _ in figures.runs():
-        ours_out = work / "headwater.parquet"
+        ours_out, join_out = work / "headwater.parquet", work / "headwater-join.parquet"
         names = ",".join(FLOATS + INTS)
-        result = run_json(
-            [sys.executable, "-c", HEADWATER_RUN, str(hw), str(spine), str(ours_out), names]
-        )
-        record(figures, "headwater", result)
+        for how, out in (("sorted", ours_out), ("join", join_out)):
+            result = run_json(
+                [sys.executable, "-c", HEADWATER_RUN, str(hw), str(spine), str(out), names, how]
+            )
+            record(figures, "headwater" if how == "sorted" else "headwater, join only", result)
+        dropped, mismatched, _ = compare(spine, join_out, ours_out, "_2d")
+        figures.add("headwater: rows where the join's answer differs", dropped + mismatched, "rows")
         for kind in stores:
             if kind in unfinished:  # it would not finish again on the same data
                 continue
@@ -334,6 +356,11 @@ def main() -> None:
             f"headwater speed-up over feast {kind} (its seconds / headwater's)",
             f"feast {kind}: training set",
             "headwater: training set",
+        )
+        figures.compare(
+            f"headwater, join only: speed-up over feast {kind}",
+            f"feast {kind}: training set",
+            "headwater, join only: training set",
         )
     print(figures.report())
 

@@ -115,6 +115,9 @@ def test_feast_benchmark_agrees_with_feast_on_every_row():
     assert _figure(proc.stdout, "feast duckdb: rows with a differing value") == ["0"] * 3
     assert _figure(proc.stdout, "feast file: rows with a differing value") == ["0"] * 3
     assert _figure(proc.stdout, "feast duckdb: entity rows missing from either answer") == ["0"] * 3
+    # with its sorted copy and with the join alone, headwater answers the same
+    assert _figure(proc.stdout, "headwater: rows where the join's answer differs") == ["0"] * 3
+    _ratio(proc.stdout, "headwater, join only: speed-up over feast duckdb")
 
 
 def test_monitoring_benchmark_runs_and_prints_its_rates():
