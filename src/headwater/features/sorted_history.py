@@ -8,10 +8,10 @@ it was written, instead of a join of the spine with the whole history.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -26,7 +26,6 @@ from headwater.log.base import partition_name
 from headwater.stores.offline_base import OfflineStore
 
 FORMAT = 1
-METADATA = b"headwater.sorted_history"
 # Rebuilt once the rows archived since it was written reach a quarter of its own: lookups
 # then search at most 1.25 times the rows they would search in a fresh copy, and each row
 # is sorted a bounded number of times as the history grows.
@@ -148,19 +147,18 @@ class SortedRun:
         values[order] = data[rows[order]]
         return values
 
-    def to_table(self, stream: Stream) -> pa.Table:
-        """The run with what reading it back needs in its schema metadata."""
-        meta = {
+    def about(self, stream: Stream) -> dict[str, Any]:
+        """What reading the run back needs, and what deciding to rebuild it needs."""
+        return {
             "format": FORMAT,
             "fields": fingerprint(stream),
             "key": self.key,
             "origin": self.origin,
             "unit": self.unit,
             "span": self.span,
+            "rows": self.table.num_rows,
             "covered": {str(p): end for p, end in self.covered.items()},
         }
-        old = self.table.schema.metadata or {}
-        return self.table.replace_schema_metadata({**old, METADATA: json.dumps(meta).encode()})
 
 
 def sort_rows(
@@ -199,26 +197,36 @@ def sort_rows(
     return SortedRun(table, key, origin, unit, span, dict(covered))
 
 
+def _usable(about: Mapping[str, Any] | None, stream: Stream) -> bool:
+    """Whether a copy described by ``about`` was made by this code for the stream's fields
+    (after they change, the next archive run rebuilds it)."""
+    return (
+        about is not None
+        and about.get("format") == FORMAT
+        and about.get("key") == stream.keys[0]
+        and about.get("fields") == fingerprint(stream)
+    )
+
+
+def _covered(about: Mapping[str, Any]) -> dict[int, int]:
+    return {int(p): int(end) for p, end in about["covered"].items()}
+
+
 def read_run(offline: OfflineStore, stream: Stream) -> SortedRun | None:
     """The stream's sorted copy, or None if it has none it can use."""
     if not sortable(stream):
         return None
-    table = offline.read_sorted(stream.name)
-    if table is None:
+    got = offline.read_sorted(stream.name)
+    if got is None or not _usable(got[1], stream):
         return None
-    raw = (table.schema.metadata or {}).get(METADATA)
-    meta = json.loads(raw) if raw else {}
-    if meta.get("format") != FORMAT or meta.get("key") != stream.keys[0]:
-        return None
-    if meta.get("fields") != fingerprint(stream):
-        return None  # the stream's fields changed since: the next archive run rebuilds it
+    table, about = got
     return SortedRun(
         table,
         stream.keys[0],
-        int(meta["origin"]),
-        int(meta["unit"]),
-        int(meta["span"]),
-        {int(p): int(end) for p, end in meta["covered"].items()},
+        int(about["origin"]),
+        int(about["unit"]),
+        int(about["span"]),
+        _covered(about),
     )
 
 
@@ -280,10 +288,12 @@ def refresh(
     listed, so the copy covers exactly the rows below them."""
     if not sortable(stream):
         return False
-    run = read_run(offline, stream)
-    covered = run.covered if run is not None else {}
+    about = offline.sorted_about(stream.name)  # the pointer only: the copy may be large
+    usable = _usable(about, stream)
+    covered = _covered(about) if about is not None and usable else {}
+    rows = int(about["rows"]) if about is not None and usable else 0
     behind = sum(max(end - covered.get(p, 0), 0) for p, end in committed.items())
-    if not force and (behind == 0 or (run is not None and behind * REBUILD_SHARE < len(run.pos))):
+    if not force and (behind == 0 or (usable and behind * REBUILD_SHARE < rows)):
         return False
     with duckdb.connect() as con:
         offline.attach(con)
@@ -291,7 +301,7 @@ def refresh(
     fresh = sort_rows(rows, stream.keys[0], committed, presorted=True)
     if fresh is None:
         return False
-    offline.write_sorted(stream.name, fresh.to_table(stream))
+    offline.write_sorted(stream.name, fresh.table, fresh.about(stream))
     return True
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -39,12 +39,16 @@ class OfflineStore(Protocol):
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...
 
-    def write_sorted(self, stream: str, table: pa.Table) -> None:
-        """Replace the stream's sorted copy (``features.sorted_history`` says what it holds,
-        in the table's schema metadata); readers see the old one or the new one whole."""
+    def write_sorted(self, stream: str, table: pa.Table, about: Mapping[str, Any]) -> None:
+        """Replace the stream's sorted copy (``features.sorted_history`` makes it); ``about``
+        (JSON) says what it holds. Readers see the old copy or the new one, whole."""
         ...
 
-    def read_sorted(self, stream: str) -> pa.Table | None:
+    def sorted_about(self, stream: str) -> dict[str, Any] | None:
+        """The ``about`` of the stream's sorted copy, without reading the copy; None if none."""
+        ...
+
+    def read_sorted(self, stream: str) -> tuple[pa.Table, dict[str, Any]] | None:
         """The stream's sorted copy as last written (memory-mapped where the store is a local
-        folder), or None if there is none."""
+        folder) and its ``about``, or None if there is none."""
         ...

@@ -228,10 +228,12 @@ def test_an_empty_history_has_an_empty_copy(tmp_path):
 @pytest.mark.parametrize("root", ["local", "memory://sorted-history-test"])
 def test_stores_publish_and_replace_the_copy(tmp_path, root):
     store = ParquetOfflineStore(tmp_path / "offline" if root == "local" else root)
-    assert store.read_sorted("s") is None
-    store.write_sorted("s", pa.table({"a": [1, 2]}))
-    store.write_sorted("s", pa.table({"a": [3]}))
-    assert store.read_sorted("s").to_pydict() == {"a": [3]}
+    assert store.read_sorted("s") is None and store.sorted_about("s") is None
+    store.write_sorted("s", pa.table({"a": [1, 2]}), {"n": 1})
+    store.write_sorted("s", pa.table({"a": [3]}), {"n": 2})
+    table, about = store.read_sorted("s")
+    assert table.to_pydict() == {"a": [3]} and about == {"n": 2}
+    assert store.sorted_about("s") == {"n": 2}
     if root == "local":
         assert len(list((tmp_path / "offline" / "stream=s" / "_sorted").iterdir())) == 1
 
