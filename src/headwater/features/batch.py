@@ -21,8 +21,9 @@ from headwater.features.plan import FeatureSetPlan
 from headwater.log.base import partition_name
 
 if TYPE_CHECKING:
-    from headwater.features.sorted_history import Latest
+    from headwater.features.sorted_view import SortedView
 
+TOTALS = ("count", "sum", "mean")  # what prefix sums in a sorted history answer
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 
 
@@ -132,11 +133,11 @@ def feature_set_values(
     times: np.ndarray,
     files: list[str],
     snapshot: Mapping[str, int] | None = None,
-    latest: Latest | None = None,
+    view: SortedView | None = None,
 ) -> pa.Table:
     """One row per spine row (in order): the values of ``columns`` at each row's time;
-    with ``latest`` (the stream's sorted history), ``last`` columns it can answer come from
-    binary searches in it rather than from a join."""
+    with ``view`` (the stream's sorted history), the ``last``, ``count``, ``sum`` and ``mean``
+    columns it can answer come from binary searches in it rather than from a join."""
     spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
     keys = plan.entity.keys
     for k in keys:
@@ -151,14 +152,17 @@ def feature_set_values(
             name = starts.setdefault((c.window_us, c.hop_us), f"_start{len(starts)}")
             spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
     got: dict[str, pa.ChunkedArray | pa.Array] = {}
-    if latest is not None and keys == plan.stream.keys:
+    if view is not None and keys == plan.stream.keys:
         searched = [c for c in columns if _asof_eligible(c) and c.feature.where is None]
         if searched:
-            got.update(latest.last(searched, spine_keys[keys[0]], times))
+            got.update(view.last(searched, spine_keys[keys[0]], times))
+        totalled = [c for c in columns if c.aggregation.kind in TOTALS and view.holds(c)]
+        if totalled:
+            got.update(view.totals(con, totalled, spine_keys[keys[0]], times))
     con.register("_spine", pa.table(spine))
     try:
         asof = [c for c in columns if _asof_eligible(c) and c.name not in got]
-        ranged = [c for c in columns if not _asof_eligible(c)]
+        ranged = [c for c in columns if not _asof_eligible(c) and c.name not in got]
         source, params = history_source(con, plan.stream, files, snapshot)
         if ranged:
             table = _ranged_values(con, plan, ranged, starts, source, params)

@@ -15,7 +15,7 @@ from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names
 from headwater.features.history import Archiver
 from headwater.features.plan import FeatureSetPlan
-from headwater.features.sorted_history import Latest
+from headwater.features.sorted_view import SortedView
 from headwater.features.spark import SparkFeatureValues, SparkSettings, check_supported
 from headwater.stores.offline_base import OfflineStore
 
@@ -64,12 +64,10 @@ class DuckDBFeatureValues:
         files: list[str],
         snapshot: Mapping[str, int] | None = None,
     ) -> pa.Table:
-        latest = None
+        view = None
         if self.sorted_history:
-            latest = Latest.open(self.con, self.offline, plan.stream, snapshot)
-        return feature_set_values(
-            self.con, plan, columns, spine_keys, times, files, snapshot, latest
-        )
+            view = SortedView.open(self.con, self.offline, plan.stream, snapshot)
+        return feature_set_values(self.con, plan, columns, spine_keys, times, files, snapshot, view)
 
 
 def to_arrow(table: Any) -> pa.Table:

@@ -8,7 +8,10 @@ it was written, instead of a join of the spine with the whole history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import os
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -18,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.definitions import FeatureColumn, Stream
+from headwater.definitions import DType, Stream
 from headwater.definitions.expr import sql_name
 from headwater.features.batch import snapshot_condition
 from headwater.features.history import ARROW_TYPES
@@ -30,6 +33,11 @@ FORMAT = 1
 # then search at most 1.25 times the rows they would search in a fresh copy, and each row
 # is sorted a bounded number of times as the history grows.
 REBUILD_SHARE = 4
+# A rebuild holds DuckDB's sorted result and one contiguous copy of it: 2.3 GB at its peak for
+# a 1.0 GB copy of 10M rows. It is skipped where that would take more than half the memory.
+BUILD_BYTES_PER_BYTE = 2.5
+_TOO_LARGE: set[str] = set()
+_LOGGER = logging.getLogger("headwater.features.sorted_history")
 _LIMIT = 1 << 62  # keys x time slots must fit an int64 with room to spare
 _ORDER = [(c, "ascending") for c in ("_event_time", "_offset", "_partition")]
 _SQL_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR",
@@ -42,11 +50,8 @@ def sortable(stream: Stream) -> bool:
 
 
 def copied_fields(stream: Stream) -> list[str]:
-    """The fields the copy holds: those that are never null, which is what ``last`` reads
-    through it (the latest value of a nullable field is the latest non-null one: a join)."""
-    return [
-        name for name, f in stream.fields.items() if not f.nullable and name != stream.time
-    ]  # the time field is ``_event_time``, which the copy holds anyway
+    """The fields the copy holds: all but the time field, which is ``_event_time``."""
+    return [name for name in stream.fields if name != stream.time]
 
 
 def fingerprint(stream: Stream) -> list[list[str]]:
@@ -120,8 +125,7 @@ class SortedRun:
         spine order over a copy much larger than the CPU's caches."""
         if not self.table.num_rows:
             return np.full(len(times), -1, dtype=np.int64), np.arange(len(times))
-        ranks = pc.index_in(keys, value_set=self.keys)
-        rank = ranks.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        rank = self.ranks(keys)
         needles = rank * self.span + self.slots(times)
         order = np.argsort(needles)
         needles = needles[order]
@@ -131,6 +135,21 @@ class SortedRun:
         rows = np.empty(len(needles), dtype=np.int64)
         rows[order] = np.where((found >= 0) & same_key, found, -1)
         return np.where(rank >= 0, rows, -1), order
+
+    def ranks(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each key's rank in the run, -1 for a key it does not hold."""
+        ranks = pc.index_in(keys, value_set=self.keys)
+        return ranks.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def ends(self, rank: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+        """Per (key rank, t), the row after the key's last event before t (``times`` None:
+        the key's first row), so its events in ``[start, t)`` are the rows from ``ends`` at
+        ``start`` up to ``ends`` at t. A rank of -1 gives 0. Searched in the queries' order
+        (best near-ascending)."""
+        if not self.table.num_rows:
+            return np.zeros(len(rank), dtype=np.int64)
+        slots = 0 if times is None else self.slots(times)
+        return np.searchsorted(self.pos, rank * self.span + slots, "left")
 
     def gather(
         self, field: str, rows: np.ndarray, order: np.ndarray | None = None
@@ -295,14 +314,44 @@ def refresh(
     behind = sum(max(end - covered.get(p, 0), 0) for p, end in committed.items())
     if not force and (behind == 0 or (usable and behind * REBUILD_SHARE < rows)):
         return False
+    needed = BUILD_BYTES_PER_BYTE * (rows + behind) * row_bytes(stream)
+    if needed > memory_bytes() // 2:
+        if stream.name not in _TOO_LARGE:  # once per process: archive runs are frequent
+            _TOO_LARGE.add(stream.name)
+            _LOGGER.warning(
+                "stream %r: not sorting its history (%s rows would need ~%.1f GB, more than "
+                "half of this machine's memory); last features use the join",
+                stream.name, f"{rows + behind:,}", needed / 1e9,
+            )  # fmt: skip
+        return False
+    began = time.perf_counter()
     with duckdb.connect() as con:
         offline.attach(con)
-        rows = read_rows(con, offline, stream, {}, committed, ordered=True)
-    fresh = sort_rows(rows, stream.keys[0], committed, presorted=True)
+        table = read_rows(con, offline, stream, {}, committed, ordered=True)
+    fresh = sort_rows(table, stream.keys[0], committed, presorted=True)
     if fresh is None:
         return False
     offline.write_sorted(stream.name, fresh.table, fresh.about(stream))
+    _LOGGER.info(
+        "stream %r: sorted %s rows of history in %.1f s",
+        stream.name, f"{fresh.table.num_rows:,}", time.perf_counter() - began,
+    )  # fmt: skip
     return True
+
+
+def row_bytes(stream: Stream) -> int:
+    """About how many bytes a row of the copy takes (strings counted at 24)."""
+    fixed = 8 * 4 + 4  # _pos, _event_time, _offset, the key or its string's offset; _partition
+    fields = [stream.fields[f].dtype for f in copied_fields(stream)]
+    return fixed + sum(24 if t is DType.STRING else 8 for t in fields)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (a very large number where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
 
 
 def snapshot_offsets(snapshot: Mapping[str, int], stream: Stream) -> dict[int, int]:
@@ -314,96 +363,3 @@ def snapshot_offsets(snapshot: Mapping[str, int], stream: Stream) -> dict[int, i
         if end is not None:
             ends[partition] = int(end)
     return ends
-
-
-class Latest:
-    """The latest events of a stream's keys: its sorted copy, and the rows archived since
-    (sorted in memory), as one training set sees them."""
-
-    def __init__(self, runs: list[SortedRun], key_type: pa.DataType) -> None:
-        self.runs, self.key_type = runs, key_type
-
-    @classmethod
-    def open(
-        cls,
-        con: duckdb.DuckDBPyConnection,
-        offline: OfflineStore,
-        stream: Stream,
-        snapshot: Mapping[str, int] | None,
-    ) -> Latest | None:
-        """None where the stream has no usable copy, or the snapshot is older than it."""
-        run = read_run(offline, stream)
-        if run is None:
-            return None
-        until = None if snapshot is None else snapshot_offsets(snapshot, stream)
-        if until is not None and any(until.get(p, 0) < end for p, end in run.covered.items()):
-            return None  # the copy holds rows the snapshot must not see
-        since = {p: end for p, end in run.covered.items() if end > 0}
-        runs = [run]
-        rows = read_rows(con, offline, stream, since, until)
-        if rows.num_rows:
-            tail = sort_rows(rows, run.key, {})
-            if tail is None:
-                return None
-            runs.append(tail)
-        return cls(runs, ARROW_TYPES[stream.fields[run.key].dtype])
-
-    def last(
-        self,
-        columns: Sequence[FeatureColumn],
-        keys: pa.Array | pa.ChunkedArray,
-        times: np.ndarray,
-    ) -> dict[str, pa.Array]:
-        """Each ``last`` column (of a never-null field, with no ``where``) at each (key, t):
-        the field of the key's latest event before t, by (event time, log offset), null if
-        there is none or it is older than the column's window start."""
-        keys = keys.cast(self.key_type)
-        copy = self.runs[0]
-        first, order = copy.search(keys, times)
-        found = [first] + [run.last_before(keys, times) for run in self.runs[1:]]
-        best_run = np.where(first >= 0, 0, -1)
-        best_time = copy.gather("_event_time", np.maximum(first, 0), order)
-        if len(self.runs) > 1:
-            best_offset = copy.gather("_offset", np.maximum(first, 0), order)
-        for i, (run, rows) in enumerate(zip(self.runs, found, strict=True)):
-            if i == 0:
-                continue
-            has, at = rows >= 0, np.maximum(rows, 0)
-            time, offset = run.event_times[at], run.offsets[at]
-            later = has & (
-                (best_run < 0) | (time > best_time) | ((time == best_time) & (offset > best_offset))
-            )
-            best_time = np.where(later, time, best_time)
-            best_offset = np.where(later, offset, best_offset)
-            best_run = np.where(later, i, best_run)
-        out: dict[str, pa.Array] = {}
-        for column in columns:
-            valid = best_run >= 0
-            if column.window_us is not None and column.hop_us is not None:
-                start = ((times - column.window_us) // column.hop_us) * column.hop_us
-                valid &= best_time >= start
-            field = column.aggregation.field or ""
-            value = self.runs[0].gather(field, np.maximum(first, 0), order)
-            for i, (run, rows) in enumerate(zip(self.runs, found, strict=True)):
-                if i > 0:
-                    value = _choose(best_run == i, run.gather(field, np.maximum(rows, 0)), value)
-            out[column.name] = _with_nulls(value, valid)
-        return out
-
-
-def _choose(
-    where: np.ndarray, a: np.ndarray | pa.Array, b: np.ndarray | pa.Array
-) -> np.ndarray | pa.Array:
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return np.where(where, a, b)
-    return pc.if_else(pa.array(where), a, b)
-
-
-def _with_nulls(values: np.ndarray | pa.Array, valid: np.ndarray) -> pa.Array:
-    """``values`` with nulls where ``valid`` is False. A NumPy array gets a validity bitmap
-    packed from ``valid`` directly (``pa.array(values, mask=...)`` takes ~100 times longer)."""
-    if isinstance(values, pa.Array):
-        return pc.if_else(pa.array(valid), values, pa.scalar(None, values.type))
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    kind = pa.int64() if values.dtype == np.int64 else pa.float64()
-    return pa.Array.from_buffers(kind, len(values), [bitmap, pa.py_buffer(values)])

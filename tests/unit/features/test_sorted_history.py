@@ -12,16 +12,17 @@ import pytest
 from headwater import Entity, Feature, Project, Stream, agg, col
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY, HOUR, MINUTE
+from headwater.features import batch, sorted_history
 from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog
 from headwater.features.history import history_schema
 from headwater.features.sorted_history import (
     REBUILD_SHARE,
-    Latest,
     read_run,
     refresh,
     sort_rows,
 )
+from headwater.features.sorted_view import SortedView
 from headwater.stores.offline_parquet import ParquetOfflineStore
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
@@ -30,7 +31,14 @@ T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
 def _stream(key_type: str) -> Stream:
     return Stream(
         "stats",
-        fields={"uid": key_type, "x": "float", "k": "int", "note": "string", "ts": "timestamp"},
+        fields={
+            "uid": key_type,
+            "x": "float",
+            "k": "int",
+            "n": "int",
+            "note": "string",
+            "ts": "timestamp",
+        },  # fmt: skip
         key="uid",
         time="ts",
         required=["x", "k"],
@@ -52,6 +60,23 @@ def _features(stream: Stream) -> list[Feature]:
                 where=col("x") > 0, owner="t", description="d"),
         Feature("lnote", entity=user, stream=stream, aggregation=agg.last("note"),
                 windows=["2d"], owner="t", description="d"),
+        # differences of prefix sums, filtered or not, of never-null and nullable fields
+        Feature("cnt", entity=user, stream=stream, aggregation=agg.count(), windows=windows,
+                owner="t", description="d"),
+        Feature("cnt_noted", entity=user, stream=stream, aggregation=agg.count(),
+                windows=windows, where=col("note").isin(["n3", "n6"]) | (col("x") > 1),
+                owner="t", description="d"),
+        Feature("sx", entity=user, stream=stream, aggregation=agg.sum("x"), windows=windows,
+                owner="t", description="d"),
+        Feature("sn", entity=user, stream=stream, aggregation=agg.sum("n"), windows=windows,
+                where=col("k") > 300, owner="t", description="d"),
+        Feature("mx", entity=user, stream=stream, aggregation=agg.mean("x"), windows=windows,
+                where=col("n") != 2, owner="t", description="d"),
+        Feature("mn", entity=user, stream=stream, aggregation=agg.mean("n"), windows=windows,
+                owner="t", description="d"),
+        # not a difference of sums: the join, beside them
+        Feature("mxk", entity=user, stream=stream, aggregation=agg.max("k"), windows=["2d"],
+                owner="t", description="d"),
     ]  # fmt: skip
 
 
@@ -70,6 +95,7 @@ def _history(stream: Stream, rng: np.random.Generator, n: int, partition: int, s
         "uid": keys,
         "x": rng.integers(-8, 8, n) / 4,
         "k": rng.integers(0, 1000, n),
+        "n": [None if i % 4 == 0 else int(v) for i, v in enumerate(rng.integers(-5, 9, n))],
         "note": [None if i % 3 else f"n{i}" for i in range(n)],
         "ts": times,
     }
@@ -107,7 +133,7 @@ class Setting:
         return pa.table({"uid": keys}), times
 
     def values(
-        self, latest: Latest | None, snapshot: dict[str, int] | None = None
+        self, latest: SortedView | None, snapshot: dict[str, int] | None = None
     ) -> tuple[pa.Table, pa.Table]:
         """The values through ``latest`` and through the join alone, for one random spine."""
         spine, times = self.spine(500)
@@ -120,10 +146,35 @@ class Setting:
         )
 
 
+def _same(got: pa.Table, want: pa.Table) -> None:
+    """Equal column by column; floats to 1e-12 (the join and the prefix sums add in different
+    orders; the generator's multiples of 0.25 keep most sums exact anyway)."""
+    assert got.column_names == want.column_names
+    for name in got.column_names:
+        a, b = got[name].to_pylist(), want[name].to_pylist()
+        if pa.types.is_floating(want[name].type):
+            assert [v is None for v in a] == [v is None for v in b], name
+            assert [v for v in a if v is not None] == pytest.approx(
+                [v for v in b if v is not None], rel=1e-12
+            ), name
+        else:
+            assert got[name].type == want[name].type and a == b, name
+
+
 @pytest.mark.parametrize(
     ("key_type", "coarse", "seed"), [("int", True, 1), ("string", True, 2), ("int", False, 3)]
 )
-def test_the_copy_and_the_rows_archived_since_answer_as_the_join(tmp_path, key_type, coarse, seed):
+def test_the_copy_and_the_rows_archived_since_answer_as_the_join(
+    tmp_path, monkeypatch, key_type, coarse, seed
+):
+    joins: list[list[str]] = []  # the columns of each call of the join of every event
+    join = batch._ranged_values
+
+    def watched(con, plan, columns, *rest):
+        joins.append(sorted(c.name for c in columns))
+        return join(con, plan, columns, *rest)
+
+    monkeypatch.setattr(batch, "_ranged_values", watched)
     s = Setting(tmp_path, key_type, coarse, seed)
     s.append(0, 3000)
     s.append(1, 2000)
@@ -131,26 +182,28 @@ def test_the_copy_and_the_rows_archived_since_answer_as_the_join(tmp_path, key_t
     run = read_run(s.store, s.stream)
     assert run is not None and run.covered == {0: 3000, 1: 2000}
     assert len(run.pos) == 5000
-    got, want = s.values(Latest.open(s.con, s.store, s.stream, None))
-    assert got.to_pylist() == want.to_pylist()
+    got, want = s.values(SortedView.open(s.con, s.store, s.stream, None))
+    _same(got, want)
+    # with the view, only what prefix sums cannot answer is joined; without it, all of it
+    assert joins[0] == ["lnote_2d", "mxk_2d"] and len(joins[1]) == 20
     assert sum(v is not None for v in got["lx_2d"].to_pylist()) > 100  # not all null
 
     s.append(1, 600)  # archived after the copy was written: searched in memory
     s.append(0, 500)
     assert not refresh(s.store, s.stream, s.ends)  # 1,100 rows behind 5,000: not yet
-    latest = Latest.open(s.con, s.store, s.stream, None)
+    latest = SortedView.open(s.con, s.store, s.stream, None)
     assert latest is not None and [len(r.pos) for r in latest.runs] == [5000, 1100]
     got, want = s.values(latest)
-    assert got.to_pylist() == want.to_pylist()
+    _same(got, want)
 
     # a snapshot at or past the copy's offsets reads the copy and part of the rest
     snapshot = {"stats": 3200, "stats@p1": 2000}
-    latest = Latest.open(s.con, s.store, s.stream, snapshot)
+    latest = SortedView.open(s.con, s.store, s.stream, snapshot)
     assert latest is not None and [len(r.pos) for r in latest.runs] == [5000, 200]
     got, want = s.values(latest, snapshot)
-    assert got.to_pylist() == want.to_pylist()
+    _same(got, want)
     # an older one cannot use the copy: the join answers alone
-    assert Latest.open(s.con, s.store, s.stream, {"stats": 2999, "stats@p1": 2600}) is None
+    assert SortedView.open(s.con, s.store, s.stream, {"stats": 2999, "stats@p1": 2600}) is None
 
 
 def test_the_copy_is_rebuilt_once_a_quarter_of_its_rows_came_after_it(tmp_path):
@@ -275,3 +328,26 @@ def test_a_bad_setting_is_refused(project_factory):
         toml.write('[offline]\nsorted_history = "yes"\n')
     with pytest.raises(Exception, match="sorted_history must be true or false"):
         Project(folder)
+
+
+def test_a_history_too_large_for_memory_is_not_sorted(tmp_path, monkeypatch, caplog):
+    s = Setting(tmp_path, "int", True, 6)
+    s.append(0, 1000)
+    monkeypatch.setattr(sorted_history, "memory_bytes", lambda: 2 * 1000 * 100)
+    assert not refresh(s.store, s.stream, s.ends)
+    assert "not sorting its history (1,000 rows" in caplog.text
+    assert read_run(s.store, s.stream) is None
+    monkeypatch.undo()
+    assert refresh(s.store, s.stream, s.ends)
+
+
+def test_a_copy_left_far_behind_gives_way_to_the_join(tmp_path):
+    s = Setting(tmp_path, "int", True, 7)
+    s.append(0, 300)
+    assert refresh(s.store, s.stream, s.ends)
+    s.append(0, 301)  # more rows since the copy than in it (its rebuild was refused)
+    assert SortedView.open(s.con, s.store, s.stream, None) is None
+    s.append(1, 10)
+    assert refresh(s.store, s.stream, s.ends)
+    latest = SortedView.open(s.con, s.store, s.stream, None)
+    assert latest is not None and [len(r.pos) for r in latest.runs] == [611]
