@@ -81,8 +81,11 @@ def test_core_benchmark_runs_and_prints_its_table():
         "online lookup, 1 entity x 12 features, p50",
         "HTTP ingest, batches of 1000, 4 clients",
         "training set 500 x 12 features over 5,000 events",
+        "training set 500 x 12 features over 5,000 events, join only",
     ):
         _figure(proc.stdout, figure)
+    # the sorted copy's prefix sums and the join agree on every value
+    assert _figure(proc.stdout, "training set: values differing from the join's") == ["0"] * 3
 
 
 def test_serving_benchmark_runs_all_three_servers():
