@@ -128,6 +128,8 @@ class SortedView:
         sorted_times = times[order]
         ranks = [run.ranks(keys)[order] for run in self.runs]
         ends: dict[tuple[int, object], np.ndarray] = {}
+        prefixes: dict[tuple[int, str], tuple[np.ndarray, np.ndarray | None]] = {}
+        sums_at: dict[tuple[int, str, object], tuple[np.ndarray, np.ndarray | None]] = {}
 
         def end(i: int, bound: object) -> np.ndarray:
             """Run i's ends at t ("t"), at the key's first row ("first"), or at the start of
@@ -142,26 +144,37 @@ class SortedView:
                 ends[(i, bound)] = self.runs[i].ends(ranks[i], at)
             return ends[(i, bound)]
 
-        prefixes: dict[tuple[int, str], tuple[np.ndarray, np.ndarray | None]] = {}
+        def prefix_at(
+            i: int, column: FeatureColumn, bound: object
+        ) -> tuple[np.ndarray, np.ndarray | None]:
+            """Run i's prefix sums for the column at a bound (shared by the columns that
+            count the same events: a 1h and a 30d window share the one at t)."""
+            agg = column.aggregation
+            spec = repr((agg.field if agg.kind != "count" else None, _where_spec(column)))
+            if (i, spec) not in prefixes:
+                prefixes[(i, spec)] = _prefix_sums(con, self.runs[i], column)
+            if (i, spec, bound) not in sums_at:
+                counts, sums = prefixes[(i, spec)]
+                at = end(i, bound)
+                sums_at[(i, spec, bound)] = (counts[at], None if sums is None else sums[at])
+            return sums_at[(i, spec, bound)]
+
         out: dict[str, pa.Array] = {}
         for column in columns:
-            agg = column.aggregation
+            start: object = "first"
+            if column.window_us is not None and column.hop_us is not None:
+                start = (column.window_us, column.hop_us)
             count = np.zeros(len(times), dtype=np.int64)
             total: np.ndarray | None = None
-            for i, run in enumerate(self.runs):
-                spec = repr((agg.field if agg.kind != "count" else None, _where_spec(column)))
-                if (i, spec) not in prefixes:
-                    prefixes[(i, spec)] = _prefix_sums(con, run, column)
-                counts, sums = prefixes[(i, spec)]
-                start: object = "first"
-                if column.window_us is not None and column.hop_us is not None:
-                    start = (column.window_us, column.hop_us)
-                lo, hi = end(i, start), end(i, "t")
-                count += counts[hi] - counts[lo]
-                if sums is not None:
-                    part = sums[hi] - sums[lo]
-                    total = part if total is None else total + part
-            out[column.name] = _put_back(_finish(column, count, total), order)
+            for i in range(len(self.runs)):
+                (count_lo, sum_lo), (count_hi, sum_hi) = (
+                    prefix_at(i, column, start),
+                    prefix_at(i, column, "t"),
+                )
+                count += count_hi - count_lo
+                if sum_hi is not None and sum_lo is not None:
+                    total = sum_hi - sum_lo if total is None else total + (sum_hi - sum_lo)
+            out[column.name] = _finish(column, count, total, order)
         return out
 
 
@@ -205,26 +218,29 @@ def _prefix_sums(
     return counts, sums
 
 
-def _finish(column: FeatureColumn, count: np.ndarray, total: np.ndarray | None) -> pa.Array:
-    """The column's values from its counts and sums, typed as the join types them."""
+def _finish(
+    column: FeatureColumn, count: np.ndarray, total: np.ndarray | None, order: np.ndarray
+) -> pa.Array:
+    """The column's values from its counts and sums (both in ``order``), in spine order and
+    typed as the join types them."""
     kind = column.aggregation.kind
     if kind == "count":
-        return pa.array(count, pa.int64())
+        return pa.array(_put_back(count, order), pa.int64())
     assert total is not None
     if kind == "sum":
         if total.dtype == np.int64:
-            return pa.array(total, pa.int64())
-        return pa.array(total.astype(np.float64), pa.float64())
+            return pa.array(_put_back(total, order), pa.int64())
+        return pa.array(_put_back(total.astype(np.float64), order), pa.float64())
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (total / np.maximum(count, 1)).astype(np.float64)
-    return _with_nulls(mean, count > 0)
+    return _with_nulls(_put_back(mean, order), _put_back(count > 0, order))
 
 
-def _put_back(values: pa.Array, order: np.ndarray) -> pa.Array:
+def _put_back(values: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Values computed in ``order`` put back in spine order."""
-    inverse = np.empty(len(order), dtype=np.int64)
-    inverse[order] = np.arange(len(order))
-    return values.take(pa.array(inverse))
+    out = np.empty_like(values)
+    out[order] = values
+    return out
 
 
 def _choose(
