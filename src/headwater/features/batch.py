@@ -23,7 +23,9 @@ from headwater.log.base import partition_name
 if TYPE_CHECKING:
     from headwater.features.sorted_view import SortedView
 
-TOTALS = ("count", "sum", "mean")  # what prefix sums in a sorted history answer
+# what a sorted history answers: the row at a bound, and differences of prefix sums
+PICKS = ("last", "first")
+TOTALS = ("count", "sum", "mean")
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 
 
@@ -136,8 +138,8 @@ def feature_set_values(
     view: SortedView | None = None,
 ) -> pa.Table:
     """One row per spine row (in order): the values of ``columns`` at each row's time;
-    with ``view`` (the stream's sorted history), the ``last``, ``count``, ``sum`` and ``mean``
-    columns it can answer come from binary searches in it rather than from a join."""
+    with ``view`` (the stream's sorted history), the ``last``, ``first``, ``count``, ``sum``
+    and ``mean`` columns come from binary searches in it rather than from a join."""
     spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
     keys = plan.entity.keys
     for k in keys:
@@ -153,9 +155,9 @@ def feature_set_values(
             spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
     got: dict[str, pa.ChunkedArray | pa.Array] = {}
     if view is not None and keys == plan.stream.keys:
-        searched = [c for c in columns if _asof_eligible(c) and c.feature.where is None]
-        if searched:
-            got.update(view.last(searched, spine_keys[keys[0]], times))
+        picked = [c for c in columns if c.aggregation.kind in PICKS and view.holds(c)]
+        if picked:
+            got.update(view.picks(con, picked, spine_keys[keys[0]], times))
         totalled = [c for c in columns if c.aggregation.kind in TOTALS and view.holds(c)]
         if totalled:
             got.update(view.totals(con, totalled, spine_keys[keys[0]], times))

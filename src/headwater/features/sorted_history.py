@@ -112,30 +112,6 @@ class SortedRun:
         slots = -((self.origin - times) // self.unit)
         return np.clip(slots, 0, self.span)
 
-    def last_before(self, keys: pa.Array | pa.ChunkedArray, times: np.ndarray) -> np.ndarray:
-        """Per (key, t), the row of the key's latest event before t, or -1 if it has none."""
-        return self.search(keys, times)[0]
-
-    def search(
-        self, keys: pa.Array | pa.ChunkedArray, times: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``last_before``'s rows, and the order of the queries in which those rows ascend
-        (skipping -1s). The queries are searched in that order, and values are best gathered
-        in it: consecutive reads then walk nearby memory, several times faster than reads in
-        spine order over a copy much larger than the CPU's caches."""
-        if not self.table.num_rows:
-            return np.full(len(times), -1, dtype=np.int64), np.arange(len(times))
-        rank = self.ranks(keys)
-        needles = rank * self.span + self.slots(times)
-        order = np.argsort(needles)
-        needles = needles[order]
-        found = np.searchsorted(self.pos, needles, "left") - 1
-        # the row before the needle is the key's unless the key has no event before t
-        same_key = self.pos[np.maximum(found, 0)] >= rank[order] * self.span
-        rows = np.empty(len(needles), dtype=np.int64)
-        rows[order] = np.where((found >= 0) & same_key, found, -1)
-        return np.where(rank >= 0, rows, -1), order
-
     def ranks(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Each key's rank in the run, -1 for a key it does not hold."""
         ranks = pc.index_in(keys, value_set=self.keys)
@@ -151,20 +127,13 @@ class SortedRun:
         slots = 0 if times is None else self.slots(times)
         return np.searchsorted(self.pos, rank * self.span + slots, "left")
 
-    def gather(
-        self, field: str, rows: np.ndarray, order: np.ndarray | None = None
-    ) -> np.ndarray | pa.Array:
+    def gather(self, field: str, rows: np.ndarray) -> np.ndarray | pa.Array:
         """The field's values at ``rows`` (none -1), as a NumPy array where the field is an
-        int or a float, else as an Arrow array; read in ``order`` where one is given."""
+        int or a float with no nulls, else as an Arrow array."""
         column = self.table[field]
         if column.type not in (pa.int64(), pa.float64()) or column.null_count:
             return column.take(pa.array(rows)).combine_chunks()
-        data = column.to_numpy()
-        if order is None:
-            return data[rows]
-        values = np.empty(len(rows), dtype=data.dtype)
-        values[order] = data[rows[order]]
-        return values
+        return column.to_numpy()[rows]
 
     def about(self, stream: Stream) -> dict[str, Any]:
         """What reading the run back needs, and what deciding to rebuild it needs."""

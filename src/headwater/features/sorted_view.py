@@ -1,8 +1,10 @@
 """A stream's sorted history as one training set sees it: the copy and the rows archived since.
 
-``last`` columns are the latest event before each spine time (one binary search per row and
-run); ``count``, ``sum`` and ``mean`` columns are differences of prefix sums between the two
-binary searches that bound each window, added over the runs.
+Every query is bounded by binary searches in each run: its key's rows before t end at one row,
+and its window's start is another. ``last`` and ``first`` are the row before the end and the
+row at the start (or the nearest row an event filter keeps); ``count``, ``sum`` and ``mean``
+are differences of prefix sums between the two. Runs are then combined: the later (earlier)
+event wins, the sums add up.
 """
 
 from __future__ import annotations
@@ -67,46 +69,25 @@ class SortedView:
         fields = {column.aggregation.field or "", *(where.fields() if where else ())} - {""}
         return fields <= set(self.runs[0].table.column_names)
 
-    def last(
+    def picks(
         self,
+        con: duckdb.DuckDBPyConnection,
         columns: Sequence[FeatureColumn],
         keys: pa.Array | pa.ChunkedArray,
         times: np.ndarray,
     ) -> dict[str, pa.Array]:
-        """Each ``last`` column (of a never-null field, with no ``where``) at each (key, t):
-        the field of the key's latest event before t, by (event time, log offset), null if
-        there is none or it is older than the column's window start."""
-        keys = keys.cast(self.key_type)
-        copy = self.runs[0]
-        first, order = copy.search(keys, times)
-        found = [first] + [run.last_before(keys, times) for run in self.runs[1:]]
-        best_run = np.where(first >= 0, 0, -1)
-        best_time = copy.gather("_event_time", np.maximum(first, 0), order)
-        if len(self.runs) > 1:
-            best_offset = copy.gather("_offset", np.maximum(first, 0), order)
-        for i, (run, rows) in enumerate(zip(self.runs, found, strict=True)):
-            if i == 0:
-                continue
-            has, at = rows >= 0, np.maximum(rows, 0)
-            time, offset = run.event_times[at], run.offsets[at]
-            later = has & (
-                (best_run < 0) | (time > best_time) | ((time == best_time) & (offset > best_offset))
-            )
-            best_time = np.where(later, time, best_time)
-            best_offset = np.where(later, offset, best_offset)
-            best_run = np.where(later, i, best_run)
+        """Each ``last`` (``first``) column at each (key, t): the field of the key's latest
+        (earliest) event in the column's window before t that its ``where`` keeps and whose
+        field is not null, by (event time, log offset); null where there is none."""
+        q = _Queries(self, con, keys, times)
         out: dict[str, pa.Array] = {}
         for column in columns:
-            valid = best_run >= 0
-            if column.window_us is not None and column.hop_us is not None:
-                start = ((times - column.window_us) // column.hop_us) * column.hop_us
-                valid &= best_time >= start
+            best_run, rows = q.pick(column)
             field = column.aggregation.field or ""
-            value = self.runs[0].gather(field, np.maximum(first, 0), order)
-            for i, (run, rows) in enumerate(zip(self.runs, found, strict=True)):
-                if i > 0:
-                    value = _choose(best_run == i, run.gather(field, np.maximum(rows, 0)), value)
-            out[column.name] = _with_nulls(value, valid)
+            value = self.runs[0].gather(field, rows[0])
+            for i in range(1, len(self.runs)):
+                value = _choose(best_run == i, self.runs[i].gather(field, rows[i]), value)
+            out[column.name] = _with_nulls(q.put_back(value), q.found(best_run))
         return out
 
     def totals(
@@ -116,65 +97,186 @@ class SortedView:
         keys: pa.Array | pa.ChunkedArray,
         times: np.ndarray,
     ) -> dict[str, pa.Array]:
-        """Each ``count``, ``sum`` or ``mean`` column (its ``where`` on fields the runs hold)
-        at each (key, t): over the key's events in the column's window before t, the
-        difference of two prefix sums in each run, added over the runs. Sums of floats are
-        prefix sums in extended precision, so a difference keeps the window's own rounding
-        (the join sums in double, in another order: the two agree to about 1e-15)."""
-        keys = keys.cast(self.key_type)
-        copy = self.runs[0]
-        # every query is answered in the order of its search in the copy, then put back
-        order = np.argsort(copy.ranks(keys) * copy.span + copy.slots(times))
-        sorted_times = times[order]
-        ranks = [run.ranks(keys)[order] for run in self.runs]
-        ends: dict[tuple[int, object], np.ndarray] = {}
-        prefixes: dict[tuple[int, str], tuple[np.ndarray, np.ndarray | None]] = {}
-        sums_at: dict[tuple[int, str, object], tuple[np.ndarray, np.ndarray | None]] = {}
-
-        def end(i: int, bound: object) -> np.ndarray:
-            """Run i's ends at t ("t"), at the key's first row ("first"), or at the start of
-            a (window, hop)."""
-            if (i, bound) not in ends:
-                at: np.ndarray | None = sorted_times
-                if bound == "first":
-                    at = None
-                elif isinstance(bound, tuple):
-                    window, hop = bound
-                    at = ((sorted_times - window) // hop) * hop
-                ends[(i, bound)] = self.runs[i].ends(ranks[i], at)
-            return ends[(i, bound)]
-
-        def prefix_at(
-            i: int, column: FeatureColumn, bound: object
-        ) -> tuple[np.ndarray, np.ndarray | None]:
-            """Run i's prefix sums for the column at a bound (shared by the columns that
-            count the same events: a 1h and a 30d window share the one at t)."""
-            agg = column.aggregation
-            spec = repr((agg.field if agg.kind != "count" else None, _where_spec(column)))
-            if (i, spec) not in prefixes:
-                prefixes[(i, spec)] = _prefix_sums(con, self.runs[i], column)
-            if (i, spec, bound) not in sums_at:
-                counts, sums = prefixes[(i, spec)]
-                at = end(i, bound)
-                sums_at[(i, spec, bound)] = (counts[at], None if sums is None else sums[at])
-            return sums_at[(i, spec, bound)]
-
+        """Each ``count``, ``sum`` or ``mean`` column at each (key, t): over the key's events
+        in the column's window before t that its ``where`` keeps, the difference of two
+        prefix sums in each run, added over the runs. Sums of floats are prefix sums in
+        extended precision, so a difference keeps the window's own rounding (the join sums
+        in double, in another order: the two agree to about 1e-15)."""
+        q = _Queries(self, con, keys, times)
         out: dict[str, pa.Array] = {}
         for column in columns:
-            start: object = "first"
-            if column.window_us is not None and column.hop_us is not None:
-                start = (column.window_us, column.hop_us)
             count = np.zeros(len(times), dtype=np.int64)
             total: np.ndarray | None = None
             for i in range(len(self.runs)):
-                (count_lo, sum_lo), (count_hi, sum_hi) = (
-                    prefix_at(i, column, start),
-                    prefix_at(i, column, "t"),
-                )
+                count_lo, sum_lo = q.prefix_at(i, column, q.start(column))
+                count_hi, sum_hi = q.prefix_at(i, column, "t")
                 count += count_hi - count_lo
                 if sum_hi is not None and sum_lo is not None:
                     total = sum_hi - sum_lo if total is None else total + (sum_hi - sum_lo)
-            out[column.name] = _finish(column, count, total, order)
+            out[column.name] = _finish(column, count, total, q)
+        return out
+
+
+_Pick = tuple[np.ndarray, list[np.ndarray]]  # the run of each query's event, each run's rows
+
+
+class _Kept:
+    """The rows an event filter keeps, as the nearest kept row before and after each row."""
+
+    def __init__(self, kept: np.ndarray) -> None:
+        n = len(kept)
+        rows = np.arange(n, dtype=np.int64)
+        # before[k]: the last kept row below k (-1: none); after[k]: the first from k (n: none)
+        self.before = np.empty(n + 1, dtype=np.int64)
+        self.before[0] = -1
+        np.maximum.accumulate(np.where(kept, rows, -1), out=self.before[1:])
+        self.after = np.empty(n + 1, dtype=np.int64)
+        self.after[n] = n
+        self.after[:n] = np.minimum.accumulate(np.where(kept, rows, n)[::-1])[::-1]
+
+
+class _Queries:
+    """One spine's queries against a view, in the order of their search in the copy (so that
+    consecutive searches and reads walk nearby memory), with what columns share: the bounds
+    of each window, the events each filter keeps, their prefix sums."""
+
+    def __init__(
+        self,
+        view: SortedView,
+        con: duckdb.DuckDBPyConnection,
+        keys: pa.Array | pa.ChunkedArray,
+        times: np.ndarray,
+    ) -> None:
+        keys = keys.cast(view.key_type)
+        copy = view.runs[0]
+        self.runs, self.con = view.runs, con
+        ranks = [run.ranks(keys) for run in view.runs]
+        self.order = np.argsort(ranks[0] * copy.span + copy.slots(times))
+        self.times = times[self.order]
+        self.ranks = [rank[self.order] for rank in ranks]
+        self._ends: dict[tuple[int, object], np.ndarray] = {}
+        self._counted: dict[tuple[int, str], np.ndarray | None] = {}
+        self._kept: dict[tuple[int, str], _Kept | None] = {}
+        self._prefixes: dict[tuple[int, str], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._prefix_at: dict[tuple[int, str, object], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._found: dict[int, np.ndarray] = {}  # by the id of a pick's (cached) best_run
+        self._picks: dict[
+            tuple[bool, object, tuple[int, ...]], tuple[np.ndarray, list[np.ndarray]]
+        ] = {}
+
+    @staticmethod
+    def start(column: FeatureColumn) -> object:
+        """The bound a column's window starts at: its (window, hop), or the key's first row."""
+        if column.window_us is not None and column.hop_us is not None:
+            return (column.window_us, column.hop_us)
+        return "first"
+
+    def end(self, i: int, bound: object) -> np.ndarray:
+        """Run i's ends at t ("t"), at the key's first row ("first"), or at the start of a
+        (window, hop)."""
+        if (i, bound) not in self._ends:
+            at: np.ndarray | None = self.times
+            if bound == "first":
+                at = None
+            elif isinstance(bound, tuple):
+                window, hop = bound
+                at = ((self.times - window) // hop) * hop
+            self._ends[(i, bound)] = self.runs[i].ends(self.ranks[i], at)
+        return self._ends[(i, bound)]
+
+    def counted(self, i: int, field: str | None, column: FeatureColumn) -> np.ndarray | None:
+        """Which of run i's rows the column's ``where`` keeps and have ``field`` not null;
+        None where that is every row."""
+        where = column.feature.where
+        spec = repr((field, None if where is None else where.spec()))
+        if (i, spec) not in self._counted:
+            conditions = [] if where is None else [where.to_sql("e")]
+            run = self.runs[i]
+            if field is not None and run.table[field].null_count:
+                conditions.append(f"e.{sql_name(field)} IS NOT NULL")
+            self._counted[(i, spec)] = _evaluate(self.con, run, conditions)
+        return self._counted[(i, spec)]
+
+    def kept(self, i: int, column: FeatureColumn) -> _Kept | None:
+        field = column.aggregation.field
+        key = (i, repr((field, _where_spec(column))))
+        if key not in self._kept:
+            counted = self.counted(i, field, column)
+            self._kept[key] = None if counted is None else _Kept(counted)
+        return self._kept[key]
+
+    def prefix_at(
+        self, i: int, column: FeatureColumn, bound: object
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run i's prefix sums for the column at a bound (shared by the columns that count
+        the same events: a 1h and a 30d window share the one at t)."""
+        agg = column.aggregation
+        field = agg.field if agg.kind != "count" else None
+        spec = repr((field, _where_spec(column)))
+        if (i, spec) not in self._prefixes:
+            counted = self.counted(i, field, column)
+            self._prefixes[(i, spec)] = _prefix_sums(self.runs[i], field, counted)
+        if (i, spec, bound) not in self._prefix_at:
+            counts, sums = self._prefixes[(i, spec)]
+            at = self.end(i, bound)
+            self._prefix_at[(i, spec, bound)] = (counts[at], None if sums is None else sums[at])
+        return self._prefix_at[(i, spec, bound)]
+
+    def pick(self, column: FeatureColumn) -> _Pick:
+        """For a ``last`` (``first``) column, which run holds each query's latest (earliest)
+        kept event in the window (-1: none), and each run's row of it (shared by the columns
+        with the same window and filter)."""
+        latest = column.aggregation.kind == "last"
+        bound = self.start(column)
+        kepts = [self.kept(i, column) for i in range(len(self.runs))]
+        key = (latest, bound, tuple(id(kept) for kept in kepts))  # kept ones are cached
+        if key in self._picks:
+            return self._picks[key]
+        n = len(self.times)
+        best_run = np.full(n, -1, dtype=np.int64)
+        best_time = np.zeros(n, dtype=np.int64)
+        best_offset = np.zeros(n, dtype=np.int64)
+        rows = []
+        for i, run in enumerate(self.runs):
+            lo, hi = self.end(i, bound), self.end(i, "t")
+            kept = kepts[i]
+            if latest:  # the last kept row before hi, if it is not before lo
+                row = hi - 1 if kept is None else kept.before[hi]
+                found = row >= lo
+            else:  # the first kept row from lo, if it is before hi
+                row = lo if kept is None else kept.after[lo]
+                found = row < hi
+            row = np.where(found, row, 0)
+            rows.append(row)
+            if len(self.runs) == 1:
+                best_run = np.where(found, 0, -1)
+                break
+            time, offset = run.gather("_event_time", row), run.gather("_offset", row)
+            if latest:
+                better = (time > best_time) | ((time == best_time) & (offset > best_offset))
+            else:
+                better = (time < best_time) | ((time == best_time) & (offset < best_offset))
+            better = found & ((best_run < 0) | better)
+            best_run = np.where(better, i, best_run)
+            best_time = np.where(better, time, best_time)
+            best_offset = np.where(better, offset, best_offset)
+        self._picks[key] = (best_run, rows)
+        return best_run, rows
+
+    def found(self, best_run: np.ndarray) -> np.ndarray:
+        """Which queries a pick found an event for, in spine order (shared like the pick)."""
+        if id(best_run) not in self._found:
+            self._found[id(best_run)] = self.put_back(best_run >= 0)
+        return self._found[id(best_run)]
+
+    def put_back(self, values: np.ndarray | pa.Array) -> np.ndarray | pa.Array:
+        """Values computed in query order put back in spine order."""
+        if isinstance(values, pa.Array):
+            inverse = np.empty(len(self.order), dtype=np.int64)
+            inverse[self.order] = np.arange(len(self.order))
+            return values.take(pa.array(inverse))
+        out = np.empty_like(values)
+        out[self.order] = values
         return out
 
 
@@ -183,64 +285,57 @@ def _where_spec(column: FeatureColumn) -> object:
     return None if where is None else where.spec()
 
 
+def _evaluate(
+    con: duckdb.DuckDBPyConnection, run: SortedRun, conditions: list[str]
+) -> np.ndarray | None:
+    """Which of the run's rows meet every SQL condition (over alias ``e``; a null is not a
+    yes); None where there are no conditions."""
+    if not conditions:
+        return None
+    con.register("_run", run.table)
+    try:
+        sql = f"SELECT coalesce({' AND '.join(conditions)}, false) FROM _run AS e"
+        return con.sql(sql).to_arrow_table().column(0).to_numpy(zero_copy_only=False)
+    finally:
+        con.unregister("_run")
+
+
 def _prefix_sums(
-    con: duckdb.DuckDBPyConnection, run: SortedRun, column: FeatureColumn
+    run: SortedRun, field: str | None, counted: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Prefix sums over the run's rows (one more than rows, from 0) of the events a column
-    counts, and, for ``sum`` and ``mean``, of their field's values (int64: a difference is
-    exact even past a wrap; floats in ``np.longdouble``)."""
-    agg = column.aggregation
-    where = column.feature.where
-    conditions = [] if where is None else [where.to_sql("e")]
-    field = agg.field if agg.kind != "count" else None
-    if field is not None:
-        conditions.append(f"e.{sql_name(field)} IS NOT NULL")
+    """Prefix sums over the run's rows (one more than rows, from 0) of the events counted,
+    and, with a field, of its values (int64: a difference is exact even past a wrap; floats
+    in ``np.longdouble``)."""
     n = run.table.num_rows
-    if conditions:
-        con.register("_run", run.table)
-        try:
-            sql = f"SELECT coalesce({' AND '.join(conditions)}, false) FROM _run AS e"
-            counted = con.sql(sql).to_arrow_table().column(0).to_numpy(zero_copy_only=False)
-        finally:
-            con.unregister("_run")
-    else:
-        counted = np.ones(n, dtype=bool)
     counts = np.zeros(n + 1, dtype=np.int64)
-    counts[1:] = counted
+    counts[1:] = True if counted is None else counted
     np.cumsum(counts, out=counts)
     if field is None:
         return counts, None
     values = run.table[field].fill_null(0).to_numpy()
     exact = values.dtype.kind == "i"
     sums = np.zeros(n + 1, dtype=np.int64 if exact else np.longdouble)
-    sums[1:] = np.where(counted, values, 0)
+    sums[1:] = values if counted is None else np.where(counted, values, 0)
     np.cumsum(sums, out=sums)
     return counts, sums
 
 
 def _finish(
-    column: FeatureColumn, count: np.ndarray, total: np.ndarray | None, order: np.ndarray
+    column: FeatureColumn, count: np.ndarray, total: np.ndarray | None, q: _Queries
 ) -> pa.Array:
-    """The column's values from its counts and sums (both in ``order``), in spine order and
+    """The column's values from its counts and sums (in query order), in spine order and
     typed as the join types them."""
     kind = column.aggregation.kind
     if kind == "count":
-        return pa.array(_put_back(count, order), pa.int64())
+        return pa.array(q.put_back(count), pa.int64())
     assert total is not None
     if kind == "sum":
         if total.dtype == np.int64:
-            return pa.array(_put_back(total, order), pa.int64())
-        return pa.array(_put_back(total.astype(np.float64), order), pa.float64())
+            return pa.array(q.put_back(total), pa.int64())
+        return pa.array(q.put_back(total.astype(np.float64)), pa.float64())
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (total / np.maximum(count, 1)).astype(np.float64)
-    return _with_nulls(_put_back(mean, order), _put_back(count > 0, order))
-
-
-def _put_back(values: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Values computed in ``order`` put back in spine order."""
-    out = np.empty_like(values)
-    out[order] = values
-    return out
+    return _with_nulls(q.put_back(mean), q.put_back(count > 0))
 
 
 def _choose(
@@ -248,7 +343,7 @@ def _choose(
 ) -> np.ndarray | pa.Array:
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return np.where(where, a, b)
-    return pc.if_else(pa.array(where), a, b)
+    return pc.if_else(pa.array(where), pa.array(a), pa.array(b))
 
 
 def _with_nulls(values: np.ndarray | pa.Array, valid: np.ndarray) -> pa.Array:

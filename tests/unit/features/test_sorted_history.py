@@ -55,11 +55,15 @@ def _features(stream: Stream) -> list[Feature]:
                 owner="t", description="d"),
         Feature("lk", entity=user, stream=stream, aggregation=agg.last("k"), windows=windows,
                 hop="1s", owner="t", description="d"),
-        # a filter or a nullable field: still the join, beside the searches
+        # a filter or a nullable field: the nearest row the filter keeps
         Feature("lk_big", entity=user, stream=stream, aggregation=agg.last("k"), windows=["2d"],
                 where=col("x") > 0, owner="t", description="d"),
         Feature("lnote", entity=user, stream=stream, aggregation=agg.last("note"),
                 windows=["2d"], owner="t", description="d"),
+        Feature("fx", entity=user, stream=stream, aggregation=agg.first("x"), windows=windows,
+                owner="t", description="d"),
+        Feature("fnote", entity=user, stream=stream, aggregation=agg.first("note"),
+                windows=["2d"], where=col("k") < 500, owner="t", description="d"),
         # differences of prefix sums, filtered or not, of never-null and nullable fields
         Feature("cnt", entity=user, stream=stream, aggregation=agg.count(), windows=windows,
                 owner="t", description="d"),
@@ -185,7 +189,7 @@ def test_the_copy_and_the_rows_archived_since_answer_as_the_join(
     got, want = s.values(SortedView.open(s.con, s.store, s.stream, None))
     _same(got, want)
     # with the view, only what prefix sums cannot answer is joined; without it, all of it
-    assert joins[0] == ["lnote_2d", "mxk_2d"] and len(joins[1]) == 20
+    assert joins[0] == ["mxk_2d"] and len(joins[1]) == 24
     assert sum(v is not None for v in got["lx_2d"].to_pylist()) > 100  # not all null
 
     s.append(1, 600)  # archived after the copy was written: searched in memory
@@ -264,7 +268,9 @@ def test_searches_find_the_latest_event_before_each_time(spread):
     query_keys = rng.integers(0, 9, 300)
     query_times = np.concatenate([rng.choice(times, 200) + rng.integers(0, 2, 200),
                                   [times.min(), times.max() + 1] * 50])  # fmt: skip
-    rows = run.last_before(pa.array(query_keys), query_times)
+    rank = run.ranks(pa.array(query_keys))
+    ends, firsts = run.ends(rank, query_times), run.ends(rank, None)
+    rows = np.where(ends > firsts, ends - 1, -1)  # the row before the end, if the key's
     offsets = [int(run.offsets[r]) if r >= 0 else -1 for r in rows]
     assert offsets == _brute_last(keys, times, query_keys, query_times)
 
@@ -274,7 +280,7 @@ def test_an_empty_history_has_an_empty_copy(tmp_path):
     store = ParquetOfflineStore(tmp_path)
     run = sort_rows(history_schema(stream).empty_table(), "uid", {})
     assert run is not None
-    assert run.last_before(pa.array([1, 2]), np.array([T0, T0])).tolist() == [-1, -1]
+    assert run.ends(run.ranks(pa.array([1, 2])), np.array([T0, T0])).tolist() == [0, 0]
     assert not refresh(store, stream, {0: 0})
 
 
