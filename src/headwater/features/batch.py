@@ -158,7 +158,13 @@ def feature_set_values(
         picked = [c for c in columns if c.aggregation.kind in PICKS and view.holds(c)]
         if picked:
             got.update(view.picks(con, picked, spine_keys[keys[0]], times))
-        totalled = [c for c in columns if c.aggregation.kind in TOTALS and view.holds(c)]
+        totalled = [
+            c
+            for c in columns
+            if c.aggregation.kind in TOTALS
+            and view.holds(c)
+            and (snapshot is None or _exact_total(c, plan.stream))
+        ]
         if totalled:
             got.update(view.totals(con, totalled, spine_keys[keys[0]], times))
     con.register("_spine", pa.table(spine))
@@ -175,6 +181,17 @@ def feature_set_values(
     finally:
         con.unregister("_spine")
     return pa.table({c.name: got[c.name] for c in columns})
+
+
+def _exact_total(column: FeatureColumn, stream: Stream) -> bool:
+    """Whether prefix sums give the join's value to the bit: counts and sums of ints do;
+    means and sums of floats round differently (to ~1e-15), so a training set pinned to a
+    snapshot (one ``train --reproduce`` rebuilds, whose data hash must not change whether
+    the sorted copy then covers the snapshot or not) takes them from the join."""
+    agg = column.aggregation
+    return agg.kind == "count" or (
+        agg.kind == "sum" and stream.fields[agg.field or ""].dtype.value == "int"
+    )
 
 
 def _asof_eligible(column: FeatureColumn) -> bool:

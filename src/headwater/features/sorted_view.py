@@ -99,9 +99,11 @@ class SortedView:
     ) -> dict[str, pa.Array]:
         """Each ``count``, ``sum`` or ``mean`` column at each (key, t): over the key's events
         in the column's window before t that its ``where`` keeps, the difference of two
-        prefix sums in each run, added over the runs. Sums of floats are prefix sums in
-        extended precision, so a difference keeps the window's own rounding (the join sums
-        in double, in another order: the two agree to about 1e-15)."""
+        prefix sums in each run, added over the runs. Counts and sums of ints are exact;
+        sums of floats are prefix sums in extended precision (64-bit mantissas), whose
+        rounding grows with the sum of every row before: the join, which adds in double in
+        another order, agrees to within 1e-9 relative (the benchmarks check it), not to
+        the bit, which is why training sets pinned to a snapshot take those from the join."""
         q = _Queries(self, con, keys, times)
         out: dict[str, pa.Array] = {}
         for column in columns:

@@ -206,6 +206,11 @@ def test_the_copy_and_the_rows_archived_since_answer_as_the_join(
     assert latest is not None and [len(r.pos) for r in latest.runs] == [5000, 200]
     got, want = s.values(latest, snapshot)
     _same(got, want)
+    # pinned to a snapshot, what prefix sums would round differently comes from the join
+    windows = ["1h", "2d", "lifetime"]
+    assert joins[-2] == sorted(
+        ["mxk_2d"] + [f"{n}_{w}" for n in ("mn", "mx", "sx") for w in windows]
+    )
     # an older one cannot use the copy: the join answers alone
     assert SortedView.open(s.con, s.store, s.stream, {"stats": 2999, "stats@p1": 2600}) is None
 
