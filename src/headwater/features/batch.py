@@ -155,18 +155,20 @@ def feature_set_values(
             spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
     got: dict[str, pa.ChunkedArray | pa.Array] = {}
     if view is not None and keys == plan.stream.keys:
-        picked = [c for c in columns if c.aggregation.kind in PICKS and view.holds(c)]
-        if picked:
-            got.update(view.picks(con, picked, spine_keys[keys[0]], times))
-        totalled = [
+        viewed = [
             c
             for c in columns
-            if c.aggregation.kind in TOTALS
-            and view.holds(c)
-            and (snapshot is None or _exact_total(c, plan.stream))
+            if view.holds(c)
+            and (
+                c.aggregation.kind in PICKS
+                or (
+                    c.aggregation.kind in TOTALS
+                    and (snapshot is None or _exact_total(c, plan.stream))
+                )
+            )
         ]
-        if totalled:
-            got.update(view.totals(con, totalled, spine_keys[keys[0]], times))
+        if viewed:
+            got.update(view.values(con, viewed, spine_keys[keys[0]], times))
     con.register("_spine", pa.table(spine))
     try:
         asof = [c for c in columns if _asof_eligible(c) and c.name not in got]

@@ -69,54 +69,51 @@ class SortedView:
         fields = {column.aggregation.field or "", *(where.fields() if where else ())} - {""}
         return fields <= set(self.runs[0].table.column_names)
 
-    def picks(
+    def values(
         self,
         con: duckdb.DuckDBPyConnection,
         columns: Sequence[FeatureColumn],
         keys: pa.Array | pa.ChunkedArray,
         times: np.ndarray,
     ) -> dict[str, pa.Array]:
-        """Each ``last`` (``first``) column at each (key, t): the field of the key's latest
-        (earliest) event in the column's window before t that its ``where`` keeps and whose
-        field is not null, by (event time, log offset); null where there is none."""
+        """Each column (``last``, ``first``, ``count``, ``sum`` or ``mean``) at each (key, t),
+        over the key's events in the column's window before t that its ``where`` keeps.
+
+        ``last`` (``first``): the field of the latest (earliest) such event whose field is
+        not null, by (event time, log offset); null where there is none. ``count``, ``sum``,
+        ``mean``: the difference of two prefix sums in each run, added over the runs. Counts
+        and sums of ints are exact; sums of floats are prefix sums in extended precision
+        (64-bit mantissas), whose rounding grows with the sum of every row before: the join,
+        which adds in double in another order, agrees to within 1e-9 relative (the
+        benchmarks check it), not to the bit, which is why training sets pinned to a snapshot
+        take those from the join."""
         q = _Queries(self, con, keys, times)
         out: dict[str, pa.Array] = {}
         for column in columns:
-            best_run, rows = q.pick(column)
-            field = column.aggregation.field or ""
-            value = self.runs[0].gather(field, rows[0])
-            for i in range(1, len(self.runs)):
-                value = _choose(best_run == i, self.runs[i].gather(field, rows[i]), value)
-            out[column.name] = _with_nulls(q.put_back(value), q.found(best_run))
+            if column.aggregation.kind in ("last", "first"):
+                out[column.name] = self._pick(q, column)
+            else:
+                out[column.name] = self._total(q, column)
         return out
 
-    def totals(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        columns: Sequence[FeatureColumn],
-        keys: pa.Array | pa.ChunkedArray,
-        times: np.ndarray,
-    ) -> dict[str, pa.Array]:
-        """Each ``count``, ``sum`` or ``mean`` column at each (key, t): over the key's events
-        in the column's window before t that its ``where`` keeps, the difference of two
-        prefix sums in each run, added over the runs. Counts and sums of ints are exact;
-        sums of floats are prefix sums in extended precision (64-bit mantissas), whose
-        rounding grows with the sum of every row before: the join, which adds in double in
-        another order, agrees to within 1e-9 relative (the benchmarks check it), not to
-        the bit, which is why training sets pinned to a snapshot take those from the join."""
-        q = _Queries(self, con, keys, times)
-        out: dict[str, pa.Array] = {}
-        for column in columns:
-            count = np.zeros(len(times), dtype=np.int64)
-            total: np.ndarray | None = None
-            for i in range(len(self.runs)):
-                count_lo, sum_lo = q.prefix_at(i, column, q.start(column))
-                count_hi, sum_hi = q.prefix_at(i, column, "t")
-                count += count_hi - count_lo
-                if sum_hi is not None and sum_lo is not None:
-                    total = sum_hi - sum_lo if total is None else total + (sum_hi - sum_lo)
-            out[column.name] = _finish(column, count, total, q)
-        return out
+    def _pick(self, q: _Queries, column: FeatureColumn) -> pa.Array:
+        best_run, rows = q.pick(column)
+        field = column.aggregation.field or ""
+        value = self.runs[0].gather(field, rows[0])
+        for i in range(1, len(self.runs)):
+            value = _choose(best_run == i, self.runs[i].gather(field, rows[i]), value)
+        return _with_nulls(q.put_back(value), q.found(best_run))
+
+    def _total(self, q: _Queries, column: FeatureColumn) -> pa.Array:
+        count = np.zeros(len(q.times), dtype=np.int64)
+        total: np.ndarray | None = None
+        for i in range(len(self.runs)):
+            count_lo, sum_lo = q.prefix_at(i, column, q.start(column))
+            count_hi, sum_hi = q.prefix_at(i, column, "t")
+            count += count_hi - count_lo
+            if sum_hi is not None and sum_lo is not None:
+                total = sum_hi - sum_lo if total is None else total + (sum_hi - sum_lo)
+        return _finish(column, count, total, q)
 
 
 _Pick = tuple[np.ndarray, list[np.ndarray]]  # the run of each query's event, each run's rows
