@@ -1,9 +1,10 @@
 """A stream's history sorted by its key and event time, for point-in-time lookups.
 
 Beside the day-partitioned files, the archiver keeps one copy of each stream's history sorted
-by (key, event time, log offset), uncompressed so that readers memory-map it. A training set's
-``last`` columns are then one binary search per spine row in it and in the rows archived since
-it was written, instead of a join of the spine with the whole history.
+by (key, event time, log offset), uncompressed so that readers memory-map it. A key's events
+in a window are then the rows between two binary searches in it (and in the rows archived
+since it was written), which ``sorted_view`` turns into training-set values instead of a join
+of the spine with the whole history. This module builds, stores and searches the copy.
 """
 
 from __future__ import annotations
