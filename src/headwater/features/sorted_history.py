@@ -250,9 +250,9 @@ def read_rows(
         for f in schema
         if f.name != "_partition"
     )
-    conditions = [f"NOT ({snapshot_condition(_named(stream, since), stream.name)})"]
+    conditions = [f"NOT ({snapshot_condition(named_offsets(stream, since), stream.name)})"]
     if until is not None:
-        conditions.append(snapshot_condition(_named(stream, until), stream.name))
+        conditions.append(snapshot_condition(named_offsets(stream, until), stream.name))
     sql = f"""SELECT {columns}, CAST(coalesce(_partition, 0) AS INTEGER) AS _partition
 FROM {source}
 WHERE {" AND ".join(conditions)}"""
@@ -262,7 +262,7 @@ WHERE {" AND ".join(conditions)}"""
     return rows.select(schema.names).cast(schema)
 
 
-def _named(stream: Stream, offsets: Mapping[int, int]) -> dict[str, int]:
+def named_offsets(stream: Stream, offsets: Mapping[int, int]) -> dict[str, int]:
     """Offsets by log partition, named as snapshots name them."""
     return {partition_name(stream.name, p): end for p, end in offsets.items()}
 

@@ -18,9 +18,11 @@ import pyarrow.compute as pc
 
 from headwater.definitions import FeatureColumn, Stream
 from headwater.definitions.expr import sql_name
+from headwater.features.batch import snapshot_condition
 from headwater.features.history import ARROW_TYPES
 from headwater.features.sorted_history import (
     SortedRun,
+    named_offsets,
     read_rows,
     read_run,
     snapshot_offsets,
@@ -33,8 +35,13 @@ class SortedView:
     """The latest events of a stream's keys: its sorted copy, and the rows archived since
     (sorted in memory), as one training set sees them."""
 
-    def __init__(self, runs: list[SortedRun], key_type: pa.DataType) -> None:
+    def __init__(
+        self, runs: list[SortedRun], key_type: pa.DataType, hidden: list[str | None] | None = None
+    ) -> None:
+        """``hidden``: per run, SQL over its rows (alias ``e``) that keeps only those a
+        snapshot may see, or None where it may see them all."""
         self.runs, self.key_type = runs, key_type
+        self.hidden = hidden or [None] * len(runs)
 
     @classmethod
     def open(
@@ -44,13 +51,17 @@ class SortedView:
         stream: Stream,
         snapshot: Mapping[str, int] | None,
     ) -> SortedView | None:
-        """None where the stream has no usable copy, or the snapshot is older than it."""
+        """None where the stream has no usable copy. A snapshot older than the copy hides
+        the copy's rows at or past its offsets (every value is then computed as if they were
+        not there: a training set pinned to a snapshot gets the same values whichever copy
+        it finds)."""
         run = read_run(offline, stream)
         if run is None:
             return None
         until = None if snapshot is None else snapshot_offsets(snapshot, stream)
+        hidden: list[str | None] = [None]
         if until is not None and any(until.get(p, 0) < end for p, end in run.covered.items()):
-            return None  # the copy holds rows the snapshot must not see
+            hidden = [f"({snapshot_condition(named_offsets(stream, until), stream.name)})"]
         since = {p: end for p, end in run.covered.items() if end > 0}
         runs = [run]
         rows = read_rows(con, offline, stream, since, until)
@@ -61,7 +72,8 @@ class SortedView:
             if tail is None:
                 return None
             runs.append(tail)
-        return cls(runs, ARROW_TYPES[stream.fields[run.key].dtype])
+            hidden.append(None)  # read up to the snapshot already
+        return cls(runs, ARROW_TYPES[stream.fields[run.key].dtype], hidden)
 
     def holds(self, column: FeatureColumn) -> bool:
         """Whether the runs hold every field the column reads."""
@@ -148,7 +160,7 @@ class _Queries:
     ) -> None:
         keys = keys.cast(view.key_type)
         copy = view.runs[0]
-        self.runs, self.con = view.runs, con
+        self.runs, self.hidden, self.con = view.runs, view.hidden, con
         ranks = [run.ranks(keys) for run in view.runs]
         self.order = np.argsort(ranks[0] * copy.span + copy.slots(times))
         self.times = times[self.order]
@@ -190,7 +202,9 @@ class _Queries:
         spec = repr((field, None if where is None else where.spec()))
         if (i, spec) not in self._counted:
             conditions = [] if where is None else [where.to_sql("e")]
-            run = self.runs[i]
+            run, hidden = self.runs[i], self.hidden[i]
+            if hidden is not None:
+                conditions.append(hidden)
             if field is not None and run.table[field].null_count:
                 conditions.append(f"e.{sql_name(field)} IS NOT NULL")
             self._counted[(i, spec)] = _evaluate(self.con, run, conditions)

@@ -211,8 +211,18 @@ def test_the_copy_and_the_rows_archived_since_answer_as_the_join(
     assert joins[-2] == sorted(
         ["mxk_2d"] + [f"{n}_{w}" for n in ("mn", "mx", "sx") for w in windows]
     )
-    # an older one cannot use the copy: the join answers alone
-    assert SortedView.open(s.con, s.store, s.stream, {"stats": 2999, "stats@p1": 2600}) is None
+    # an older one hides the copy's rows at or past its offsets
+    older = {"stats": 2999, "stats@p1": 2600}
+    view = SortedView.open(s.con, s.store, s.stream, older)
+    assert view is not None and [len(r.pos) for r in view.runs] == [5000, 600]
+    assert view.hidden[0] is not None and view.hidden[1] is None
+    got, want = s.values(view, older)
+    _same(got, want)
+    assert joins[-2] == joins[-4]  # the same columns as above went to the join
+    older = {"stats": 1000}  # none of partition 1: the copy shows its first 1,000 rows
+    got, want = s.values(SortedView.open(s.con, s.store, s.stream, older), older)
+    _same(got, want)
+    assert sum(v is not None for v in got["lx_lifetime"].to_pylist()) > 100
 
 
 def test_the_copy_is_rebuilt_once_a_quarter_of_its_rows_came_after_it(tmp_path):
