@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from headwater.features.sorted_view import SortedView
 
 # what a sorted history answers: the row at a bound, and differences of prefix sums
-PICKS = ("last", "first")
+PICKS = ("last", "first", "min", "max")  # exact whatever the order: no rounding
 TOTALS = ("count", "sum", "mean")
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 
@@ -138,8 +138,9 @@ def feature_set_values(
     view: SortedView | None = None,
 ) -> pa.Table:
     """One row per spine row (in order): the values of ``columns`` at each row's time;
-    with ``view`` (the stream's sorted history), the ``last``, ``first``, ``count``, ``sum``
-    and ``mean`` columns come from binary searches in it rather than from a join."""
+    with ``view`` (the stream's sorted history), the ``last``, ``first``, ``min``, ``max``,
+    ``count``, ``sum`` and ``mean`` columns come from binary searches in it rather than from a
+    join (``view.values`` leaves out those it finds too costly, for the join)."""
     spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
     keys = plan.entity.keys
     for k in keys:

@@ -2,9 +2,9 @@
 
 Every query is bounded by binary searches in each run: its key's rows before t end at one row,
 and its window's start is another. ``last`` and ``first`` are the row before the end and the
-row at the start (or the nearest row an event filter keeps); ``count``, ``sum`` and ``mean``
-are differences of prefix sums between the two. Runs are then combined: the later (earlier)
-event wins, the sums add up.
+row at the start (or the nearest row an event filter keeps); ``min`` and ``max`` a reduction
+over the rows between; ``count``, ``sum`` and ``mean`` differences of prefix sums. Runs are then
+combined: the later (earlier) event wins, extremes compare, sums add up.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ class SortedView:
         keys: pa.Array | pa.ChunkedArray,
         times: np.ndarray,
     ) -> dict[str, pa.Array]:
-        """Each column (``last``, ``first``, ``count``, ``sum`` or ``mean``) at each (key, t),
-        over the key's events in the column's window before t that its ``where`` keeps.
+        """Each column (``last``, ``first``, ``min``, ``max``, ``count``, ``sum`` or ``mean``)
+        at each (key, t), over the key's events in the column's window before t that its
+        ``where`` keeps; a ``min`` or ``max`` it leaves out (see ``_extreme``) is the join's.
 
         ``last`` (``first``): the field of the latest (earliest) such event whose field is
         not null, by (event time, log offset); null where there is none. ``count``, ``sum``,
@@ -102,11 +103,37 @@ class SortedView:
         q = _Queries(self, con, keys, times)
         out: dict[str, pa.Array] = {}
         for column in columns:
-            if column.aggregation.kind in ("last", "first"):
+            kind = column.aggregation.kind
+            if kind in ("last", "first"):
                 out[column.name] = self._pick(q, column)
+            elif kind in ("min", "max"):
+                extreme = self._extreme(q, column)
+                if extreme is not None:  # else too many rows to scan: the join's
+                    out[column.name] = extreme
             else:
                 out[column.name] = self._total(q, column)
         return out
+
+    def _extreme(self, q: _Queries, column: FeatureColumn) -> pa.Array | None:
+        """min (max) of the kept values in each window: a reduction over the rows between
+        the window's bounds in each run, then over the runs (exact, in any order). None where
+        the field is not an int or float, holds NaN, or the windows would add up to more than
+        ``SCAN_BUDGET`` times the rows and queries (long lifetimes of busy keys)."""
+        found = np.zeros(len(q.times), dtype=bool)
+        best: np.ndarray | None = None
+        for i in range(len(self.runs)):
+            got = q.extreme(i, column)
+            if got is None:
+                return None
+            value, kept = got
+            if best is None:
+                best = value
+            else:
+                both = np.minimum if column.aggregation.kind == "min" else np.maximum
+                best = np.where(found & kept, both(best, value), np.where(kept, value, best))
+            found |= kept
+        assert best is not None
+        return _with_nulls(q.put_back(best), q.put_back(found))
 
     def _pick(self, q: _Queries, column: FeatureColumn) -> pa.Array:
         best_run, rows = q.pick(column)
@@ -128,6 +155,9 @@ class SortedView:
         return _finish(column, count, total, q)
 
 
+# min/max scan the rows of every window: beyond this many times the rows and queries (busy
+# keys' lifetimes), the join does it
+SCAN_BUDGET = 16
 _Pick = tuple[np.ndarray, list[np.ndarray]]  # the run of each query's event, each run's rows
 
 
@@ -281,6 +311,37 @@ class _Queries:
         if id(best_run) not in self._found:
             self._found[id(best_run)] = self.put_back(best_run >= 0)
         return self._found[id(best_run)]
+
+    def extreme(self, i: int, column: FeatureColumn) -> tuple[np.ndarray, np.ndarray] | None:
+        """Run i's min (max) of the column's kept values in each query's window, and whether
+        the window kept any; None where ``SortedView._extreme`` says so."""
+        field = column.aggregation.field or ""
+        run = self.runs[i]
+        data = run.table[field]
+        if data.type not in (pa.int64(), pa.float64()):
+            return None
+        lo, hi = self.end(i, self.start(column)), self.end(i, "t")
+        if int((hi - lo).sum()) > SCAN_BUDGET * (len(run.pos) + len(lo)):
+            return None
+        values = data.fill_null(0).to_numpy()
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            return None  # NaN orders differently in SQL and in NumPy
+        smallest = column.aggregation.kind == "min"
+        if values.dtype.kind == "f":
+            sentinel = np.inf if smallest else -np.inf
+        else:
+            sentinel = np.iinfo(np.int64).max if smallest else np.iinfo(np.int64).min
+        counted = self.counted(i, field, column)
+        padded = np.full(len(values) + 1, sentinel, dtype=values.dtype)
+        padded[:-1] = values if counted is None else np.where(counted, values, sentinel)
+        bounds = np.empty(2 * len(lo), dtype=np.int64)
+        bounds[0::2], bounds[1::2] = lo, hi
+        reduce = np.minimum.reduceat if smallest else np.maximum.reduceat
+        value = reduce(padded, bounds)[0::2]  # [lo, hi) reduced; lo == hi gives padded[lo]
+        counts = np.zeros(len(values) + 1, dtype=np.int64)
+        counts[1:] = True if counted is None else counted
+        np.cumsum(counts, out=counts)
+        return value, counts[hi] > counts[lo]
 
     def put_back(self, values: np.ndarray | pa.Array) -> np.ndarray | pa.Array:
         """Values computed in query order put back in spine order."""

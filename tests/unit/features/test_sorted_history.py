@@ -12,7 +12,7 @@ import pytest
 from headwater import Entity, Feature, Project, Stream, agg, col
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY, HOUR, MINUTE
-from headwater.features import batch, sorted_history
+from headwater.features import batch, sorted_history, sorted_view
 from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog
 from headwater.features.history import history_schema
@@ -78,9 +78,16 @@ def _features(stream: Stream) -> list[Feature]:
                 where=col("n") != 2, owner="t", description="d"),
         Feature("mn", entity=user, stream=stream, aggregation=agg.mean("n"), windows=windows,
                 owner="t", description="d"),
-        # not a difference of sums: the join, beside them
+        # a reduction over the rows between the bounds
         Feature("mxk", entity=user, stream=stream, aggregation=agg.max("k"), windows=["2d"],
                 owner="t", description="d"),
+        Feature("mnx", entity=user, stream=stream, aggregation=agg.min("x"), windows=windows,
+                owner="t", description="d"),
+        Feature("mxn", entity=user, stream=stream, aggregation=agg.max("n"), windows=windows,
+                where=col("x") < 1, owner="t", description="d"),
+        # not numbers: the join, beside them
+        Feature("mnote", entity=user, stream=stream, aggregation=agg.min("note"),
+                windows=["2d"], owner="t", description="d"),
     ]  # fmt: skip
 
 
@@ -189,7 +196,7 @@ def test_the_copy_and_the_rows_archived_since_answer_as_the_join(
     got, want = s.values(SortedView.open(s.con, s.store, s.stream, None))
     _same(got, want)
     # with the view, only what prefix sums cannot answer is joined; without it, all of it
-    assert joins[0] == ["mxk_2d"] and len(joins[1]) == 24
+    assert joins[0] == ["mnote_2d"] and len(joins[1]) == 31
     assert sum(v is not None for v in got["lx_2d"].to_pylist()) > 100  # not all null
 
     s.append(1, 600)  # archived after the copy was written: searched in memory
@@ -209,7 +216,7 @@ def test_the_copy_and_the_rows_archived_since_answer_as_the_join(
     # pinned to a snapshot, what prefix sums would round differently comes from the join
     windows = ["1h", "2d", "lifetime"]
     assert joins[-2] == sorted(
-        ["mxk_2d"] + [f"{n}_{w}" for n in ("mn", "mx", "sx") for w in windows]
+        ["mnote_2d"] + [f"{n}_{w}" for n in ("mn", "mx", "sx") for w in windows]
     )
     # an older one hides the copy's rows at or past its offsets
     older = {"stats": 2999, "stats@p1": 2600}
@@ -372,3 +379,18 @@ def test_a_copy_left_far_behind_gives_way_to_the_join(tmp_path):
     assert refresh(s.store, s.stream, s.ends)
     latest = SortedView.open(s.con, s.store, s.stream, None)
     assert latest is not None and [len(r.pos) for r in latest.runs] == [611]
+
+
+def test_min_and_max_over_too_many_rows_are_left_to_the_join(tmp_path, monkeypatch):
+    s = Setting(tmp_path, "int", True, 8)
+    s.append(0, 500)
+    assert refresh(s.store, s.stream, s.ends)
+    view = SortedView.open(s.con, s.store, s.stream, None)
+    spine, times = s.spine(50)
+    extremes = [c for c in s.columns if c.aggregation.kind in ("min", "max")]
+    numeric = sorted(c.name for c in extremes if c.feature.name != "mnote")  # not strings
+    assert sorted(view.values(s.con, extremes, spine["uid"], times)) == numeric
+    monkeypatch.setattr(sorted_view, "SCAN_BUDGET", 0)
+    assert view.values(s.con, extremes, spine["uid"], times) == {}
+    got, want = s.values(view)
+    _same(got, want)
