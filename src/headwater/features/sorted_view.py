@@ -32,8 +32,8 @@ from headwater.stores.offline_base import OfflineStore
 
 
 class SortedView:
-    """The latest events of a stream's keys: its sorted copy, and the rows archived since
-    (sorted in memory), as one training set sees them."""
+    """A stream's sorted copy and the rows archived since it was written (sorted in memory),
+    as one training set sees them: ``runs``, the copy first."""
 
     def __init__(
         self, runs: list[SortedRun], key_type: pa.DataType, hidden: list[str | None] | None = None
