@@ -169,7 +169,7 @@ def feature_set_values(
             )
         ]
         if viewed:
-            got.update(view.values(con, viewed, spine_keys[keys[0]], times))
+            got.update(view.values(con, viewed, spine_keys.select(list(keys)), times))
     con.register("_spine", pa.table(spine))
     try:
         asof = [c for c in columns if _asof_eligible(c) and c.name not in got]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -45,11 +45,6 @@ _SQL_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHA
               pa.bool_(): "BOOLEAN"}  # fmt: skip
 
 
-def sortable(stream: Stream) -> bool:
-    """Streams with one key have a sorted copy (a copy per key tuple is left for later)."""
-    return len(stream.keys) == 1
-
-
 def copied_fields(stream: Stream) -> list[str]:
     """The fields the copy holds: all but the time field, which is ``_event_time``."""
     return [name for name in stream.fields if name != stream.time]
@@ -71,7 +66,7 @@ class SortedRun:
     every row is in the run."""
 
     table: pa.Table
-    key: str
+    keys_: tuple[str, ...]  # the key fields, in sort order
     origin: int
     unit: int
     span: int
@@ -90,13 +85,26 @@ class SortedRun:
         return self.table["_offset"].to_numpy()
 
     @cached_property
-    def keys(self) -> pa.Array:
-        """The distinct keys in rank order."""
+    def keys(self) -> pa.Table:
+        """The distinct keys (tuples of the key fields) in rank order."""
         if not self.table.num_rows:
-            return pa.array([], self.table.schema.field(self.key).type)
+            return self.table.select(list(self.keys_)).slice(0, 0)
         ranks = int(self.pos[-1]) // self.span + 1
         first = np.searchsorted(self.pos, np.arange(ranks, dtype=np.int64) * self.span)
-        return self.table[self.key].take(first).combine_chunks()
+        return self.table.select(list(self.keys_)).take(first).combine_chunks()
+
+    @cached_property
+    def _codes(self) -> tuple[list[pa.Array], np.ndarray, pa.Array] | None:
+        """For key tuples: each field's distinct values, the radix of each field's code, and
+        each distinct tuple's code (the codes' mixed-radix number); None if codes would not
+        fit an int64 (then no tuple is found)."""
+        values = [pc.unique(self.keys[k]) for k in self.keys_]
+        sizes = [len(v) + 1 for v in values]
+        if float(np.prod([float(n) for n in sizes])) >= _LIMIT:
+            return None
+        radix = np.cumprod([1, *sizes[:0:-1]])[::-1].astype(np.int64)
+        codes = _code(self.keys, self.keys_, values, radix)
+        return values, radix, pa.array(codes)
 
     @cached_property
     def _times(self) -> np.ndarray:
@@ -113,9 +121,17 @@ class SortedRun:
         slots = -((self.origin - times) // self.unit)
         return np.clip(slots, 0, self.span)
 
-    def ranks(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Each key's rank in the run, -1 for a key it does not hold."""
-        ranks = pc.index_in(keys, value_set=self.keys)
+    def ranks(self, keys: pa.Table) -> np.ndarray:
+        """Each key's rank in the run (``keys``: the key fields' columns), -1 for a key it
+        does not hold."""
+        if len(self.keys_) == 1:
+            ranks = pc.index_in(keys[self.keys_[0]], value_set=self.keys[self.keys_[0]])
+        elif self._codes is None:
+            return np.full(keys.num_rows, -1, dtype=np.int64)
+        else:
+            values, radix, codes = self._codes
+            wanted = _code(keys, self.keys_, values, radix)
+            ranks = pc.index_in(pa.array(wanted), value_set=codes)
         return ranks.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def ends(self, rank: np.ndarray, times: np.ndarray | None) -> np.ndarray:
@@ -141,7 +157,7 @@ class SortedRun:
         return {
             "format": FORMAT,
             "fields": fingerprint(stream),
-            "key": self.key,
+            "keys": list(self.keys_),
             "origin": self.origin,
             "unit": self.unit,
             "span": self.span,
@@ -151,21 +167,23 @@ class SortedRun:
 
 
 def sort_rows(
-    table: pa.Table, key: str, covered: Mapping[int, int], presorted: bool = False
+    table: pa.Table, keys: Sequence[str], covered: Mapping[int, int], presorted: bool = False
 ) -> SortedRun | None:
-    """Sort history rows (the key, ``_event_time``, ``_offset``, ``_partition`` and fields)
+    """Sort history rows (the keys, ``_event_time``, ``_offset``, ``_partition`` and fields)
     into a run (``presorted``: they come in that order); None if keys times time slots would
     not fit an int64."""
     if not presorted:
-        table = table.take(pc.sort_indices(table, [(key, "ascending")] + _ORDER))
+        table = table.take(pc.sort_indices(table, [(k, "ascending") for k in keys] + _ORDER))
     rows = table.combine_chunks()  # one chunk per column: readers search them in place
     n = rows.num_rows
     times = rows["_event_time"].to_numpy()
     origin, unit, span = (int(times[0]), 1, 1) if n else (0, 1, 1)
     rank = np.zeros(n, dtype=np.int64)
     if n:
-        column = rows[key].chunk(0) if rows[key].num_chunks else rows[key]
-        changed = pc.not_equal(column[1:], column[:-1]).to_numpy(zero_copy_only=False)
+        changed = np.zeros(n - 1, dtype=bool)
+        for key in keys:
+            column = rows[key].chunk(0)
+            changed |= pc.not_equal(column[1:], column[:-1]).to_numpy(zero_copy_only=False)
         rank[1:] = changed  # a cumulative sum of int64s: twice as fast as of booleans
         np.cumsum(rank, out=rank)
         origin = int(times.min())
@@ -183,7 +201,7 @@ def sort_rows(
             slot = np.searchsorted(distinct, times)
         rank = rank * span + slot
     table = rows.append_column("_pos", pa.array(rank, pa.int64()))
-    return SortedRun(table, key, origin, unit, span, dict(covered))
+    return SortedRun(table, tuple(keys), origin, unit, span, dict(covered))
 
 
 def _usable(about: Mapping[str, Any] | None, stream: Stream) -> bool:
@@ -192,7 +210,7 @@ def _usable(about: Mapping[str, Any] | None, stream: Stream) -> bool:
     return (
         about is not None
         and about.get("format") == FORMAT
-        and about.get("key") == stream.keys[0]
+        and about.get("keys") == list(stream.keys)
         and about.get("fields") == fingerprint(stream)
     )
 
@@ -203,15 +221,13 @@ def _covered(about: Mapping[str, Any]) -> dict[int, int]:
 
 def read_run(offline: OfflineStore, stream: Stream) -> SortedRun | None:
     """The stream's sorted copy, or None if it has none it can use."""
-    if not sortable(stream):
-        return None
     got = offline.read_sorted(stream.name)
     if got is None or not _usable(got[1], stream):
         return None
     table, about = got
     return SortedRun(
         table,
-        stream.keys[0],
+        stream.keys,
         int(about["origin"]),
         int(about["unit"]),
         int(about["span"]),
@@ -257,7 +273,8 @@ def read_rows(
 FROM {source}
 WHERE {" AND ".join(conditions)}"""
     if ordered:
-        sql += f"\nORDER BY {sql_name(stream.keys[0])}, _event_time, _offset, _partition"
+        keys = ", ".join(sql_name(k) for k in stream.keys)
+        sql += f"\nORDER BY {keys}, _event_time, _offset, _partition"
     rows = con.sql(sql, params={"files": files}).to_arrow_table()
     return rows.select(schema.names).cast(schema)
 
@@ -275,8 +292,6 @@ def refresh(
 
     ``committed`` holds each log partition's archived end offset, read before the files are
     listed, so the copy covers exactly the rows below them."""
-    if not sortable(stream):
-        return False
     about = offline.sorted_about(stream.name)  # the pointer only: the copy may be large
     usable = _usable(about, stream)
     covered = _covered(about) if about is not None and usable else {}
@@ -298,7 +313,7 @@ def refresh(
     with duckdb.connect() as con:
         offline.attach(con)
         table = read_rows(con, offline, stream, {}, committed, ordered=True)
-    fresh = sort_rows(table, stream.keys[0], committed, presorted=True)
+    fresh = sort_rows(table, stream.keys, committed, presorted=True)
     if fresh is None:
         return False
     offline.write_sorted(stream.name, fresh.table, fresh.about(stream))
@@ -307,6 +322,19 @@ def refresh(
         stream.name, f"{fresh.table.num_rows:,}", time.perf_counter() - began,
     )  # fmt: skip
     return True
+
+
+def _code(
+    keys: pa.Table, names: Sequence[str], values: list[pa.Array], radix: np.ndarray
+) -> np.ndarray:
+    """Each key tuple's mixed-radix code: field by field, the value's place among the
+    distinct values plus one (0 for a value not among them, so no tuple of the run has it)."""
+    code = np.zeros(keys.num_rows, dtype=np.int64)
+    for name, distinct, weight in zip(names, values, radix, strict=True):
+        place = pc.index_in(keys[name], value_set=distinct)
+        digits = place.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        code += digits * weight
+    return code
 
 
 def row_bytes(stream: Stream) -> int:

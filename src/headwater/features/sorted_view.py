@@ -36,11 +36,11 @@ class SortedView:
     as one training set sees them: ``runs``, the copy first."""
 
     def __init__(
-        self, runs: list[SortedRun], key_type: pa.DataType, hidden: list[str | None] | None = None
+        self, runs: list[SortedRun], key_types: pa.Schema, hidden: list[str | None] | None = None
     ) -> None:
-        """``hidden``: per run, SQL over its rows (alias ``e``) that keeps only those a
-        snapshot may see, or None where it may see them all."""
-        self.runs, self.key_type = runs, key_type
+        """``key_types``: the key fields' types; ``hidden``: per run, SQL over its rows (alias
+        ``e``) that keeps only those a snapshot may see, or None where it may see them all."""
+        self.runs, self.key_types = runs, key_types
         self.hidden = hidden or [None] * len(runs)
 
     @classmethod
@@ -68,12 +68,13 @@ class SortedView:
         if rows.num_rows > len(run.pos):
             return None  # a copy too large to rebuild falls behind: the join does better
         if rows.num_rows:
-            tail = sort_rows(rows, run.key, {})
+            tail = sort_rows(rows, run.keys_, {})
             if tail is None:
                 return None
             runs.append(tail)
             hidden.append(None)  # read up to the snapshot already
-        return cls(runs, ARROW_TYPES[stream.fields[run.key].dtype], hidden)
+        types = pa.schema([(k, ARROW_TYPES[stream.fields[k].dtype]) for k in stream.keys])
+        return cls(runs, types, hidden)
 
     def holds(self, column: FeatureColumn) -> bool:
         """Whether the runs hold every field the column reads."""
@@ -85,7 +86,7 @@ class SortedView:
         self,
         con: duckdb.DuckDBPyConnection,
         columns: Sequence[FeatureColumn],
-        keys: pa.Array | pa.ChunkedArray,
+        keys: pa.Table,
         times: np.ndarray,
     ) -> dict[str, pa.Array]:
         """Each column (``last``, ``first``, ``min``, ``max``, ``count``, ``sum`` or ``mean``)
@@ -185,10 +186,10 @@ class _Queries:
         self,
         view: SortedView,
         con: duckdb.DuckDBPyConnection,
-        keys: pa.Array | pa.ChunkedArray,
+        keys: pa.Table,
         times: np.ndarray,
     ) -> None:
-        keys = keys.cast(view.key_type)
+        keys = keys.select(view.key_types.names).cast(view.key_types)
         copy = view.runs[0]
         self.runs, self.hidden, self.con = view.runs, view.hidden, con
         ranks = [run.ranks(keys) for run in view.runs]

@@ -16,6 +16,7 @@ from headwater.features import batch, sorted_history, sorted_view
 from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog
 from headwater.features.history import history_schema
+from headwater.features.offline import TrainingSets
 from headwater.features.sorted_history import (
     REBUILD_SHARE,
     read_run,
@@ -284,13 +285,13 @@ def test_searches_find_the_latest_event_before_each_time(spread):
     table = pa.table(
         {"uid": keys, "_event_time": times, "_offset": np.arange(n), "_partition": np.zeros(n)}
     )
-    run = sort_rows(table, "uid", {})
+    run = sort_rows(table, ["uid"], {})
     assert run is not None and (run.unit == 0) == spread
     assert np.all(np.diff(run.pos) >= 0)
     query_keys = rng.integers(0, 9, 300)
     query_times = np.concatenate([rng.choice(times, 200) + rng.integers(0, 2, 200),
                                   [times.min(), times.max() + 1] * 50])  # fmt: skip
-    rank = run.ranks(pa.array(query_keys))
+    rank = run.ranks(pa.table({"uid": query_keys}))
     ends, firsts = run.ends(rank, query_times), run.ends(rank, None)
     rows = np.where(ends > firsts, ends - 1, -1)  # the row before the end, if the key's
     offsets = [int(run.offsets[r]) if r >= 0 else -1 for r in rows]
@@ -300,9 +301,9 @@ def test_searches_find_the_latest_event_before_each_time(spread):
 def test_an_empty_history_has_an_empty_copy(tmp_path):
     stream = _stream("int")
     store = ParquetOfflineStore(tmp_path)
-    run = sort_rows(history_schema(stream).empty_table(), "uid", {})
+    run = sort_rows(history_schema(stream).empty_table(), ["uid"], {})
     assert run is not None
-    assert run.ends(run.ranks(pa.array([1, 2])), np.array([T0, T0])).tolist() == [0, 0]
+    assert run.ends(run.ranks(pa.table({"uid": [1, 2]})), np.array([T0, T0])).tolist() == [0, 0]
     assert not refresh(store, stream, {0: 0})
 
 
@@ -389,8 +390,59 @@ def test_min_and_max_over_too_many_rows_are_left_to_the_join(tmp_path, monkeypat
     spine, times = s.spine(50)
     extremes = [c for c in s.columns if c.aggregation.kind in ("min", "max")]
     numeric = sorted(c.name for c in extremes if c.feature.name != "mnote")  # not strings
-    assert sorted(view.values(s.con, extremes, spine["uid"], times)) == numeric
+    assert sorted(view.values(s.con, extremes, spine, times)) == numeric
     monkeypatch.setattr(sorted_view, "SCAN_BUDGET", 0)
-    assert view.values(s.con, extremes, spine["uid"], times) == {}
+    assert view.values(s.con, extremes, spine, times) == {}
     got, want = s.values(view)
     _same(got, want)
+
+
+PAIRS = """
+from headwater import Entity, Feature, Stream, agg
+
+pair = Entity("pair", keys=["uid", "item"], owner="t", description="d")
+user = Entity("user", keys="uid", owner="t", description="d")
+views = Stream("views", fields={"uid": "int", "item": "string", "secs": "float", "ts": "timestamp"},
+               key=["uid", "item"], time="ts", required=["secs"], owner="t", description="d")
+features = [
+    Feature("last_secs", entity=pair, stream=views, aggregation=agg.last("secs"),
+            windows=["1d", "lifetime"], owner="t", description="d"),
+    Feature("views", entity=pair, stream=views, aggregation=agg.count(), windows=["1d"],
+            owner="t", description="d"),
+    Feature("user_views", entity=user, stream=views, aggregation=agg.count(), windows=["1d"],
+            owner="t", description="d"),
+]
+"""
+
+
+def test_streams_with_several_keys_have_a_copy_keyed_by_all_of_them(project_factory):
+    folder = project_factory(PAIRS)
+    rng = np.random.default_rng(9)
+    day = 86_400_000_000
+    events = [
+        {"uid": int(rng.integers(0, 5)), "item": f"i{rng.integers(0, 4)}",
+         "secs": float(rng.integers(0, 100)), "ts": from_micros(T0 + int(rng.integers(0, 3 * day)))}
+        for _ in range(400)
+    ]  # fmt: skip
+    names = ["last_secs_1d", "last_secs_lifetime", "views_1d", "user_views_1d"]
+    spine = pa.table({
+        "uid": rng.integers(0, 6, 300),
+        "item": [f"i{i}" for i in rng.integers(0, 5, 300)],
+        "timestamp": pa.array(T0 + rng.integers(0, 4 * day, 300), pa.timestamp("us", "UTC")),
+    })  # fmt: skip
+    answers = []
+    for enabled in (True, False):
+        with Project(folder, clock=lambda: T0 + 10 * day) as p:
+            if not answers:
+                assert p.ingest("views", events).accepted == 400
+            p.training = TrainingSets(p.catalog, p.offline_store, p.archiver,
+                                      p.definitions.streams, sorted_history=enabled)  # fmt: skip
+            answers.append(p.training_set(spine, names, output="arrow"))
+            if enabled:
+                run = read_run(p.offline_store, p.definitions.streams["views"])
+                assert run is not None and run.keys_ == ("uid", "item")
+                assert run.keys.num_rows == 20  # 5 users x 4 items, all seen
+                rows = pa.table({"uid": [0, 9, 0], "item": ["i0", "i0", "i9"]})
+                assert (run.ranks(rows) >= 0).tolist() == [True, False, False]
+    assert answers[0].to_pylist() == answers[1].to_pylist()
+    assert sum(v is not None for v in answers[0]["last_secs_1d"].to_pylist()) > 50
