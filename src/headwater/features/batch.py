@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from headwater.features.sorted_view import SortedView
 
 # what a sorted history answers: the row at a bound, and differences of prefix sums
-PICKS = ("last", "first", "min", "max")  # exact whatever the order: no rounding
+PICKS = ("last", "first", "last_k", "min", "max")  # exact whatever the order: no rounding
 TOTALS = ("count", "sum", "mean")
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 

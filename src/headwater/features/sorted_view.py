@@ -107,6 +107,8 @@ class SortedView:
             kind = column.aggregation.kind
             if kind in ("last", "first"):
                 out[column.name] = self._pick(q, column)
+            elif kind == "last_k":
+                out[column.name] = self._last_k(q, column)
             elif kind in ("min", "max"):
                 extreme = self._extreme(q, column)
                 if extreme is not None:  # else too many rows to scan: the join's
@@ -143,6 +145,48 @@ class SortedView:
         for i in range(1, len(self.runs)):
             value = _choose(best_run == i, self.runs[i].gather(field, rows[i]), value)
         return _with_nulls(q.put_back(value), q.found(best_run))
+
+    def _last_k(self, q: _Queries, column: FeatureColumn) -> pa.Array:
+        """The field's values of the k latest kept events in the window, latest first (an
+        empty list where there are none): k steps back from the end in each run, then, with
+        several runs, the k latest of their candidates by (event time, log offset)."""
+        k = column.aggregation.k or 1
+        field = column.aggregation.field or ""
+        n = len(q.times)
+        found, times, offsets, runs, rows = [], [], [], [], []
+        for i, run in enumerate(self.runs):
+            lo, hi = q.end(i, q.start(column)), q.end(i, "t")
+            kept = q.kept(i, column)
+            row = hi
+            for _ in range(k):
+                row = row - 1 if kept is None else kept.before[np.maximum(row, 0)]
+                row = np.where(row >= lo, row, -1)  # once past lo, -1 stays -1
+                at = np.maximum(row, 0)
+                found.append(row >= 0)
+                times.append(run.gather("_event_time", at))
+                offsets.append(run.gather("_offset", at))
+                runs.append(np.full(n, i))
+                rows.append(at)
+        has = np.stack(found, axis=1)  # (queries, candidates), each run's latest first
+        pick = np.arange(has.shape[1])[None, :].repeat(n, axis=0)
+        if len(self.runs) > 1:  # order each query's candidates: found, then latest first
+            latest = np.iinfo(np.int64).max
+            time = np.where(has, -np.stack(times, axis=1), latest)
+            offset = np.where(has, -np.stack(offsets, axis=1), latest)
+            pick = np.lexsort((offset, time), axis=1)
+        pick = pick[:, :k]
+        chosen = np.take_along_axis(has, pick, axis=1)
+        counts = chosen.sum(axis=1)
+        run_of = np.take_along_axis(np.stack(runs, axis=1), pick, axis=1)[chosen]
+        row_of = np.take_along_axis(np.stack(rows, axis=1), pick, axis=1)[chosen]
+        value = self.runs[0].gather(field, np.where(run_of == 0, row_of, 0))
+        for i in range(1, len(self.runs)):  # each run read at its own rows only
+            theirs = self.runs[i].gather(field, np.where(run_of == i, row_of, 0))
+            value = _choose(run_of == i, theirs, value)
+        ends = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(counts, out=ends[1:])
+        items = value if isinstance(value, pa.Array) else pa.array(value)
+        return q.put_back(pa.ListArray.from_arrays(pa.array(ends), items))
 
     def _total(self, q: _Queries, column: FeatureColumn) -> pa.Array:
         count = np.zeros(len(q.times), dtype=np.int64)

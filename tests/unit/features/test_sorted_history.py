@@ -79,6 +79,10 @@ def _features(stream: Stream) -> list[Feature]:
                 where=col("n") != 2, owner="t", description="d"),
         Feature("mn", entity=user, stream=stream, aggregation=agg.mean("n"), windows=windows,
                 owner="t", description="d"),
+        Feature("l3x", entity=user, stream=stream, aggregation=agg.last_k("x", 3),
+                windows=windows, owner="t", description="d"),
+        Feature("l2note", entity=user, stream=stream, aggregation=agg.last_k("note", 2),
+                windows=["2d"], where=col("k") > 200, owner="t", description="d"),
         # a reduction over the rows between the bounds
         Feature("mxk", entity=user, stream=stream, aggregation=agg.max("k"), windows=["2d"],
                 owner="t", description="d"),
@@ -197,7 +201,7 @@ def test_the_copy_and_the_rows_archived_since_answer_as_the_join(
     got, want = s.values(SortedView.open(s.con, s.store, s.stream, None))
     _same(got, want)
     # with the view, only what prefix sums cannot answer is joined; without it, all of it
-    assert joins[0] == ["mnote_2d"] and len(joins[1]) == 31
+    assert joins[0] == ["mnote_2d"] and len(joins[1]) == 35
     assert sum(v is not None for v in got["lx_2d"].to_pylist()) > 100  # not all null
 
     s.append(1, 600)  # archived after the copy was written: searched in memory
