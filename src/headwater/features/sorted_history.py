@@ -81,10 +81,6 @@ class SortedRun:
         return self.table["_event_time"].to_numpy()
 
     @cached_property
-    def offsets(self) -> np.ndarray:
-        return self.table["_offset"].to_numpy()
-
-    @cached_property
     def keys(self) -> pa.Table:
         """The distinct keys (tuples of the key fields) in rank order."""
         if not self.table.num_rows:

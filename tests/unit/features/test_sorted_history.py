@@ -298,7 +298,7 @@ def test_searches_find_the_latest_event_before_each_time(spread):
     rank = run.ranks(pa.table({"uid": query_keys}))
     ends, firsts = run.ends(rank, query_times), run.ends(rank, None)
     rows = np.where(ends > firsts, ends - 1, -1)  # the row before the end, if the key's
-    offsets = [int(run.offsets[r]) if r >= 0 else -1 for r in rows]
+    offsets = [int(run.table["_offset"][int(r)].as_py()) if r >= 0 else -1 for r in rows]
     assert offsets == _brute_last(keys, times, query_keys, query_times)
 
 
