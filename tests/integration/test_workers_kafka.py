@@ -194,8 +194,11 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_state_is_exact(
             assert killed.process.wait(5) == -signal.SIGKILL
             at_kill, killed_at = processed(), time.monotonic() - began
             left = {n: p.log.end_offset(stream, n) - done for n, done in enumerate(progress())}
-            # every partition had events left, so the killed worker was mid-way through its own
-            assert all(left.values()), f"events left per partition at the kill: {left}"
+            # each worker owns two partitions: with at most one partition done, the killed
+            # worker was mid-way through at least one of its own (all four having events left
+            # was asked before, and one partition with few keys could finish first under load)
+            finished = [n for n, count in left.items() if count == 0]
+            assert len(finished) <= 1, f"events left per partition at the kill: {left}"
 
             assert p.ingest(stream, _events(2000, rnd, now)).accepted == 2000
             _wait("the survivor catches up", lambda: behind() == 0, 40, workers)
