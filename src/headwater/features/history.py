@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+import duckdb
 import orjson
 import pyarrow as pa
 
@@ -18,6 +20,7 @@ ARROW_TYPES = {
     DType.BOOL: pa.bool_(),
     DType.TIMESTAMP: pa.int64(),  # microseconds since the epoch, UTC, as in the log
 }
+_LOGGER = logging.getLogger("headwater.features.history")
 META_COLUMNS = ("_offset", "_event_id", "_event_time", "_ingest_time", "_partition")
 
 
@@ -101,5 +104,13 @@ class Archiver:
         if self._sorted_history:
             from headwater.features.sorted_history import refresh  # it imports this module
 
-            refresh(self._offline, stream, committed)
+            try:
+                refresh(self._offline, stream, committed)
+            except (duckdb.Error, pa.ArrowException, OSError) as exc:
+                # the copy only makes training sets faster: archiving must not fail with it
+                _LOGGER.warning(
+                    "stream %r: sorting its history failed (%s); training sets use the join",
+                    stream.name,
+                    exc,
+                )
         return added

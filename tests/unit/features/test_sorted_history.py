@@ -6,6 +6,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -15,7 +16,7 @@ from headwater.definitions.windows import DAY, HOUR, MINUTE
 from headwater.features import batch, sorted_history, sorted_view
 from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog
-from headwater.features.history import history_schema
+from headwater.features.history import Archiver, history_schema
 from headwater.features.offline import TrainingSets
 from headwater.features.sorted_history import (
     REBUILD_SHARE,
@@ -24,6 +25,8 @@ from headwater.features.sorted_history import (
     sort_rows,
 )
 from headwater.features.sorted_view import SortedView
+from headwater.log.base import NewRecord
+from headwater.log.embedded import EmbeddedLog
 from headwater.stores.offline_parquet import ParquetOfflineStore
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
@@ -450,3 +453,19 @@ def test_streams_with_several_keys_have_a_copy_keyed_by_all_of_them(project_fact
                 assert (run.ranks(rows) >= 0).tolist() == [True, False, False]
     assert answers[0].to_pylist() == answers[1].to_pylist()
     assert sum(v is not None for v in answers[0]["last_secs_1d"].to_pylist()) > 50
+
+
+def test_archiving_goes_on_when_sorting_fails(tmp_path, monkeypatch, caplog):
+    stream = _stream("int")
+    log = EmbeddedLog(tmp_path / "log.db")
+    store = ParquetOfflineStore(tmp_path / "offline")
+    payloads = [orjson.dumps({"uid": i % 3, "x": 1.0, "k": i, "ts": T0 + i}) for i in range(20)]
+    log.append("stats", [NewRecord(f"e{i}", T0 + i, p) for i, p in enumerate(payloads)], T0)
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sorted_history, "refresh", broken)
+    assert Archiver(log, store).catch_up(stream) == 20  # archived all the same
+    assert "sorting its history failed (disk full)" in caplog.text
+    assert store.committed("stats") == 20
