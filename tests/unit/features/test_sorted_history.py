@@ -13,7 +13,7 @@ import pytest
 from headwater import Entity, Feature, Project, Stream, agg, col
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY, HOUR, MINUTE
-from headwater.features import batch, sorted_history, sorted_view
+from headwater.features import batch, sorted_history, sorted_queries
 from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog
 from headwater.features.history import Archiver, history_schema
@@ -398,7 +398,7 @@ def test_min_and_max_over_too_many_rows_are_left_to_the_join(tmp_path, monkeypat
     extremes = [c for c in s.columns if c.aggregation.kind in ("min", "max")]
     numeric = sorted(c.name for c in extremes if c.feature.name != "mnote")  # not strings
     assert sorted(view.values(s.con, extremes, spine, times)) == numeric
-    monkeypatch.setattr(sorted_view, "SCAN_BUDGET", 0)
+    monkeypatch.setattr(sorted_queries, "SCAN_BUDGET", 0)
     assert view.values(s.con, extremes, spine, times) == {}
     got, want = s.values(view)
     _same(got, want)
