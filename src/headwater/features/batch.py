@@ -155,7 +155,7 @@ def feature_set_values(
             name = starts.setdefault((c.window_us, c.hop_us), f"_start{len(starts)}")
             spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
     got: dict[str, pa.ChunkedArray | pa.Array] = {}
-    if view is not None and keys == plan.stream.keys:
+    if view is not None:  # sorted by the entity's keys
         viewed = [
             c
             for c in columns

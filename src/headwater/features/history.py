@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import duckdb
 import orjson
@@ -68,8 +68,9 @@ class Archiver:
 
     The store commits the files of a batch together with its end offset, so a crash at any
     point leaves either the old or the new history, and the next run resumes from the marker.
-    With ``sorted_history``, each run then keeps the stream's sorted copy current enough
-    (``features.sorted_history.refresh``).
+    With ``sorted_history``, each run then keeps the stream's sorted copies current enough
+    (``features.sorted_history.refresh``): one per key tuple in ``sorted_by`` (stream name ->
+    the key tuples its features' entities have), or, without it, one by the stream's keys.
     """
 
     def __init__(
@@ -78,9 +79,10 @@ class Archiver:
         offline: OfflineStore,
         batch_size: int = 250_000,
         sorted_history: bool = True,
+        sorted_by: Mapping[str, Sequence[tuple[str, ...]]] | None = None,
     ) -> None:
         self._log, self._offline, self._batch = log, offline, batch_size
-        self._sorted_history = sorted_history
+        self._sorted_history, self._sorted_by = sorted_history, sorted_by
 
     def catch_up(self, stream: Stream, progress: Callable[[int], None] | None = None) -> int:
         """Archive everything the log holds for the stream now; returns the records added.
@@ -104,8 +106,10 @@ class Archiver:
         if self._sorted_history:
             from headwater.features.sorted_history import refresh  # it imports this module
 
+            by = [stream.keys] if self._sorted_by is None else self._sorted_by.get(stream.name, [])
             try:
-                refresh(self._offline, stream, committed)
+                for keys in by:
+                    refresh(self._offline, stream, committed, keys)
             except (duckdb.Error, pa.ArrowException, OSError) as exc:
                 # the copy only makes training sets faster: archiving must not fail with it
                 _LOGGER.warning(

@@ -66,7 +66,7 @@ class DuckDBFeatureValues:
     ) -> pa.Table:
         view = None
         if self.sorted_history:
-            view = SortedView.open(self.con, self.offline, plan.stream, snapshot)
+            view = SortedView.open(self.con, self.offline, plan.stream, snapshot, plan.entity.keys)
         return feature_set_values(self.con, plan, columns, spine_keys, times, files, snapshot, view)
 
 

@@ -37,7 +37,7 @@ REBUILD_SHARE = 4
 # A rebuild holds DuckDB's sorted result and one contiguous copy of it: 2.3 GB at its peak for
 # a 1.0 GB copy of 10M rows. It is skipped where that would take more than half the memory.
 BUILD_BYTES_PER_BYTE = 2.5
-_TOO_LARGE: set[str] = set()
+_TOO_LARGE: set[tuple[str, str]] = set()
 _LOGGER = logging.getLogger("headwater.features.sorted_history")
 _LIMIT = 1 << 62  # keys x time slots must fit an int64 with room to spare
 _ORDER = [(c, "ascending") for c in ("_event_time", "_offset", "_partition")]
@@ -200,13 +200,22 @@ def sort_rows(
     return SortedRun(table, tuple(keys), origin, unit, span, dict(covered))
 
 
-def _usable(about: Mapping[str, Any] | None, stream: Stream) -> bool:
+def copy_name(keys: Sequence[str]) -> str:
+    """The name of the copy sorted by ``keys`` ("+" cannot be in a field's name).
+
+    >>> copy_name(["user_id"]), copy_name(["user_id", "item_id"])
+    ('user_id', 'user_id+item_id')
+    """
+    return "+".join(keys)
+
+
+def _usable(about: Mapping[str, Any] | None, stream: Stream, keys: Sequence[str]) -> bool:
     """Whether a copy described by ``about`` was made by this code for the stream's fields
     (after they change, the next archive run rebuilds it)."""
     return (
         about is not None
         and about.get("format") == FORMAT
-        and about.get("keys") == list(stream.keys)
+        and about.get("keys") == list(keys)
         and about.get("fields") == fingerprint(stream)
     )
 
@@ -215,15 +224,19 @@ def _covered(about: Mapping[str, Any]) -> dict[int, int]:
     return {int(p): int(end) for p, end in about["covered"].items()}
 
 
-def read_run(offline: OfflineStore, stream: Stream) -> SortedRun | None:
-    """The stream's sorted copy, or None if it has none it can use."""
-    got = offline.read_sorted(stream.name)
-    if got is None or not _usable(got[1], stream):
+def read_run(
+    offline: OfflineStore, stream: Stream, keys: Sequence[str] | None = None
+) -> SortedRun | None:
+    """The stream's copy sorted by ``keys`` (by default its own), or None if it has none it
+    can use."""
+    keys = tuple(stream.keys if keys is None else keys)
+    got = offline.read_sorted(stream.name, copy_name(keys))
+    if got is None or not _usable(got[1], stream, keys):
         return None
     table, about = got
     return SortedRun(
         table,
-        stream.keys,
+        keys,
         int(about["origin"]),
         int(about["unit"]),
         int(about["span"]),
@@ -237,12 +250,13 @@ def read_rows(
     stream: Stream,
     since: Mapping[int, int],
     until: Mapping[int, int] | None,
-    ordered: bool = False,
+    order_by: Sequence[str] | None = None,
 ) -> pa.Table:
     """The history rows of offsets at or past ``since`` and below ``until`` (per log
     partition; an absent partition's ``since`` is 0, its ``until`` 0 too, so none of its
-    rows), with the columns a run holds; ``ordered``: in a run's order (DuckDB sorts on
-    every core: 10M rows in 2.9 s here, where reading them and sorting in Arrow took 9.5)."""
+    rows), with the columns a run holds; ``order_by`` key fields: in the order of a run
+    sorted by them (DuckDB sorts on every core: 10M rows in 2.9 s here, where reading them
+    and sorting in Arrow took 9.5)."""
     files = offline.files(stream.name, since=since)
     schema = pa.schema(
         [pa.field(c, pa.int64()) for c in ("_event_time", "_offset")]
@@ -268,8 +282,8 @@ def read_rows(
     sql = f"""SELECT {columns}, CAST(coalesce(_partition, 0) AS INTEGER) AS _partition
 FROM {source}
 WHERE {" AND ".join(conditions)}"""
-    if ordered:
-        keys = ", ".join(sql_name(k) for k in stream.keys)
+    if order_by is not None:
+        keys = ", ".join(sql_name(k) for k in order_by)
         sql += f"\nORDER BY {keys}, _event_time, _offset, _partition"
     rows = con.sql(sql, params={"files": files}).to_arrow_table()
     return rows.select(schema.names).cast(schema)
@@ -281,15 +295,22 @@ def named_offsets(stream: Stream, offsets: Mapping[int, int]) -> dict[str, int]:
 
 
 def refresh(
-    offline: OfflineStore, stream: Stream, committed: Mapping[int, int], force: bool = False
+    offline: OfflineStore,
+    stream: Stream,
+    committed: Mapping[int, int],
+    keys: Sequence[str] | None = None,
+    force: bool = False,
 ) -> bool:
-    """Rewrite the stream's sorted copy from its whole history if the rows archived since it
-    was written reach ``1 / REBUILD_SHARE`` of its rows (or ``force``); returns whether it did.
+    """Rewrite the stream's copy sorted by ``keys`` (by default its own) from its whole
+    history if the rows archived since it was written reach ``1 / REBUILD_SHARE`` of its
+    rows (or ``force``); returns whether it did.
 
     ``committed`` holds each log partition's archived end offset, read before the files are
     listed, so the copy covers exactly the rows below them."""
-    about = offline.sorted_about(stream.name)  # the pointer only: the copy may be large
-    usable = _usable(about, stream)
+    keys = tuple(stream.keys if keys is None else keys)
+    name = copy_name(keys)
+    about = offline.sorted_about(stream.name, name)  # the pointer only: the copy may be large
+    usable = _usable(about, stream, keys)
     covered = _covered(about) if about is not None and usable else {}
     rows = int(about["rows"]) if about is not None and usable else 0
     behind = sum(max(end - covered.get(p, 0), 0) for p, end in committed.items())
@@ -297,8 +318,8 @@ def refresh(
         return False
     needed = BUILD_BYTES_PER_BYTE * (rows + behind) * row_bytes(stream)
     if needed > memory_bytes() // 2:
-        if stream.name not in _TOO_LARGE:  # once per process: archive runs are frequent
-            _TOO_LARGE.add(stream.name)
+        if (stream.name, name) not in _TOO_LARGE:  # once per process: archiving is frequent
+            _TOO_LARGE.add((stream.name, name))
             _LOGGER.warning(
                 "stream %r: not sorting its history (%s rows would need ~%.1f GB, more than "
                 "half of this machine's memory); last features use the join",
@@ -308,14 +329,14 @@ def refresh(
     began = time.perf_counter()
     with duckdb.connect() as con:
         offline.attach(con)
-        table = read_rows(con, offline, stream, {}, committed, ordered=True)
-    fresh = sort_rows(table, stream.keys, committed, presorted=True)
+        table = read_rows(con, offline, stream, {}, committed, order_by=keys)
+    fresh = sort_rows(table, keys, committed, presorted=True)
     if fresh is None:
         return False
-    offline.write_sorted(stream.name, fresh.table, fresh.about(stream))
+    offline.write_sorted(stream.name, name, fresh.table, fresh.about(stream))
     _LOGGER.info(
-        "stream %r: sorted %s rows of history in %.1f s",
-        stream.name, f"{fresh.table.num_rows:,}", time.perf_counter() - began,
+        "stream %r: sorted %s rows of history by %s in %.1f s",
+        stream.name, f"{fresh.table.num_rows:,}", name, time.perf_counter() - began,
     )  # fmt: skip
     return True
 

@@ -50,12 +50,14 @@ class SortedView:
         offline: OfflineStore,
         stream: Stream,
         snapshot: Mapping[str, int] | None,
+        keys: Sequence[str] | None = None,
     ) -> SortedView | None:
-        """None where the stream has no usable copy. A snapshot older than the copy hides
+        """The stream's copy sorted by ``keys`` (by default its own), or None where it has
+        no usable one. A snapshot older than the copy hides
         the copy's rows at or past its offsets (every value is then computed as if they were
         not there: a training set pinned to a snapshot gets the same values whichever copy
         it finds)."""
-        run = read_run(offline, stream)
+        run = read_run(offline, stream, keys)
         if run is None:
             return None
         until = None if snapshot is None else snapshot_offsets(snapshot, stream)
@@ -73,7 +75,7 @@ class SortedView:
                 return None
             runs.append(tail)
             hidden.append(None)  # read up to the snapshot already
-        types = pa.schema([(k, ARROW_TYPES[stream.fields[k].dtype]) for k in stream.keys])
+        types = pa.schema([(k, ARROW_TYPES[stream.fields[k].dtype]) for k in run.keys_])
         return cls(runs, types, hidden)
 
     def _keys(self, keys: pa.Table) -> pa.Table:

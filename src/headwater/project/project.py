@@ -69,7 +69,14 @@ class Project:
         )
         self.processor = Processor(self.log, self.online_store, self.catalog.plans, self.now)
         sorted_history = self.settings.offline.sorted_history
-        self.archiver = Archiver(self.log, self.offline_store, sorted_history=sorted_history)
+        sorted_by: dict[str, list[tuple[str, ...]]] = {}  # the key tuples features read by
+        for plan in self.catalog.plans:
+            tuples = sorted_by.setdefault(plan.stream.name, [])
+            if plan.entity.keys not in tuples:
+                tuples.append(plan.entity.keys)
+        self.archiver = Archiver(
+            self.log, self.offline_store, sorted_history=sorted_history, sorted_by=sorted_by
+        )
         self.online = OnlineFeatures(self.online_store, self.catalog, self.now)
         self.training = TrainingSets(
             self.catalog,

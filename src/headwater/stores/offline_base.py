@@ -39,16 +39,19 @@ class OfflineStore(Protocol):
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...
 
-    def write_sorted(self, stream: str, table: pa.Table, about: Mapping[str, Any]) -> None:
-        """Replace the stream's sorted copy (``features.sorted_history`` makes it); ``about``
-        (JSON) says what it holds. Readers see the old copy or the new one, whole."""
+    def write_sorted(
+        self, stream: str, name: str, table: pa.Table, about: Mapping[str, Any]
+    ) -> None:
+        """Replace the stream's sorted copy ``name`` (``features.sorted_history`` makes them,
+        one per key tuple); ``about`` (JSON) says what it holds. Readers see the old copy or
+        the new one, whole."""
         ...
 
-    def sorted_about(self, stream: str) -> dict[str, Any] | None:
-        """The ``about`` of the stream's sorted copy, without reading the copy; None if none."""
+    def sorted_about(self, stream: str, name: str) -> dict[str, Any] | None:
+        """The ``about`` of a sorted copy, without reading the copy; None if none."""
         ...
 
-    def read_sorted(self, stream: str) -> tuple[pa.Table, dict[str, Any]] | None:
-        """The stream's sorted copy as last written (memory-mapped where the store is a local
-        folder) and its ``about``, or None if there is none."""
+    def read_sorted(self, stream: str, name: str) -> tuple[pa.Table, dict[str, Any]] | None:
+        """A sorted copy as last written (memory-mapped where the store is a local folder)
+        and its ``about``, or None if there is none."""
         ...

@@ -263,32 +263,40 @@ class ParquetOfflineStore:
             live = [p for p in live if p.end > since.get(p.partition, 0)]
         return sorted(self._files.location(part.path) for part in live)
 
-    def write_sorted(self, stream: str, table: pa.Table, about: Mapping[str, Any]) -> None:
-        """Publish the stream's sorted copy, then point readers at it (with ``about``), then
-        remove the one it replaces (a reader that still opens that one finds it gone and does
-        without)."""
+    def write_sorted(
+        self, stream: str, name: str, table: pa.Table, about: Mapping[str, Any]
+    ) -> None:
+        """Publish the stream's sorted copy ``name``, then point readers at it (with
+        ``about``), then remove the one it replaces (a reader that still opens that one finds
+        it gone and does without)."""
         base = self._dir(stream)
-        name = f"sorted-{time.time_ns()}.arrow"
-        self._files.publish_table(f"{base}/_sorted/{name}", table)
-        pointer = json.dumps({"file": name, "about": dict(about)}).encode()
-        self._files.publish(f"{base}/_sorted.json", pointer)
-        for path in self._files.glob(f"{base}/_sorted", "sorted-*.arrow"):
-            if not path.endswith(f"/{name}"):
+        file = f"{name}-{time.time_ns()}.arrow"
+        self._files.publish_table(f"{base}/_sorted/{file}", table)
+        pointer = json.dumps({"file": file, "about": dict(about)}).encode()
+        self._files.publish(f"{base}/_sorted-{name}.json", pointer)
+        for path in self._files.glob(f"{base}/_sorted", f"{name}-*.arrow"):
+            if not path.endswith(f"/{file}"):
                 self._files.remove(path)
+        self._remove_unnamed_copy(base)
 
-    def sorted_about(self, stream: str) -> dict[str, Any] | None:
-        text = self._files.read_text(f"{self._dir(stream)}/_sorted.json")
+    def _remove_unnamed_copy(self, base: str) -> None:
+        """The one copy a stream had before copies were named (by their key fields)."""
+        text = self._files.read_text(f"{base}/_sorted.json")
+        if text is not None:
+            self._files.remove(f"{base}/_sorted/{json.loads(text)['file']}")
+            self._files.remove(f"{base}/_sorted.json")
+
+    def sorted_about(self, stream: str, name: str) -> dict[str, Any] | None:
+        text = self._files.read_text(f"{self._dir(stream)}/_sorted-{name}.json")
         about = None if text is None else json.loads(text).get("about")
         return None if about is None else dict(about)
 
-    def read_sorted(self, stream: str) -> tuple[pa.Table, dict[str, Any]] | None:
+    def read_sorted(self, stream: str, name: str) -> tuple[pa.Table, dict[str, Any]] | None:
         base = self._dir(stream)
-        text = self._files.read_text(f"{base}/_sorted.json")
+        text = self._files.read_text(f"{base}/_sorted-{name}.json")
         if text is None:
             return None
         pointer = json.loads(text)
-        if "about" not in pointer:  # written by an earlier version: rebuilt by the next run
-            return None
         try:
             return self._files.open_table(f"{base}/_sorted/{pointer['file']}"), pointer["about"]
         except FileNotFoundError:  # replaced between the two reads

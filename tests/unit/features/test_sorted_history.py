@@ -315,16 +315,29 @@ def test_an_empty_history_has_an_empty_copy(tmp_path):
 
 
 @pytest.mark.parametrize("root", ["local", "memory://sorted-history-test"])
-def test_stores_publish_and_replace_the_copy(tmp_path, root):
+def test_stores_publish_and_replace_each_copy(tmp_path, root):
     store = ParquetOfflineStore(tmp_path / "offline" if root == "local" else root)
-    assert store.read_sorted("s") is None and store.sorted_about("s") is None
-    store.write_sorted("s", pa.table({"a": [1, 2]}), {"n": 1})
-    store.write_sorted("s", pa.table({"a": [3]}), {"n": 2})
-    table, about = store.read_sorted("s")
+    assert store.read_sorted("s", "k") is None and store.sorted_about("s", "k") is None
+    store.write_sorted("s", "k", pa.table({"a": [1, 2]}), {"n": 1})
+    store.write_sorted("s", "k+j", pa.table({"a": [4]}), {"n": 3})
+    store.write_sorted("s", "k", pa.table({"a": [3]}), {"n": 2})
+    table, about = store.read_sorted("s", "k")
     assert table.to_pydict() == {"a": [3]} and about == {"n": 2}
-    assert store.sorted_about("s") == {"n": 2}
-    if root == "local":
-        assert len(list((tmp_path / "offline" / "stream=s" / "_sorted").iterdir())) == 1
+    assert store.sorted_about("s", "k") == {"n": 2} and store.sorted_about("s", "k+j") == {"n": 3}
+    assert store.read_sorted("s", "k+j")[0].to_pydict() == {"a": [4]}
+    if root == "local":  # one file a copy: the replaced one is gone
+        assert len(list((tmp_path / "offline" / "stream=s" / "_sorted").iterdir())) == 2
+
+
+def test_the_unnamed_copy_of_earlier_versions_is_removed(tmp_path):
+    store = ParquetOfflineStore(tmp_path)
+    folder = tmp_path / "stream=s"
+    (folder / "_sorted").mkdir(parents=True)
+    (folder / "_sorted" / "sorted-1.arrow").write_bytes(b"old")
+    (folder / "_sorted.json").write_text('{"file": "sorted-1.arrow"}')
+    store.write_sorted("s", "k", pa.table({"a": [1]}), {})
+    assert sorted(f.name for f in (folder / "_sorted").iterdir())[0].startswith("k-")
+    assert len(list((folder / "_sorted").iterdir())) == 1 and not (folder / "_sorted.json").exists()
 
 
 PROJECT = """
@@ -355,7 +368,7 @@ def test_projects_keep_a_copy_unless_told_not_to(project_factory, enabled):
         )
         got = p.training_set(spine, ["lx_1d"], output="arrow")
         assert got["lx_1d"].to_pylist() == [21.0, 22.0, 23.0, None]
-        assert (p.offline_store.read_sorted("stats") is not None) == enabled
+        assert (p.offline_store.read_sorted("stats", "uid") is not None) == enabled
 
 
 def test_a_bad_setting_is_refused(project_factory):
@@ -445,7 +458,9 @@ def test_streams_with_several_keys_have_a_copy_keyed_by_all_of_them(project_fact
             p.training = TrainingSets(p.catalog, p.offline_store, p.archiver,
                                       p.definitions.streams, sorted_history=enabled)  # fmt: skip
             answers.append(p.training_set(spine, names, output="arrow"))
-            if enabled:
+            if enabled:  # a copy for each entity's keys
+                users = read_run(p.offline_store, p.definitions.streams["views"], ["uid"])
+                assert users is not None and users.keys.num_rows == 5
                 run = read_run(p.offline_store, p.definitions.streams["views"])
                 assert run is not None and run.keys_ == ("uid", "item")
                 assert run.keys.num_rows == 20  # 5 users x 4 items, all seen
