@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-import duckdb
 import orjson
 import pyarrow as pa
 
@@ -110,11 +109,11 @@ class Archiver:
             try:
                 for keys in by:
                     refresh(self._offline, stream, committed, keys)
-            except (duckdb.Error, pa.ArrowException, OSError) as exc:
-                # the copy only makes training sets faster: archiving must not fail with it
-                _LOGGER.warning(
-                    "stream %r: sorting its history failed (%s); training sets use the join",
+            except Exception:  # noqa: BLE001
+                # the copy only makes training sets faster: whatever goes wrong with it (a
+                # full disk, or a bug), archiving, which everything else waits on, goes on
+                _LOGGER.exception(
+                    "stream %r: sorting its history failed; training sets use the join",
                     stream.name,
-                    exc,
                 )
         return added

@@ -168,6 +168,13 @@ def sort_rows(
     """Sort history rows (the keys, ``_event_time``, ``_offset``, ``_partition`` and fields)
     into a run (``presorted``: they come in that order); None if keys times time slots would
     not fit an int64."""
+    if any(table[k].null_count for k in keys):
+        # an event without one of the keys belongs to no entity of them (the join never
+        # matches a null): entities keyed by a field the stream may leave empty
+        keyed = pc.is_valid(table[keys[0]])
+        for k in keys[1:]:
+            keyed = pc.and_(keyed, pc.is_valid(table[k]))
+        table = table.filter(keyed)
     if not presorted:
         table = table.take(pc.sort_indices(table, [(k, "ascending") for k in keys] + _ORDER))
     rows = table.combine_chunks()  # one chunk per column: readers search them in place
