@@ -506,7 +506,12 @@ def describe(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Summary statistics, null rates and a text histogram of a stream or a feature."""
-    from headwater.features.describe import describe_stream, describe_values, histogram
+    from headwater.features.describe import (
+        describe_copies,
+        describe_stream,
+        describe_values,
+        histogram,
+    )
 
     with _open(project) as p:
         if name in p.definitions.streams:
@@ -515,6 +520,8 @@ def describe(
             frame = describe_stream(stream, p.offline_store)
             console.print(f"stream {name} (owner {stream.owner}): {stream.description}")
             console.print(frame.to_string(index=False))
+            for line in describe_copies(p.offline_store, stream, p.archiver.sorted_keys(stream)):
+                console.print(line)
             return
         values = p.describe_feature(name, sample)
     stats = describe_values(values)

@@ -41,6 +41,7 @@ def test_train_promote_rollback_reproduce_and_describe(tmp_path):
 
     described = run("describe", "visits", "-p", str(folder)).stdout
     assert "device" in described and "null_rate" in described
+    assert "sorted copy by user_id: " in described and " rows (partition 0 below " in described
     assert "#" in run("describe", "visits_7d", "-p", str(folder)).stdout
 
     with Project(folder) as p:

@@ -11,6 +11,7 @@ import pandas as pd
 from headwater.definitions import Stream
 from headwater.definitions.expr import sql_name
 from headwater.features.batch import history_source
+from headwater.features.sorted_history import copy_name
 from headwater.stores.offline_base import OfflineStore
 
 
@@ -47,6 +48,23 @@ def describe_stream(stream: Stream, offline: OfflineStore) -> pd.DataFrame:
     finally:
         con.close()
     return pd.DataFrame(rows)
+
+
+def describe_copies(
+    offline: OfflineStore, stream: Stream, keys: list[tuple[str, ...]]
+) -> list[str]:
+    """A line per sorted copy of the stream's history: its keys, rows and the log offsets it
+    covers (or that the next archive run builds it)."""
+    lines = []
+    for fields in keys:
+        name = copy_name(fields)
+        about = offline.sorted_about(stream.name, name)
+        if about is None:
+            lines.append(f"sorted copy by {name}: none yet (the next archive run builds it)")
+            continue
+        covered = ", ".join(f"partition {p} below {end:,}" for p, end in about["covered"].items())
+        lines.append(f"sorted copy by {name}: {about['rows']:,} rows ({covered})")
+    return lines
 
 
 def histogram(values: pd.Series, bins: int = 10, width: int = 40) -> list[str]:

@@ -83,6 +83,14 @@ class Archiver:
         self._log, self._offline, self._batch = log, offline, batch_size
         self._sorted_history, self._sorted_by = sorted_history, sorted_by
 
+    def sorted_keys(self, stream: Stream) -> list[tuple[str, ...]]:
+        """The key tuples the stream's history is kept sorted by (none with the copies off)."""
+        if not self._sorted_history:
+            return []
+        if self._sorted_by is None:
+            return [tuple(stream.keys)]
+        return [tuple(keys) for keys in self._sorted_by.get(stream.name, [])]
+
     def catch_up(self, stream: Stream, progress: Callable[[int], None] | None = None) -> int:
         """Archive everything the log holds for the stream now; returns the records added.
 
@@ -105,9 +113,8 @@ class Archiver:
         if self._sorted_history:
             from headwater.features.sorted_history import refresh  # it imports this module
 
-            by = [stream.keys] if self._sorted_by is None else self._sorted_by.get(stream.name, [])
             try:
-                for keys in by:
+                for keys in self.sorted_keys(stream):
                     refresh(self._offline, stream, committed, keys)
             except Exception:  # noqa: BLE001
                 # the copy only makes training sets faster: whatever goes wrong with it (a

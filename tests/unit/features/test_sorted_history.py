@@ -16,6 +16,7 @@ from headwater.definitions.windows import DAY, HOUR, MINUTE
 from headwater.features import batch, sorted_history, sorted_queries
 from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog
+from headwater.features.describe import describe_copies
 from headwater.features.history import Archiver, history_schema
 from headwater.features.offline import TrainingSets
 from headwater.features.sorted_history import (
@@ -493,3 +494,16 @@ def test_archiving_goes_on_when_sorting_fails(tmp_path, monkeypatch, caplog):
     assert Archiver(log, store).catch_up(stream) == 20  # archived all the same
     assert "sorting its history failed" in caplog.text and "disk full" in caplog.text
     assert store.committed("stats") == 20
+
+
+def test_describe_says_what_each_copy_holds(tmp_path):
+    s = Setting(tmp_path, "int", True, 10)
+    s.append(0, 120)
+    s.append(1, 30)
+    assert describe_copies(s.store, s.stream, [("uid",)]) == [
+        "sorted copy by uid: none yet (the next archive run builds it)"
+    ]
+    assert refresh(s.store, s.stream, s.ends)
+    assert describe_copies(s.store, s.stream, [("uid",)]) == [
+        "sorted copy by uid: 150 rows (partition 0 below 120, partition 1 below 30)"
+    ]
