@@ -105,13 +105,29 @@ def snapshot_condition(snapshot: Mapping[str, int], stream: str) -> str:
     >>> snapshot_condition({"orders": 7, "orders@p1": 3}, "orders")
     '_offset < CASE coalesce(_partition, 0) WHEN 0 THEN 7 WHEN 1 THEN 3 ELSE 0 END'
     """
+    return offsets_below(snapshot_limits(snapshot, stream))
+
+
+def snapshot_limits(snapshot: Mapping[str, int], stream: str) -> dict[int, int]:
+    """A snapshot's end offsets of one stream, by log partition (partition 0's is 0 where the
+    snapshot has none; other partitions it does not name are absent)."""
     limits = {0: int(snapshot.get(stream, 0))}
     for partition in range(1, len(snapshot) + 1):
         end = snapshot.get(partition_name(stream, partition))
         if end is not None:
             limits[partition] = int(end)
-    if len(limits) == 1:  # a log with one partition: histories archived before it had any
-        return f"_offset < {limits[0]}"
+    return limits
+
+
+def offsets_below(limits: Mapping[int, int]) -> str:
+    """SQL keeping the rows below the end offset of their log partition (0 where ``limits``
+    has none).
+
+    >>> offsets_below({0: 7}), offsets_below({1: 3})
+    ('_offset < 7', '_offset < CASE coalesce(_partition, 0) WHEN 1 THEN 3 ELSE 0 END')
+    """
+    if set(limits) <= {0}:  # a log with one partition: histories archived before it had any
+        return f"_offset < {limits.get(0, 0)}"
     cases = " ".join(f"WHEN {p} THEN {end}" for p, end in sorted(limits.items()))
     return f"_offset < CASE coalesce(_partition, 0) {cases} ELSE 0 END"
 

@@ -24,9 +24,8 @@ import pyarrow.compute as pc
 
 from headwater.definitions import DType, Stream
 from headwater.definitions.expr import sql_name
-from headwater.features.batch import snapshot_condition
+from headwater.features.batch import offsets_below
 from headwater.features.history import ARROW_TYPES
-from headwater.log.base import partition_name
 from headwater.stores.offline_base import OfflineStore
 
 FORMAT = 1
@@ -283,9 +282,9 @@ def read_rows(
         for f in schema
         if f.name != "_partition"
     )
-    conditions = [f"NOT ({snapshot_condition(named_offsets(stream, since), stream.name)})"]
+    conditions = [f"NOT ({offsets_below(since)})"]
     if until is not None:
-        conditions.append(snapshot_condition(named_offsets(stream, until), stream.name))
+        conditions.append(offsets_below(until))
     sql = f"""SELECT {columns}, CAST(coalesce(_partition, 0) AS INTEGER) AS _partition
 FROM {source}
 WHERE {" AND ".join(conditions)}"""
@@ -294,11 +293,6 @@ WHERE {" AND ".join(conditions)}"""
         sql += f"\nORDER BY {keys}, _event_time, _offset, _partition"
     rows = con.sql(sql, params={"files": files}).to_arrow_table()
     return rows.select(schema.names).cast(schema)
-
-
-def named_offsets(stream: Stream, offsets: Mapping[int, int]) -> dict[str, int]:
-    """Offsets by log partition, named as snapshots name them."""
-    return {partition_name(stream.name, p): end for p, end in offsets.items()}
 
 
 def refresh(
@@ -374,14 +368,3 @@ def memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return 1 << 62
-
-
-def snapshot_offsets(snapshot: Mapping[str, int], stream: Stream) -> dict[int, int]:
-    """A snapshot's end offsets of one stream, by log partition (``batch.snapshot_condition``
-    reads them the same way)."""
-    ends = {0: int(snapshot.get(stream.name, 0))}
-    for partition in range(1, len(snapshot) + 1):
-        end = snapshot.get(partition_name(stream.name, partition))
-        if end is not None:
-            ends[partition] = int(end)
-    return ends

@@ -17,14 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.definitions import FeatureColumn, Stream
-from headwater.features.batch import snapshot_condition
+from headwater.features.batch import offsets_below, snapshot_limits
 from headwater.features.history import ARROW_TYPES
 from headwater.features.sorted_history import (
     SortedRun,
-    named_offsets,
     read_rows,
     read_run,
-    snapshot_offsets,
     sort_rows,
 )
 from headwater.features.sorted_queries import Queries
@@ -60,10 +58,10 @@ class SortedView:
         run = read_run(offline, stream, keys)
         if run is None:
             return None
-        until = None if snapshot is None else snapshot_offsets(snapshot, stream)
+        until = None if snapshot is None else snapshot_limits(snapshot, stream.name)
         hidden: list[str | None] = [None]
         if until is not None and any(until.get(p, 0) < end for p, end in run.covered.items()):
-            hidden = [f"({snapshot_condition(named_offsets(stream, until), stream.name)})"]
+            hidden = [f"({offsets_below(until)})"]
         since = {p: end for p, end in run.covered.items() if end > 0}
         runs = [run]
         rows = read_rows(con, offline, stream, since, until)
