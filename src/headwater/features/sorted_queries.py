@@ -56,12 +56,13 @@ class Queries:
         self._ends: dict[tuple[int, object], np.ndarray] = {}
         self._counted: dict[tuple[int, str], np.ndarray | None] = {}
         self._kept: dict[tuple[int, str], Kept | None] = {}
-        self._prefixes: dict[tuple[int, str], tuple[np.ndarray, np.ndarray | None]] = {}
-        self._prefix_at: dict[tuple[int, str, object], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._counts: dict[tuple[int, str], np.ndarray] = {}
+        self._count_at: dict[tuple[int, str, object], np.ndarray] = {}
+        self._sums: dict[tuple[int, str], np.ndarray] = {}
+        self._sum_at: dict[tuple[int, str, object], np.ndarray] = {}
+        self._inverse: pa.Array | None = None
         self._found: dict[int, np.ndarray] = {}  # by the id of a pick's (cached) best_run
-        self._picks: dict[
-            tuple[bool, object, tuple[int, ...]], tuple[np.ndarray, list[np.ndarray]]
-        ] = {}
+        self._picks: dict[tuple[bool, object, tuple[int, ...]], Pick] = {}
 
     @staticmethod
     def start(column: FeatureColumn) -> object:
@@ -106,22 +107,35 @@ class Queries:
             self._kept[key] = None if counted is None else Kept(counted)
         return self._kept[key]
 
-    def prefix_at(
-        self, i: int, column: FeatureColumn, bound: object
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Run i's prefix sums for the column at a bound (shared by the columns that count
-        the same events: a 1h and a 30d window share the one at t)."""
-        agg = column.aggregation
-        field = agg.field if agg.kind != "count" else None
+    def count_at(
+        self, i: int, field: str | None, column: FeatureColumn, bound: object
+    ) -> np.ndarray:
+        """How many of run i's rows before a bound ``counted`` keeps (a prefix sum, shared by
+        the columns counting the same events: a 1h and a 30d window share the one at t)."""
         spec = repr((field, where_spec(column)))
-        if (i, spec) not in self._prefixes:
+        if (i, spec) not in self._counts:
             counted = self.counted(i, field, column)
-            self._prefixes[(i, spec)] = prefix_sums(self.runs[i], field, counted)
-        if (i, spec, bound) not in self._prefix_at:
-            counts, sums = self._prefixes[(i, spec)]
-            at = self.end(i, bound)
-            self._prefix_at[(i, spec, bound)] = (counts[at], None if sums is None else sums[at])
-        return self._prefix_at[(i, spec, bound)]
+            rows = self.runs[i].table.num_rows
+            self._counts[(i, spec)] = (
+                np.arange(rows + 1, dtype=np.int64) if counted is None else prefix_sum(counted)
+            )
+        if (i, spec, bound) not in self._count_at:
+            self._count_at[(i, spec, bound)] = self._counts[(i, spec)][self.end(i, bound)]
+        return self._count_at[(i, spec, bound)]
+
+    def sum_at(self, i: int, column: FeatureColumn, bound: object) -> np.ndarray:
+        """The sum of the column's field over run i's kept rows before a bound (a prefix
+        sum: int64, a difference exact even past a wrap; floats in ``np.longdouble``)."""
+        field = column.aggregation.field or ""
+        spec = repr((field, where_spec(column)))
+        if (i, spec) not in self._sums:
+            values = self.runs[i].table[field].fill_null(0).to_numpy()
+            counted = self.counted(i, field, column)
+            kept = values if counted is None else np.where(counted, values, 0)
+            self._sums[(i, spec)] = prefix_sum(kept, np.int64 if kept.dtype.kind == "i" else None)
+        if (i, spec, bound) not in self._sum_at:
+            self._sum_at[(i, spec, bound)] = self._sums[(i, spec)][self.end(i, bound)]
+        return self._sum_at[(i, spec, bound)]
 
     def pick(self, column: FeatureColumn) -> Pick:
         """For a ``last`` (``first``) column, which run holds each query's latest (earliest)
@@ -196,17 +210,19 @@ class Queries:
         bounds[0::2], bounds[1::2] = lo, hi
         reduce = np.minimum.reduceat if smallest else np.maximum.reduceat
         value = reduce(padded, bounds)[0::2]  # [lo, hi) reduced; lo == hi gives padded[lo]
-        counts = np.zeros(len(values) + 1, dtype=np.int64)
-        counts[1:] = True if counted is None else counted
-        np.cumsum(counts, out=counts)
-        return value, counts[hi] > counts[lo]
+        kept = self.count_at(i, field, column, "t") > self.count_at(
+            i, field, column, self.start(column)
+        )
+        return value, kept
 
     def put_back(self, values: np.ndarray | pa.Array) -> np.ndarray | pa.Array:
         """Values computed in query order put back in spine order."""
         if isinstance(values, pa.Array):
-            inverse = np.empty(len(self.order), dtype=np.int64)
-            inverse[self.order] = np.arange(len(self.order))
-            return values.take(pa.array(inverse))
+            if self._inverse is None:
+                inverse = np.empty(len(self.order), dtype=np.int64)
+                inverse[self.order] = np.arange(len(self.order))
+                self._inverse = pa.array(inverse)
+            return values.take(self._inverse)
         out = np.empty_like(values)
         out[self.order] = values
         return out
@@ -232,21 +248,10 @@ def evaluate(
         con.unregister("_run")
 
 
-def prefix_sums(
-    run: SortedRun, field: str | None, counted: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Prefix sums over the run's rows (one more than rows, from 0) of the events counted,
-    and, with a field, of its values (int64: a difference is exact even past a wrap; floats
-    in ``np.longdouble``)."""
-    n = run.table.num_rows
-    counts = np.zeros(n + 1, dtype=np.int64)
-    counts[1:] = True if counted is None else counted
-    np.cumsum(counts, out=counts)
-    if field is None:
-        return counts, None
-    values = run.table[field].fill_null(0).to_numpy()
-    exact = values.dtype.kind == "i"
-    sums = np.zeros(n + 1, dtype=np.int64 if exact else np.longdouble)
-    sums[1:] = values if counted is None else np.where(counted, values, 0)
+def prefix_sum(values: np.ndarray, dtype: type | None = np.int64) -> np.ndarray:
+    """0, then the running sum of ``values`` (one more than values), in ``dtype``
+    (``np.longdouble`` where None)."""
+    sums: np.ndarray = np.zeros(len(values) + 1, dtype=np.longdouble if dtype is None else dtype)
+    sums[1:] = values
     np.cumsum(sums, out=sums)
-    return counts, sums
+    return sums

@@ -193,14 +193,15 @@ class SortedView:
         return q.put_back(pa.ListArray.from_arrays(pa.array(ends), items))
 
     def _total(self, q: Queries, column: FeatureColumn) -> pa.Array:
+        agg, start = column.aggregation, q.start(column)
+        field = None if agg.kind == "count" else agg.field  # a count counts events
         count = np.zeros(len(q.times), dtype=np.int64)
         total: np.ndarray | None = None
         for i in range(len(self.runs)):
-            count_lo, sum_lo = q.prefix_at(i, column, q.start(column))
-            count_hi, sum_hi = q.prefix_at(i, column, "t")
-            count += count_hi - count_lo
-            if sum_hi is not None and sum_lo is not None:
-                total = sum_hi - sum_lo if total is None else total + (sum_hi - sum_lo)
+            count += q.count_at(i, field, column, "t") - q.count_at(i, field, column, start)
+            if field is not None:
+                part = q.sum_at(i, column, "t") - q.sum_at(i, column, start)
+                total = part if total is None else total + part
         return _finish(column, count, total, q)
 
 
