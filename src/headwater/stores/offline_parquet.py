@@ -14,7 +14,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -69,10 +69,15 @@ class _LocalFiles:
         return Path(path).stat().st_mtime
 
     def publish(self, path: str, data: bytes) -> None:
+        self._publish(path, lambda tmp: tmp.write_bytes(data))
+
+    @staticmethod
+    def _publish(path: str, write: Callable[[Path], object]) -> None:
+        """``write`` a temporary file beside ``path``, fsync it, rename it into place."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
+        write(tmp)
         _fsync(tmp)
         os.replace(tmp, target)
 
@@ -90,13 +95,11 @@ class _LocalFiles:
         return None  # DuckDB reads local paths itself
 
     def publish_table(self, path: str, table: pa.Table) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        _fsync(tmp)
-        os.replace(tmp, target)
+        def write(tmp: Path) -> None:  # streamed to the file: no second copy in memory
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+                out.write_table(table)
+
+        self._publish(path, write)
 
     def open_table(self, path: str) -> pa.Table:
         # uncompressed and memory-mapped: a reader pages in only the columns it touches
