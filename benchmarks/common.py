@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +65,20 @@ def spine_table(n: int, users: int, days: int, seed: int = 2) -> pa.Table:
             ),
         }
     )
+
+
+def archive_and_sort(project: Any, stream_name: str) -> tuple[float, float]:
+    """Seconds to archive a stream's log to Parquet, then to sort it into the sorted copy:
+    the two steps of the archiver's ``catch_up``, timed apart (set-up figures)."""
+    from headwater.features.history import Archiver
+    from headwater.features.sorted_history import refresh
+
+    stream = project.definitions.streams[stream_name]
+    start = time.perf_counter()
+    Archiver(project.log, project.offline_store, sorted_history=False).catch_up(stream)
+    archived = time.perf_counter()
+    refresh(project.offline_store, stream, {0: project.offline_store.committed(stream_name)})
+    return archived - start, time.perf_counter() - archived
 
 
 def add_runs_argument(parser: argparse.ArgumentParser) -> None:

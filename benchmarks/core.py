@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     END_US,
     Figures,
     add_runs_argument,
+    archive_and_sort,
     events_table,
     fresh_dir,
     load,
@@ -38,9 +39,7 @@ from common import (  # noqa: E402
 
 from headwater import Project  # noqa: E402
 from headwater.definitions.types import from_micros  # noqa: E402
-from headwater.features.history import Archiver  # noqa: E402
 from headwater.features.offline import TrainingSets  # noqa: E402
-from headwater.features.sorted_history import refresh  # noqa: E402
 
 DEFINITIONS = """
 from headwater import Entity, Feature, Stream, agg, col
@@ -133,13 +132,7 @@ def prepare_training_set(args: argparse.Namespace) -> tuple[Path, pa.Table, list
         for i in range(0, table.num_rows, 500_000):
             p.ingest("purchases", rows_of(table.slice(i, 500_000), f"t{i}-"))
         ingest_s = time.perf_counter() - start
-        stream = p.definitions.streams["purchases"]
-        start = time.perf_counter()
-        Archiver(p.log, p.offline_store, sorted_history=False).catch_up(stream)
-        archive_s = time.perf_counter() - start
-        start = time.perf_counter()  # what catch_up does next, timed on its own
-        refresh(p.offline_store, stream, {0: p.offline_store.committed("purchases")})
-        sort_s = time.perf_counter() - start
+        archive_s, sort_s = archive_and_sort(p, "purchases")
     notes = [
         f"training-set data (set-up, once): ingest through the log {ingest_s:.1f}s, "
         f"archive log to Parquet {archive_s:.1f}s, sort into the sorted copy {sort_s:.1f}s"

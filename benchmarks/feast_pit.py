@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, Figures, add_runs_argument, fresh_dir  # noqa: E402
+from common import WORK, Figures, add_runs_argument, archive_and_sort, fresh_dir  # noqa: E402
 
 SIZES = {"S": (1_000_000, 10_000, 100_000), "L": (10_000_000, 100_000, 1_000_000)}
 FLOATS = [f"f{i}" for i in range(6)]
@@ -204,8 +204,6 @@ def run_json(cmd: list[str], cap_mb: float | None = None, timeout_s: float | Non
 def load_headwater(folder: Path, features: Path) -> dict[str, float]:
     from headwater import Project
     from headwater.definitions.types import to_micros
-    from headwater.features.history import Archiver
-    from headwater.features.sorted_history import refresh
 
     names = FLOATS + INTS
     fields = " ".join(f'"{n}": "{"float" if n.startswith("f") else "int"}",' for n in names)
@@ -222,13 +220,7 @@ def load_headwater(folder: Path, features: Path) -> dict[str, float]:
         for batch in pq.ParquetFile(features).iter_batches(batch_size=200_000):
             p.ingest("stats", pa.Table.from_batches([batch]))
         timings["ingest"] = time.perf_counter() - start
-        stream = p.definitions.streams["stats"]
-        start = time.perf_counter()
-        Archiver(p.log, p.offline_store, sorted_history=False).catch_up(stream)
-        timings["archive"] = time.perf_counter() - start
-        start = time.perf_counter()  # what catch_up does next, timed on its own
-        refresh(p.offline_store, stream, {0: p.offline_store.committed("stats")})
-        timings["sort"] = time.perf_counter() - start
+        timings["archive"], timings["sort"] = archive_and_sort(p, "stats")
     copy = folder / ".headwater" / "offline" / "stream=stats" / "_sorted"
     timings["sorted_mb"] = sum(f.stat().st_size for f in copy.iterdir()) / 1e6
     return timings
