@@ -39,7 +39,7 @@ from common import (  # noqa: E402
 
 from headwater import Project  # noqa: E402
 from headwater.definitions.types import from_micros  # noqa: E402
-from headwater.features.offline import TrainingSets  # noqa: E402
+from headwater.training.sets import TrainingSets  # noqa: E402
 
 DEFINITIONS = """
 from headwater import Entity, Feature, Stream, agg, col

@@ -117,7 +117,7 @@ def peak_mb():
 folder, spine_path, out, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 project = Project(folder)
 if sys.argv[5] == "join":  # without the sorted copy of the history: the ASOF join alone
-    from headwater.features.offline import TrainingSets
+    from headwater.training.sets import TrainingSets
 
     project.training = TrainingSets(
         project.catalog, project.offline_store, project.archiver, project.definitions.streams,

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from headwater.definitions import HeadwaterError
+from headwater.errors import HeadwaterError
 
 app = typer.Typer(
     add_completion=False,
@@ -104,7 +104,7 @@ def ingest(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Validate and append the events of a file; rejected ones go to the dead-letter stream."""
-    from headwater.files import count_events, file_format, read_batches
+    from headwater.ingestion.files import count_events, file_format, read_batches
 
     fmt = file_format(file, fmt)
     accepted = duplicates = rejected = 0
@@ -233,8 +233,8 @@ def serve(
 
     import uvicorn
 
-    from headwater.serving import logs
-    from headwater.serving.app import create_app
+    from headwater.serving import log_format as logs
+    from headwater.serving.http.app import create_app
 
     logs.configure(logging.INFO if log_predictions else logging.WARNING)
     p = _open(project)
@@ -506,7 +506,7 @@ def describe(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Summary statistics, null rates and a text histogram of a stream or a feature."""
-    from headwater.features.describe import (
+    from headwater.history.describe import (
         describe_copies,
         describe_stream,
         describe_values,
@@ -587,7 +587,7 @@ def score(
     import pyarrow.parquet as pq
 
     from headwater.definitions.types import from_micros
-    from headwater.serving.batch import score_entities, write_scores
+    from headwater.serving.batch_scoring import score_entities, write_scores
 
     at_us = None if at is None else _time_option(at, "--at")
     with _open(project) as p:
@@ -633,7 +633,7 @@ def monitor(
     from headwater.definitions.types import from_micros
     from headwater.monitoring.ledger import DAY_US, Ledger
     from headwater.monitoring.monitor import Monitor
-    from headwater.serving import logs
+    from headwater.serving import log_format as logs
 
     logs.configure(logging.WARNING)
     alert_log = logging.getLogger("headwater.monitor")

@@ -15,9 +15,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from headwater.definitions import HeadwaterError
 from headwater.definitions.source import redact_url
 from headwater.definitions.types import from_micros
+from headwater.errors import HeadwaterError
 from headwater.log.base import DEAD_LETTER_STREAM
 from headwater.project.project import Project, system_clock
 
@@ -304,7 +304,7 @@ def serve_predictions(project: Project, users: list[str], console: Console) -> N
     import httpx
     import uvicorn
 
-    from headwater.serving.app import create_app
+    from headwater.serving.http.app import create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

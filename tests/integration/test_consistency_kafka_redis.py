@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headwater.log.kafka import KafkaLog, KafkaSettings
-from headwater.stores.online_redis import RedisOnlineStore
+from headwater.stores.online.redis import RedisOnlineStore
 from tests.kafka_broker import TansuBroker
 from tests.unit.features.test_consistency import (
     DAY,

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from headwater import Project
-from headwater.serving.app import create_app
+from headwater.serving.http.app import create_app
 from tests.conftest import SMALL_DEFINITIONS, write_project
 from tests.kafka_broker import TansuBroker
 

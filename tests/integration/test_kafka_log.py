@@ -18,16 +18,16 @@ import pytest
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import MINUTE
 from headwater.features.catalog import FeatureCatalog
-from headwater.features.history import Archiver
-from headwater.features.offline import TrainingSets
-from headwater.features.online import OnlineFeatures
-from headwater.features.processor import Processor
+from headwater.history.archiver import Archiver
 from headwater.ingestion.service import Ingestor
 from headwater.log.base import Log, LogError, NewRecord, partition_name
 from headwater.log.embedded import EmbeddedLog
 from headwater.log.kafka import KafkaLog, KafkaSettings
-from headwater.stores.offline_parquet import ParquetOfflineStore
-from headwater.stores.online_sqlite import SqliteOnlineStore
+from headwater.stores.offline.parquet import ParquetOfflineStore
+from headwater.stores.online.sqlite import SqliteOnlineStore
+from headwater.streaming.online import OnlineFeatures
+from headwater.streaming.processor import Processor
+from headwater.training.sets import TrainingSets
 from tests import oracle
 from tests.kafka_broker import TansuBroker
 from tests.unit.features.test_consistency import DERIVED, FEATURES, NAMES, SPAN, T0, stream

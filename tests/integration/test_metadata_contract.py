@@ -20,14 +20,14 @@ from psycopg import sql
 
 from headwater import Project
 from headwater.project.planning import apply_plan, make_plan
-from headwater.stores import metadata_postgres
-from headwater.stores.metadata_base import MetadataStore, RegisteredDefinition
-from headwater.stores.metadata_postgres import (
+from headwater.stores.metadata import postgres as metadata_postgres
+from headwater.stores.metadata.base import MetadataStore, RegisteredDefinition
+from headwater.stores.metadata.postgres import (
     MIGRATIONS,
     MetadataSchemaError,
     PostgresMetadataStore,
 )
-from headwater.stores.metadata_sqlite import SqliteMetadataStore
+from headwater.stores.metadata.sqlite import SqliteMetadataStore
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 
 from headwater import Project
-from headwater.definitions import HeadwaterError
-from headwater.training import artifacts
-from headwater.training.mlflow_mirror import mirror
+from headwater.errors import HeadwaterError
+from headwater.registry import artifacts
+from headwater.registry.mlflow_mirror import mirror
 from tests.conftest import write_project
 
 pytestmark = pytest.mark.filterwarnings(

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 
 from headwater import Project
-from headwater.backends import BackendError, open_backend
-from headwater.stores.offline_parquet import ParquetOfflineStore
+from headwater.stores.offline.parquet import ParquetOfflineStore
+from headwater.stores.urls import BackendError, open_backend
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 EVENTS = pd.DataFrame(

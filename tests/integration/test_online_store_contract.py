@@ -19,11 +19,11 @@ import pytest
 import redis
 
 from headwater import Project
-from headwater.features.online import OnlineFeatures
-from headwater.features.processor import Processor
-from headwater.stores.online_base import OnlineStore
-from headwater.stores.online_redis import RedisOnlineStore
-from headwater.stores.online_sqlite import SqliteOnlineStore
+from headwater.stores.online.base import OnlineStore
+from headwater.stores.online.redis import RedisOnlineStore
+from headwater.stores.online.sqlite import SqliteOnlineStore
+from headwater.streaming.online import OnlineFeatures
+from headwater.streaming.processor import Processor
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FS = "user@orders#1a2b3c4d5e6f"

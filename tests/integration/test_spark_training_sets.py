@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 
 from headwater.definitions.windows import DAY, HOUR, MINUTE
 from headwater.features.catalog import FeatureCatalog
-from headwater.features.history import Archiver, records_to_table
-from headwater.features.offline import EngineError, TrainingSets
+from headwater.history.archiver import Archiver, records_to_table
 from headwater.log.base import Record
 from headwater.project.config import ConfigError, load_settings
-from headwater.stores.offline_parquet import ParquetOfflineStore
+from headwater.stores.offline.parquet import ParquetOfflineStore
+from headwater.training.sets import EngineError, TrainingSets
 from tests import oracle
 from tests.unit.features.test_consistency import (
     BY_NAME,
@@ -48,8 +48,8 @@ from tests.unit.features.test_consistency import (
 if shutil.which("java") is None:
     pytest.fail("the Spark engine needs Java 17 or 21 on PATH", pytrace=False)
 
-from headwater.features import spark as spark_engine  # noqa: E402
-from headwater.features.spark import SparkEngineError, SparkSettings, spark_session  # noqa: E402
+from headwater.history.engines import spark as spark_engine  # noqa: E402
+from headwater.history.engines.spark import SparkEngineError, SparkSettings, spark_session  # noqa: E402
 
 SETTINGS = SparkSettings(
     master="local[2]",
@@ -278,7 +278,7 @@ def test_the_engine_is_a_project_setting(tmp_path):
 
 def test_a_project_with_the_spark_engine_builds_its_training_sets_with_spark(tmp_path, monkeypatch):
     from headwater import Project
-    from headwater.features import spark as spark_engine
+    from headwater.history.engines import spark as spark_engine
     from tests.conftest import SMALL_DEFINITIONS, write_project
 
     folders = {}

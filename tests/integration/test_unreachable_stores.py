@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from headwater import Project
-from headwater.definitions.errors import StoreUnavailable
-from headwater.serving.app import create_app
-from headwater.stores.metadata_postgres import PostgresMetadataStore
-from headwater.stores.online_redis import RedisOnlineStore
+from headwater.errors import StoreUnavailable
+from headwater.serving.http.app import create_app
+from headwater.stores.metadata.postgres import PostgresMetadataStore
+from headwater.stores.online.redis import RedisOnlineStore
 from tests.conftest import SMALL_DEFINITIONS, write_project
 from tests.kafka_broker import free_port
 

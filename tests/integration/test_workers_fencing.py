@@ -20,12 +20,12 @@ import redis
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import MINUTE
 from headwater.features.catalog import FeatureCatalog
-from headwater.features.processor import Processor, TakenOver
 from headwater.ingestion.service import Ingestor
 from headwater.log.embedded import EmbeddedLog
-from headwater.stores.online_base import OnlineStore, OwnershipLost
-from headwater.stores.online_redis import RedisOnlineStore
-from headwater.stores.online_sqlite import SqliteOnlineStore
+from headwater.stores.online.base import OnlineStore, OwnershipLost
+from headwater.stores.online.redis import RedisOnlineStore
+from headwater.stores.online.sqlite import SqliteOnlineStore
+from headwater.streaming.processor import Processor, TakenOver
 from tests.unit.features.test_consistency import DERIVED, FEATURES, SPAN, T0, stream
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -25,8 +25,8 @@ import pytest
 import redis
 
 from headwater import Project
-from headwater.features.processor import ProcessingError
 from headwater.log.base import partition_name
+from headwater.streaming.processor import ProcessingError
 from tests.kafka_broker import TansuBroker
 
 REDIS_DB = 13  # this module's own database: flushed before and after each test

@@ -4,7 +4,6 @@ from headwater.definitions import aggregation
 from headwater.definitions.aggregation import Aggregation
 from headwater.definitions.base import Definition
 from headwater.definitions.entity import Entity
-from headwater.definitions.errors import DefinitionError, HeadwaterError
 from headwater.definitions.expr import Expr, col
 from headwater.definitions.feature import Derived, Feature, FeatureColumn
 from headwater.definitions.model import Expectation, Label, Model, PromotionPolicy, RetrainPolicy
@@ -12,6 +11,7 @@ from headwater.definitions.service import Bandit, Feedback, Service, Variant
 from headwater.definitions.source import ChangeSource, FolderSource, Source, TableSource
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, Field
+from headwater.errors import DefinitionError, HeadwaterError
 
 __all__ = [
     "Aggregation",

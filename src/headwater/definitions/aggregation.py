@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from dataclasses import dataclass
 
-from headwater.definitions.errors import DefinitionError
+from headwater.errors import DefinitionError
 
 NUMERIC_KINDS = frozenset({"sum", "mean", "stddev", "variance"})
 KINDS = frozenset(

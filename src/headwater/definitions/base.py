@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from headwater.definitions.errors import DefinitionError
+from headwater.errors import DefinitionError
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 

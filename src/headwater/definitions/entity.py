@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from headwater.definitions.base import Definition, check_name
-from headwater.definitions.errors import DefinitionError
+from headwater.errors import DefinitionError
 
 
 class Entity(Definition):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from headwater.definitions.errors import DefinitionError
+from headwater.errors import DefinitionError
 
 _COMPARISONS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "==": (operator.eq, "="),

@@ -12,11 +12,11 @@ from typing import Any
 from headwater.definitions.aggregation import NUMERIC_KINDS, Aggregation
 from headwater.definitions.base import Definition, check_name
 from headwater.definitions.entity import Entity
-from headwater.definitions.errors import DefinitionError
 from headwater.definitions.expr import Expr
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, parse_dtype
 from headwater.definitions.windows import LIFETIME, default_hop, parse_duration, window_label
+from headwater.errors import DefinitionError
 
 WindowSpec = str | timedelta | None
 

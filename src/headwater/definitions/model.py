@@ -10,11 +10,11 @@ from typing import Any
 from headwater.definitions.aggregation import Aggregation
 from headwater.definitions.base import Definition, check_name
 from headwater.definitions.entity import Entity
-from headwater.definitions.errors import DefinitionError
 from headwater.definitions.expr import Expr
 from headwater.definitions.feature import function_source
 from headwater.definitions.stream import Stream
 from headwater.definitions.windows import parse_duration
+from headwater.errors import DefinitionError
 
 CLASSIFIER_METRICS = ("auc", "log_loss", "precision_at_k", "recall_at_k", "brier")
 REGRESSOR_METRICS = ("rmse", "mae")

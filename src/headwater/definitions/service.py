@@ -8,9 +8,9 @@ from typing import Any
 
 from headwater.definitions.base import Definition, check_name
 from headwater.definitions.entity import Entity
-from headwater.definitions.errors import DefinitionError
 from headwater.definitions.model import Model
 from headwater.definitions.stream import Stream
+from headwater.errors import DefinitionError
 
 ROUTINGS = ("champion", "ab", "shadow", "bandit")
 RESERVED_STREAMS = ("predictions", "_dead_letter")

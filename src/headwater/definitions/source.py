@@ -11,10 +11,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from headwater.definitions.base import Definition
-from headwater.definitions.errors import DefinitionError
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType
 from headwater.definitions.windows import parse_duration
+from headwater.errors import DefinitionError
 
 FORMATS = ("jsonl", "csv", "parquet")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")

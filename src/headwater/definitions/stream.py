@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from headwater.definitions.base import Definition, check_name
-from headwater.definitions.errors import DefinitionError
 from headwater.definitions.types import DType, Field, parse_dtype
 from headwater.definitions.windows import parse_duration
+from headwater.errors import DefinitionError, did_you_mean
 
 UNKNOWN_FIELD_POLICIES = ("reject", "keep", "drop")
-
-
-def did_you_mean(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class Stream(Definition):

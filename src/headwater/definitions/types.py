@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from headwater.definitions.errors import DefinitionError
+from headwater.errors import DefinitionError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from headwater.definitions.errors import DefinitionError
+from headwater.errors import DefinitionError
 
 SECOND = 1_000_000
 MINUTE = 60 * SECOND

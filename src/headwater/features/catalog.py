@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from headwater.definitions import DefinitionError, Derived, Feature, FeatureColumn, HeadwaterError
-from headwater.definitions.stream import did_you_mean
+from headwater.errors import did_you_mean
 from headwater.features.plan import FeatureSetPlan, plan_feature_sets
 
 

@@ -11,7 +11,7 @@ import orjson
 import pyarrow as pa
 
 from headwater.definitions import HeadwaterError, Stream
-from headwater.definitions.stream import did_you_mean
+from headwater.errors import did_you_mean
 from headwater.features.plan import entity_key
 from headwater.ingestion.columnar import check_table
 from headwater.ingestion.validate import Rejected, TimePolicy, validate

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from headwater.definitions import Stream
-from headwater.definitions.stream import did_you_mean
 from headwater.definitions.types import InvalidValue, coerce, from_micros
+from headwater.errors import did_you_mean
 
 
 class Rejected(ValueError):

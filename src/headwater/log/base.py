@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from headwater.definitions.errors import HeadwaterError
+from headwater.errors import HeadwaterError
 
 DEAD_LETTER_STREAM = "_dead_letter"
 

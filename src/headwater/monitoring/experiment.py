@@ -15,7 +15,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
-from headwater.definitions.errors import HeadwaterError
+from headwater.errors import HeadwaterError
 
 Kind = Literal["binary", "continuous"]
 Values = npt.NDArray[np.float64]

@@ -23,10 +23,10 @@ import pandas as pd
 import pyarrow as pa
 
 from headwater.definitions import Feedback, HeadwaterError
+from headwater.history.labels import label_values
 from headwater.log.base import Record, partition_name
 from headwater.monitoring import ledger_tables as tables
 from headwater.monitoring import rollup
-from headwater.training.examples import label_values
 
 PREDICTIONS = "predictions"
 DAY_US = 86_400_000_000

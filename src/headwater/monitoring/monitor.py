@@ -26,12 +26,12 @@ import pyarrow as pa
 from headwater.definitions import Feedback, Service
 from headwater.definitions.expr import sql_name
 from headwater.definitions.types import from_micros
-from headwater.features.batch import history_source
+from headwater.history.engines.duckdb import history_source
+from headwater.history.labels import label_values
 from headwater.log.base import NewRecord, Record
 from headwater.monitoring.drift import ColumnDrift, Thresholds, profile_drift
 from headwater.monitoring.ledger import Ledger
 from headwater.training import evaluation
-from headwater.training.examples import label_values
 
 PREDICTIONS = "predictions"
 ALERTS = "alerts"

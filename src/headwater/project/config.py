@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headwater.definitions import HeadwaterError
 from headwater.definitions.windows import parse_duration
-from headwater.features.spark import SparkSettings
+from headwater.errors import HeadwaterError
+from headwater.history.engines.spark import SparkSettings
 
 CONFIG_FILE = "headwater.toml"
 DEFAULT_STORES = {

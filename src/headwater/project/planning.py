@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from headwater.definitions import Definition, HeadwaterError
-from headwater.stores.metadata_base import MetadataStore, RegisteredDefinition
+from headwater.stores.metadata.base import MetadataStore, RegisteredDefinition
 
 
 class PlanRefused(HeadwaterError):

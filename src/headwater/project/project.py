@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from headwater.backends import open_backend
 from headwater.definitions import DefinitionError, Model
-from headwater.definitions.stream import did_you_mean
 from headwater.definitions.types import to_micros
+from headwater.errors import did_you_mean
 from headwater.features.catalog import FeatureCatalog, UnknownFeatureError
-from headwater.features.history import Archiver
-from headwater.features.offline import TrainingSets, to_arrow
-from headwater.features.online import OnlineFeatures
-from headwater.features.processor import ProcessingError, Processor, ProcessStats
+from headwater.history.archiver import Archiver
 from headwater.ingestion.service import Ingestor, IngestResult
 from headwater.log.base import GroupLog, SoleMember
 from headwater.project.config import Settings, load_settings
 from headwater.project.loader import Definitions, load_definitions
 from headwater.project.planning import Plan, apply_plan, make_plan
-from headwater.training.registry import Registry
+from headwater.registry.registry import Registry
+from headwater.stores.urls import open_backend
+from headwater.streaming.online import OnlineFeatures
+from headwater.streaming.processor import ProcessingError, Processor, ProcessStats
+from headwater.training.sets import TrainingSets, to_arrow
 
 if TYPE_CHECKING:
     from headwater.training.trainer import TrainResult
@@ -87,7 +87,7 @@ class Project:
             spark=self.settings.offline.spark,
             sorted_history=sorted_history,
         )
-        self.registry = Registry(self.metadata)
+        self.registry = Registry(self.metadata, self.root / ".headwater" / "artifacts")
         self._serving: Any = None
         self._check_models()
 
@@ -279,7 +279,7 @@ class Project:
         result = trainer.train(self.model(model), reproduce=reproduce)
         uri = self.settings.tracking.mlflow_uri
         if uri:
-            from headwater.training.mlflow_mirror import mirror
+            from headwater.registry.mlflow_mirror import mirror
 
             mirror(uri, result.run, self.registry.version(model, result.version))
         return result
@@ -297,11 +297,11 @@ class Project:
         Returns a pandas DataFrame with the spine, the score and one contribution per feature
         (LightGBM's own SHAP values; other estimators give scores without contributions).
         """
-        from headwater.training import artifacts, evaluation
+        from headwater.training import evaluation
 
         definition = self.model(model)
         doc = self.registry.version(model, version)
-        estimator, signature = artifacts.load(doc["artifacts"])
+        estimator, signature = self.registry.load_model(doc)
         frame = self.training_set(spine, signature.features, time_column=time_column)
         X = signature.matrix(frame)
         out = frame.drop(columns=signature.features)

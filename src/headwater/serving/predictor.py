@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.definitions import DefinitionError, Service, Variant
-from headwater.features.online import MissingKeyError, OnlineFeatures, any_known
 from headwater.features.plan import entity_key
 from headwater.log.base import Log
-from headwater.serving.logger import PredictionLogger
+from headwater.serving.prediction_log import PredictionLogger
 from headwater.serving.routing import Router
 from headwater.serving.scoring import NoModelVersion, ScorerCache
+from headwater.streaming.online import MissingKeyError, OnlineFeatures, any_known
 
 
 @dataclass

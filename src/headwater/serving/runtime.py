@@ -11,10 +11,10 @@ import orjson
 import pandas as pd
 
 from headwater.definitions import DefinitionError, Service
-from headwater.definitions.stream import did_you_mean
+from headwater.errors import did_you_mean
 from headwater.features.plan import entity_key
 from headwater.log.base import NewRecord, partition_name
-from headwater.serving.logger import PredictionLogger
+from headwater.serving.prediction_log import PredictionLogger
 from headwater.serving.predictor import Prediction, Predictor, Ranking
 from headwater.serving.scoring import ScorerCache
 

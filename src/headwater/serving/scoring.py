@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from headwater.definitions import HeadwaterError, Model
-from headwater.training import artifacts
-from headwater.training.registry import Registry
+from headwater.registry import artifacts
+from headwater.registry.registry import Registry
 
 
 class NoModelVersion(HeadwaterError, LookupError):
@@ -131,7 +131,7 @@ def load_scorer(registry: Registry, model: str, alias: str) -> Scorer:
             f"`headwater models promote {model} VERSION --alias {alias}`"
         )
     doc = registry.version(model, version)
-    estimator, signature = artifacts.load(doc["artifacts"])
+    estimator, signature = registry.load_model(doc)
     booster = getattr(estimator, "booster_", None)
     codes = {
         name: {v: float(i) for i, v in enumerate(values)}

@@ -6,7 +6,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from headwater.definitions import HeadwaterError
+from headwater.errors import HeadwaterError
 
 # Collections of the metadata store's records holding the sources' checkpoints.
 TABLE_POSITIONS = "source_positions"  # table and change sources alike

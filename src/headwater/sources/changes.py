@@ -14,7 +14,7 @@ from headwater.definitions.types import from_micros
 from headwater.ingestion.service import IngestResult
 from headwater.sources.base import Change, ChangeReader, PollResult, SourceError
 from headwater.sources.table import PositionedPoller, event_value, field_mapping, text_fields
-from headwater.stores.metadata_base import MetadataStore
+from headwater.stores.metadata.base import MetadataStore
 
 Ingest = Callable[[str, list[Any]], IngestResult]
 

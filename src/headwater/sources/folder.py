@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 
 from headwater.definitions.source import FolderSource
-from headwater.files import EventFileError, file_format, read_batches
+from headwater.ingestion.files import EventFileError, file_format, read_batches
 from headwater.ingestion.service import IngestResult
 from headwater.sources.base import FOLDER_FILES, PollResult, SourceError
-from headwater.stores.metadata_base import MetadataStore
+from headwater.stores.metadata.base import MetadataStore
 
 Ingest = Callable[[str, list[Any]], IngestResult]
 # Names a writer uses while a file is incomplete: never read (write under one, then rename).

@@ -6,9 +6,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from headwater.definitions import HeadwaterError
 from headwater.definitions.source import ChangeSource, FolderSource, Source, TableSource
-from headwater.definitions.stream import did_you_mean
+from headwater.errors import HeadwaterError, did_you_mean
 from headwater.sources.base import ChangeReader, PollResult, SourceError, TableReader
 from headwater.sources.changes import ChangePoller
 from headwater.sources.folder import FolderPoller

@@ -12,13 +12,14 @@ from uuid import UUID
 
 import orjson
 
-from headwater.backends import BACKENDS, BackendError, open_backend
 from headwater.definitions.source import ChangeSource, TableSource, redact_url
-from headwater.definitions.stream import Stream, did_you_mean
+from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType
+from headwater.errors import did_you_mean
 from headwater.ingestion.service import IngestResult
 from headwater.sources.base import TABLE_POSITIONS, PollResult, SourceError, TableQuery, TableReader
-from headwater.stores.metadata_base import MetadataStore
+from headwater.stores.metadata.base import MetadataStore
+from headwater.stores.urls import BACKENDS, BackendError, open_backend
 
 Ingest = Callable[[str, list[Any]], IngestResult]
 

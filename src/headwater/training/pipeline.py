@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from headwater.definitions import HeadwaterError
 from headwater.definitions.base import content_hash
+from headwater.errors import HeadwaterError
 
 T = TypeVar("T")
 
@@ -62,10 +62,14 @@ class Pipeline:
         path = self.cache_dir / f"{name}-{key}.pkl"
         start = time.perf_counter()
         if cache and path.exists():
-            with path.open("rb") as fh:
-                value = pickle.load(fh)
-            self._record(StepRecord(name, "cached", time.perf_counter() - start, 0, key))
-            return value, key
+            try:
+                with path.open("rb") as fh:
+                    value = pickle.load(fh)
+            except Exception as exc:  # noqa: BLE001 - e.g. written by a release whose classes moved
+                self.log(f"  {name}: cached output unreadable ({type(exc).__name__}), recomputing")
+            else:
+                self._record(StepRecord(name, "cached", time.perf_counter() - start, 0, key))
+                return value, key
         error = ""
         for attempt in range(1, self.retries + 2):
             try:

@@ -56,7 +56,7 @@ def due_scoring(project: Any) -> list[str]:
 
 def run_due_scoring(project: Any, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
     """Score every due service into its ``batch_output``; record each successful run."""
-    from headwater.serving.batch import score_entities, write_scores
+    from headwater.serving.batch_scoring import score_entities, write_scores
 
     done: list[tuple[str, int | str]] = []
     for name in due_scoring(project):

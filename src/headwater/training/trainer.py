@@ -21,18 +21,19 @@ import numpy as np
 import pandas as pd
 
 from headwater.definitions import HeadwaterError, Model
-from headwater.log.base import partition_name
-from headwater.training import artifacts, evaluation
-from headwater.training.examples import (
+from headwater.history.labels import (
     build_spine,
     first_seen,
     label_values,
     micros,
     sample_times,
 )
+from headwater.log.base import partition_name
+from headwater.registry import artifacts
+from headwater.registry.registry import Registry
+from headwater.training import evaluation
 from headwater.training.pipeline import Pipeline, StepFailed
 from headwater.training.profile import reference_profile
-from headwater.training.registry import Registry
 
 PACKAGES = ("headwater", "scikit-learn", "lightgbm", "numpy", "pandas", "pyarrow", "duckdb")
 
@@ -338,7 +339,7 @@ class Trainer:
         snapshot: dict[str, Any],
     ) -> dict[str, Any]:
         doc = self.registry.version(model.name, champion)
-        estimator, signature = artifacts.load(doc["artifacts"])
+        estimator, signature = self.registry.load_model(doc)
         missing = [f for f in signature.features if f not in test.columns]
         rows = test
         if missing:

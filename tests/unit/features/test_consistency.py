@@ -16,16 +16,16 @@ from headwater import Derived, Entity, Feature, Stream, agg, col
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY, HOUR, MINUTE
 from headwater.features.catalog import FeatureCatalog
-from headwater.features.history import Archiver
-from headwater.features.offline import TrainingSets
-from headwater.features.online import OnlineFeatures
-from headwater.features.processor import Processor
+from headwater.history.archiver import Archiver
 from headwater.ingestion.service import Ingestor
 from headwater.log.base import Log
 from headwater.log.embedded import EmbeddedLog
-from headwater.stores.offline_parquet import ParquetOfflineStore
-from headwater.stores.online_base import OnlineStore
-from headwater.stores.online_sqlite import SqliteOnlineStore
+from headwater.stores.offline.parquet import ParquetOfflineStore
+from headwater.stores.online.base import OnlineStore
+from headwater.stores.online.sqlite import SqliteOnlineStore
+from headwater.streaming.online import OnlineFeatures
+from headwater.streaming.processor import Processor
+from headwater.training.sets import TrainingSets
 from tests import oracle
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds

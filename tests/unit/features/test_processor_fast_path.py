@@ -14,9 +14,9 @@ import pytest
 
 from headwater.definitions.windows import DAY, MINUTE
 from headwater.features.plan import plan_feature_sets
-from headwater.features.processor import Processor
-from headwater.stores.online_base import OwnershipLost
-from headwater.stores.online_sqlite import SqliteOnlineStore
+from headwater.stores.online.base import OwnershipLost
+from headwater.stores.online.sqlite import SqliteOnlineStore
+from headwater.streaming.processor import Processor
 from tests.unit.features.test_consistency import FEATURES, KEYS, SPAN, T0, Engines, _raw, stream
 
 

@@ -13,22 +13,23 @@ import pytest
 from headwater import Entity, Feature, Project, Stream, agg, col
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY, HOUR, MINUTE
-from headwater.features import batch, sorted_history, sorted_queries
-from headwater.features.batch import feature_set_values
 from headwater.features.catalog import FeatureCatalog
-from headwater.features.describe import describe_copies
-from headwater.features.history import Archiver, history_schema
-from headwater.features.offline import TrainingSets
-from headwater.features.sorted_history import (
+from headwater.history import sorted_history, sorted_queries
+from headwater.history.archiver import Archiver, history_schema
+from headwater.history.describe import describe_copies
+from headwater.history.engines import duckdb as batch
+from headwater.history.engines.duckdb import feature_set_values
+from headwater.history.sorted_history import (
     REBUILD_SHARE,
     read_run,
     refresh,
     sort_rows,
 )
-from headwater.features.sorted_view import SortedView
+from headwater.history.sorted_view import SortedView
 from headwater.log.base import NewRecord
 from headwater.log.embedded import EmbeddedLog
-from headwater.stores.offline_parquet import ParquetOfflineStore
+from headwater.stores.offline.parquet import ParquetOfflineStore
+from headwater.training.sets import TrainingSets
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in microseconds
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from headwater import Project
-from headwater.features.offline import SpineError
+from headwater.training.sets import SpineError
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

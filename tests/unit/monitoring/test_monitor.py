@@ -136,7 +136,7 @@ def test_the_html_report_shows_performance_drift_and_predictions(monitored):
 def test_monitor_figures_are_exported_on_metrics(monitored):
     from fastapi.testclient import TestClient
 
-    from headwater.serving.app import create_app
+    from headwater.serving.http.app import create_app
 
     p, clock = monitored
     clock["t"] = NOW

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.backends import BackendError, open_backend
+from headwater.stores.urls import BackendError, open_backend
 
 
 def test_an_unknown_scheme_names_the_known_ones_and_hides_the_password(tmp_path) -> None:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from headwater import Project
 from headwater.log.base import DEAD_LETTER_STREAM
-from headwater.serving.app import create_app
+from headwater.serving.http.app import create_app
 
 
 @pytest.fixture

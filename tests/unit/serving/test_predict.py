@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from headwater import Project
-from headwater.serving.app import create_app
+from headwater.serving.http.app import create_app
 from headwater.serving.routing import bucket
 from tests.conftest import write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
@@ -183,7 +183,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
     for the OpenAPI document) must give the same statuses and bodies."""
     from fastapi import FastAPI
 
-    from headwater.serving.fastpath import FastPaths
+    from headwater.serving.http.fastpath import FastPaths
 
     fast = create_app(served)
     slow = create_app(served)
@@ -317,7 +317,7 @@ def test_stream_scoring_replays_after_a_crash_without_duplicates(served, monkeyp
 def test_predictions_can_be_logged_as_json_lines(served, capsys):
     import logging
 
-    from headwater.serving import logs
+    from headwater.serving import log_format as logs
 
     logs.configure(logging.INFO)
     try:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from headwater import Project
 from headwater.definitions import DefinitionError
-from headwater.serving.app import create_app
+from headwater.serving.http.app import create_app
 from tests.conftest import write_project
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from headwater.training.examples import label_values, micros, sample_times
+from headwater.history.labels import label_values, micros, sample_times
 from tests.unit.training.conftest import NOW
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from headwater import Project
+from headwater.registry.registry import PromotionRefused, RegistryError
 from headwater.training.pipeline import StepFailed
-from headwater.training.registry import PromotionRefused, RegistryError
 from tests.unit.training.conftest import NOW
 
 STEPS = ["training_set", "validate", "split", "fit", "evaluate", "profile", "register"]

@@ -1,0 +1,92 @@
+"""Summary statistics of a stream's fields or a feature's values, for the model builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from headwater.definitions import Stream
+from headwater.definitions.expr import sql_name
+from headwater.history.engines.duckdb import history_source
+from headwater.history.sorted_history import copy_name
+from headwater.stores.offline.base import OfflineStore
+
+
+def describe_stream(stream: Stream, offline: OfflineStore) -> pd.DataFrame:
+    """One row per field: count, null rate, distinct values, min, max, mean."""
+    con = duckdb.connect()
+    offline.attach(con)  # object-store URLs: DuckDB reads through fsspec
+    try:
+        source, params = history_source(con, stream, offline.files(stream.name), None)
+        rows = []
+        for name, field in stream.fields.items():
+            col = sql_name(name)
+            numeric = field.dtype.value in ("int", "float", "timestamp")
+            sql = (
+                f"SELECT count(*), count({col}), approx_count_distinct({col}), "
+                f"min({col}), max({col}), "
+                f"{'avg(' + col + ')' if numeric else 'NULL'} FROM {source}"
+            )
+            result = con.sql(sql, params=params or None).fetchall()
+            total, present, distinct, low, high, mean = result[0]
+            rows.append(
+                {
+                    "field": name,
+                    "type": field.dtype.value,
+                    "pii": field.pii,
+                    "count": total,
+                    "null_rate": 1 - present / total if total else 0.0,
+                    "distinct": distinct,
+                    "min": low,
+                    "max": high,
+                    "mean": mean,
+                }
+            )
+    finally:
+        con.close()
+    return pd.DataFrame(rows)
+
+
+def describe_copies(
+    offline: OfflineStore, stream: Stream, keys: list[tuple[str, ...]]
+) -> list[str]:
+    """A line per sorted copy of the stream's history: its keys, rows and the log offsets it
+    covers (or that the next archive run builds it)."""
+    lines = []
+    for fields in keys:
+        name = copy_name(fields)
+        about = offline.sorted_about(stream.name, name)
+        if about is None:
+            lines.append(f"sorted copy by {name}: none yet (the next archive run builds it)")
+            continue
+        covered = ", ".join(f"partition {p} below {end:,}" for p, end in about["covered"].items())
+        lines.append(f"sorted copy by {name}: {about['rows']:,} rows ({covered})")
+    return lines
+
+
+def histogram(values: pd.Series, bins: int = 10, width: int = 40) -> list[str]:
+    """A text histogram of numeric values, one line per bin."""
+    numbers = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    if numbers.size == 0:
+        return ["(no values)"]
+    counts, edges = np.histogram(numbers, bins=bins)
+    top = counts.max() or 1
+    return [
+        f"{edges[i]:>12.3f} .. {edges[i + 1]:<12.3f} {'#' * int(width * c / top):<{width}} {c}"
+        for i, c in enumerate(counts)
+    ]
+
+
+def describe_values(values: pd.Series) -> dict[str, Any]:
+    numeric = pd.api.types.is_numeric_dtype(values)
+    return {
+        "count": int(len(values)),
+        "null_rate": float(values.isna().mean()) if len(values) else 0.0,
+        "distinct": int(values.astype(str).nunique()),
+        "min": values.min() if numeric and values.notna().any() else None,
+        "max": values.max() if numeric and values.notna().any() else None,
+        "mean": float(values.mean()) if numeric and values.notna().any() else None,
+    }

@@ -1,0 +1,162 @@
+"""The model registry: versions with lineage, aliases with history, gated promotion, rollback."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from headwater.definitions import HeadwaterError, Model
+from headwater.registry import artifacts
+from headwater.stores.metadata.base import MetadataStore
+
+VERSIONS = "model_versions"
+ALIASES = "model_aliases"
+RUNS = "runs"
+
+
+class RegistryError(HeadwaterError):
+    """A registry operation is not possible; the message says why and what to do."""
+
+
+class PromotionRefused(RegistryError):
+    """The model's promotion policy does not allow this version to become champion."""
+
+
+class Registry:
+    """Model versions and aliases, kept in the metadata store."""
+
+    def __init__(self, metadata: MetadataStore, artifacts: Path | None = None) -> None:
+        self._metadata = metadata
+        self.artifacts = artifacts  # the folder model files are written to and read from
+
+    def load_model(self, doc: dict[str, Any]) -> tuple[Any, artifacts.Signature]:
+        """A version's fitted estimator and input signature, from its artifacts."""
+        return artifacts.load(doc["artifacts"], self.artifacts)
+
+    # -- versions ------------------------------------------------------------------------
+
+    def versions(self, model: str) -> list[dict[str, Any]]:
+        docs = self._metadata.get_records(VERSIONS).values()
+        return sorted((d for d in docs if d["model"] == model), key=lambda d: d["version"])
+
+    def version(self, model: str, version: int | str) -> dict[str, Any]:
+        if isinstance(version, str) and not version.isdigit():
+            resolved = self.alias(model, version)
+            if resolved is None:
+                raise RegistryError(f"model {model!r} has no alias {version!r}")
+            version = resolved
+        doc = self._metadata.get_records(VERSIONS).get(f"{model}:{int(version)}")
+        if doc is None:
+            known = [d["version"] for d in self.versions(model)]
+            raise RegistryError(f"model {model!r} has no version {version}; versions: {known}")
+        return doc
+
+    def register(self, model: str, doc: dict[str, Any], run: dict[str, Any]) -> int:
+        """Add a version (its number is the next one) together with its run, atomically."""
+        number = max([d["version"] for d in self.versions(model)], default=0) + 1
+        doc = {**doc, "model": model, "version": number}
+        run = {**run, "version": number}
+        self._metadata.put_records([(VERSIONS, f"{model}:{number}", doc), (RUNS, run["id"], run)])
+        return number
+
+    # -- aliases -------------------------------------------------------------------------
+
+    def aliases(self, model: str) -> dict[str, dict[str, Any]]:
+        prefix = f"{model}:"
+        return {
+            k[len(prefix) :]: v
+            for k, v in self._metadata.get_records(ALIASES).items()
+            if k.startswith(prefix)
+        }
+
+    def alias(self, model: str, alias: str) -> int | None:
+        doc = self.aliases(model).get(alias)
+        return None if doc is None else doc["version"]
+
+    def _set_alias(
+        self, model: str, alias: str, version: int, by: str, reason: str, action: str, now_us: int
+    ) -> None:
+        doc = self.aliases(model).get(alias, {"history": []})
+        entry = {
+            "version": version,
+            "previous": doc.get("version"),
+            "by": by,
+            "reason": reason,
+            "action": action,
+            "at_us": now_us,
+        }
+        self._metadata.put_records(
+            [
+                (
+                    ALIASES,
+                    f"{model}:{alias}",
+                    {"version": version, "history": [*doc["history"], entry]},
+                )
+            ]
+        )
+
+    def promote(
+        self,
+        model: Model,
+        version: int,
+        alias: str,
+        by: str,
+        reason: str,
+        now_us: int,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Point ``alias`` at ``version``; for "champion", the model's policy must allow it."""
+        doc = self.version(model.name, version)
+        if alias == "champion" and not force:
+            self.check_policy(model, doc)
+        self._set_alias(model.name, alias, version, by, reason, "promote", now_us)
+        return doc
+
+    def check_policy(self, model: Model, doc: dict[str, Any]) -> None:
+        policy = model.promotion
+        metric = policy.metric
+        value = doc["metrics"].get(metric)
+        if value is None or math.isnan(value):
+            raise PromotionRefused(f"version {doc['version']} has no {metric!r} metric")
+        sign = 1 if policy.higher_is_better else -1
+        if policy.minimum is not None and sign * (value - policy.minimum) < 0:
+            raise PromotionRefused(
+                f"{metric} {value:.4f} of version {doc['version']} is below the policy's "
+                f"minimum {policy.minimum}"
+            )
+        champion = self.alias(model.name, "champion")
+        if champion is None or champion == doc["version"]:
+            return
+        compared = doc.get("comparison", {}).get("champion", {})
+        if compared.get("version") != champion:
+            raise PromotionRefused(
+                f"version {doc['version']} was not evaluated against the current champion "
+                f"(version {champion}); retrain it, or pass --force to promote anyway"
+            )
+        gap = sign * (value - compared["metrics"][metric])
+        if gap < -policy.max_regression:
+            raise PromotionRefused(
+                f"{metric} {value:.4f} is worse than champion version {champion}'s "
+                f"{compared['metrics'][metric]:.4f} on the same held-out rows by {-gap:.4f} "
+                f"(the policy allows {policy.max_regression})"
+            )
+
+    def rollback(self, model: str, alias: str, by: str, reason: str, now_us: int) -> int:
+        """Point ``alias`` back at the version it pointed to before its latest change."""
+        doc = self.aliases(model).get(alias)
+        if doc is None or doc["history"][-1]["previous"] is None:
+            raise RegistryError(f"model {model!r}: alias {alias!r} has no earlier version")
+        previous = int(doc["history"][-1]["previous"])
+        self._set_alias(model, alias, previous, by, reason, "rollback", now_us)
+        return previous
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def save_run(self, run: dict[str, Any]) -> None:
+        self._metadata.put_records([(RUNS, run["id"], run)])
+
+    def runs(self, model: str | None = None) -> list[dict[str, Any]]:
+        docs = self._metadata.get_records(RUNS).values()
+        chosen = [d for d in docs if model is None or d["model"] == model]
+        return sorted(chosen, key=lambda d: d["started_us"])

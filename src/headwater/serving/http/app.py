@@ -1,0 +1,42 @@
+"""The one HTTP server: ingest events and read online features (predictions come later)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from headwater.project.project import Project
+from headwater.serving.http.errors import STATUS_OF
+from headwater.serving.http.fastpath import FastPaths
+from headwater.serving.http.metrics import ServerMetrics
+from headwater.serving.http.routes import events, features, health, metrics, predict
+
+
+def create_app(project: Project) -> FastAPI:
+    """Build the HTTP API of a project (``headwater serve`` runs it with uvicorn)."""
+    app = FastAPI(
+        title=f"headwater: {project.settings.name}",
+        version="1",
+        description="Ingest raw events, read online features, predict by entity id.",
+    )
+    app.state.project = project
+    app.state.metrics = ServerMetrics()
+    app.include_router(events.router)
+    app.include_router(features.router)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+
+    for exc_type, status in STATUS_OF:
+        app.add_exception_handler(exc_type, _handler(status))
+    # predictions and feature lookups skip FastAPI's routing and dependency machinery (the
+    # routes above stay for the OpenAPI document and answer identically)
+    app.add_middleware(FastPaths)
+    return app
+
+
+def _handler(status: int):  # type: ignore[no-untyped-def]
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status)
+
+    return handle

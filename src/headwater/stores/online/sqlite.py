@@ -1,0 +1,143 @@
+"""The embedded online store: SQLite in WAL mode, states and checkpoints in one transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from headwater.stores.online.base import OwnershipLost, owned_by
+from headwater.stores.sqlite_file import open_sqlite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS states (
+    feature_set TEXT NOT NULL, key TEXT NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (feature_set, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, token TEXT NOT NULL);
+"""
+_CHUNK = 400
+_SETS_SQL: dict[int, str] = {}  # statement text by number of pairs, built once
+
+
+class SqliteOnlineStore:
+    """Feature-set states in a local SQLite file.
+
+    Writes, claims and clears are SQLite transactions (``BEGIN IMMEDIATE``), so several
+    processes may share the file: a fenced write compares the owners inside its transaction.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._lock = threading.Lock()
+        self._db = open_sqlite(path, _SCHEMA, "NORMAL")
+
+    def get_many(self, feature_set: str, keys: Sequence[str]) -> list[bytes | None]:
+        found: dict[str, bytes] = {}
+        with self._lock:
+            for i in range(0, len(keys), _CHUNK):
+                chunk = list(keys[i : i + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    self._db.execute(
+                        f"SELECT key, state FROM states WHERE feature_set = ? AND key IN ({marks})",
+                        (feature_set, *chunk),
+                    ).fetchall()
+                )
+        return [found.get(k) for k in keys]
+
+    def get_sets(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, list[bytes | None]]:
+        pairs = [(fs, k) for fs, keys in wanted.items() for k in dict.fromkeys(keys)]
+        found: dict[tuple[str, str], bytes] = {}
+        with self._lock:
+            for i in range(0, len(pairs), _CHUNK):
+                chunk = pairs[i : i + _CHUNK]
+                sql = _SETS_SQL.get(len(chunk))
+                if sql is None:
+                    marks = ",".join(["(?, ?)"] * len(chunk))
+                    # a join, not ``(a, b) IN (VALUES ...)``: SQLite scans the table for that
+                    sql = _SETS_SQL[len(chunk)] = (
+                        f"SELECT s.feature_set, s.key, s.state FROM (VALUES {marks}) AS w "
+                        "JOIN states AS s ON s.feature_set = w.column1 AND s.key = w.column2"
+                    )
+                params = [x for pair in chunk for x in pair]
+                for fs, key, state in self._db.execute(sql, params).fetchall():
+                    found[(fs, key)] = state
+        return {fs: [found.get((fs, k)) for k in keys] for fs, keys in wanted.items()}
+
+    def write(
+        self,
+        states: Mapping[str, Mapping[str, bytes]],
+        checkpoints: Mapping[str, int],
+        owners: Mapping[str, str] | None = None,
+    ) -> None:
+        with self._transaction() as db:
+            if owners:
+                _check_owners(db, owners)
+            for feature_set, values in states.items():
+                db.executemany(
+                    "INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
+                    [(feature_set, k, v) for k, v in values.items()],
+                )
+            db.executemany(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", list(checkpoints.items())
+            )
+
+    def claim(self, names: Sequence[str], token: str) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO owners VALUES (?, ?)", [(n, token) for n in names]
+            )
+
+    def clear(self, feature_sets: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM states WHERE feature_set = ?", [(f,) for f in feature_sets])
+            for table in ("checkpoints", "owners"):
+                names = [n for (n,) in db.execute(f"SELECT name FROM {table}").fetchall()]
+                db.executemany(
+                    f"DELETE FROM {table} WHERE name = ?",
+                    [(n,) for n in names if owned_by(n, feature_sets)],
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``BEGIN IMMEDIATE`` takes the file's write lock at once, so
+        what it reads (the owners) cannot change before it commits."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def checkpoints(self, names: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, offset FROM checkpoints").fetchall()
+        wanted = set(names)
+        return {n: o for n, o in rows if n in wanted}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _check_owners(db: sqlite3.Connection, owners: Mapping[str, str]) -> None:
+    """Inside a write's transaction: refuse it unless each name still has the given owner."""
+    names = list(owners)
+    found: dict[str, str] = {}
+    for i in range(0, len(names), _CHUNK):
+        chunk = names[i : i + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            db.execute(f"SELECT name, token FROM owners WHERE name IN ({marks})", chunk).fetchall()
+        )
+    lost = sorted(n for n, token in owners.items() if found.get(n) != token)
+    if lost:
+        raise OwnershipLost(
+            f"another processor claimed {', '.join(map(repr, lost))} since this one did; "
+            "nothing of this write was applied"
+        )

@@ -1,0 +1,211 @@
+"""Point-in-time-correct training sets over the offline store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from headwater.definitions import FeatureColumn, HeadwaterError, Stream
+from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names
+from headwater.features.plan import FeatureSetPlan
+from headwater.history.archiver import Archiver
+from headwater.history.engines.duckdb import feature_set_values
+from headwater.history.engines.spark import SparkFeatureValues, SparkSettings, check_supported
+from headwater.history.sorted_view import SortedView
+from headwater.stores.offline.base import OfflineStore
+
+ENGINES = ("duckdb", "spark")
+
+
+class SpineError(HeadwaterError, ValueError):
+    """The spine of a training set is missing columns or has unusable times."""
+
+
+class EngineError(HeadwaterError, ValueError):
+    """A training set was asked of an engine that does not exist."""
+
+
+class FeatureValues(Protocol):
+    """An engine: the values of one feature set's columns at each spine row's time."""
+
+    def values(
+        self,
+        plan: FeatureSetPlan,
+        columns: Sequence[FeatureColumn],
+        spine_keys: pa.Table,
+        times: np.ndarray,
+        files: list[str],
+        snapshot: Mapping[str, int] | None = None,
+    ) -> pa.Table: ...
+
+
+class DuckDBFeatureValues:
+    """The embedded engine: batch.py's SQL on one DuckDB connection, and binary searches in
+    each stream's sorted history where ``sorted_history`` lets it use that."""
+
+    def __init__(self, offline: OfflineStore, threads: int | None, sorted_history: bool) -> None:
+        self.con = duckdb.connect()
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        offline.attach(self.con)
+        self.offline, self.sorted_history = offline, sorted_history
+
+    def values(
+        self,
+        plan: FeatureSetPlan,
+        columns: Sequence[FeatureColumn],
+        spine_keys: pa.Table,
+        times: np.ndarray,
+        files: list[str],
+        snapshot: Mapping[str, int] | None = None,
+    ) -> pa.Table:
+        view = None
+        if self.sorted_history:
+            view = SortedView.open(self.con, self.offline, plan.stream, snapshot, plan.entity.keys)
+        return feature_set_values(self.con, plan, columns, spine_keys, times, files, snapshot, view)
+
+
+def to_arrow(table: Any) -> pa.Table:
+    """Accept a pyarrow Table, a pandas DataFrame or a polars DataFrame."""
+    if isinstance(table, pa.Table):
+        return table
+    if hasattr(table, "to_arrow"):  # polars
+        return table.to_arrow()
+    module = type(table).__module__
+    if module.startswith("pandas"):
+        return pa.Table.from_pandas(table, preserve_index=False)
+    raise SpineError(
+        f"a spine must be a pandas, polars or pyarrow table, not {type(table).__name__}"
+    )
+
+
+def spine_times(spine: pa.Table, column: str) -> np.ndarray:
+    """The spine's times as int64 UTC microseconds."""
+    if column not in spine.column_names:
+        raise SpineError(
+            f"the spine has no time column {column!r} (columns: {spine.column_names}); "
+            "pass time_column=..."
+        )
+    times = spine[column]
+    if times.null_count:
+        raise SpineError(f"the spine's time column {column!r} has {times.null_count} nulls")
+    if pa.types.is_timestamp(times.type):
+        if times.type.tz is None:
+            times = times.cast(pa.timestamp(times.type.unit, tz="UTC"))
+        if times.type.unit == "ns":  # the log keeps microseconds: drop the nanoseconds
+            ns = pc.cast(times, pa.int64()).to_numpy()
+            return ns // 1000
+        return pc.cast(times.cast(pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
+    if pa.types.is_date(times.type):
+        return pc.cast(times.cast(pa.timestamp("us")), pa.int64()).to_numpy()
+    raise SpineError(f"the spine's time column {column!r} must hold timestamps, not {times.type}")
+
+
+class TrainingSets:
+    """Builds training sets: every feature at each spine row's time, from the log's history."""
+
+    def __init__(
+        self,
+        catalog: FeatureCatalog,
+        offline: OfflineStore,
+        archiver: Archiver,
+        streams: dict[str, Stream],
+        threads: int | None = None,
+        engine: str = "duckdb",
+        spark: SparkSettings | None = None,
+        sorted_history: bool = True,
+    ) -> None:
+        self._catalog, self._offline, self._archiver = catalog, offline, archiver
+        self._sorted_history = sorted_history
+        self._streams = streams
+        self._threads = threads
+        self._engine = _check_engine(engine)
+        self._spark = SparkFeatureValues(spark or SparkSettings())
+
+    def history(self, stream: Stream) -> pa.Table:
+        """A stream's whole archived history (brought up to date first)."""
+        self._archiver.catch_up(stream)
+        files = self._offline.files(stream.name)
+        if not files:
+            return pa.table({})
+        with duckdb.connect() as con:
+            self._offline.attach(con)
+            return con.sql(
+                "SELECT * FROM read_parquet($f, union_by_name = true)", params={"f": files}
+            ).to_arrow_table()
+
+    def build(
+        self,
+        spine: Any,
+        features: Sequence[str],
+        time_column: str = "timestamp",
+        progress: Callable[[str], None] | None = None,
+        snapshot: dict[str, int] | None = None,
+        engine: str | None = None,
+    ) -> pa.Table:
+        """Feature values at each spine row's time; ``snapshot`` limits each stream's history
+        to the log offsets below the given ones (to rebuild an earlier training set exactly);
+        ``engine`` (``"duckdb"`` or ``"spark"``, by default the project's) computes them."""
+        engine = self._engine if engine is None else _check_engine(engine)
+        table = to_arrow(spine)
+        res = self._catalog.resolve(features)
+        times = spine_times(table, time_column)
+        for name in res.context:
+            if name not in table.column_names:
+                raise SpineError(f"the spine has no column {name!r}, a derived feature's context")
+        if engine == "spark":  # refuse what Spark cannot do before any work
+            check_supported([c for cs in res.columns.values() for c in cs])
+        duck = None
+        if engine == "duckdb":
+            duck = DuckDBFeatureValues(self._offline, self._threads, self._sorted_history)
+        compute: FeatureValues = duck or self._spark
+        values: dict[str, pa.ChunkedArray | pa.Array] = {}
+        try:
+            for plan_id, columns in res.columns.items():
+                plan = self._catalog.plan(plan_id)
+                missing = [k for k in plan.entity.keys if k not in table.column_names]
+                if missing:
+                    raise SpineError(
+                        f"the spine has no column {missing[0]!r}, the key of entity "
+                        f"{plan.entity.name!r}"
+                    )
+                # Every event the log holds now is visible, archived before or just now.
+                self._archiver.catch_up(self._streams[plan.stream.name])
+                if progress is not None:
+                    progress(plan_id)
+                got = compute.values(
+                    plan,
+                    columns,
+                    table,
+                    times,
+                    self._offline.files(plan.stream.name),
+                    snapshot,
+                )
+                for column in columns:
+                    values[column.name] = got[column.name]
+        finally:
+            if duck is not None:
+                duck.con.close()
+        if res.derived:
+            inputs: dict[str, Any] = dict(values)
+            inputs.update({c: table[c] for c in res.context})
+            numeric = numeric_names(c for cs in res.columns.values() for c in cs)
+            for name, array in evaluate_derived(inputs, numeric, res.derived).items():
+                values[name] = pa.array(array, from_pandas=True)
+        out = table
+        for name in res.requested:
+            if name in out.column_names:
+                out = out.drop([name])
+            out = out.append_column(name, values[name])
+        return out
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise EngineError(f"unknown training-set engine {engine!r}; use one of {list(ENGINES)}")
+    return engine
