@@ -168,7 +168,7 @@ def prepare(
         p.ingest(name, events)
     p.process()
     drifted = pool(p, signups, clock.now_us - 7 * DAY, clock.now_us, args.windows * 20, seed=3)
-    Ledger(p).advance()
+    Ledger(p.monitor_context()).advance()
     print(f"prepared in {time.perf_counter() - t0:.0f}s: {len(users)} users", flush=True)
     return {CALM: (profile, *calm), DRIFTED: (profile, *drifted)}, users
 
@@ -187,7 +187,9 @@ def throughput(
     serve_s = time.perf_counter() - t1
     clock.now_us = NOW + FUTURE_DAYS * DAY
     t2 = time.perf_counter()
-    reports = Monitor(p).run("retention", since_us=at_us, until_us=at_us + 1, alert=False)
+    reports = Monitor(p.monitor_context()).run(
+        "retention", since_us=at_us, until_us=at_us + 1, alert=False
+    )
     monitor_s = time.perf_counter() - t2
     judged = sum(r.predictions for r in reports)
     labelled = sum(r.labelled for r in reports)

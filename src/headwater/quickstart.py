@@ -298,40 +298,20 @@ def train_models(project: Project, console: Console) -> None:
 
 def serve_predictions(project: Project, users: list[str], console: Console) -> None:
     """Start the HTTP server on loopback, predict for sampled users over HTTP, show them."""
-    import socket
-    import threading
-
     import httpx
-    import uvicorn
 
-    from headwater.serving.http.app import create_app
+    from headwater.serving.http.server import serve_in_background
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(project), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            for _ in range(200):
-                if server.started:
-                    break
-                time.sleep(0.05)
-            sample = random.Random(3).sample(sorted(users), min(200, len(users)))
-            latencies, answers = [], []
-            for user in sample:
-                t0 = time.perf_counter()
-                response = client.post("/v1/predict/retention", json={"entity": {"user_id": user}})
-                latencies.append(time.perf_counter() - t0)
-                response.raise_for_status()
-                answers.append(response.json()["predictions"][0])
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    app = project.app()
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        sample = random.Random(3).sample(sorted(users), min(200, len(users)))
+        latencies, answers = [], []
+        for user in sample:
+            t0 = time.perf_counter()
+            response = client.post("/v1/predict/retention", json={"entity": {"user_id": user}})
+            latencies.append(time.perf_counter() - t0)
+            response.raise_for_status()
+            answers.append(response.json()["predictions"][0])
     project.serving.logger.flush()
     table = Table(
         "user",
@@ -372,7 +352,6 @@ def close_the_loop(
     monitor measures live performance, detects the drift, alerts, and a retrain follows."""
     from headwater.monitoring.loop import retrain_if_needed
     from headwater.monitoring.monitor import ALERTS, Monitor
-    from headwater.monitoring.report import render
 
     served_at = project.now()
     clock.ahead_us = FUTURE_DAYS * 86_400_000_000
@@ -389,7 +368,7 @@ def close_the_loop(
         f"failed payments, higher prices); {len(sample)} users scored again"
     )
     alerts_before = project.log.end_offset(ALERTS)
-    monitor = Monitor(project, alert=None)
+    monitor = Monitor(project.monitor_context(), alert=None)
     labelled = [
         r
         for r in monitor.run(
@@ -423,7 +402,9 @@ def close_the_loop(
     console.print(table)
     raised = project.log.end_offset(ALERTS) - alerts_before
     console.print(f"   {raised} alerts appended to the 'alerts' stream (and the server log)")
-    actions = retrain_if_needed(project, recent, lambda line: console.print(f"   {line}"))
+    actions = retrain_if_needed(
+        project.monitor_context(), recent, lambda line: console.print(f"   {line}")
+    )
     for a in actions:
         doc = project.registry.version(a["model"], a["version"])
         console.print(
@@ -433,7 +414,7 @@ def close_the_loop(
         )
     report = folder / "reports" / "churn.html"
     report.parent.mkdir(exist_ok=True)
-    report.write_text(render(project, "churn", days=FUTURE_DAYS + 2))
+    report.write_text(project.report("churn", days=FUTURE_DAYS + 2))
     console.print(f"   the loop took {time.perf_counter() - t0:.1f}s; report: {report.resolve()}")
 
 

@@ -48,7 +48,7 @@ from headwater.monitoring.ledger import Ledger
 
 folder, now, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with Project(folder, clock=lambda: now) as p:
-    done = Ledger(p, batch=batch).advance(
+    done = Ledger(p.monitor_context(), batch=batch).advance(
         progress=lambda d: print("progress", d.predictions, d.feedback, d.matured, flush=True)
     )
     print("done", done.consumed, flush=True)
@@ -163,11 +163,11 @@ def test_sigkill_while_consuming_resumes_to_the_same_ledger(tmp_path):
     assert 0 < int(said[-1][1]) < total
 
     with Project(reference, clock=lambda: now) as p:
-        uninterrupted = Ledger(p, batch=BATCH * 3)
+        uninterrupted = Ledger(p.monitor_context(), batch=BATCH * 3)
         assert uninterrupted.advance().consumed == total
         expected = uninterrupted.snapshot()
     with Project(folder, clock=lambda: now) as p:
-        assert Ledger(p).snapshot() == expected
+        assert Ledger(p.monitor_context()).snapshot() == expected
     assert len(expected["outcomes"]) == 24_000
 
     # The command itself (on the system clock): advances (nothing left), then reports.

@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 from headwater import Project
 from headwater.monitoring.ledger import Ledger
 from headwater.monitoring.monitor import Monitor
-from headwater.serving.http.app import create_app
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "release-0.1.0.tar.gz"
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -48,7 +47,7 @@ def test_online_features_and_predictions_are_those_of_the_release(release):
 
 def test_the_release_serves_over_http(release):
     project, expected = release
-    with TestClient(create_app(project)) as client:
+    with TestClient(project.app()) as client:
         for user, response in expected["predictions"].items():
             r = client.post("/v1/predict/churn", json={"entity": {"user_id": user}})
             assert r.status_code == 200, r.text
@@ -67,9 +66,11 @@ def test_the_release_reproduces_and_trains(release):
 
 def test_the_release_ledger_is_read_and_advanced(release):
     project, _ = release
-    ledger = Ledger(project)
+    ledger = Ledger(project.monitor_context())
     before = ledger.performance(0, project.now() + 1, "churn")
     assert sum(row.predictions for row in before if row.day is None) >= 15
     ledger.advance(project.now())
-    reports = Monitor(project).run("churn", since_us=project.now() - 7 * 86_400_000_000)
+    reports = Monitor(project.monitor_context()).run(
+        "churn", since_us=project.now() - 7 * 86_400_000_000
+    )
     assert reports and reports[0].predictions >= 15

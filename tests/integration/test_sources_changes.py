@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from headwater import Project
 from headwater.cli import app
-from headwater.sources import SourceRunner
 from headwater.sources.base import TABLE_POSITIONS
 from headwater.sources.postgres import PostgresTableReader
 from tests.conftest import write_project
@@ -99,7 +98,7 @@ def _sql(statement: str, table: str, *params: Any) -> None:
 def _poll(path: Path) -> Any:
     """One poll by a fresh process: a new Project and runner, as after a restart."""
     with Project(path) as project:
-        runner = SourceRunner(project)
+        runner = project.source_runner()
         try:
             (result,) = runner.poll()
         finally:
@@ -232,7 +231,7 @@ def test_status_and_clear_errors(tmp_path: Path, table: str) -> None:
     assert "after the snapshot" in result.output
     _sql("ALTER TABLE {t} RENAME COLUMN tier TO level", table)
     with Project(path) as project:
-        runner = SourceRunner(project)
+        runner = project.source_runner()
         (failed,) = runner.poll()
         runner.close()
     assert failed.error is not None and "no column 'tier'" in failed.error

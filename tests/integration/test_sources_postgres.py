@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 from headwater import Project
 from headwater.cli import app
 from headwater.log.base import DEAD_LETTER_STREAM
-from headwater.sources import SourceRunner
 from headwater.sources.base import TABLE_POSITIONS
 from headwater.sources.table import event_id
 from tests.conftest import write_project
@@ -104,7 +103,7 @@ def _events(project: Project, stream: str = "orders") -> list[dict[str, Any]]:
 def _poll(path: Path, name: str | None = None) -> Any:
     """One poll by a fresh process: a new Project and runner, as after a restart."""
     with Project(path) as project:
-        runner = SourceRunner(project)
+        runner = project.source_runner()
         try:
             (result,) = runner.poll([name] if name else None)
         finally:
@@ -180,7 +179,7 @@ def test_a_restart_resumes_exactly(tmp_path: Path, table: str, monkeypatch) -> N
             real_put(records)
 
         monkeypatch.setattr(project.metadata, "put_records", put_records)
-        runner = SourceRunner(project)
+        runner = project.source_runner()
         with pytest.raises(KeyboardInterrupt):
             runner.poll()
         runner.close()
@@ -262,7 +261,7 @@ def test_a_changed_definition_asks_for_a_reset(tmp_path: Path, table: str) -> No
     assert result.error is not None and "headwater source reset orders_db" in result.error
 
     with Project(path) as project:
-        SourceRunner(project).reset("orders_db")
+        project.source_runner().reset("orders_db")
     again = _poll(path)
     assert (again.read, again.accepted, again.duplicates) == (2, 2, 0)  # ids include the cursor
 

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from headwater.definitions.windows import DAY, HOUR, MINUTE
 from headwater.features.catalog import FeatureCatalog
-from headwater.history.archiver import Archiver, records_to_table
+from headwater.history.archiver import Archiver
+from headwater.history.schema import records_to_table
 from headwater.log.base import Record
 from headwater.project.config import ConfigError, load_settings
 from headwater.stores.offline.parquet import ParquetOfflineStore

@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from headwater import Project
 from headwater.errors import StoreUnavailable
-from headwater.serving.http.app import create_app
 from headwater.stores.metadata.postgres import PostgresMetadataStore
 from headwater.stores.online.redis import RedisOnlineStore
 from tests.conftest import SMALL_DEFINITIONS, write_project
@@ -49,7 +48,7 @@ def _project_on(tmp_path, online: str):  # type: ignore[no-untyped-def]
 
 def test_http_answers_503_and_the_cli_one_line(tmp_path) -> None:
     folder = _project_on(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
-    with Project(folder) as p, TestClient(create_app(p)) as client:
+    with Project(folder) as p, TestClient(p.app()) as client:
         p.apply()
         r = client.post(
             "/v1/features", json={"entities": [{"user_id": "u1"}], "features": ["spend_7d"]}

@@ -16,8 +16,8 @@ import pyarrow as pa
 
 from headwater.definitions import Label, Model
 from headwater.definitions.expr import sql_name
-from headwater.history.archiver import ARROW_TYPES
 from headwater.history.engines.duckdb import events_cte, history_source, typed_aggregate_sql
+from headwater.history.schema import ARROW_TYPES
 from headwater.stores.offline.base import OfflineStore
 
 

@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 
 from headwater.definitions import DType, Stream
 from headwater.definitions.expr import sql_name
-from headwater.history.archiver import ARROW_TYPES
 from headwater.history.engines.duckdb import offsets_below
+from headwater.history.schema import ARROW_TYPES
 from headwater.stores.offline.base import OfflineStore
 
 FORMAT = 1

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.definitions import FeatureColumn, Stream
-from headwater.history.archiver import ARROW_TYPES
 from headwater.history.engines.duckdb import offsets_below, snapshot_limits
+from headwater.history.schema import ARROW_TYPES
 from headwater.history.sorted_history import (
     SortedRun,
     read_rows,

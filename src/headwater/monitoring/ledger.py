@@ -27,6 +27,7 @@ from headwater.history.labels import label_values
 from headwater.log.base import Record, partition_name
 from headwater.monitoring import ledger_tables as tables
 from headwater.monitoring import rollup
+from headwater.monitoring.context import MonitorContext
 
 PREDICTIONS = "predictions"
 DAY_US = 86_400_000_000
@@ -79,9 +80,11 @@ class Ledger:
     horizon passed by ``now``; the other methods read the committed state.
     """
 
-    def __init__(self, project: Any, path: str | Path | None = None, batch: int = 5000) -> None:
-        self.project = project
-        self.path = Path(path) if path else project.root / ".headwater" / "monitor.duckdb"
+    def __init__(
+        self, ctx: MonitorContext, path: str | Path | None = None, batch: int = 5000
+    ) -> None:
+        self.ctx = ctx
+        self.path = Path(path) if path else ctx.ledger_path
         self.batch = batch
 
     # -- opening ---------------------------------------------------------------------------
@@ -108,7 +111,7 @@ class Ledger:
     def _sources(self) -> dict[str, str]:
         """What gives each service's ground truth: a feedback source or a model's label."""
         out = {}
-        for name, service in self.project.definitions.services.items():
+        for name, service in self.ctx.definitions.services.items():
             if service.feedback is not None:
                 out[name] = "feedback " + feedback_source(service.feedback)
             else:
@@ -123,7 +126,7 @@ class Ledger:
         every label settled so far may be wrong then."""
         wanted = {
             "schema": SCHEMA_VERSION,
-            "log": self.project.settings.stores.log,
+            "log": self.ctx.log_url,
             **{f"service {k}": v for k, v in self._sources().items()},
         }
         held = dict(con.execute("SELECT name, value FROM meta").fetchall())
@@ -147,8 +150,8 @@ class Ledger:
         """Consume the predictions and feedback the log holds past the checkpoints, then
         settle the model labels whose horizon has passed by ``now`` (the project's clock)."""
         started = time.perf_counter()
-        now = self.project.now() if now is None else now
-        self.project.serving.logger.flush()  # predictions logged in this process count
+        now = self.ctx.clock() if now is None else now
+        self.ctx.flush_predictions()  # predictions logged in this process count
         done = Progress()
 
         def tick(**counts: int) -> None:
@@ -170,13 +173,13 @@ class Ledger:
         return replace(done, seconds=time.perf_counter() - started)
 
     def _feedback_sources(self) -> dict[str, Feedback]:
-        services = self.project.definitions.services.values()
+        services = self.ctx.definitions.services.values()
         return {feedback_source(s.feedback): s.feedback for s in services if s.feedback}
 
     def _consume_predictions(
         self, con: duckdb.DuckDBPyConnection, tick: Callable[..., None]
     ) -> None:
-        log = self.project.log
+        log = self.ctx.log
         for partition in range(log.partitions(PREDICTIONS)):
             name = partition_name(PREDICTIONS, partition)
             start = tables.checkpoint(con, name)
@@ -240,10 +243,10 @@ class Ledger:
     def _truth_plan(self, service: str, model: str) -> tuple[str | None, tuple[str, ...] | None]:
         """Where a prediction's ground truth will come from: a feedback source, or the label
         of its model evaluated at the entity's keys (neither: an unknown service or model)."""
-        found = self.project.definitions.services.get(service)
+        found = self.ctx.definitions.services.get(service)
         if found is not None and found.feedback is not None:
             return feedback_source(found.feedback), None
-        models = self.project.definitions.models
+        models = self.ctx.definitions.models
         return None, (tuple(models[model].label.entity.keys) if model in models else None)
 
     def _consume_feedback(
@@ -253,7 +256,7 @@ class Ledger:
         feedback: Feedback,
         tick: Callable[..., None],
     ) -> None:
-        log, stream = self.project.log, feedback.stream.name
+        log, stream = self.ctx.log, feedback.stream.name
         for partition in range(log.partitions(stream)):
             name = partition_name(f"feedback:{source}", partition)
             start = tables.checkpoint(con, name)
@@ -268,10 +271,10 @@ class Ledger:
 
     def _mature(self, con: duckdb.DuckDBPyConnection, now: int, tick: Callable[..., None]) -> None:
         """Settle, a batch at a time, the model labels whose horizon has passed by ``now``."""
-        models = self.project.definitions.models
+        models = self.ctx.definitions.models
         for name in sorted(models):
             label = models[name].label
-            stream = self.project.definitions.streams[label.stream.name]
+            stream = self.ctx.definitions.streams[label.stream.name]
             caught_up = False
             while True:
                 due: pa.Table = con.sql(
@@ -282,7 +285,7 @@ class Ledger:
                 if not due.num_rows:
                     break
                 if not caught_up:
-                    self.project.archiver.catch_up(stream)
+                    self.ctx.archiver.catch_up(stream)
                     caught_up = True
                 settled = self._label(label, stream, due)
                 with tables.transaction(con):
@@ -293,9 +296,9 @@ class Ledger:
         times = due["ts_us"].to_numpy()
         keys = pd.DataFrame([orjson.loads(e) for e in due["entity"].to_pylist()])
         with duckdb.connect() as con:
-            self.project.offline_store.attach(con)
+            self.ctx.offline.attach(con)
             values = label_values(
-                con, label, keys, times, self.project.offline_store.files(stream.name), None
+                con, label, keys, times, self.ctx.offline.files(stream.name), None
             )
         numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
         return pa.table(
@@ -337,7 +340,7 @@ class Ledger:
                 ).fetchall()
             )
             out: dict[int, list[tuple[int, int | None]]] = {}
-            for p in range(self.project.log.partitions(PREDICTIONS)):
+            for p in range(self.ctx.log.partitions(PREDICTIONS)):
                 tail = tables.checkpoint(con, partition_name(PREDICTIONS, p))
                 lo, hi = spans.get(p, (tail, tail - 1))
                 out[p] = [(lo, hi), (tail, None)] if hi + 1 < tail else [(lo, None)]
@@ -348,7 +351,7 @@ class Ledger:
     ) -> list[rollup.Performance]:
         """Per (service, variant, model version): one row per day of ``[since_us, until_us)``
         (whole days, UTC) with predictions, then one row for the whole range (``day`` None)."""
-        tasks = {n: m.task for n, m in self.project.definitions.models.items()}
+        tasks = {n: m.task for n, m in self.ctx.definitions.models.items()}
         with self.connect() as con:
             rollup.flush(con)
             return rollup.performance(

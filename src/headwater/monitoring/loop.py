@@ -15,19 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from headwater.monitoring.context import MonitorContext
 from headwater.monitoring.monitor import Monitor, VersionReport, logged_predictions
 from headwater.training import evaluation
 
 
 def retrain_if_needed(
-    project: Any, reports: list[VersionReport], log: Callable[[str], None]
+    ctx: MonitorContext, reports: list[VersionReport], log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """Train a challenger for each model whose champion drifted or underperforms."""
     actions = []
     for report in reports:
-        model = project.model(report.model)
+        model = ctx.definitions.model(report.model)
         policy = model.retrain
-        if policy is None or project.registry.alias(model.name, "champion") != report.version:
+        if policy is None or ctx.registry.alias(model.name, "champion") != report.version:
             continue
         reasons = []
         if policy.on_drift:
@@ -40,16 +41,17 @@ def retrain_if_needed(
                 for metric, floor in policy.below
                 if report.metrics.get(metric, math.inf) < floor
             ]
-        if not reasons or _challenger_since(project, model.name, report.first_us):
+        if not reasons or _challenger_since(ctx, model.name, report.first_us):
             continue
         log(f"retraining {model.name}: {reasons[0]}" + (" ..." if len(reasons) > 1 else ""))
-        version = project.train(model.name).version
-        project.promote(
-            model.name,
+        version = ctx.train(model.name)
+        ctx.registry.promote(
+            model,
             version,
-            alias="challenger",
-            by="monitor",
-            reason="retrained: " + "; ".join(reasons)[:500],
+            "challenger",
+            "monitor",
+            "retrained: " + "; ".join(reasons)[:500],
+            ctx.clock(),
         )
         actions.append(
             {"action": "retrained", "model": model.name, "version": version, "reasons": reasons}
@@ -57,30 +59,30 @@ def retrain_if_needed(
     return actions
 
 
-def _challenger_since(project: Any, model: str, since_us: int) -> bool:
+def _challenger_since(ctx: MonitorContext, model: str, since_us: int) -> bool:
     """Whether a challenger was already set after the window that raised the trigger began."""
-    doc = project.registry.aliases(model).get("challenger")
+    doc = ctx.registry.aliases(model).get("challenger")
     return bool(doc and doc["history"][-1]["at_us"] >= since_us)
 
 
 def promote_winners(
-    project: Any, since_us: int, until_us: int, log: Callable[[str], None]
+    ctx: MonitorContext, since_us: int, until_us: int, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """Promote a challenger that beat its champion on the same live, labelled requests."""
-    frame = logged_predictions(project, None, since_us, until_us)
+    frame = logged_predictions(ctx, None, since_us, until_us)
     actions: list[dict[str, Any]] = []
     if frame.empty:
         return actions
-    monitor = Monitor(project)
-    for name, model in sorted(project.definitions.models.items()):
-        champion = project.registry.alias(name, "champion")
-        challenger = project.registry.alias(name, "challenger")
+    monitor = Monitor(ctx)
+    for name, model in sorted(ctx.definitions.models.items()):
+        champion = ctx.registry.alias(name, "champion")
+        challenger = ctx.registry.alias(name, "challenger")
         if model.retrain is None or challenger is None or challenger == champion:
             continue
         rows = frame[frame["model"] == name].reset_index(drop=True)
         if rows.empty:
             continue
-        labels = monitor.ground_truth(model, rows, project.now())
+        labels = monitor.ground_truth(model, rows, ctx.clock())
         labelled = rows[labels.notna().to_numpy()].assign(label=labels[labels.notna()].values)
         # The same requests scored by both: the shadow records share entity and time.
         labelled = labelled.assign(
@@ -106,8 +108,14 @@ def promote_winners(
         )
         log(f"{name} challenger v{challenger}: {verdict} -> {'promote' if won else 'keep'}")
         if won:
-            project.promote(
-                name, challenger, by="monitor", reason="won on live labels: " + verdict, force=True
+            ctx.registry.promote(
+                model,
+                challenger,
+                "champion",
+                "monitor",
+                "won on live labels: " + verdict,
+                ctx.clock(),
+                force=True,
             )
         actions.append(
             {

@@ -29,6 +29,7 @@ from headwater.definitions.types import from_micros
 from headwater.history.engines.duckdb import history_source
 from headwater.history.labels import label_values
 from headwater.log.base import NewRecord, Record
+from headwater.monitoring.context import MonitorContext
 from headwater.monitoring.drift import ColumnDrift, Thresholds, profile_drift
 from headwater.monitoring.ledger import Ledger
 from headwater.training import evaluation
@@ -59,18 +60,20 @@ class VersionReport:
         return self.labelled / self.predictions if self.predictions else 0.0
 
 
-def experiment_outcomes(project: Any, service: str, since_us: int, until_us: int) -> pd.DataFrame:
+def experiment_outcomes(
+    ctx: MonitorContext, service: str, since_us: int, until_us: int
+) -> pd.DataFrame:
     """Each answered prediction of a service with its matured label as the outcome."""
-    frame = logged_predictions(project, service, since_us, until_us)
+    frame = logged_predictions(ctx, service, since_us, until_us)
     if frame.empty:
         return pd.DataFrame(columns=["variant", "outcome"])
     frame = frame[~frame["shadow"].astype(bool)].reset_index(drop=True)
-    monitor = Monitor(project)
-    definition = project.definitions.services[service]
+    monitor = Monitor(ctx)
+    definition = ctx.definitions.services[service]
     parts = []
     for model, group in frame.groupby("model"):
         group = group.reset_index(drop=True)
-        labels, _ = monitor.labels_for(definition, project.model(model), group, project.now())
+        labels, _ = monitor.labels_for(definition, ctx.definitions.model(model), group, ctx.clock())
         parts.append(pd.DataFrame({"variant": group["variant"], "outcome": labels}))
     out = pd.concat(parts, ignore_index=True)
     out = out[out["outcome"].notna()]
@@ -79,7 +82,7 @@ def experiment_outcomes(project: Any, service: str, since_us: int, until_us: int
 
 
 def logged_predictions(
-    project: Any,
+    ctx: MonitorContext,
     service: str | None,
     since_us: int,
     until_us: int,
@@ -89,12 +92,12 @@ def logged_predictions(
 
     ``ranges``: per partition, the offset ranges (end inclusive; None: to the end) to read
     instead of the whole partition (``Ledger.read_ranges`` gives those of a window)."""
-    project.serving.logger.flush()
+    ctx.flush_predictions()
     rows = []
-    for partition in range(project.log.partitions(PREDICTIONS)):
+    for partition in range(ctx.log.partitions(PREDICTIONS)):
         spans = (ranges or {}).get(partition, [(0, None)])
         for start, last in spans:
-            for r in _read(project.log, partition, start, last):
+            for r in _read(ctx.log, partition, start, last):
                 if since_us <= r.event_time < until_us:
                     doc = orjson.loads(r.payload)
                     if service is None or doc["service"] == service:
@@ -113,19 +116,19 @@ def _read(log: Any, partition: int, start: int, last: int | None) -> Iterator[Re
 
 
 def feedback_labels(
-    project: Any, feedback: Feedback, prediction_ids: Iterable[str]
+    ctx: MonitorContext, feedback: Feedback, prediction_ids: Iterable[str]
 ) -> dict[str, tuple[Any, int]]:
     """For each prediction id with feedback: (its outcome, when the first feedback arrived).
 
     The latest event by event time (then log order) gives the outcome, so a correction
     replaces an earlier label; ids with no feedback are absent."""
-    stream = project.definitions.streams[feedback.stream.name]
-    project.archiver.catch_up(stream)
+    stream = ctx.definitions.streams[feedback.stream.name]
+    ctx.archiver.catch_up(stream)
     wanted = pa.table({"_pid": pa.array([str(i) for i in prediction_ids], pa.string())})
     pid, value = sql_name(feedback.prediction_id), sql_name(feedback.field)
     with duckdb.connect() as con:
-        project.offline_store.attach(con)
-        source, params = history_source(con, stream, project.offline_store.files(stream.name), None)
+        ctx.offline.attach(con)
+        source, params = history_source(con, stream, ctx.offline.files(stream.name), None)
         con.register("_wanted", wanted)
         rows = con.sql(
             f"""SELECT CAST(e.{pid} AS VARCHAR) AS pid,
@@ -143,11 +146,11 @@ def feedback_labels(
 class Monitor:
     def __init__(
         self,
-        project: Any,
+        ctx: MonitorContext,
         thresholds: Thresholds | None = None,
         alert: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.project = project
+        self.ctx = ctx
         self.thresholds = thresholds or Thresholds()
         self._alert_hook = alert
 
@@ -168,15 +171,15 @@ class Monitor:
         answer). ``logged``: predictions already read from the log (a wider window is fine),
         so that callers looking at several windows read the stream once.
         """
-        now = self.project.now()
+        now = self.ctx.clock()
         until = now + 1 if until_us is None else until_us  # predictions made "now" count
         since = until - 86_400_000_000 * 7 if since_us is None else since_us
-        ledger = None if recompute else Ledger(self.project)
+        ledger = None if recompute else Ledger(self.ctx)
         if ledger is not None:
             ledger.advance(now)
         if logged is None:
             ranges = None if ledger is None else ledger.read_ranges(since, until)
-            frame = logged_predictions(self.project, service, since, until, ranges)
+            frame = logged_predictions(self.ctx, service, since, until, ranges)
         elif logged.empty:
             frame = logged
         else:
@@ -189,15 +192,15 @@ class Monitor:
             return reports
         frame = frame[~frame["shadow"].astype(bool)] if "shadow" in frame else frame
         known = None if ledger is None else ledger.outcomes(frame["prediction_id"].tolist())
-        services = self.project.definitions.services
+        services = self.ctx.definitions.services
         for (name, variant, model, version), group in frame.groupby(
             ["service", "variant", "model", "model_version"], sort=True
         ):
             definition = services[name]
             labels, delays = (
-                self.labels_for(definition, self.project.model(model), group, now)
+                self.labels_for(definition, self.ctx.definitions.model(model), group, now)
                 if known is None
-                else _known_truth(definition, self.project.model(model), group, known, now)
+                else _known_truth(definition, self.ctx.definitions.model(model), group, known, now)
             )
             reports.append(
                 self._report(definition, variant, model, int(version), group, labels, delays)
@@ -216,8 +219,8 @@ class Monitor:
         labels: pd.Series,
         delays: np.ndarray,
     ) -> VersionReport:
-        definition = self.project.model(model)
-        doc = self.project.registry.version(model, version)
+        definition = self.ctx.definitions.model(model)
+        doc = self.ctx.registry.version(model, version)
         report = VersionReport(
             service.name,
             variant,
@@ -253,7 +256,7 @@ class Monitor:
         prediction it became known (microseconds): from the service's feedback stream when it
         declares one, else the model's label once its horizon has passed."""
         if service.feedback is not None:
-            found = feedback_labels(self.project, service.feedback, group["prediction_id"])
+            found = feedback_labels(self.ctx, service.feedback, group["prediction_id"])
             times = group["ts_us"].to_numpy(dtype=np.int64)
             ids = group["prediction_id"].tolist()
             labels = pd.Series([found[i][0] if i in found else None for i in ids], dtype=object)
@@ -273,16 +276,16 @@ class Monitor:
         if not mature.any():
             return out
         keys = pd.DataFrame(list(group["entity"]))[list(label.entity.keys)][mature]
-        stream = self.project.definitions.streams[label.stream.name]
-        self.project.archiver.catch_up(stream)
+        stream = self.ctx.definitions.streams[label.stream.name]
+        self.ctx.archiver.catch_up(stream)
         with duckdb.connect() as con:
-            self.project.offline_store.attach(con)
+            self.ctx.offline.attach(con)
             values = label_values(
                 con,
                 label,
                 keys.reset_index(drop=True),
                 times[mature],
-                self.project.offline_store.files(stream.name),
+                self.ctx.offline.files(stream.name),
                 None,
             )
         out[np.flatnonzero(mature)] = values.to_numpy()
@@ -299,18 +302,18 @@ class Monitor:
         Each mismatch is reported with the entity, the time and both values, and raised as
         an alert. Predictions for unknown entities (served with defaults) are not sampled.
         """
-        frame = logged_predictions(self.project, service, since_us, until_us)
+        frame = logged_predictions(self.ctx, service, since_us, until_us)
         if frame.empty:
             return {"checked": 0, "rates": {}, "mismatches": []}
         frame = frame[~frame["unknown_entity"].astype(bool) & frame["features_at_us"].notna()]
         frame = frame.sample(min(sample, len(frame)), random_state=seed).reset_index(drop=True)
-        entity = self.project.definitions.services[service].entity
+        entity = self.ctx.definitions.services[service].entity
         spine = pd.DataFrame(list(frame["entity"]))[list(entity.keys)]
         spine["timestamp"] = pd.to_datetime(
             frame["features_at_us"].astype("int64"), unit="us", utc=True
         )
         names = sorted({n for f in frame["features"] for n in f})
-        offline = self.project.training_set(spine, names)
+        offline = self.ctx.training.build(spine, names).to_pandas()
         rates: dict[str, float] = {}
         mismatches: list[dict[str, Any]] = []
         for name in names:
@@ -329,7 +332,7 @@ class Monitor:
                         }
                     )
             rates[name] = bad / len(frame) if len(frame) else 0.0
-        now = self.project.now()
+        now = self.ctx.clock()
         records = [
             NewRecord(
                 hashlib.sha1(orjson.dumps(m, default=str)).hexdigest()[:24],
@@ -339,7 +342,7 @@ class Monitor:
             for m in mismatches[:1000]
         ]
         if records:
-            self.project.log.append(ALERTS, records, now)
+            self.ctx.log.append(ALERTS, records, now)
             for m in mismatches[:1000]:
                 if self._alert_hook is not None:
                     self._alert_hook({"kind": "skew", "service": service, **m})
@@ -375,7 +378,7 @@ class Monitor:
                 if self._alert_hook is not None:
                     self._alert_hook(alert)
         if records:
-            self.project.log.append(ALERTS, records, now)
+            self.ctx.log.append(ALERTS, records, now)
 
 
 def _known_truth(

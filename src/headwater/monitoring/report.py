@@ -4,12 +4,12 @@ model's live performance over time, drift per feature, and predictions against t
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from headwater.definitions.types import from_micros
+from headwater.monitoring.context import MonitorContext
 from headwater.monitoring.monitor import Monitor, VersionReport, logged_predictions
 
 DAY = 86_400_000_000
@@ -62,13 +62,13 @@ def _daily(
     return out
 
 
-def render(project: Any, model: str, days: int = 14) -> str:
-    definition = project.model(model)
-    monitor = Monitor(project)
-    now = project.now()
+def render(ctx: MonitorContext, model: str, days: int = 14) -> str:
+    definition = ctx.definitions.model(model)
+    monitor = Monitor(ctx)
+    now = ctx.clock()
     # The predictions stream is read once; every window below is a slice of it. A report
     # only looks: it raises no alerts.
-    logged = logged_predictions(project, None, now - days * DAY, now + 1)
+    logged = logged_predictions(ctx, None, now - days * DAY, now + 1)
     daily = _daily(monitor, model, days, now, logged)
     latest = monitor.run(None, since_us=now - days * DAY, logged=logged, alert=False)
     latest = [r for r in latest if r.model == model]
@@ -98,10 +98,10 @@ def render(project: Any, model: str, days: int = 14) -> str:
             for d in r.drift
         )
         sections.append(f"<table><tr><th>column</th><th>level</th><th>why</th></tr>{rows}</table>")
-        sections.append(_prediction_chart(project, model, r, logged))
+        sections.append(_prediction_chart(ctx, model, r, logged))
     if not latest:
         sections.append("<p>No predictions of this model in the window.</p>")
-    sections += _experiments(project, model, now - days * DAY, now + 1)
+    sections += _experiments(ctx, model, now - days * DAY, now + 1)
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(model)}"
         f" report</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
@@ -136,18 +136,18 @@ def intervals(rows: list[tuple[str, float, float, float]], width: int = 560) -> 
     return "".join(parts)
 
 
-def _experiments(project: Any, model: str, since: int, until: int) -> list[str]:
+def _experiments(ctx: MonitorContext, model: str, since: int, until: int) -> list[str]:
     """Each A/B or bandit service of the model: per-variant outcomes, the test, the verdict."""
     from headwater.monitoring.experiment import ExperimentError, analyze
     from headwater.monitoring.monitor import experiment_outcomes
 
     out: list[str] = []
-    for service in project.definitions.services.values():
+    for service in ctx.definitions.services.values():
         if service.routing not in ("ab", "bandit"):
             continue
         if not any(v.model.name == model for v in service.variants):
             continue
-        outcomes = experiment_outcomes(project, service.name, since, until)
+        outcomes = experiment_outcomes(ctx, service.name, since, until)
         source = "feedback" if service.feedback is not None else "the model's label"
         out.append(f"<h2>Experiment: {html.escape(service.name)} ({service.routing})</h2>")
         if outcomes["variant"].nunique() < 2:
@@ -182,8 +182,10 @@ def _experiments(project: Any, model: str, since: int, until: int) -> list[str]:
     return out
 
 
-def _prediction_chart(project: Any, model: str, report: VersionReport, logged: pd.DataFrame) -> str:
-    reference = project.registry.version(model, report.version)["profile"]["prediction"]
+def _prediction_chart(
+    ctx: MonitorContext, model: str, report: VersionReport, logged: pd.DataFrame
+) -> str:
+    reference = ctx.registry.version(model, report.version)["profile"]["prediction"]
     edges = reference.get("edges")
     if not edges or len(edges) < 2:
         return ""

@@ -6,72 +6,11 @@ import hashlib
 import importlib.util
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headwater.definitions import (
-    ChangeSource,
-    Definition,
-    DefinitionError,
-    Derived,
-    Entity,
-    Feature,
-    FolderSource,
-    Label,
-    Model,
-    Service,
-    Source,
-    Stream,
-    TableSource,
-)
-
-
-@dataclass
-class Definitions:
-    """Every definition of a project, by kind and name."""
-
-    streams: dict[str, Stream] = field(default_factory=dict)
-    entities: dict[str, Entity] = field(default_factory=dict)
-    features: dict[str, Feature] = field(default_factory=dict)
-    derived: dict[str, Derived] = field(default_factory=dict)
-    labels: dict[str, Label] = field(default_factory=dict)
-    models: dict[str, Model] = field(default_factory=dict)
-    services: dict[str, Service] = field(default_factory=dict)
-    sources: dict[str, Source] = field(default_factory=dict)
-
-    def all(self) -> list[Definition]:
-        return [
-            *self.streams.values(),
-            *self.entities.values(),
-            *self.features.values(),
-            *self.derived.values(),
-            *self.labels.values(),
-            *self.models.values(),
-            *self.services.values(),
-            *self.sources.values(),
-        ]
-
-    def add(self, definition: Definition) -> None:
-        tables: dict[type, dict[str, Any]] = {
-            Stream: self.streams,
-            Entity: self.entities,
-            Feature: self.features,
-            Derived: self.derived,
-            Label: self.labels,
-            Model: self.models,
-            Service: self.services,
-            TableSource: self.sources,
-            FolderSource: self.sources,
-            ChangeSource: self.sources,
-        }
-        table = tables[type(definition)]
-        existing = table.get(definition.name)
-        if existing is definition:
-            return
-        if existing is not None:
-            raise DefinitionError(f"two {definition.kind}s are named {definition.name!r}")
-        table[definition.name] = definition
+from headwater.definitions import Definition, DefinitionError, Feature, Label
+from headwater.definitions.collection import Definitions
 
 
 def _walk(value: Any) -> Iterable[Definition]:

@@ -6,29 +6,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from headwater.definitions import DefinitionError, Model
+from headwater.definitions import DefinitionError, Model, Stream
 from headwater.definitions.types import to_micros
-from headwater.errors import did_you_mean
 from headwater.features.catalog import FeatureCatalog, UnknownFeatureError
-from headwater.history.archiver import Archiver
-from headwater.ingestion.service import Ingestor, IngestResult
+from headwater.ingestion.service import IngestResult
 from headwater.log.base import GroupLog, SoleMember
+from headwater.project import wiring
 from headwater.project.config import Settings, load_settings
 from headwater.project.loader import Definitions, load_definitions
 from headwater.project.planning import Plan, apply_plan, make_plan
-from headwater.registry.registry import Registry
-from headwater.stores.urls import open_backend
-from headwater.streaming.online import OnlineFeatures
-from headwater.streaming.processor import ProcessingError, Processor, ProcessStats
-from headwater.training.sets import TrainingSets, to_arrow
+from headwater.streaming.processor import ProcessingError, ProcessStats
+from headwater.streaming.workers import run_workers
+from headwater.training.sets import to_arrow
 
 if TYPE_CHECKING:
+    from headwater.monitoring.context import MonitorContext
+    from headwater.monitoring.ledger import Progress
+    from headwater.monitoring.service import MonitorRun
+    from headwater.serving.http.app import App
+    from headwater.serving.runtime import Serving
+    from headwater.sources.runner import SourceRunner
     from headwater.training.trainer import TrainResult
 
 Clock = Callable[[], "int | datetime"]
@@ -39,6 +43,15 @@ _LOGGER = logging.getLogger("headwater.project")
 
 def system_clock() -> int:
     return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class StreamDescription:
+    """What ``Project.describe_stream`` finds: a row per field, a line per sorted copy."""
+
+    stream: Stream
+    fields: Any  # a pandas DataFrame
+    copies: list[str]
 
 
 class Project:
@@ -59,36 +72,16 @@ class Project:
         self.catalog = FeatureCatalog(
             self.definitions.features.values(), self.definitions.derived.values()
         )
-        stores = self.settings.stores
-        self.log = open_backend("log", stores.log, self.root)
-        self.online_store = open_backend("online", stores.online, self.root)
-        self.offline_store = open_backend("offline", stores.offline, self.root)
-        self.metadata = open_backend("metadata", stores.metadata, self.root)
-        self.ingestor = Ingestor(
-            self.log, self.definitions.streams, self.now, self.settings.ingest.max_future_us
+        self.stores = wiring.open_stores(self.settings)
+        self.log, self.online_store = self.stores.log, self.stores.online
+        self.offline_store, self.metadata = self.stores.offline, self.stores.metadata
+        self.core = wiring.build_core(
+            self.settings, self.definitions, self.catalog, self.stores, self.now
         )
-        self.processor = Processor(self.log, self.online_store, self.catalog.plans, self.now)
-        sorted_history = self.settings.offline.sorted_history
-        sorted_by: dict[str, list[tuple[str, ...]]] = {}  # the key tuples features read by
-        for plan in self.catalog.plans:
-            tuples = sorted_by.setdefault(plan.stream.name, [])
-            if plan.entity.keys not in tuples:
-                tuples.append(plan.entity.keys)
-        self.archiver = Archiver(
-            self.log, self.offline_store, sorted_history=sorted_history, sorted_by=sorted_by
-        )
-        self.online = OnlineFeatures(self.online_store, self.catalog, self.now)
-        self.training = TrainingSets(
-            self.catalog,
-            self.offline_store,
-            self.archiver,
-            self.definitions.streams,
-            engine=self.settings.offline.engine,
-            spark=self.settings.offline.spark,
-            sorted_history=sorted_history,
-        )
-        self.registry = Registry(self.metadata, self.root / ".headwater" / "artifacts")
-        self._serving: Any = None
+        self.ingestor, self.processor = self.core.ingestor, self.core.processor
+        self.archiver, self.online = self.core.archiver, self.core.online
+        self.training, self.registry = self.core.training, self.core.registry
+        self._serving: Serving | None = None
         self._check_models()
 
     def _check_models(self) -> None:
@@ -115,12 +108,7 @@ class Project:
                 )
 
     def model(self, name: str) -> Model:
-        try:
-            return self.definitions.models[name]
-        except KeyError:
-            raise DefinitionError(
-                f"unknown model {name!r}" + did_you_mean(name, list(self.definitions.models))
-            ) from None
+        return self.definitions.model(name)
 
     def now(self) -> int:
         """The project's clock, in UTC microseconds."""
@@ -172,6 +160,9 @@ class Project:
         workers: int = 1,
         group: str | None = None,
         rebuild: bool = False,
+        batch_size: int | None = None,
+        commit_seconds: float | None = None,
+        cached_states: int | None = None,
     ) -> ProcessStats:
         """Bring the online store up to date with the log (or keep it so until ``stop``).
 
@@ -180,7 +171,20 @@ class Project:
         group ``group`` (default ``headwater.<project name>.processor``) and processes the
         partitions it assigns, so processes on several hosts share the work; ``workers``
         starts that many worker processes here, each a member of the group.
+
+        ``batch_size`` (log records read and applied at a time), ``commit_seconds`` (behind a
+        backlog, how often each partition commits; 0: every batch) and ``cached_states``
+        (decoded entity states kept in memory between batches) tune the processor; workers
+        get the same.
         """
+        knobs = {"batch_size": batch_size, "commit_seconds": commit_seconds}
+        knobs["cached_states"] = cached_states
+        chosen = {k: v for k, v in knobs.items() if v is not None}
+        if chosen.get("batch_size", 1) < 1 or min(chosen.values(), default=0) < 0:
+            raise ProcessingError(
+                "--batch-size must be at least 1, --commit-seconds and --cached-states at least 0"
+            )
+        self.processor.configure({**self.processor.settings(), **chosen})
         sharing = isinstance(self.log, GroupLog)
         if workers < 1:
             raise ProcessingError(f"workers must be at least 1, not {workers}")
@@ -193,19 +197,30 @@ class Project:
         if not forever and (workers > 1 or group is not None):
             raise ProcessingError("workers and groups share continuous processing: add forever")
         if rebuild:
-            self.processor.clear()
+            self.clear_online()
         if not forever:
             return self.processor.run_until_caught_up(progress, stop)
         stop = stop or threading.Event()
         group = group or f"headwater.{self.settings.name}.processor"
         if workers > 1:
-            return _run_workers(self.root, group, workers, self.processor.settings(), stop)
+            args = (str(self.root), group, self.processor.settings())
+            return run_workers(_process_in_worker, args, workers, stop)
         streams = self.processor.streams
-        member = self.log.join(group, streams) if sharing else SoleMember(self.log, streams)
+        log = self.log
+        member = log.join(group, streams) if isinstance(log, GroupLog) else SoleMember(log, streams)
         try:
             return self.processor.run_forever(stop, membership=member)
         finally:
             member.close()
+
+    def clear_online(self) -> None:
+        """Forget the feature sets' online state and checkpoints: the next ``process``
+        replays the whole log (e.g. after the online store lost its data)."""
+        self.processor.clear()
+
+    def lag(self) -> dict[str, int]:
+        """Per feature set, how many log records the online store has not processed yet."""
+        return self.processor.lag()
 
     # -- features ------------------------------------------------------------------------
 
@@ -273,9 +288,15 @@ class Project:
 
         ``reproduce`` rebuilds the training data of an earlier version from the log.
         """
-        from headwater.training.trainer import Trainer  # scikit-learn loads only to train
-
-        trainer = Trainer(self, self.registry, log or (lambda _: None))
+        trainer = wiring.build_trainer(
+            self.settings,
+            self.definitions,
+            self.catalog,
+            self.stores,
+            self.core,
+            self.now,
+            log or (lambda _: None),
+        )
         result = trainer.train(self.model(model), reproduce=reproduce)
         uri = self.settings.tracking.mlflow_uri
         if uri:
@@ -329,13 +350,17 @@ class Project:
     # -- serving -------------------------------------------------------------------------
 
     @property
-    def serving(self) -> Any:
+    def serving(self) -> Serving:
         """The serving runtime (loaded models, predictors, the prediction logger)."""
         if self._serving is None:
-            from headwater.serving.runtime import Serving
-
-            self._serving = Serving(self)
+            self._serving = wiring.build_serving(self.definitions, self.stores, self.core, self.now)
         return self._serving
+
+    def app(self) -> App:
+        """The HTTP API of this project (``headwater serve`` runs it; OpenAPI at /docs)."""
+        return wiring.build_app(
+            self.settings, self.stores, self.core, self.serving, self.ingest, self.now
+        )
 
     def predict(
         self, service: str, entity: Mapping[str, Any] | None = None, /, **keys: Any
@@ -361,33 +386,191 @@ class Project:
         ``project.rank("recommend", {"user_id": "u42"}, ["i1", "i2", "i3"], k=2)``
         """
         ranking = self.serving.rank(service, request, candidates, k)
-        keys = self.serving.predictor(service).service.candidates.keys
-        return ranking.response(keys)
+        ranked = self.serving.predictor(service).service.candidates
+        if ranked is None:  # rank() refused such a service already
+            raise DefinitionError(f"service {service!r} ranks no candidates")
+        return ranking.response(ranked.keys)
 
     def entities(self, entity: str) -> Any:
         """Every key of an entity seen in the streams of its features (a pandas DataFrame)."""
-        import pandas as pd
-
-        keys = self.definitions.entities[entity].keys
-        frames = []
-        for plan in self.catalog.plans:
-            if plan.entity.name == entity:
-                history = self.training.history(plan.stream)
-                if history.num_rows:
-                    frames.append(history.select(list(keys)).to_pandas().astype(str))
-        if not frames:
-            return pd.DataFrame(columns=list(keys))
-        return pd.concat(frames).drop_duplicates().sort_values(list(keys), ignore_index=True)
+        return self.training.entities(self.definitions.entities[entity])
 
     def score(self, service: str, spine: Any, *, time_column: str = "timestamp") -> Any:
         """Batch scoring: each spine row's entity as of its time, from the offline store."""
         return self.serving.score_batch(service, spine, time_column)
 
+    def rollback(
+        self, model: str, *, alias: str = "champion", by: str = "sdk", reason: str = ""
+    ) -> int:
+        """Point an alias back at its previous version; returns that version."""
+        return self.registry.rollback(model, alias, by, reason, self.now())
+
+    def describe_stream(self, name: str) -> StreamDescription:
+        """A stream's fields over its whole history (brought up to date first): counts, null
+        rates, distinct values, ranges, and each sorted copy of the history."""
+        from headwater.history.describe import describe_copies, describe_stream
+
+        stream = self.definitions.streams[name]
+        self.archiver.catch_up(stream)
+        return StreamDescription(
+            stream,
+            describe_stream(stream, self.offline_store),
+            describe_copies(self.offline_store, stream, self.archiver.sorted_keys(stream)),
+        )
+
+    def score_entities(
+        self,
+        service: str,
+        *,
+        at: int | None = None,
+        entities: Any = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Any:
+        """Batch scoring of ``entities`` (a DataFrame of keys, optionally times; default:
+        every entity of the service) as of ``at`` (UTC microseconds; default now), every
+        prediction logged. Returns a pandas DataFrame of keys, times, ids and scores."""
+        from headwater.definitions.types import from_micros
+        from headwater.serving.batch_scoring import score_entities
+
+        when = from_micros(at if at is not None else self.now())
+        return score_entities(self.serving, service, when, entities, progress)
+
+    def run_scheduled(
+        self, log: Callable[[str], None]
+    ) -> tuple[list[tuple[str, int | str]], list[tuple[str, int | str]]]:
+        """Train every model, then batch-score every service, whose cron schedule is due:
+        (each model with its new version, each service with its rows; or the failure)."""
+        from headwater.project.scheduler import run_due, run_due_scoring
+
+        return run_due(self, log), run_due_scoring(self, log)
+
+    # -- monitoring ----------------------------------------------------------------------
+
+    def monitor(
+        self,
+        service: str | None = None,
+        *,
+        days: float = 7,
+        alert: Callable[[dict[str, Any]], None] | None = None,
+        act: bool = False,
+        progress: Callable[[Progress], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> MonitorRun:
+        """Join logged predictions with their ground truth and report the last ``days``.
+
+        The ledger consumes the log from its checkpoints first (a kill resumes without
+        counting anything twice); then per version: performance, drift and skew, alerts (to
+        ``alert`` and the ``alerts`` stream). ``act`` retrains models whose policy says so
+        and promotes challengers that win on live labels.
+        """
+        from headwater.monitoring.service import run_monitor  # scipy loads only to monitor
+
+        return run_monitor(
+            self.monitor_context(),
+            service,
+            days=days,
+            alert=alert,
+            act=act,
+            progress=progress,
+            log=log or (lambda _: None),
+        )
+
+    def monitor_context(self) -> MonitorContext:
+        """What the monitor, its ledger and its reports read (see ``monitoring/``)."""
+        return wiring.monitor_context(
+            self.settings,
+            self.definitions,
+            self.stores,
+            self.core,
+            self.now,
+            lambda: self.serving.logger.flush(),
+            lambda model: self.train(model).version,
+        )
+
+    def experiment(
+        self, service: str, *, days: float = 30, higher_is_better: bool | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        """Per-variant outcomes of an A/B (or bandit) service over the last ``days``, with
+        intervals, and each variant against the control: the test used and a verdict.
+        ``higher_is_better`` defaults to the service's setting."""
+        from headwater.monitoring.experiment import analyze
+        from headwater.monitoring.monitor import experiment_outcomes
+
+        now = self.now()
+        day_us = 86_400_000_000
+        outcomes = experiment_outcomes(
+            self.monitor_context(), service, now - int(days * day_us), now + 1
+        )
+        if outcomes["variant"].nunique() < 2:
+            raise DefinitionError(
+                f"service {service!r} has matured outcomes for fewer than two "
+                "variants in the window; wait for labels or widen --days"
+            )
+        if higher_is_better is None:
+            higher_is_better = self.definitions.services[service].higher_is_better
+        return analyze(outcomes, higher_is_better=higher_is_better)
+
+    def report(self, model: str, days: int = 14) -> str:
+        """A self-contained HTML report of a model: live performance by day, drift,
+        predictions against the reference, experiments."""
+        from headwater.monitoring.report import render
+
+        return render(self.monitor_context(), model, days)
+
+    def serve(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        with_processor: bool = False,
+        with_scoring: bool = False,
+        monitor_every: float = 0,
+    ) -> None:
+        """Serve the HTTP API until interrupted (default address from ``headwater.toml``),
+        optionally with the stream processor, the scoring of trigger streams and a periodic
+        monitor (exported on /metrics) running beside it."""
+        from headwater.serving.http.server import Task, run_server
+
+        app = self.app()
+        tasks: list[Task] = []
+        if with_processor:
+
+            def process(stop: threading.Event) -> None:
+                self.process(forever=True, stop=stop)
+
+            tasks.append(process)
+        if with_scoring:
+            tasks.append(self.serving.run_stream_scoring)
+        if monitor_every > 0:
+            from headwater.monitoring.service import monitor_every as every
+
+            ctx = self.monitor_context()
+            record = app.state.metrics.record_monitor
+            tasks.append(lambda stop: every(ctx, monitor_every, stop, record))
+
+        def freeze() -> None:  # states decoded later leave the collector's generations too
+            self.online.freeze_cached_states = True
+
+        run_server(
+            app,
+            host or self.settings.server.host,
+            port or self.settings.server.port,
+            tasks,
+            freeze,
+        )
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def source_runner(self) -> SourceRunner:
+        """The runner of the sources this project declares (``headwater source run``)."""
+        return wiring.build_source_runner(
+            self.settings, self.definitions, self.stores, self.ingest, self.now
+        )
+
     def close(self) -> None:
         if self._serving is not None:
             self._serving.close()
-        for store in (self.log, self.online_store, self.metadata):
-            store.close()
+        self.stores.close()
 
     def __enter__(self) -> Project:
         return self
@@ -396,71 +579,10 @@ class Project:
         self.close()
 
 
-def _run_workers(
-    root: Path, group: str, workers: int, settings: dict[str, float], stop: threading.Event
+def _process_in_worker(
+    stop: threading.Event, root: str, group: str, settings: dict[str, float]
 ) -> ProcessStats:
-    """Run ``workers`` processes (spawned) that each process the project in ``group``, until
-    ``stop`` is set; a worker that dies leaves its partitions to the others."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    done = context.Event()
-    results = context.SimpleQueue()
-    processes = [
-        context.Process(
-            target=_worker,
-            args=(str(root), group, settings, done, results),
-            name=f"headwater-worker-{i}",
-            daemon=True,
-        )
-        for i in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        running = set(processes)
-        while running and not stop.wait(0.5):
-            for process in [p for p in running if not p.is_alive()]:
-                running.discard(process)
-                _LOGGER.warning(
-                    "%s exited (code %s); the others take over its partitions",
-                    process.name,
-                    process.exitcode,
-                )
-        if not running:
-            raise ProcessingError(f"all {workers} workers exited; see their errors above")
-    finally:
-        done.set()
-        for process in processes:
-            process.join(30)
-            if process.is_alive():
-                process.terminate()
-    total = ProcessStats()
-    while not results.empty():
-        events, batches = results.get()
-        total.events += events
-        total.batches += batches
-    return total
-
-
-def _worker(root: str, group: str, settings: dict[str, float], done: Any, results: Any) -> None:
-    """One process of ``_run_workers``: it stops when ``done`` is set or its parent is gone,
-    and leaves Ctrl-C to the parent (which then sets ``done``)."""
-    import multiprocessing
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.5):
-            if parent is not None and not parent.is_alive():
-                break
-        stop.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    """What each worker process of ``Project.process(workers=N)`` runs."""
     with Project(root) as project:
         project.processor.configure(settings)
-        stats = project.process(forever=True, group=group, stop=stop)
-    results.put((stats.events, stats.batches))
+        return project.process(forever=True, group=group, stop=stop)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.definitions import HeadwaterError, Model
-from headwater.registry import artifacts
 from headwater.stores.metadata.base import MetadataStore
+
+if TYPE_CHECKING:
+    from headwater.registry.artifacts import Signature
 
 VERSIONS = "model_versions"
 ALIASES = "model_aliases"
@@ -30,8 +32,10 @@ class Registry:
         self._metadata = metadata
         self.artifacts = artifacts  # the folder model files are written to and read from
 
-    def load_model(self, doc: dict[str, Any]) -> tuple[Any, artifacts.Signature]:
+    def load_model(self, doc: dict[str, Any]) -> tuple[Any, Signature]:
         """A version's fitted estimator and input signature, from its artifacts."""
+        from headwater.registry import artifacts  # joblib loads only with a model
+
         return artifacts.load(doc["artifacts"], self.artifacts)
 
     # -- versions ------------------------------------------------------------------------

@@ -6,15 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
+
+from headwater.serving.runtime import Serving
 
 CHUNK = 50_000
 
 
 def score_entities(
-    project: Any,
+    serving: Serving,
     service: str,
     when: datetime,
     entities: pd.DataFrame | None = None,
@@ -22,13 +23,13 @@ def score_entities(
 ) -> pd.DataFrame:
     """Score ``entities`` (keys, optionally a ``timestamp`` each; default: every entity of the
     service, as of ``when``) in chunks through the batch path; every prediction is logged."""
-    s = project.serving.service(service)
-    table = project.entities(s.entity.name) if entities is None else entities.copy()
+    s = serving.service(service)
+    table = serving.entities(s.entity) if entities is None else entities.copy()
     if "timestamp" not in table.columns:
         table["timestamp"] = pd.Timestamp(when)
     parts = []
     for i in range(0, len(table), CHUNK):
-        parts.append(project.score(service, table.iloc[i : i + CHUNK]))
+        parts.append(serving.score_batch(service, table.iloc[i : i + CHUNK]))
         if progress is not None:
             progress(len(parts[-1]))
     if not parts:

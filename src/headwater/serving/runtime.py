@@ -10,27 +10,46 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from headwater.definitions import DefinitionError, Service
+from headwater.definitions import DefinitionError, Entity, Service
 from headwater.errors import did_you_mean
 from headwater.features.plan import entity_key
-from headwater.log.base import NewRecord, partition_name
+from headwater.log.base import Log, NewRecord, partition_name
+from headwater.registry.registry import Registry
 from headwater.serving.prediction_log import PredictionLogger
 from headwater.serving.predictor import Prediction, Predictor, Ranking
 from headwater.serving.scoring import ScorerCache
+from headwater.stores.online.base import OnlineStore
+from headwater.streaming.online import OnlineFeatures
+from headwater.training.sets import TrainingSets
 
 OUTPUT_BATCH = 1000
 
 
 class Serving:
-    def __init__(self, project: Any, refresh_seconds: float = 1.0) -> None:
-        self._project = project
-        self.scorers = ScorerCache(project.registry, refresh_seconds)
-        self.logger = PredictionLogger(project.log, project.now)
+    """Predictions of a project's services: the four ways in (in-process, HTTP, batch,
+    stream) share its predictors, loaded models and prediction logger."""
+
+    def __init__(
+        self,
+        services: Mapping[str, Service],
+        registry: Registry,
+        log: Log,
+        online: OnlineFeatures,
+        online_store: OnlineStore,
+        training: TrainingSets,
+        clock: Callable[[], int],
+        refresh_seconds: float = 1.0,
+    ) -> None:
+        self.services = services
+        self._log, self._online, self._online_store = log, online, online_store
+        self._training, self._now = training, clock
+        self.scorers = ScorerCache(registry, refresh_seconds)
+        self.logger = PredictionLogger(log, clock)
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
 
     def service(self, name: str) -> Service:
-        services = self._project.definitions.services
+        services = self.services
         if name not in services:
             raise DefinitionError(f"unknown service {name!r}" + did_you_mean(name, list(services)))
         return services[name]
@@ -41,9 +60,13 @@ class Serving:
             with self._lock:
                 found = self._predictors.get(name)
                 if found is None:
-                    p = self._project
                     found = self._predictors[name] = Predictor(
-                        self.service(name), p.online, self.scorers, p.log, self.logger, p.now
+                        self.service(name),
+                        self._online,
+                        self.scorers,
+                        self._log,
+                        self.logger,
+                        self._now,
                     )
         return found
 
@@ -64,12 +87,17 @@ class Serving:
 
     # -- batch -----------------------------------------------------------------------------
 
+    def entities(self, entity: Entity) -> pd.DataFrame:
+        """Every key of ``entity`` in the history of its features' streams."""
+        frame: pd.DataFrame = self._training.entities(entity)
+        return frame
+
     def score_batch(self, service: str, spine: Any, time_column: str = "timestamp") -> pd.DataFrame:
         """Score entities as of each spine row's time, from the offline store, logged."""
         predictor = self.predictor(service)
         s = predictor.service
         features = predictor.features_of(list(s.variants))
-        table = self._project.training_set(spine, features, time_column=time_column)
+        table = self._training.build(spine, features, time_column).to_pandas()
         rows = table.to_dict("records")
         values = [{f: _plain(r[f]) for f in features} for r in rows]
         known = [True] * len(rows)
@@ -94,21 +122,22 @@ class Serving:
         """
         predictor = self.predictor(service)
         s = predictor.service
-        if s.trigger is None:
+        if s.trigger is None or s.output is None:
             raise DefinitionError(f"service {service!r} has no trigger stream")
-        p = self._project
+        output = s.output
+        log, store = self._log, self._online_store
         keys = s.entity.keys
         done = 0
-        for partition in range(p.log.partitions(s.trigger.name)):
+        for partition in range(log.partitions(s.trigger.name)):
             name = partition_name(f"score:{service}", partition)
             while True:
-                start = p.online_store.checkpoints([name]).get(name, 0)
-                records = p.log.read(s.trigger.name, start, batch_size, partition)
+                start = store.checkpoints([name]).get(name, 0)
+                records = log.read(s.trigger.name, start, batch_size, partition)
                 if not records:
                     break
                 rows = [orjson.loads(r.payload) for r in records]
                 preds = predictor.predict(rows, "stream")
-                now = p.now()
+                now = self._now()
                 outputs = [
                     NewRecord(
                         f"{service}:{r.offset}"
@@ -126,8 +155,8 @@ class Serving:
                     )
                     for r, row, pred in zip(records, rows, preds, strict=True)
                 ]
-                p.log.append(s.output, outputs, now)
-                p.online_store.write({}, {name: records[-1].offset + 1})
+                log.append(output, outputs, now)
+                store.write({}, {name: records[-1].offset + 1})
                 done += len(records)
         return done
 
@@ -137,7 +166,7 @@ class Serving:
         poll_seconds: float = 0.2,
         on_error: Callable[[Exception], None] | None = None,
     ) -> None:
-        triggered = [n for n, s in self._project.definitions.services.items() if s.trigger]
+        triggered = [n for n, s in self.services.items() if s.trigger]
         while not stop.is_set():
             busy = 0
             for name in triggered:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from headwater.definitions.source import ChangeSource, FolderSource, Source, TableSource
 from headwater.errors import HeadwaterError, did_you_mean
 from headwater.sources.base import ChangeReader, PollResult, SourceError, TableReader
 from headwater.sources.changes import ChangePoller
 from headwater.sources.folder import FolderPoller
-from headwater.sources.table import TablePoller, open_reader
-
-if TYPE_CHECKING:
-    from headwater.project.project import Project
+from headwater.sources.table import Ingest, TablePoller, open_reader
+from headwater.stores.metadata.base import MetadataStore
 
 
 class SourceRunner:
@@ -23,16 +22,21 @@ class SourceRunner:
     each source's checkpoint lives in the project's metadata store, so a restarted runner
     resumes where the last one stopped. Run one runner per source at a time.
 
-    ``SourceRunner(project).poll()`` polls every source once; ``poll("orders_db")`` one.
+    ``runner.poll()`` polls every source once; ``poll("orders_db")`` one. ``root`` is the
+    project folder (relative folder sources are under it).
     """
 
-    def __init__(self, project: Project) -> None:
-        self._project = project
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        ingest: Ingest,
+        metadata: MetadataStore,
+        clock: Callable[[], int],
+        root: Path,
+    ) -> None:
+        self.sources = sources
+        self._ingest, self._metadata, self._now, self._root = ingest, metadata, clock, root
         self._readers: dict[str, TableReader] = {}
-
-    @property
-    def sources(self) -> dict[str, Source]:
-        return self._project.definitions.sources
 
     def source(self, name: str) -> Source:
         try:
@@ -135,20 +139,19 @@ class SourceRunner:
     def _reader(self, url: str) -> TableReader:
         reader = self._readers.get(url)
         if reader is None:
-            reader = self._readers[url] = open_reader(url, self._project.root)
+            reader = self._readers[url] = open_reader(url, self._root)
         return reader
 
     def _table(self, source: TableSource) -> TablePoller:
-        p = self._project
-        return TablePoller(source, self._reader(source.url), p.ingest, p.metadata, p.now)
+        return TablePoller(
+            source, self._reader(source.url), self._ingest, self._metadata, self._now
+        )
 
     def _changes(self, source: ChangeSource) -> ChangePoller:
         reader = self._reader(source.url)
         if not isinstance(reader, ChangeReader):
             raise SourceError(f"source {source.name!r}: {source.url!r} cannot capture changes")
-        p = self._project
-        return ChangePoller(source, reader, p.ingest, p.metadata, p.now)
+        return ChangePoller(source, reader, self._ingest, self._metadata, self._now)
 
     def _folder(self, source: FolderSource) -> FolderPoller:
-        p = self._project
-        return FolderPoller(source, p.root, p.ingest, p.metadata, p.now)
+        return FolderPoller(source, self._root, self._ingest, self._metadata, self._now)

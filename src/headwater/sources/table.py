@@ -19,21 +19,32 @@ from headwater.errors import did_you_mean
 from headwater.ingestion.service import IngestResult
 from headwater.sources.base import TABLE_POSITIONS, PollResult, SourceError, TableQuery, TableReader
 from headwater.stores.metadata.base import MetadataStore
-from headwater.stores.urls import BACKENDS, BackendError, open_backend
+from headwater.stores.urls import BackendError, Factory, open_url
 
 Ingest = Callable[[str, list[Any]], IngestResult]
 
 
+def _postgres_table(url: str, root: Path) -> TableReader:
+    from headwater.sources.postgres import PostgresTableReader
+
+    return PostgresTableReader(url)
+
+
+READERS: dict[str, Factory[TableReader]] = {
+    "postgresql": _postgres_table,
+    "postgres": _postgres_table,
+}
+
+
 def open_reader(url: str, root: Path) -> TableReader:
-    """The reader of a source's database, chosen by its URL's scheme in ``backends``."""
+    """The reader of a source's database, chosen by its URL's scheme in ``READERS``."""
     try:
-        reader: TableReader = open_backend("table", url, root)
+        return open_url("table", READERS, url, root)
     except BackendError:
-        known = ", ".join(f"{s}://" for s in BACKENDS["table"])
+        known = ", ".join(f"{s}://" for s in READERS)
         raise SourceError(
             f"no table reader for {redact_url(url)!r}; known schemes: {known}"
         ) from None
-    return reader
 
 
 def encode_value(value: Any) -> Any:

@@ -1,13 +1,23 @@
-"""The one registry of backends: a store URL's scheme picks its adapter, imported lazily."""
+"""The one registry of stores: a store URL's scheme picks its adapter, imported lazily, and
+each ``open_*`` returns its port's type."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
 from headwater.definitions.source import redact_url
 from headwater.errors import HeadwaterError
+
+if TYPE_CHECKING:
+    from headwater.stores.metadata.base import MetadataStore
+    from headwater.stores.offline.base import OfflineStore
+    from headwater.stores.online.base import OnlineStore
+
+T = TypeVar("T")
+Factory = Callable[[str, Path], T]
 
 
 class BackendError(HeadwaterError):
@@ -24,31 +34,29 @@ def local_path(url: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def _sqlite_log(url: str, root: Path) -> Any:
-    from headwater.log.embedded import EmbeddedLog
-
-    return EmbeddedLog(local_path(url, root))
-
-
-def _kafka_log(url: str, root: Path) -> Any:
-    from headwater.log.kafka import KafkaLog, KafkaSettings
-
-    return KafkaLog(KafkaSettings.from_url(url))
+def open_url(kind: str, factories: Mapping[str, Factory[T]], url: str, root: Path) -> T:
+    """The adapter ``factories`` holds for ``url``'s scheme; a clear error (the URL's password
+    redacted) listing the known schemes otherwise."""
+    factory = factories.get(urlparse(url).scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in factories)
+        raise BackendError(f"no {kind} backend for {redact_url(url)!r}; known schemes: {known}")
+    return factory(url, root)
 
 
-def _sqlite_online(url: str, root: Path) -> Any:
+def _sqlite_online(url: str, root: Path) -> OnlineStore:
     from headwater.stores.online.sqlite import SqliteOnlineStore
 
     return SqliteOnlineStore(local_path(url, root))
 
 
-def _redis_online(url: str, root: Path) -> Any:
+def _redis_online(url: str, root: Path) -> OnlineStore:
     from headwater.stores.online.redis import RedisOnlineStore
 
     return RedisOnlineStore(url)
 
 
-def _parquet_offline(url: str, root: Path) -> Any:
+def _parquet_offline(url: str, root: Path) -> OfflineStore:
     from headwater.stores.offline.parquet import ParquetOfflineStore
 
     return ParquetOfflineStore(local_path(url, root))
@@ -67,7 +75,7 @@ FSSPEC_OFFLINE = {
 }
 
 
-def _fsspec_offline(url: str, root: Path) -> Any:
+def _fsspec_offline(url: str, root: Path) -> OfflineStore:
     """History at a URL fsspec understands; credentials come from the environment as each
     filesystem reads them (e.g. AWS_* variables for s3://)."""
     from headwater.stores.offline.parquet import ParquetOfflineStore
@@ -81,42 +89,46 @@ def _fsspec_offline(url: str, root: Path) -> Any:
         ) from None
 
 
-def _sqlite_metadata(url: str, root: Path) -> Any:
+def _sqlite_metadata(url: str, root: Path) -> MetadataStore:
     from headwater.stores.metadata.sqlite import SqliteMetadataStore
 
     return SqliteMetadataStore(local_path(url, root))
 
 
-def _postgres_metadata(url: str, root: Path) -> Any:
+def _postgres_metadata(url: str, root: Path) -> MetadataStore:
     from headwater.stores.metadata.postgres import PostgresMetadataStore
 
     return PostgresMetadataStore(url)
 
 
-def _postgres_table(url: str, root: Path) -> Any:
-    from headwater.sources.postgres import PostgresTableReader
-
-    return PostgresTableReader(url)
-
-
-BACKENDS: dict[str, dict[str, Any]] = {
-    "log": {"sqlite": _sqlite_log, "kafka": _kafka_log},
-    "online": {"sqlite": _sqlite_online, "redis": _redis_online},
-    "offline": {"file": _parquet_offline, **dict.fromkeys(FSSPEC_OFFLINE, _fsspec_offline)},
-    "metadata": {
-        "sqlite": _sqlite_metadata,
-        "postgresql": _postgres_metadata,
-        "postgres": _postgres_metadata,
-    },
-    "table": {"postgresql": _postgres_table, "postgres": _postgres_table},  # table sources
+ONLINE: dict[str, Factory[OnlineStore]] = {"sqlite": _sqlite_online, "redis": _redis_online}
+OFFLINE: dict[str, Factory[OfflineStore]] = {
+    "file": _parquet_offline,
+    **dict.fromkeys(FSSPEC_OFFLINE, _fsspec_offline),
+}
+METADATA: dict[str, Factory[MetadataStore]] = {
+    "sqlite": _sqlite_metadata,
+    "postgresql": _postgres_metadata,
+    "postgres": _postgres_metadata,
 }
 
 
-def open_backend(port: str, url: str, root: Path) -> Any:
-    scheme = urlparse(url).scheme
-    factory = BACKENDS[port].get(scheme)
-    if factory is None:
-        known = ", ".join(f"{s}://" for s in BACKENDS[port])
-        shown = redact_url(url)
-        raise BackendError(f"no {port} backend for {shown!r}; known schemes: {known}")
-    return factory(url, root)
+def open_online(url: str, root: Path) -> OnlineStore:
+    """The online store at ``url`` (``sqlite:///...`` relative to ``root``, ``redis://...``)."""
+    return open_url("online", ONLINE, url, root)
+
+
+def open_offline(url: str, root: Path) -> OfflineStore:
+    """The offline store at ``url`` (``file://...`` relative to ``root``, or an fsspec URL)."""
+    return open_url("offline", OFFLINE, url, root)
+
+
+def open_metadata(url: str, root: Path) -> MetadataStore:
+    """The metadata store at ``url`` (``sqlite:///...``, ``postgresql://...``)."""
+    return open_url("metadata", METADATA, url, root)
+
+
+def open_backend(port: str, url: str, root: Path) -> object:
+    """The store of ``port`` ("online", "offline" or "metadata") at ``url``."""
+    opener = {"online": open_online, "offline": open_offline, "metadata": open_metadata}[port]
+    return opener(url, root)

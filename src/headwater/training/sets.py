@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.definitions import FeatureColumn, HeadwaterError, Stream
+from headwater.definitions import Entity, FeatureColumn, HeadwaterError, Stream
 from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names
 from headwater.features.plan import FeatureSetPlan
 from headwater.history.archiver import Archiver
@@ -138,6 +138,21 @@ class TrainingSets:
             return con.sql(
                 "SELECT * FROM read_parquet($f, union_by_name = true)", params={"f": files}
             ).to_arrow_table()
+
+    def entities(self, entity: Entity) -> Any:
+        """Every key of ``entity`` seen in the streams of its features (a pandas DataFrame)."""
+        import pandas as pd
+
+        keys = list(entity.keys)
+        frames = []
+        for plan in self._catalog.plans:
+            if plan.entity.name == entity.name:
+                history = self.history(plan.stream)
+                if history.num_rows:
+                    frames.append(history.select(keys).to_pandas().astype(str))
+        if not frames:
+            return pd.DataFrame(columns=keys)
+        return pd.concat(frames).drop_duplicates().sort_values(keys, ignore_index=True)
 
     def build(
         self,

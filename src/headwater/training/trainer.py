@@ -10,7 +10,7 @@ import hashlib
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -20,7 +20,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from headwater.definitions import HeadwaterError, Model
+from headwater.definitions import HeadwaterError, Model, Stream
+from headwater.features.catalog import FeatureCatalog
+from headwater.history.archiver import Archiver
 from headwater.history.labels import (
     build_spine,
     first_seen,
@@ -28,12 +30,14 @@ from headwater.history.labels import (
     micros,
     sample_times,
 )
-from headwater.log.base import partition_name
+from headwater.log.base import Log, partition_name
 from headwater.registry import artifacts
 from headwater.registry.registry import Registry
+from headwater.stores.offline.base import OfflineStore
 from headwater.training import evaluation
 from headwater.training.pipeline import Pipeline, StepFailed
 from headwater.training.profile import reference_profile
+from headwater.training.sets import TrainingSets
 
 PACKAGES = ("headwater", "scikit-learn", "lightgbm", "numpy", "pandas", "pyarrow", "duckdb")
 
@@ -92,20 +96,38 @@ def _json_params(estimator: Any) -> dict[str, Any]:
 
 
 class Trainer:
-    """Runs a model's training pipeline against a project."""
+    """Runs a model's training pipeline: training data from the log's history, the fit, its
+    evaluation, and a new version in ``registry`` (model files in its artifacts folder).
+    ``root`` is the project folder (its git commit is part of the lineage; step outputs are
+    cached under its ``.headwater/cache``); ``log`` receives progress lines."""
 
-    def __init__(self, project: Any, registry: Registry, log: Callable[[str], None]) -> None:
-        self.project, self.registry, self.log = project, registry, log
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        training: TrainingSets,
+        catalog: FeatureCatalog,
+        streams: Mapping[str, Stream],
+        event_log: Log,
+        offline: OfflineStore,
+        archiver: Archiver,
+        clock: Callable[[], int],
+        root: Path,
+        log: Callable[[str], None],
+    ) -> None:
+        self.registry, self.log = registry, log
+        self._training, self._catalog, self._stream_defs = training, catalog, streams
+        self._event_log, self._offline, self._archiver = event_log, offline, archiver
+        self._now, self._root = clock, root
 
     # -- the pipeline ---------------------------------------------------------------------
 
     def train(self, model: Model, reproduce: int | None = None) -> TrainResult:
-        p = self.project
         run_id = uuid.uuid4().hex[:12]
-        started = p.now()
+        started = self._now()
         snapshot = self._snapshot(model, reproduce)
         pipeline = Pipeline(
-            p.root / ".headwater" / "cache" / model.name,
+            self._root / ".headwater" / "cache" / model.name,
             model.retries,
             f"fix the cause, then run `headwater train {model.name}` again; "
             "finished steps are reused",
@@ -118,14 +140,16 @@ class Trainer:
             "started_us": started,
             "snapshot": snapshot,
             "definition_version": model.version,
-            "code": code_version(p.root),
+            "code": code_version(self._root),
             "packages": package_versions(),
             "reproduces": reproduce,
         }
         try:
             version, metrics = self._run(model, snapshot, pipeline, run)
         except StepFailed as exc:
-            run.update(status="failed", error=str(exc), steps=pipeline.summary(), ended_us=p.now())
+            run.update(
+                status="failed", error=str(exc), steps=pipeline.summary(), ended_us=self._now()
+            )
             self.registry.save_run(run)
             raise
         return TrainResult(run, version, metrics)
@@ -170,37 +194,36 @@ class Trainer:
     def _snapshot(self, model: Model, reproduce: int | None) -> dict[str, Any]:
         if reproduce is not None:
             return dict(self.registry.version(model.name, reproduce)["lineage"]["snapshot"]["log"])
-        log = self.project.log
+        log = self._event_log
         return {
             "offsets": {
                 partition_name(s, p): log.end_offset(s, p)
                 for s in sorted(self._streams(model))
                 for p in range(log.partitions(s))
             },
-            "as_of_us": self.project.now(),
+            "as_of_us": self._now(),
         }
 
     def _streams(self, model: Model) -> set[str]:
-        res = self.project.catalog.resolve(list(model.features))
-        return {self.project.catalog.plan(pid).stream.name for pid in res.columns} | {
+        res = self._catalog.resolve(list(model.features))
+        return {self._catalog.plan(pid).stream.name for pid in res.columns} | {
             model.label.stream.name
         }
 
     # -- steps ----------------------------------------------------------------------------
 
     def _dataset(self, model: Model, snapshot: dict[str, Any]) -> dict[str, Any]:
-        p = self.project
-        streams = [p.definitions.streams[s] for s in sorted(self._streams(model))]
+        streams = [self._stream_defs[s] for s in sorted(self._streams(model))]
         for stream in streams:
-            p.archiver.catch_up(stream)
+            self._archiver.catch_up(stream)
         offsets = snapshot["offsets"]
         con = duckdb.connect()
-        p.offline_store.attach(con)
+        self._offline.attach(con)
         try:
             # entities are seen in the streams holding all their keys (a user-item model's
             # pairs in the streams with both ids, not in the user-only streams it reads)
             keyed = [s for s in streams if all(k in s.fields for k in model.entity.keys)]
-            seen = first_seen(con, model, p.offline_store, keyed, offsets)
+            seen = first_seen(con, model, self._offline, keyed, offsets)
             times = sample_times(model, snapshot["as_of_us"])
             spine = build_spine(seen, times, model.entity.keys)
             if spine.empty:
@@ -209,7 +232,7 @@ class Trainer:
                     f"before the sample times (as of {snapshot['as_of_us']}); ingest more "
                     "history or shorten the label horizon"
                 )
-            frame = p.training.build(spine, list(model.features), snapshot=offsets).to_pandas()
+            frame = self._training.build(spine, list(model.features), snapshot=offsets).to_pandas()
             times_us = micros(spine["timestamp"])
             label = model.label
             frame["label"] = label_values(
@@ -217,7 +240,7 @@ class Trainer:
                 label,
                 spine,
                 times_us,
-                p.offline_store.files(label.stream.name),
+                self._offline.files(label.stream.name),
                 offsets,
             ).to_numpy()
         finally:
@@ -343,7 +366,7 @@ class Trainer:
         missing = [f for f in signature.features if f not in test.columns]
         rows = test
         if missing:
-            rows = self.project.training.build(
+            rows = self._training.build(
                 test[[*model.entity.keys, "timestamp"]],
                 signature.features,
                 snapshot=snapshot["offsets"],
@@ -367,10 +390,10 @@ class Trainer:
         pipeline: Pipeline,
         run: dict[str, Any],
     ) -> int:
-        p = self.project
-        folder = p.root / ".headwater" / "artifacts" / model.name / run["id"]
+        artifacts_folder = self.registry.artifacts or self._root / ".headwater" / "artifacts"
+        folder = artifacts_folder / model.name / run["id"]
         paths = artifacts.save(folder, fitted["estimator"], fitted["signature"])
-        res = p.catalog.resolve(list(model.features))
+        res = self._catalog.resolve(list(model.features))
         feature_versions = {c.name: c.feature.version for cs in res.columns.values() for c in cs}
         feature_versions.update({d.name: d.version for d in res.derived})
         lineage = {
@@ -389,7 +412,7 @@ class Trainer:
         }
         doc = {
             "run": run["id"],
-            "created_us": p.now(),
+            "created_us": self._now(),
             "metrics": evaluated["metrics"],
             "comparison": evaluated["comparison"],
             "importance": evaluated["importance"],
@@ -404,7 +427,7 @@ class Trainer:
         }
         run.update(
             status="succeeded",
-            ended_us=p.now(),
+            ended_us=self._now(),
             steps=pipeline.summary(),
             data_hash=dataset["hash"],
             artifacts=paths,

@@ -15,10 +15,11 @@ from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY, HOUR, MINUTE
 from headwater.features.catalog import FeatureCatalog
 from headwater.history import sorted_history, sorted_queries
-from headwater.history.archiver import Archiver, history_schema
+from headwater.history.archiver import Archiver
 from headwater.history.describe import describe_copies
 from headwater.history.engines import duckdb as batch
 from headwater.history.engines.duckdb import feature_set_values
+from headwater.history.schema import history_schema
 from headwater.history.sorted_history import (
     REBUILD_SHARE,
     read_run,

@@ -76,13 +76,13 @@ def test_feedback_joins_by_prediction_id_late_missing_duplicate_and_corrected(of
     assert p.ingest("offer_outcomes", early).accepted == len(early)
     assert p.ingest("offer_outcomes", early[:5]).duplicates == 5  # resent: kept once
     since = to_micros(NOW - timedelta(days=3))
-    first = Monitor(p).run("offers", since_us=since, alert=False)
+    first = Monitor(p.monitor_context()).run("offers", since_us=since, alert=False)
     assert 0 < sum(r.labelled for r in first) < len(truth)
 
     clock["t"] = NOW  # the late feedback arrives
     late = [e for e in events if e["ts"] > at + timedelta(hours=3)]
     assert p.ingest("offer_outcomes", late).accepted == len(late)
-    reports = Monitor(p).run("offers", since_us=since, alert=False)
+    reports = Monitor(p.monitor_context()).run("offers", since_us=since, alert=False)
     assert {r.variant for r in reports} == {"a", "b"}
     assert sum(r.predictions for r in reports) == 120
     assert sum(r.labelled for r in reports) == len(truth) == 100
@@ -99,13 +99,13 @@ def test_feedback_joins_by_prediction_id_late_missing_duplicate_and_corrected(of
         assert r.metrics["log_loss"] == pytest.approx(log_loss(y, s))
         assert 3600 <= r.label_delay_s <= 5 * 3600
 
-    outcomes = experiment_outcomes(p, "offers", since, to_micros(NOW) + 1)
+    outcomes = experiment_outcomes(p.monitor_context(), "offers", since, to_micros(NOW) + 1)
     assert len(outcomes) == 100
     expected = {v: np.mean([truth[i] for i in truth if by_id[i].variant == v]) for v in "ab"}
     stats, _ = analyze(outcomes)
     assert {s.variant: s.mean for s in stats} == pytest.approx(expected)
 
-    html = render(p, "churn", days=3)
+    html = render(p.monitor_context(), "churn", days=3)
     assert "Experiment: offers (ab)" in html and "Outcome: feedback; higher is better" in html
     for s in stats:
         assert f"{s.variant} (n={s.n:,})" in html and f"{s.mean:.4g}" in html

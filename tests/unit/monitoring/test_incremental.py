@@ -41,7 +41,7 @@ def labelled(tmp_path_factory):
         p.process()
         p.promote("churn", p.train("churn").version)
         p.promote("churn", p.train("churn").version, alias="challenger", by="t", reason="ab")
-        steps = Ledger(p, root / "steps.duckdb", batch=64)
+        steps = Ledger(p.monitor_context(), root / "steps.duckdb", batch=64)
         for at, service, users in STEPS:
             clock["t"] = at
             p.serving.predict(service, [{"user_id": f"u{i}"} for i in users], "test")
@@ -80,7 +80,7 @@ def test_reports_equal_the_recompute_path(labelled, since, until):
         "since_us": to_micros(since),
         "until_us": None if until is None else to_micros(until),
     }
-    monitor = Monitor(p)
+    monitor = Monitor(p.monitor_context())
     fast = monitor.run(None, **window, alert=False)
     slow = monitor.run(None, **window, alert=False, recompute=True)
     assert fast and comparable(fast) == comparable(slow)
@@ -98,7 +98,10 @@ def test_reports_equal_the_recompute_path_when_the_clock_is_earlier(labelled):
     clock["t"] = NOW - timedelta(days=4, hours=12)
     try:
         window = {"since_us": to_micros(NOW - timedelta(days=14)), "alert": False}
-        fast, slow = Monitor(p).run(**window), Monitor(p).run(**window, recompute=True)
+        fast, slow = (
+            Monitor(p.monitor_context()).run(**window),
+            Monitor(p.monitor_context()).run(**window, recompute=True),
+        )
         assert comparable(fast) == comparable(slow)
         assert any(r.labelled == 0 for r in fast) and any(r.labelled for r in fast)
     finally:
@@ -108,10 +111,10 @@ def test_reports_equal_the_recompute_path_when_the_clock_is_earlier(labelled):
 def test_daily_aggregates_equal_the_metrics_of_each_day(labelled):
     p, _, _ = labelled
     since, until = to_micros(NOW - timedelta(days=14)), to_micros(NOW) + 1
-    rows = Ledger(p).performance(since, until)
-    frame = logged_predictions(p, None, since, until)
+    rows = Ledger(p.monitor_context()).performance(since, until)
+    frame = logged_predictions(p.monitor_context(), None, since, until)
     frame = frame[~frame["shadow"].astype(bool)].reset_index(drop=True)
-    monitor = Monitor(p)
+    monitor = Monitor(p.monitor_context())
     labels = np.full(len(frame), np.nan)
     for (name, model), group in frame.groupby(["service", "model"]):
         found, _ = monitor.labels_for(
@@ -146,7 +149,7 @@ def test_daily_aggregates_equal_the_metrics_of_each_day(labelled):
 
 def test_advancing_in_steps_equals_one_advance_at_the_end(labelled, tmp_path):
     p, _, steps = labelled
-    once = Ledger(p, tmp_path / "once.duckdb")
+    once = Ledger(p.monitor_context(), tmp_path / "once.duckdb")
     progress = once.advance()
     # every record is read, shadows (80, not reported) included; one day is not mature yet
     assert progress.predictions == p.log.end_offset("predictions") == 590
@@ -157,9 +160,9 @@ def test_advancing_in_steps_equals_one_advance_at_the_end(labelled, tmp_path):
 
 def test_a_commit_that_fails_halfway_leaves_nothing_behind(labelled, tmp_path, monkeypatch):
     p, _, _ = labelled
-    reference = Ledger(p, tmp_path / "reference.duckdb", batch=100)
+    reference = Ledger(p.monitor_context(), tmp_path / "reference.duckdb", batch=100)
     reference.advance()
-    broken = Ledger(p, tmp_path / "broken.duckdb", batch=100)
+    broken = Ledger(p.monitor_context(), tmp_path / "broken.duckdb", batch=100)
     calls = {"touch": 0, "refresh": 0}
 
     def dying(step, fails):
@@ -189,7 +192,9 @@ def test_a_commit_that_fails_halfway_leaves_nothing_behind(labelled, tmp_path, m
 
 def test_rolling_ranges_sum_the_days(labelled):
     p, _, _ = labelled
-    rows = Ledger(p).performance(to_micros(NOW - timedelta(days=14)), to_micros(NOW))
+    rows = Ledger(p.monitor_context()).performance(
+        to_micros(NOW - timedelta(days=14)), to_micros(NOW)
+    )
     whole = [r for r in rows if r.day is None and r.service == "risk"]
     days = [r for r in rows if r.day is not None and r.service == "risk"]
     assert len(whole) == 1 and len(days) == 4
@@ -202,14 +207,14 @@ def test_rolling_ranges_sum_the_days(labelled):
 def test_a_window_reads_only_its_span_of_the_log(labelled, tmp_path):
     p, _, _ = labelled
     since, until = to_micros(NOW - timedelta(days=3, hours=1)), to_micros(NOW - timedelta(days=2))
-    ledger = Ledger(p, tmp_path / "fresh.duckdb")
+    ledger = Ledger(p.monitor_context(), tmp_path / "fresh.duckdb")
     assert ledger.read_ranges(since, until) == {0: [(0, None)]}  # nothing indexed: all of it
     ledger.advance()  # then the index bounds what a window reads
     ranges = ledger.read_ranges(since, until)
     (lo, hi), (tail, rest) = ranges[0]
     assert hi - lo + 1 == 50 and (tail, rest) == (p.log.end_offset("predictions"), None)
-    narrow = logged_predictions(p, None, since, until, ranges)
+    narrow = logged_predictions(p.monitor_context(), None, since, until, ranges)
     assert list(narrow["prediction_id"]) == list(
-        logged_predictions(p, None, since, until)["prediction_id"]
+        logged_predictions(p.monitor_context(), None, since, until)["prediction_id"]
     )
     assert len(narrow) == 50

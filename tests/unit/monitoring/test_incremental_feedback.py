@@ -47,8 +47,10 @@ def check(p, steps: Ledger) -> None:
     """The ledger advanced so far reports what the recompute path does."""
     steps.advance()
     window = {"since_us": to_micros(NOW - timedelta(days=3)), "alert": False}
-    fast = Monitor(p).run("offers", **window)
-    assert comparable(fast) == comparable(Monitor(p).run("offers", **window, recompute=True))
+    fast = Monitor(p.monitor_context()).run("offers", **window)
+    assert comparable(fast) == comparable(
+        Monitor(p.monitor_context()).run("offers", **window, recompute=True)
+    )
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def offers(tmp_path):
         p.ingest("visits", visits())
         p.process()
         p.promote("churn", p.train("churn").version)
-        yield p, clock, Ledger(p, tmp_path / "steps.duckdb", batch=32)
+        yield p, clock, Ledger(p.monitor_context(), tmp_path / "steps.duckdb", batch=32)
 
 
 def test_late_corrected_and_early_feedback_land_on_the_right_day(offers, tmp_path):
@@ -97,7 +99,7 @@ def test_late_corrected_and_early_feedback_land_on_the_right_day(offers, tmp_pat
     p.log.append("predictions", [NewRecord("early-bird", doc["ts_us"], orjson.dumps(doc))], 0)
     check(p, steps)
 
-    once = Ledger(p, tmp_path / "once.duckdb")
+    once = Ledger(p.monitor_context(), tmp_path / "once.duckdb")
     once.advance()
     assert steps.snapshot() == once.snapshot()
 
@@ -134,6 +136,6 @@ def test_a_prediction_logged_twice_counts_once(offers, tmp_path):
     p.log.append("predictions", again + again[:1], 0)  # across batches and within one
     steps.advance()
     assert len(steps.snapshot()["outcomes"]) == 10
-    once = Ledger(p, tmp_path / "once.duckdb")
+    once = Ledger(p.monitor_context(), tmp_path / "once.duckdb")
     once.advance()
     assert once.snapshot() == steps.snapshot()

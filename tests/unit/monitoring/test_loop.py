@@ -57,14 +57,16 @@ def _drifted_predictions(p, clock):
 def test_a_drift_alert_retrains_a_challenger_once(looped):
     p, clock = looped
     _drifted_predictions(p, clock)  # the shadow has no version yet: answered all the same
-    reports = Monitor(p).run("guarded", since_us=to_micros(NOW))
+    reports = Monitor(p.monitor_context()).run("guarded", since_us=to_micros(NOW))
     lines: list[str] = []
-    actions = loop.retrain_if_needed(p, reports, lines.append)
+    actions = loop.retrain_if_needed(p.monitor_context(), reports, lines.append)
     assert [a["action"] for a in actions] == ["retrained"]
     assert p.registry.alias("watched", "challenger") == 2
     history = p.registry.aliases("watched")["challenger"]["history"]
     assert history[-1]["by"] == "monitor" and "visits_7d" in history[-1]["reason"]
-    assert loop.retrain_if_needed(p, reports, lines.append) == []  # not again for that window
+    assert (
+        loop.retrain_if_needed(p.monitor_context(), reports, lines.append) == []
+    )  # not again for that window
 
 
 def test_the_challenger_is_promoted_only_when_it_wins_on_live_labels(looped, monkeypatch):
@@ -76,7 +78,7 @@ def test_the_challenger_is_promoted_only_when_it_wins_on_live_labels(looped, mon
     p.serving.predictor("guarded").drain()
     clock["t"] = NOW
     since = to_micros(NOW - timedelta(days=11))
-    (kept,) = loop.promote_winners(p, since, to_micros(NOW), lambda _: None)
+    (kept,) = loop.promote_winners(p.monitor_context(), since, to_micros(NOW), lambda _: None)
     # The same data and a deterministic fit: equal on live labels, so no promotion.
     assert kept["requests"] >= 100 and kept["action"] == "kept"
     assert kept["challenger_metric"] == pytest.approx(kept["champion_metric"])
@@ -84,7 +86,7 @@ def test_the_challenger_is_promoted_only_when_it_wins_on_live_labels(looped, mon
 
     better = iter([0.61, 0.74])  # champion, then challenger
     monkeypatch.setattr(loop, "_live_metric", lambda *a: next(better))
-    (won,) = loop.promote_winners(p, since, to_micros(NOW), lambda _: None)
+    (won,) = loop.promote_winners(p.monitor_context(), since, to_micros(NOW), lambda _: None)
     assert won["action"] == "promoted" and p.registry.alias("watched", "champion") == v2
     reason = p.registry.aliases("watched")["champion"]["history"][-1]["reason"]
     assert reason.startswith("won on live labels: live auc 0.7400 vs champion v1 0.6100")

@@ -35,7 +35,9 @@ def test_ground_truth_joins_predictions_and_gives_the_performance(monitored):
     served = p.serving.predict("risk", [{"user_id": u} for u in users], "test")
     clock["t"] = NOW
     since = to_micros(NOW - timedelta(days=11))
-    (report,) = [r for r in Monitor(p).run("risk", since_us=since) if r.service == "risk"]
+    (report,) = [
+        r for r in Monitor(p.monitor_context()).run("risk", since_us=since) if r.service == "risk"
+    ]
     assert report.predictions == 150 and report.labelled == 150 and report.label_coverage == 1
     # Brute force: churned means no visit in [t, t + 7 days).
     t = to_micros(NOW - timedelta(days=10))
@@ -65,7 +67,7 @@ def test_drifted_features_raise_one_alert_per_window(monitored):
         values.append(row)
     predictor.score(rows, values, [True] * len(rows), None, "test")
     alerts: list[dict] = []
-    monitor = Monitor(p, alert=alerts.append)
+    monitor = Monitor(p.monitor_context(), alert=alerts.append)
     since = to_micros(NOW + timedelta(hours=12))
     (report,) = monitor.run("risk", since_us=since)
     levels = {d.name: d.level for d in report.drift}
@@ -85,7 +87,7 @@ def test_skew_between_served_and_recomputed_features_is_zero_and_detected(monito
     users = [{"user_id": f"u{i}"} for i in range(120)]
     served = p.serving.predict("risk", users, "test")
     since = to_micros(NOW + timedelta(days=2) - timedelta(minutes=1))
-    monitor = Monitor(p)
+    monitor = Monitor(p.monitor_context())
     report = monitor.skew("risk", since, to_micros(NOW + timedelta(days=3)))
     assert report["checked"] == sum(not x.unknown_entity for x in served) > 100
     assert report["rates"] and all(rate == 0 for rate in report["rates"].values())
@@ -95,7 +97,9 @@ def test_skew_between_served_and_recomputed_features_is_zero_and_detected(monito
     values[0]["visits_30d"] += 3
     predictor.score(users[:1], values, [True], None, "test", features_at=to_micros(clock["t"]))
     alerts: list[dict] = []
-    found = Monitor(p, alert=alerts.append).skew("risk", since, to_micros(NOW + timedelta(days=3)))
+    found = Monitor(p.monitor_context(), alert=alerts.append).skew(
+        "risk", since, to_micros(NOW + timedelta(days=3))
+    )
     (mismatch,) = found["mismatches"]
     assert mismatch["feature"] == "visits_30d"
     assert mismatch["online"] == mismatch["offline"] + 3
@@ -109,7 +113,7 @@ def test_the_html_report_shows_performance_drift_and_predictions(monitored):
 
     p, clock = monitored
     clock["t"] = NOW + timedelta(days=3)
-    page = render(p, "churn", days=14)
+    page = render(p.monitor_context(), "churn", days=14)
     assert page.startswith("<!doctype html>") and "<script" not in page
     assert "Live auc by day" in page and page.count("<svg") >= 3
     assert "visits_7d" in page and 'class="alert"' in page
@@ -136,13 +140,11 @@ def test_the_html_report_shows_performance_drift_and_predictions(monitored):
 def test_monitor_figures_are_exported_on_metrics(monitored):
     from fastapi.testclient import TestClient
 
-    from headwater.serving.http.app import create_app
-
     p, clock = monitored
     clock["t"] = NOW
-    app = create_app(p)
+    app = p.app()
     app.state.metrics.record_monitor(
-        Monitor(p).run("risk", since_us=to_micros(NOW - timedelta(days=11)))
+        Monitor(p.monitor_context()).run("risk", since_us=to_micros(NOW - timedelta(days=11)))
     )
     with TestClient(app) as client:
         text = client.get("/metrics").text

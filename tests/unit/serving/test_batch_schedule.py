@@ -9,7 +9,7 @@ import pytest
 
 from headwater import Project
 from headwater.definitions import DefinitionError
-from headwater.training.scheduler import due_scoring, run_due_scoring
+from headwater.project.scheduler import due_scoring, run_due_scoring
 from tests.conftest import write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
 

@@ -10,13 +10,12 @@ from fastapi.testclient import TestClient
 
 from headwater import Project
 from headwater.log.base import DEAD_LETTER_STREAM
-from headwater.serving.http.app import create_app
 
 
 @pytest.fixture
 def client(small_project):
     project = Project(small_project)
-    with TestClient(create_app(project)) as c:
+    with TestClient(project.app()) as c:
         c.project = project  # type: ignore[attr-defined]
         yield c
     project.close()

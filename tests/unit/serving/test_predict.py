@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from headwater import Project
-from headwater.serving.http.app import create_app
 from headwater.serving.routing import bucket
 from tests.conftest import write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
@@ -69,7 +68,7 @@ def test_the_four_paths_give_identical_predictions_and_log_records(served):
     p = served
     before = len(_predictions(p))
     inprocess = p.predict("risk", user_id="u7")
-    with TestClient(create_app(p)) as client:
+    with TestClient(p.app()) as client:
         http = client.post("/v1/predict/risk", json={"entity": {"user_id": "u7"}}).json()
     batch = p.score("risk", pd.DataFrame({"user_id": ["u7"], "timestamp": [NOW]}))
     p.ingest("checkouts", [{"user_id": "u7", "ts": NOW - timedelta(seconds=1)}])
@@ -155,7 +154,7 @@ def test_the_bandit_learns_to_serve_the_better_variant(served):
 
 
 def test_bad_requests_unknown_entities_and_metrics(served):
-    with TestClient(create_app(served)) as client:
+    with TestClient(served.app()) as client:
         unknown = client.post("/v1/predict/risk", json={"entity": {"user_id": "nobody"}}).json()
         assert unknown["predictions"][0]["unknown_entity"] is True
         assert client.post("/v1/predict/risk", json={"entity": {"uid": 1}}).status_code == 422
@@ -185,8 +184,8 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
 
     from headwater.serving.http.fastpath import FastPaths
 
-    fast = create_app(served)
-    slow = create_app(served)
+    fast = served.app()
+    slow = served.app()
     slow.user_middleware = [m for m in slow.user_middleware if m.cls is not FastPaths]
     bodies = [
         {"entity": {"user_id": "nobody"}},
@@ -243,7 +242,7 @@ def _without_ids(body: dict) -> dict:
 
 def test_a_service_without_a_promoted_version_answers_503(project_factory):
     folder = project_factory(SERVICES)
-    with Project(folder, clock=lambda: NOW) as p, TestClient(create_app(p)) as client:
+    with Project(folder, clock=lambda: NOW) as p, TestClient(p.app()) as client:
         r = client.post("/v1/predict/risk", json={"entity": {"user_id": "u1"}})
         assert r.status_code == 503
         assert "has no 'champion' version" in r.json()["detail"]
@@ -263,7 +262,7 @@ def test_promotion_takes_effect_under_load_without_failed_requests(served, monke
     monkeypatch.setattr(p.serving.scorers, "_refresh", 0.05)
     failures, versions = [], []
     stop = threading.Event()
-    with TestClient(create_app(p)) as client:
+    with TestClient(p.app()) as client:
 
         def hammer() -> None:
             while not stop.is_set():
@@ -321,7 +320,7 @@ def test_predictions_can_be_logged_as_json_lines(served, capsys):
 
     logs.configure(logging.INFO)
     try:
-        with TestClient(create_app(served)) as client:
+        with TestClient(served.app()) as client:
             answer = client.post("/v1/predict/risk", json={"entity": {"user_id": "u5"}}).json()
             ready = client.get("/readyz").json()
     finally:

@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from headwater import Project
 from headwater.definitions import DefinitionError
-from headwater.serving.http.app import create_app
 from tests.conftest import write_project
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -90,7 +89,7 @@ def _logged(p: Project) -> list[dict]:
 def test_http_ranking_returns_the_k_best_and_logs_every_candidate(ranked):
     p = ranked
     before = len(_logged(p))
-    with TestClient(create_app(p)) as client:
+    with TestClient(p.app()) as client:
         r = client.post(
             "/v1/predict/recommend", json={"entity": {"user_id": "u3"}, "candidates": ITEMS}
         )
@@ -169,7 +168,7 @@ def test_unknown_candidates_get_defaults_and_are_flagged(ranked):
     ],
 )
 def test_bad_ranking_requests_get_422_with_the_reason(ranked, body, reason):
-    with TestClient(create_app(ranked)) as client:
+    with TestClient(ranked.app()) as client:
         r = client.post("/v1/predict/recommend", json=body)
     assert r.status_code == 422, r.text
     assert reason in r.json()["detail"]

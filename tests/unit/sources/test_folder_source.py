@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from headwater import Project
 from headwater.cli import app
 from headwater.log.base import DEAD_LETTER_STREAM
-from headwater.sources import PollResult, SourceRunner
+from headwater.sources import PollResult
 from tests.conftest import write_project
 
 DEFINITIONS = """
@@ -56,7 +56,7 @@ def _land(path: Path, content: bytes, age: float = 60.0) -> Path:
 
 def _poll(path: Path) -> PollResult:
     with Project(path) as p:
-        (result,) = SourceRunner(p).poll()
+        (result,) = p.source_runner().poll()
     assert result.error is None, result.error
     return result
 
@@ -138,7 +138,7 @@ def test_a_crash_before_the_checkpoint_appends_nothing_twice(
 
         monkeypatch.setattr(p.metadata, "put_records", killed)
         with pytest.raises(KeyboardInterrupt):
-            SourceRunner(p).poll()
+            p.source_runner().poll()
     resumed = _poll(project)
     assert (resumed.files, resumed.read, resumed.accepted, resumed.duplicates) == (1, 5, 0, 5)
     assert len(_events(project)) == 5
@@ -154,7 +154,7 @@ def test_unreadable_files_are_reported_once_and_reset_reads_again(project: Path)
     assert _poll(project).problems == []
 
     with Project(project) as p:
-        SourceRunner(p).reset("landing")
+        p.source_runner().reset("landing")
     again = _poll(project)
     assert (again.files, again.accepted, again.duplicates) == (1, 0, 1)
 
@@ -162,7 +162,7 @@ def test_unreadable_files_are_reported_once_and_reset_reads_again(project: Path)
 def test_a_missing_folder_is_an_error_that_names_it(project: Path) -> None:
     (project / "landing").rmdir()
     with Project(project) as p:
-        (result,) = SourceRunner(p).poll()
+        (result,) = p.source_runner().poll()
     assert result.error is not None and "no folder" in result.error
 
 

@@ -48,9 +48,11 @@ def test_training_rows_have_mature_labels_and_no_feature_sees_the_future(churn_p
     doc = p.registry.version("churn", result.version)
     assert doc["lineage"]["snapshot"]["sample_time_range_us"] == [times[0], times[-1]]
     # Rebuild one row's features from the raw events by hand: only events before t count.
-    from headwater.training.trainer import Trainer
+    from headwater.project import wiring
 
-    trainer = Trainer(p, p.registry, lambda _: None)
+    trainer = wiring.build_trainer(
+        p.settings, p.definitions, p.catalog, p.stores, p.core, p.now, lambda _: None
+    )
     frame = trainer._dataset(model, doc["lineage"]["snapshot"]["log"])["frame"]
     events = [
         (r.event_time, orjson.loads(r.payload)["user_id"]) for r in p.log.read("visits", 0, 10**7)

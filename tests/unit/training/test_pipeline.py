@@ -153,7 +153,7 @@ def test_bad_models_fail_clearly(project_factory):
 def test_the_scheduler_trains_models_whose_cron_time_came(project_factory):
     from datetime import timedelta
 
-    from headwater.training.scheduler import due_models, run_due
+    from headwater.project.scheduler import due_models, run_due
     from tests.unit.training.conftest import DEFINITIONS, visits
 
     source = DEFINITIONS.replace(

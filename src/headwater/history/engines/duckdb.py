@@ -8,7 +8,7 @@ each value follows DESIGN.md's time semantics exactly: ``start = floor((t - W) /
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import duckdb
 import numpy as np
@@ -17,11 +17,25 @@ import pyarrow as pa
 from headwater.definitions import Aggregation, FeatureColumn, Stream
 from headwater.definitions.expr import sql_name
 from headwater.features.plan import FeatureSetPlan
-from headwater.history.archiver import ARROW_TYPES, history_schema
+from headwater.history.schema import ARROW_TYPES, history_schema
 from headwater.log.base import partition_name
 
-if TYPE_CHECKING:
-    from headwater.history.sorted_view import SortedView
+
+class ColumnSource(Protocol):
+    """Answers some feature columns without the join (the sorted history's view)."""
+
+    def holds(self, column: FeatureColumn) -> bool: ...
+
+    def values(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        columns: Sequence[FeatureColumn],
+        keys: pa.Table,
+        times: np.ndarray,
+    ) -> dict[str, pa.Array]:
+        """The columns it answers (it may leave out some of ``columns``)."""
+        ...
+
 
 # what a sorted history answers: the row at a bound, and differences of prefix sums
 PICKS = ("last", "first", "last_k", "min", "max")  # exact whatever the order: no rounding
@@ -151,7 +165,7 @@ def feature_set_values(
     times: np.ndarray,
     files: list[str],
     snapshot: Mapping[str, int] | None = None,
-    view: SortedView | None = None,
+    view: ColumnSource | None = None,
 ) -> pa.Table:
     """One row per spine row (in order): the values of ``columns`` at each row's time;
     with ``view`` (the stream's sorted history), the ``last``, ``first``, ``min``, ``max``,

@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from headwater.definitions import FeatureColumn, HeadwaterError, Stream
 from headwater.features.plan import FeatureSetPlan
-from headwater.history.archiver import ARROW_TYPES, history_schema
 from headwater.history.engines.duckdb import snapshot_condition
+from headwater.history.schema import ARROW_TYPES, history_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession

@@ -5,21 +5,23 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from headwater.project.project import Project
 from headwater.serving.http.errors import STATUS_OF
 from headwater.serving.http.fastpath import FastPaths
 from headwater.serving.http.metrics import ServerMetrics
 from headwater.serving.http.routes import events, features, health, metrics, predict
+from headwater.serving.http.services import HttpServices
+
+App = FastAPI  # what create_app returns, named for modules that do not import fastapi
 
 
-def create_app(project: Project) -> FastAPI:
-    """Build the HTTP API of a project (``headwater serve`` runs it with uvicorn)."""
+def create_app(services: HttpServices) -> FastAPI:
+    """Build the HTTP API over a project's services (``headwater serve`` runs it)."""
     app = FastAPI(
-        title=f"headwater: {project.settings.name}",
+        title=f"headwater: {services.name}",
         version="1",
         description="Ingest raw events, read online features, predict by entity id.",
     )
-    app.state.project = project
+    app.state.services = services
     app.state.metrics = ServerMetrics()
     app.include_router(events.router)
     app.include_router(features.router)

@@ -33,7 +33,7 @@ class FastPaths:
             await self.app(scope, receive, send)
             return
         app = scope["app"]
-        body = await _body(receive, app.state.project.settings.ingest.max_request_bytes)
+        body = await _body(receive, app.state.services.max_request_bytes)
         if body is None:
             return  # the client went away
         if isinstance(body, tuple):

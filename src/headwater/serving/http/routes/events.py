@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from headwater.project.project import Project
+from headwater.serving.http.services import HttpServices
 
 router = APIRouter(tags=["events"])
 
@@ -79,12 +79,11 @@ async def ingest_events(stream: str, request: Request) -> Any:
     The response comes only after the valid events are durable in the log. Events carrying an
     ``event_id`` already in the stream are acknowledged again without being appended twice.
     """
-    project: Project = request.app.state.project
-    settings = project.settings.ingest
-    body = await read_limited_body(request, settings.max_request_bytes)
-    events = parse_events(body, settings.max_events_per_request)
-    project.ingestor.stream(stream)  # 404 before any work
-    result = await run_in_threadpool(project.ingest, stream, events)
+    services: HttpServices = request.app.state.services
+    body = await read_limited_body(request, services.max_request_bytes)
+    events = parse_events(body, services.max_events_per_request)
+    services.ingestor.stream(stream)  # 404 before any work
+    result = await run_in_threadpool(services.ingest, stream, events)
     request.app.state.metrics.ingested.labels(stream).inc(result.accepted)
     request.app.state.metrics.rejected.labels(stream).inc(len(result.rejected))
     payload = {

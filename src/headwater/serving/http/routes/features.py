@@ -11,8 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from headwater.definitions.types import from_micros, to_micros
-from headwater.project.project import Project
 from headwater.serving.http.errors import error_answer
+from headwater.serving.http.services import HttpServices
 
 router = APIRouter(tags=["features"])
 
@@ -34,19 +34,19 @@ class FeaturesResponse(BaseModel):
 
 
 async def _lookup(
-    project: Project, rows: list[dict[str, Any]], names: list[str], at: datetime | None
+    services: HttpServices, rows: list[dict[str, Any]], names: list[str], at: datetime | None
 ) -> dict[str, Any]:
     if not names:
         raise HTTPException(422, "name at least one feature")
-    at_us = project.now() if at is None else to_micros(at)
-    values = await run_in_threadpool(project.online.get, rows, names, at_us)
+    at_us = services.clock() if at is None else to_micros(at)
+    values = await run_in_threadpool(services.online.get, rows, names, at_us)
     return {"at": from_micros(at_us), "features": names, "results": values}
 
 
 def answer(app: Any, body: bytes) -> tuple[int, bytes]:
     """``POST /v1/features`` without FastAPI's machinery (the fast path): same checks, same
     JSON. Runs on the event loop: a lookup of a few entities takes well under a millisecond."""
-    project: Project = app.state.project
+    services: HttpServices = app.state.services
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -61,8 +61,8 @@ def answer(app: Any, body: bytes) -> tuple[int, bytes]:
         return 422, orjson.dumps({"detail": "name at least one feature"})
     at = data.get("at")
     try:
-        at_us = project.now() if at is None else to_micros(_parse_time(at))
-        values = project.online.get(entities, names, at_us)
+        at_us = services.clock() if at is None else to_micros(_parse_time(at))
+        values = services.online.get(entities, names, at_us)
     except Exception as exc:
         known = error_answer(exc)
         if known is None:
@@ -108,4 +108,4 @@ async def get_features(
     e.g. ``/v1/features?user_id=u42&features=orders_30d,spend_7d``."""
     names = [n.strip() for f in features for n in f.split(",") if n.strip()]
     row = {k: v for k, v in request.query_params.items() if k != "features"}
-    return await _lookup(request.app.state.project, [row], names, None)
+    return await _lookup(request.app.state.services, [row], names, None)

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from headwater.serving.http.services import HttpServices
+
 router = APIRouter(tags=["operations"])
 
 
@@ -21,16 +23,16 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Any:
     """Ready when the log and the online store answer and every service's model versions
     load; 503 with the reason otherwise."""
-    project = request.app.state.project
+    services: HttpServices = request.app.state.services
 
     def check() -> dict[str, Any]:
         details: dict[str, Any] = {
-            "log_streams": len(project.log.streams()),
-            "processor_lag": project.processor.lag(),
+            "log_streams": len(services.log.streams()),
+            "processor_lag": services.processor.lag(),
             "services": {},
         }
-        for name, service in project.definitions.services.items():
-            loaded = [project.serving.scorers.get(v.model, v.alias) for v in service.variants]
+        for name, service in services.serving.services.items():
+            loaded = [services.serving.scorers.get(v.model, v.alias) for v in service.variants]
             details["services"][name] = {
                 v.name: f"{s.model} v{s.version}"
                 for v, s in zip(service.variants, loaded, strict=True)

@@ -10,8 +10,8 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from headwater.project.project import Project
 from headwater.serving.http.errors import error_answer
+from headwater.serving.http.services import HttpServices
 
 router = APIRouter(tags=["predictions"])
 log = logging.getLogger("headwater.serving")
@@ -96,12 +96,12 @@ def answer(app: Any, service: str, body: bytes) -> tuple[int, bytes]:
     the call runs on the event loop on purpose — an online read and a model call take well
     under a millisecond, less than handing the work to a thread would cost.
     """
-    project: Project = app.state.project
+    services: HttpServices = app.state.services
     metrics = app.state.metrics
     start = time.perf_counter()
     try:
         data = _body(body)
-        predictor = project.serving.predictor(service)
+        predictor = services.serving.predictor(service)
         if "candidates" in data:
             return _rank(predictor, data, metrics, service, start)
         predictions = predictor.predict(_rows(data), "http")

@@ -7,10 +7,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from headwater.definitions import DefinitionError
+from headwater.definitions.collection import Definitions
 from headwater.definitions.types import from_micros, to_micros
+from headwater.registry.registry import Registry
+from headwater.serving.batch_scoring import score_entities, write_scores
+from headwater.serving.runtime import Serving
+from headwater.stores.metadata.base import MetadataStore
+
+
+class Project(Protocol):
+    """What the scheduler runs on (``headwater.Project`` is one)."""
+
+    root: Path
+    definitions: Definitions
+    registry: Registry
+    metadata: MetadataStore
+
+    @property
+    def serving(self) -> Serving: ...
+
+    def now(self) -> int: ...
+
+    def model(self, name: str) -> Any: ...
+
+    def train(self, model: str, *, log: Callable[[str], None] | None = None) -> Any: ...
 
 
 def previous_fire(schedule: str, now: datetime) -> datetime:
@@ -22,7 +46,7 @@ def previous_fire(schedule: str, now: datetime) -> datetime:
     return fire
 
 
-def due_models(project: Any) -> list[str]:
+def due_models(project: Project) -> list[str]:
     """Models whose latest cron fire time is after their last successful run's start."""
     now = from_micros(project.now())
     due = []
@@ -39,7 +63,7 @@ def due_models(project: Any) -> list[str]:
 SCORING_RUNS = "batch_scoring_runs"
 
 
-def due_scoring(project: Any) -> list[str]:
+def due_scoring(project: Project) -> list[str]:
     """Services whose batch schedule fired after their last successful scoring run."""
     now = from_micros(project.now())
     runs = project.metadata.get_records(SCORING_RUNS)
@@ -54,10 +78,8 @@ def due_scoring(project: Any) -> list[str]:
     return due
 
 
-def run_due_scoring(project: Any, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
+def run_due_scoring(project: Project, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
     """Score every due service into its ``batch_output``; record each successful run."""
-    from headwater.serving.batch_scoring import score_entities, write_scores
-
     done: list[tuple[str, int | str]] = []
     for name in due_scoring(project):
         service = project.definitions.services[name]
@@ -68,7 +90,7 @@ def run_due_scoring(project: Any, log: Callable[[str], None]) -> list[tuple[str,
         )
         log(f"scoring {name} (scheduled: {service.batch_schedule}) -> {out}")
         try:
-            result = score_entities(project, name, when)
+            result = score_entities(project.serving, name, when)
             write_scores(result, out)
         except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the others
             log(f"{name} failed: {exc}")
@@ -87,7 +109,7 @@ def run_due_scoring(project: Any, log: Callable[[str], None]) -> list[tuple[str,
     return done
 
 
-def run_due(project: Any, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
+def run_due(project: Project, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
     """Train every due model; a failure is logged and the others still run."""
     done: list[tuple[str, int | str]] = []
     for name in due_models(project):

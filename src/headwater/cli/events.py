@@ -1,0 +1,127 @@
+"""``ingest`` and ``process``: events into the log, and the log into the online store."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from headwater.cli.common import ProjectOpt, app, console, err, open_project, progress_bar
+from headwater.errors import HeadwaterError
+from headwater.ingestion.files import count_events, file_format, read_batches
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="Events: .jsonl, .csv or .parquet")],
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream to append to")],
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Validate and append the events of a file; rejected ones go to the dead-letter stream."""
+    fmt = file_format(file, fmt)
+    accepted = duplicates = rejected = 0
+    with open_project(project) as p, progress_bar() as bar:
+        p.ingestor.stream(stream)
+        task = bar.add_task(f"ingest {file.name}", total=count_events(file, fmt))
+        for batch in read_batches(file, fmt):
+            result = p.ingest(stream, batch)
+            accepted += result.accepted
+            duplicates += result.duplicates
+            rejected += len(result.rejected)
+            for r in result.rejected[:3]:
+                err.print(f"[yellow]rejected[/yellow] event {r.index}: {r.reason}")
+            bar.advance(task, len(batch))
+    console.print(
+        f"{accepted} accepted, {duplicates} duplicates, {rejected} rejected "
+        f"(see stream _dead_letter)"
+    )
+    if rejected and not accepted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def process(
+    forever: Annotated[bool, typer.Option(help="Keep processing new events")] = False,
+    workers: Annotated[
+        int, typer.Option(help="With --forever: worker processes sharing the log's partitions")
+    ] = 1,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="With --forever on Kafka: the consumer group whose members share the "
+            "partitions (default: headwater.<project name>.processor)"
+        ),
+    ] = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(help="First clear the feature sets' online state, then replay the whole log"),
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Log records read and applied at a time")] = (
+        100_000
+    ),
+    commit_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Behind a backlog, commit each partition's states and checkpoints this often "
+            "(a batch that finds the partition caught up is committed at once); 0: every batch"
+        ),
+    ] = 5.0,
+    cached_states: Annotated[
+        int,
+        typer.Option(
+            help="Decoded entity states kept in memory between batches, uncommitted ones "
+            "included (a partition with more uncommitted states commits)"
+        ),
+    ] = 200_000,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Update the online store from the log, from each feature set's checkpoint."""
+    with open_project(project) as p:
+        if forever:
+            stop = threading.Event()
+
+            def interrupted(*_: object) -> None:
+                if stop.is_set():
+                    raise KeyboardInterrupt  # a second Ctrl-C: quit now, uncommitted work replays
+                stop.set()
+                console.print("stopping after the batch in flight, committing what was processed")
+
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, interrupted)
+            console.print("processing; Ctrl-C to stop (twice to quit at once)")
+            try:
+                p.process(
+                    forever=True,
+                    stop=stop,
+                    workers=workers,
+                    group=group,
+                    rebuild=rebuild,
+                    batch_size=batch_size,
+                    commit_seconds=commit_seconds,
+                    cached_states=cached_states,
+                )
+            except KeyboardInterrupt:
+                stop.set()
+            return
+        if workers != 1 or group is not None:
+            raise HeadwaterError("--workers and --group share --forever processing; add --forever")
+        if rebuild:
+            p.clear_online()
+            console.print("cleared the online state of the feature sets; replaying the log")
+        lag = sum(p.lag().values())
+        start = time.perf_counter()
+        with progress_bar() as bar:
+            task = bar.add_task("process", total=lag)
+            stats = p.process(
+                progress=lambda n: bar.advance(task, n),
+                batch_size=batch_size,
+                commit_seconds=commit_seconds,
+                cached_states=cached_states,
+            )
+        seconds = time.perf_counter() - start
+        console.print(f"processed {stats.events} events in {seconds:.2f}s")

@@ -1,0 +1,184 @@
+"""``train``, ``runs`` and ``models``: training pipelines, their runs, and the registry."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from headwater.cli.common import ProjectOpt, app, console, open_project
+from headwater.errors import HeadwaterError
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="Model name")],
+    reproduce: Annotated[
+        int | None, typer.Option(help="Rebuild the training data of this version from the log")
+    ] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Run a model's training pipeline (cached steps are reused) and register a version."""
+    with open_project(project) as p:
+        console.print(f"training {model}")
+        result = p.train(model, reproduce=reproduce, log=console.print)
+        doc = p.registry.version(model, result.version)
+        original = None if reproduce is None else p.registry.version(model, reproduce)
+    _print_metrics(doc)
+    snapshot = doc["lineage"]["snapshot"]
+    console.print(
+        f"registered {model} version {result.version}: {snapshot['rows']:,} rows, "
+        f"data hash {snapshot['data_hash']}"
+    )
+    if original is not None:
+        expected = original["lineage"]["snapshot"]["data_hash"]
+        same = expected == snapshot["data_hash"]
+        console.print(
+            f"reproduces version {reproduce}: data hash "
+            f"{'identical' if same else 'DIFFERENT: ' + expected}"
+        )
+        if not same:
+            raise typer.Exit(1)
+
+
+def _print_metrics(doc: dict[str, Any]) -> None:
+    others = doc["comparison"]
+    table = Table(
+        "metric",
+        f"v{doc['version']}",
+        *(f"{name} v{c['version']}" if name == "champion" else name for name, c in others.items()),
+        title=f"{doc['model']}: held-out metrics ({doc['rows']['test']:,} rows)",
+    )
+    for metric, value in doc["metrics"].items():
+        table.add_row(
+            metric,
+            f"{value:.4f}",
+            *(f"{c['metrics'].get(metric, float('nan')):.4f}" for c in others.values()),
+        )
+    console.print(table)
+    top = sorted(doc["importance"].items(), key=lambda kv: -abs(kv[1]))[:5]
+    console.print("top features: " + ", ".join(f"{k} ({v:.3f})" for k, v in top))
+
+
+@app.command()
+def runs(
+    model: Annotated[str | None, typer.Argument(help="Only this model's runs")] = None,
+    compare: Annotated[
+        list[str] | None, typer.Option(help="Run ids to compare side by side (repeatable)")
+    ] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """List training runs with their status, duration, data and metrics, or compare runs."""
+    with open_project(project) as p:
+        records = p.registry.runs(model)
+    if compare:
+        _compare_runs([r for r in records if r["id"] in compare])
+        return
+    table = Table("run", "model", "status", "version", "seconds", "rows/hash", "metrics")
+    for r in records:
+        seconds = (r.get("ended_us", r["started_us"]) - r["started_us"]) / 1e6
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("metrics") or {}).items())
+        table.add_row(
+            r["id"],
+            r["model"],
+            r["status"],
+            str(r.get("version", "-")),
+            f"{seconds:.1f}",
+            r.get("data_hash", "-"),
+            metrics or r.get("error", "")[:60],
+        )
+    console.print(table)
+
+
+def _compare_runs(chosen: list[dict[str, Any]]) -> None:
+    if not chosen:
+        raise HeadwaterError("none of those run ids exist; `headwater runs` lists them")
+    table = Table("", *(f"{r['model']} {r['id']}" for r in chosen), title="runs compared")
+    rows: dict[str, list[str]] = {}
+    for i, r in enumerate(chosen):
+        flat = {
+            "status": r["status"],
+            "version": r.get("version", "-"),
+            "data_hash": r.get("data_hash", "-"),
+            "git": (r.get("code") or {}).get("git_commit") or "-",
+            **{f"metric {k}": f"{v:.4f}" for k, v in (r.get("metrics") or {}).items()},
+            **{f"param {k}": v for k, v in (r.get("params") or {}).items()},
+        }
+        for key, value in flat.items():
+            rows.setdefault(key, ["-"] * len(chosen))[i] = str(value)
+    for key, values in rows.items():
+        table.add_row(key + ("" if len(set(values)) == 1 else " *"), *values)
+    console.print(table)
+    console.print("* differs between the runs")
+
+
+models_app = typer.Typer(
+    help="The model registry: list, show, promote, rollback.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(project: ProjectOpt = Path(".")) -> None:
+    """Every model with its versions and aliases."""
+    with open_project(project) as p:
+        table = Table("model", "owner", "versions", "aliases")
+        for name, m in sorted(p.definitions.models.items()):
+            versions = [d["version"] for d in p.registry.versions(name)]
+            aliases = ", ".join(f"{a}=v{d['version']}" for a, d in p.registry.aliases(name).items())
+            table.add_row(name, m.owner, ", ".join(map(str, versions)) or "-", aliases or "-")
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument(help="A number or an alias")] = "champion",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """A version's metrics, lineage and alias history."""
+    with open_project(project) as p:
+        doc = p.registry.version(model, version)
+        aliases = p.registry.aliases(model)
+    _print_metrics(doc)
+    lineage = doc["lineage"]
+    for key in ("label", "snapshot", "code", "packages", "features"):
+        console.print(f"{key}: {lineage[key]}")
+    console.print(f"artifacts: {doc['artifacts']}")
+    for alias, info in aliases.items():
+        for h in info["history"]:
+            console.print(
+                f"{alias}: {h['action']} v{h['previous']} -> v{h['version']} by "
+                f"{h['by']}: {h['reason']}"
+            )
+
+
+@models_app.command("promote")
+def models_promote(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[int, typer.Argument()],
+    alias: Annotated[str, typer.Option(help="champion, challenger or any name")] = "champion",
+    reason: Annotated[str, typer.Option(help="Why, for the history")] = "",
+    force: Annotated[bool, typer.Option(help="Skip the promotion policy")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Point an alias at a version; "champion" must pass the model's promotion policy."""
+    with open_project(project) as p:
+        p.promote(model, version, alias=alias, by=getpass.getuser(), reason=reason, force=force)
+    console.print(f"{model}: {alias} -> version {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    model: Annotated[str, typer.Argument()],
+    alias: Annotated[str, typer.Option()] = "champion",
+    reason: Annotated[str, typer.Option()] = "",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Point an alias back at its previous version."""
+    with open_project(project) as p:
+        version = p.rollback(model, alias=alias, by=getpass.getuser(), reason=reason)
+    console.print(f"{model}: {alias} -> version {version} (rolled back)")

@@ -1,0 +1,82 @@
+"""One run of the monitor, as ``headwater monitor`` and ``Project.monitor`` both do it: the
+ledger takes what the log holds, then each version is reported (performance, drift, skew),
+alerts go out, and with ``act`` the loop retrains and promotes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from headwater.monitoring import loop
+from headwater.monitoring.context import MonitorContext
+from headwater.monitoring.ledger import Ledger, Progress
+from headwater.monitoring.monitor import Monitor, VersionReport
+from headwater.monitoring.rollup import Performance
+
+DAY_US = 86_400_000_000
+
+
+@dataclass
+class MonitorRun:
+    """What one run found: the ledger's progress, a report per (service, variant, version),
+    the daily performance from the ledger, the skew of each service and the loop's actions."""
+
+    ledger: Progress
+    reports: list[VersionReport]
+    daily: list[Performance]
+    skews: dict[str, dict[str, Any]]
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_monitor(
+    ctx: MonitorContext,
+    service: str | None = None,
+    *,
+    days: float = 7,
+    alert: Callable[[dict[str, Any]], None] | None = None,
+    act: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> MonitorRun:
+    """Monitor the predictions of the last ``days`` (of ``service``, or of every service).
+
+    ``alert`` receives each alert (they also go to the ``alerts`` stream); ``act`` retrains
+    models whose ``RetrainPolicy`` says so and promotes challengers that win on live labels;
+    ``progress`` follows the ledger's consumption; ``log`` receives the loop's decisions.
+    """
+    now = ctx.clock()
+    since = now - int(days * DAY_US)
+    ledger = Ledger(ctx)
+    done = ledger.advance(now, progress)
+    watcher = Monitor(ctx, alert=alert)
+    reports = watcher.run(service, since_us=since)
+    daily = ledger.performance(since, now + 1, service)
+    skews = {
+        name: watcher.skew(name, since, now + 1) for name in sorted({r.service for r in reports})
+    }
+    actions = []
+    if act:
+        actions = [
+            *loop.retrain_if_needed(ctx, reports, log),
+            *loop.promote_winners(ctx, since, now + 1, log),
+        ]
+    return MonitorRun(done, reports, daily, skews, actions)
+
+
+def monitor_every(
+    ctx: MonitorContext,
+    every: float,
+    stop: threading.Event,
+    record: Callable[[list[VersionReport]], None],
+) -> None:
+    """Run the monitor every ``every`` seconds until ``stop``, handing each run's reports to
+    ``record`` (a server exports them on /metrics); a failed run is logged, the next one
+    still comes."""
+    while not stop.wait(every):
+        try:
+            record(Monitor(ctx).run())
+        except Exception:  # noqa: BLE001 - the server keeps serving; the failure is logged
+            logging.getLogger("headwater.monitor").exception("monitor run failed")

@@ -1,0 +1,215 @@
+"""Where a project's objects are built, each with exactly the ports and services it uses: no
+object outside ``project/`` receives the whole project. The ``Project`` facade holds what is
+built here and delegates to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from headwater.definitions.collection import Definitions
+from headwater.features.catalog import FeatureCatalog
+from headwater.history.archiver import Archiver
+from headwater.ingestion.service import Ingestor
+from headwater.log.base import Log
+from headwater.log.urls import open_log
+from headwater.project.config import Settings
+from headwater.registry.registry import Registry
+from headwater.stores.metadata.base import MetadataStore
+from headwater.stores.offline.base import OfflineStore
+from headwater.stores.online.base import OnlineStore
+from headwater.stores.urls import open_metadata, open_offline, open_online
+from headwater.streaming.online import OnlineFeatures
+from headwater.streaming.processor import Processor
+from headwater.training.sets import TrainingSets
+
+if TYPE_CHECKING:
+    from headwater.ingestion.service import IngestResult
+    from headwater.monitoring.context import MonitorContext
+    from headwater.serving.http.app import App
+    from headwater.serving.runtime import Serving
+    from headwater.sources.runner import SourceRunner
+    from headwater.training.trainer import Trainer
+
+Clock = Callable[[], int]
+Ingest = Callable[[str, Any], "IngestResult"]
+
+
+@dataclass
+class Stores:
+    """The four stores a project runs on, opened from the URLs of ``headwater.toml``."""
+
+    log: Log
+    online: OnlineStore
+    offline: OfflineStore
+    metadata: MetadataStore
+
+    def close(self) -> None:
+        for store in (self.log, self.online, self.metadata):
+            store.close()
+
+
+def open_stores(settings: Settings) -> Stores:
+    urls, root = settings.stores, settings.root
+    return Stores(
+        open_log(urls.log, root),
+        open_online(urls.online, root),
+        open_offline(urls.offline, root),
+        open_metadata(urls.metadata, root),
+    )
+
+
+@dataclass
+class Core:
+    """What every use of a project needs, built when it opens."""
+
+    ingestor: Ingestor
+    processor: Processor
+    archiver: Archiver
+    online: OnlineFeatures
+    training: TrainingSets
+    registry: Registry
+
+
+def build_core(
+    settings: Settings,
+    definitions: Definitions,
+    catalog: FeatureCatalog,
+    stores: Stores,
+    clock: Clock,
+) -> Core:
+    offline = settings.offline
+    archiver = Archiver(
+        stores.log,
+        stores.offline,
+        sorted_history=offline.sorted_history,
+        sorted_by=sorted_keys(catalog),
+    )
+    return Core(
+        ingestor=Ingestor(stores.log, definitions.streams, clock, settings.ingest.max_future_us),
+        processor=Processor(stores.log, stores.online, catalog.plans, clock),
+        archiver=archiver,
+        online=OnlineFeatures(stores.online, catalog, clock),
+        training=TrainingSets(
+            catalog,
+            stores.offline,
+            archiver,
+            definitions.streams,
+            engine=offline.engine,
+            spark=offline.spark,
+            sorted_history=offline.sorted_history,
+        ),
+        registry=Registry(stores.metadata, settings.root / ".headwater" / "artifacts"),
+    )
+
+
+def sorted_keys(catalog: FeatureCatalog) -> dict[str, list[tuple[str, ...]]]:
+    """For each stream, the key tuples its features are about (the sorted copies to keep)."""
+    sorted_by: dict[str, list[tuple[str, ...]]] = {}
+    for plan in catalog.plans:
+        tuples = sorted_by.setdefault(plan.stream.name, [])
+        if plan.entity.keys not in tuples:
+            tuples.append(plan.entity.keys)
+    return sorted_by
+
+
+def build_serving(definitions: Definitions, stores: Stores, core: Core, clock: Clock) -> Serving:
+    from headwater.serving.runtime import Serving
+
+    return Serving(
+        definitions.services,
+        core.registry,
+        stores.log,
+        core.online,
+        stores.online,
+        core.training,
+        clock,
+    )
+
+
+def build_trainer(
+    settings: Settings,
+    definitions: Definitions,
+    catalog: FeatureCatalog,
+    stores: Stores,
+    core: Core,
+    clock: Clock,
+    log: Callable[[str], None],
+) -> Trainer:
+    from headwater.training.trainer import Trainer  # scikit-learn loads only to train
+
+    return Trainer(
+        registry=core.registry,
+        training=core.training,
+        catalog=catalog,
+        streams=definitions.streams,
+        event_log=stores.log,
+        offline=stores.offline,
+        archiver=core.archiver,
+        clock=clock,
+        root=settings.root,
+        log=log,
+    )
+
+
+def monitor_context(
+    settings: Settings,
+    definitions: Definitions,
+    stores: Stores,
+    core: Core,
+    clock: Clock,
+    flush_predictions: Callable[[], None],
+    train: Callable[[str], int],
+) -> MonitorContext:
+    from headwater.monitoring.context import MonitorContext
+
+    return MonitorContext(
+        definitions=definitions,
+        log=stores.log,
+        log_url=settings.stores.log,
+        offline=stores.offline,
+        archiver=core.archiver,
+        training=core.training,
+        registry=core.registry,
+        clock=clock,
+        ledger_path=settings.root / ".headwater" / "monitor.duckdb",
+        flush_predictions=flush_predictions,
+        train=train,
+    )
+
+
+def build_source_runner(
+    settings: Settings, definitions: Definitions, stores: Stores, ingest: Ingest, clock: Clock
+) -> SourceRunner:
+    from headwater.sources.runner import SourceRunner
+
+    return SourceRunner(definitions.sources, ingest, stores.metadata, clock, settings.root)
+
+
+def build_app(
+    settings: Settings,
+    stores: Stores,
+    core: Core,
+    serving: Serving,
+    ingest: Ingest,
+    clock: Clock,
+) -> App:
+    """The HTTP API of the project (see ``serving/http``)."""
+    from headwater.serving.http.app import create_app
+    from headwater.serving.http.services import HttpServices
+
+    return create_app(
+        HttpServices(
+            name=settings.name,
+            max_request_bytes=settings.ingest.max_request_bytes,
+            max_events_per_request=settings.ingest.max_events_per_request,
+            ingestor=core.ingestor,
+            ingest=ingest,
+            online=core.online,
+            serving=serving,
+            processor=core.processor,
+            log=stores.log,
+            clock=clock,
+        )
+    )
