@@ -97,6 +97,12 @@ def main() -> None:
     print("preparing the quickstart's project and churn model ...", flush=True)
     project, users = prepare(args.users, work / "shop")
     doc = project.registry.version("churn", "champion")
+    # the other servers load the same model files, copied out of the artifacts store
+    (work / "model").mkdir()
+    for kind, name in list(doc["artifacts"].items()):
+        copy = work / "model" / Path(name).name
+        copy.write_bytes(project.registry.read_artifact(doc, kind))
+        doc["artifacts"][kind] = str(copy)
     features = doc["signature"]["features"]
     rng = np.random.default_rng(1)
     chosen = [users[i] for i in rng.integers(0, len(users), args.requests)]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.kafka_broker import TansuBroker
 
 SHOP = Path(__file__).resolve().parents[1] / "src" / "headwater" / "examples" / "shop"
 
@@ -63,3 +65,11 @@ def shop_project(tmp_path: Path) -> Path:
 def project_factory(tmp_path: Path) -> Callable[[str], Path]:
     counter = iter(range(1000))
     return lambda source: write_project(tmp_path / f"p{next(counter)}", source)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[TansuBroker]:
+    """One Tansu broker on loopback for the session; tests keep apart by unique stream names."""
+    broker = TansuBroker().start()
+    yield broker
+    broker.stop()

@@ -23,7 +23,6 @@ import pytest
 
 from headwater import Project
 from headwater.errors import HeadwaterError
-from headwater.registry import artifacts
 from headwater.registry.mlflow_mirror import mirror
 from tests.conftest import write_project
 
@@ -151,7 +150,7 @@ def test_the_run_carries_params_metrics_times_and_lineage(project: Project, trac
     experiment_id = tracking.experiment("headwater/churn")
     doc, run = version_and_run(project, "churn")
 
-    ids = mirror(tracking.uri, run, doc)
+    ids = mirror(tracking.uri, run, doc, read=project.registry.read_artifact)
 
     assert ids["experiment_id"] == experiment_id  # the default experiment name
     fresh = mlflow.MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
@@ -192,7 +191,7 @@ def test_the_model_file_downloads_and_predicts_like_headwaters(
     tracking.experiment("headwater/churn")
     doc, run = version_and_run(project, "churn")
 
-    ids = mirror(tracking.uri, run, doc)
+    ids = mirror(tracking.uri, run, doc, read=project.registry.read_artifact)
 
     fresh = mlflow.MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
     listed = {f.path for f in fresh.list_artifacts(ids["run_id"], "model")}
@@ -203,7 +202,7 @@ def test_the_model_file_downloads_and_predicts_like_headwaters(
         dst_path=str(tmp_path / "download"),
         tracking_uri=tracking.uri,
     )
-    ours, signature = artifacts.load(doc["artifacts"])
+    ours, signature = project.registry.load_model(doc)
     theirs = joblib.load(local)
     X = signature.matrix(ROWS)
     assert theirs.predict_proba(X)[:, 1].tolist() == ours.predict_proba(X)[:, 1].tolist()
@@ -213,7 +212,7 @@ def test_the_registered_model_has_the_version_and_its_alias(project: Project, tr
     tracking.experiment("headwater/churn")
     doc, run = version_and_run(project, "churn")
 
-    ids = mirror(tracking.uri, run, doc)
+    ids = mirror(tracking.uri, run, doc, read=project.registry.read_artifact)
 
     fresh = mlflow.MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
     assert ids["model_version"] == "1"
@@ -233,8 +232,8 @@ def test_mirroring_again_returns_the_same_ids_and_creates_nothing(
     experiment_id = tracking.experiment("headwater/churn")
     doc, run = version_and_run(project, "churn")
 
-    first = mirror(tracking.uri, run, doc)
-    second = mirror(tracking.uri, run, doc)
+    first = mirror(tracking.uri, run, doc, read=project.registry.read_artifact)
+    second = mirror(tracking.uri, run, doc, read=project.registry.read_artifact)
 
     assert second == first
     fresh = mlflow.MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
@@ -247,7 +246,7 @@ def test_a_mirror_that_stopped_midway_is_written_again(project: Project, trackin
     doc, run = version_and_run(project, "churn")
     half = tracking.client.create_run(experiment_id, tags={"headwater.run_id": run["id"]})
 
-    ids = mirror(tracking.uri, run, doc)
+    ids = mirror(tracking.uri, run, doc, read=project.registry.read_artifact)
 
     assert ids["run_id"] != half.info.run_id
     fresh = mlflow.MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
@@ -259,7 +258,9 @@ def test_lightgbm_versions_carry_the_native_model_file(project: Project, trackin
     experiment_id = tracking.experiment("team/churn-gbm")
     doc, run = version_and_run(project, "churn_gbm")
 
-    ids = mirror(tracking.uri, run, doc, experiment="team/churn-gbm")
+    ids = mirror(
+        tracking.uri, run, doc, experiment="team/churn-gbm", read=project.registry.read_artifact
+    )
 
     assert ids["experiment_id"] == experiment_id
     fresh = mlflow.MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
@@ -277,7 +278,7 @@ def test_a_missing_experiment_is_created(
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     doc, run = version_and_run(project, "churn")
 
-    ids = mirror(uri, run, doc)
+    ids = mirror(uri, run, doc, read=project.registry.read_artifact)
 
     fresh = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert fresh.get_experiment(ids["experiment_id"]).name == "headwater/churn"
@@ -289,7 +290,7 @@ def test_a_run_that_did_not_train_the_version_is_refused(project: Project, tmp_p
     _, other = version_and_run(project, "churn_gbm")
 
     with pytest.raises(HeadwaterError, match="did not train version 1"):
-        mirror(f"sqlite:///{tmp_path}/mlflow.db", other, doc)
+        mirror(f"sqlite:///{tmp_path}/mlflow.db", other, doc, read=project.registry.read_artifact)
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -300,4 +301,4 @@ def test_without_mlflow_the_error_names_the_extra(
     doc, run = version_and_run(project, "churn")
 
     with pytest.raises(HeadwaterError, match=r"pip install 'headwater\[mlflow\]'"):
-        mirror(f"sqlite:///{tmp_path}/mlflow.db", run, doc)
+        mirror(f"sqlite:///{tmp_path}/mlflow.db", run, doc, read=project.registry.read_artifact)

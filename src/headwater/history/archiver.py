@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from headwater.definitions import Stream
+from headwater.history import sorted_history as sorted_copies
 from headwater.history.schema import records_to_table
-from headwater.history.sorted_history import refresh
 from headwater.log.base import Log
 from headwater.stores.offline.base import OfflineStore
 
@@ -65,7 +65,7 @@ class Archiver:
         if self._sorted_history:
             try:
                 for keys in self.sorted_keys(stream):
-                    refresh(self._offline, stream, committed, keys)
+                    sorted_copies.refresh(self._offline, stream, committed, keys)
             except Exception:  # noqa: BLE001
                 # the copy only makes training sets faster: whatever goes wrong with it (a
                 # full disk, or a bug), archiving, which everything else waits on, goes on

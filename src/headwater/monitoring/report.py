@@ -10,7 +10,13 @@ import pandas as pd
 
 from headwater.definitions.types import from_micros
 from headwater.monitoring.context import MonitorContext
-from headwater.monitoring.monitor import Monitor, VersionReport, logged_predictions
+from headwater.monitoring.experiment import ExperimentError, analyze
+from headwater.monitoring.monitor import (
+    Monitor,
+    VersionReport,
+    experiment_outcomes,
+    logged_predictions,
+)
 
 DAY = 86_400_000_000
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:60rem}
@@ -138,9 +144,6 @@ def intervals(rows: list[tuple[str, float, float, float]], width: int = 560) -> 
 
 def _experiments(ctx: MonitorContext, model: str, since: int, until: int) -> list[str]:
     """Each A/B or bandit service of the model: per-variant outcomes, the test, the verdict."""
-    from headwater.monitoring.experiment import ExperimentError, analyze
-    from headwater.monitoring.monitor import experiment_outcomes
-
     out: list[str] = []
     for service in ctx.definitions.services.values():
         if service.routing not in ("ab", "bandit"):

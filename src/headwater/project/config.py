@@ -17,6 +17,7 @@ DEFAULT_STORES = {
     "online": "sqlite:///.headwater/online.db",
     "offline": "file://.headwater/offline",
     "metadata": "sqlite:///.headwater/metadata.db",
+    "artifacts": "file://.headwater/artifacts",
 }
 
 
@@ -30,6 +31,7 @@ class StoreUrls:
     online: str
     offline: str
     metadata: str
+    artifacts: str = DEFAULT_STORES["artifacts"]
 
 
 @dataclass(frozen=True)

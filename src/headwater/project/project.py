@@ -302,7 +302,8 @@ class Project:
         if uri:
             from headwater.registry.mlflow_mirror import mirror
 
-            mirror(uri, result.run, self.registry.version(model, result.version))
+            doc = self.registry.version(model, result.version)
+            mirror(uri, result.run, doc, read=self.registry.read_artifact)
         return result
 
     def explain(

@@ -16,10 +16,11 @@ from headwater.log.base import Log
 from headwater.log.urls import open_log
 from headwater.project.config import Settings
 from headwater.registry.registry import Registry
+from headwater.stores.artifacts.base import ArtifactStore
 from headwater.stores.metadata.base import MetadataStore
 from headwater.stores.offline.base import OfflineStore
 from headwater.stores.online.base import OnlineStore
-from headwater.stores.urls import open_metadata, open_offline, open_online
+from headwater.stores.urls import open_artifacts, open_metadata, open_offline, open_online
 from headwater.streaming.online import OnlineFeatures
 from headwater.streaming.processor import Processor
 from headwater.training.sets import TrainingSets
@@ -44,6 +45,7 @@ class Stores:
     online: OnlineStore
     offline: OfflineStore
     metadata: MetadataStore
+    artifacts: ArtifactStore
 
     def close(self) -> None:
         for store in (self.log, self.online, self.metadata):
@@ -57,6 +59,7 @@ def open_stores(settings: Settings) -> Stores:
         open_online(urls.online, root),
         open_offline(urls.offline, root),
         open_metadata(urls.metadata, root),
+        open_artifacts(urls.artifacts, root),
     )
 
 
@@ -100,7 +103,10 @@ def build_core(
             spark=offline.spark,
             sorted_history=offline.sorted_history,
         ),
-        registry=Registry(stores.metadata, settings.root / ".headwater" / "artifacts"),
+        # versions written by 0.1.0 recorded absolute paths under the project's folder
+        registry=Registry(
+            stores.metadata, stores.artifacts, settings.root / ".headwater" / "artifacts"
+        ),
     )
 
 

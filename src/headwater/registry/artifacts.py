@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from headwater.errors import HeadwaterError
+from headwater.stores.artifacts.base import ArtifactError, ArtifactStore
 
 
 class FeatureTypeError(HeadwaterError, TypeError):
@@ -58,24 +60,44 @@ class Signature:
         return cls(list(features), task, categories)
 
 
-def save(folder: Path, estimator: Any, signature: Signature) -> dict[str, str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"estimator": str(folder / "model.joblib"), "signature": str(folder / "signature.json")}
-    joblib.dump(estimator, paths["estimator"])
-    Path(paths["signature"]).write_text(json.dumps(vars(signature), indent=2))
+def save(store: ArtifactStore, prefix: str, estimator: Any, signature: Signature) -> dict[str, str]:
+    """Put a fitted estimator (joblib), its signature and LightGBM's own text model (readable
+    without Python) under ``prefix``; the names of what was put, by kind. Each file appears
+    whole; the version that names them is registered only after the last one."""
+    names = {"estimator": f"{prefix}/model.joblib", "signature": f"{prefix}/signature.json"}
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    store.put(names["estimator"], buffer.getvalue())
+    store.put(names["signature"], json.dumps(vars(signature), indent=2).encode())
     booster = getattr(estimator, "booster_", None)
-    if booster is not None:  # LightGBM's own text format, readable without Python
-        paths["lightgbm"] = str(folder / "model.txt")
-        booster.save_model(paths["lightgbm"])
-    return paths
+    if booster is not None:
+        names["lightgbm"] = f"{prefix}/model.txt"
+        store.put(names["lightgbm"], booster.model_to_string().encode())
+    return names
 
 
-def load(paths: dict[str, str], folder: Path | None = None) -> tuple[Any, Signature]:
-    """The estimator and signature saved at ``paths``. ``folder`` is the project's artifacts
-    folder: a path recorded under another folder's ``.headwater/artifacts`` (the project was
-    moved or copied since) is read from the same place under ``folder``."""
-    signature = Signature(**json.loads(_locate(paths["signature"], folder).read_text()))
-    return joblib.load(_locate(paths["estimator"], folder)), signature
+def read(
+    names: dict[str, str], kind: str, store: ArtifactStore | None, legacy: Path | None = None
+) -> bytes:
+    """The bytes of one artifact of a version (``kind``: estimator, signature, lightgbm).
+
+    Versions registered by headwater 0.1.0 recorded absolute paths; one under another
+    folder's ``.headwater/artifacts`` (the project was moved or copied since) is read from
+    the same place under ``legacy``, the project's own artifacts folder."""
+    recorded = names[kind]
+    if Path(recorded).is_absolute():
+        return _locate(recorded, legacy).read_bytes()
+    if store is None:
+        raise ArtifactError(f"artifact {recorded!r} needs the project's artifacts store")
+    return store.get(recorded)
+
+
+def load(
+    names: dict[str, str], store: ArtifactStore | None = None, legacy: Path | None = None
+) -> tuple[Any, Signature]:
+    """The estimator and signature of a version's artifacts."""
+    signature = Signature(**json.loads(read(names, "signature", store, legacy)))
+    return joblib.load(io.BytesIO(read(names, "estimator", store, legacy))), signature
 
 
 def _locate(recorded: str, folder: Path | None) -> Path:

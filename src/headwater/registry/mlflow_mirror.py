@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,19 +37,24 @@ class MirrorError(HeadwaterError):
 
 
 def mirror(
-    tracking_uri: str, run: dict[str, Any], version: dict[str, Any], experiment: str | None = None
+    tracking_uri: str,
+    run: dict[str, Any],
+    version: dict[str, Any],
+    experiment: str | None = None,
+    read: Callable[[dict[str, Any], str], bytes] | None = None,
 ) -> dict[str, str]:
     """Copy a registered version and its training run to MLflow; safe to call again.
 
     The MLflow run (named ``{model}-v{version}``, in experiment ``headwater/{model}`` unless
     ``experiment`` is given) gets the params, metrics, step durations, lineage tags and model
     files; the registered model named after the headwater model gets a version with the alias
-    ``headwater-v{version}`` (MLflow reserves ``v1``-style alias names). A version mirrored before
+    ``headwater-v{version}`` (MLflow reserves ``v1``-style alias names). ``read`` gives the
+    bytes of one artifact of the version (``Registry.read_artifact``). A version mirrored before
     is found by its ``headwater.run_id`` tag and not copied twice. Example::
 
         doc = project.registry.version("churn", 3)
         run = next(r for r in project.registry.runs("churn") if r["id"] == doc["run"])
-        mirror("http://mlflow.internal:5000", run, doc)
+        mirror("http://mlflow.internal:5000", run, doc, read=project.registry.read_artifact)
         # {"experiment_id": "7", "run_id": "1f0c...", "model_version": "3"}
     """
     try:
@@ -66,7 +73,7 @@ def mirror(
     experiment_id = _experiment(client, experiment or f"headwater/{version['model']}")
     run_id = _existing_run(client, experiment_id, run["id"])
     if run_id is None:
-        run_id = _create_run(client, experiment_id, run, version)
+        run_id = _create_run(client, experiment_id, run, version, read)
     model_version = _register(client, run_id, version)
     return {"experiment_id": experiment_id, "run_id": run_id, "model_version": model_version}
 
@@ -105,7 +112,11 @@ def _existing_run(client: MlflowClient, experiment_id: str, headwater_run: str) 
 
 
 def _create_run(
-    client: MlflowClient, experiment_id: str, run: dict[str, Any], version: dict[str, Any]
+    client: MlflowClient,
+    experiment_id: str,
+    run: dict[str, Any],
+    version: dict[str, Any],
+    read: Callable[[dict[str, Any], str], bytes] | None,
 ) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
@@ -125,8 +136,9 @@ def _create_run(
         client.log_batch(run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
     for i in range(0, len(tags), MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run_id, tags=tags[i : i + MAX_PARAMS_TAGS_PER_BATCH])
-    for path in _artifact_files(version):
-        client.log_artifact(run_id, str(path), ARTIFACT_FOLDER)
+    with tempfile.TemporaryDirectory() as folder:
+        for path in _artifact_files(version, read, Path(folder)):
+            client.log_artifact(run_id, str(path), ARTIFACT_FOLDER)
     # Finishing last marks the copy complete: an unfinished run is a mirror that stopped midway.
     client.set_terminated(run_id, STATUSES.get(run.get("status", ""), "FINISHED"), at_ms)
     return run_id
@@ -176,15 +188,25 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
-def _artifact_files(version: dict[str, Any]) -> list[Path]:
-    paths = version.get("artifacts", {})
-    files = [Path(paths[key]) for key in ARTIFACT_KEYS if paths.get(key)]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise MirrorError(
-            f"version {version['version']} of {version['model']!r} has lost artifact files "
-            f"{missing}; retrain the model, then mirror the new version"
-        )
+def _artifact_files(
+    version: dict[str, Any], read: Callable[[dict[str, Any], str], bytes] | None, folder: Path
+) -> list[Path]:
+    """The version's model files, copied into ``folder`` under their own names."""
+    names = version.get("artifacts", {})
+    files = []
+    for key in ARTIFACT_KEYS:
+        if not names.get(key):
+            continue
+        try:
+            data = read(version, key) if read else Path(names[key]).read_bytes()
+        except (HeadwaterError, OSError) as exc:
+            raise MirrorError(
+                f"version {version['version']} of {version['model']!r} has lost its {key} "
+                f"artifact ({exc}); retrain the model, then mirror the new version"
+            ) from None
+        path = folder / Path(names[key]).name
+        path.write_bytes(data)
+        files.append(path)
     return files
 
 

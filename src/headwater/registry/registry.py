@@ -11,6 +11,7 @@ from headwater.stores.metadata.base import MetadataStore
 
 if TYPE_CHECKING:
     from headwater.registry.artifacts import Signature
+    from headwater.stores.artifacts.base import ArtifactStore
 
 VERSIONS = "model_versions"
 ALIASES = "model_aliases"
@@ -28,15 +29,28 @@ class PromotionRefused(RegistryError):
 class Registry:
     """Model versions and aliases, kept in the metadata store."""
 
-    def __init__(self, metadata: MetadataStore, artifacts: Path | None = None) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        artifacts: ArtifactStore | None = None,
+        legacy: Path | None = None,
+    ) -> None:
+        """``artifacts`` holds the model files; ``legacy`` is the project's
+        ``.headwater/artifacts`` folder, where versions of 0.1.0 recorded theirs."""
         self._metadata = metadata
-        self.artifacts = artifacts  # the folder model files are written to and read from
+        self.artifacts, self._legacy = artifacts, legacy
 
     def load_model(self, doc: dict[str, Any]) -> tuple[Any, Signature]:
         """A version's fitted estimator and input signature, from its artifacts."""
         from headwater.registry import artifacts  # joblib loads only with a model
 
-        return artifacts.load(doc["artifacts"], self.artifacts)
+        return artifacts.load(doc["artifacts"], self.artifacts, self._legacy)
+
+    def read_artifact(self, doc: dict[str, Any], kind: str) -> bytes:
+        """One file of a version's artifacts: "estimator", "signature" or "lightgbm"."""
+        from headwater.registry import artifacts
+
+        return artifacts.read(doc["artifacts"], kind, self.artifacts, self._legacy)
 
     # -- versions ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from headwater.definitions.source import redact_url
 from headwater.errors import HeadwaterError
 
 if TYPE_CHECKING:
+    from headwater.stores.artifacts.base import ArtifactStore
     from headwater.stores.metadata.base import MetadataStore
     from headwater.stores.offline.base import OfflineStore
     from headwater.stores.online.base import OnlineStore
@@ -101,6 +102,19 @@ def _postgres_metadata(url: str, root: Path) -> MetadataStore:
     return PostgresMetadataStore(url)
 
 
+def _file_artifacts(url: str, root: Path) -> ArtifactStore:
+    from headwater.stores.artifacts.files import FileArtifactStore
+
+    return FileArtifactStore(local_path(url, root))
+
+
+def _fsspec_artifacts(url: str, root: Path) -> ArtifactStore:
+    """Model files at a URL fsspec understands; credentials come from the environment."""
+    from headwater.stores.artifacts.files import FileArtifactStore
+
+    return FileArtifactStore(url)
+
+
 ONLINE: dict[str, Factory[OnlineStore]] = {"sqlite": _sqlite_online, "redis": _redis_online}
 OFFLINE: dict[str, Factory[OfflineStore]] = {
     "file": _parquet_offline,
@@ -110,6 +124,12 @@ METADATA: dict[str, Factory[MetadataStore]] = {
     "sqlite": _sqlite_metadata,
     "postgresql": _postgres_metadata,
     "postgres": _postgres_metadata,
+}
+
+
+ARTIFACTS: dict[str, Factory[ArtifactStore]] = {
+    "file": _file_artifacts,
+    **dict.fromkeys(FSSPEC_OFFLINE, _fsspec_artifacts),
 }
 
 
@@ -128,7 +148,18 @@ def open_metadata(url: str, root: Path) -> MetadataStore:
     return open_url("metadata", METADATA, url, root)
 
 
+def open_artifacts(url: str, root: Path) -> ArtifactStore:
+    """The artifacts store at ``url`` (``file://...`` relative to ``root``, or an fsspec URL);
+    an unreachable one fails here, with the URL (password redacted) and what to check."""
+    return open_url("artifacts", ARTIFACTS, url, root)
+
+
 def open_backend(port: str, url: str, root: Path) -> object:
-    """The store of ``port`` ("online", "offline" or "metadata") at ``url``."""
-    opener = {"online": open_online, "offline": open_offline, "metadata": open_metadata}[port]
+    """The store of ``port`` ("online", "offline", "metadata", "artifacts") at ``url``."""
+    opener = {
+        "online": open_online,
+        "offline": open_offline,
+        "metadata": open_metadata,
+        "artifacts": open_artifacts,
+    }[port]
     return opener(url, root)

@@ -390,9 +390,14 @@ class Trainer:
         pipeline: Pipeline,
         run: dict[str, Any],
     ) -> int:
-        artifacts_folder = self.registry.artifacts or self._root / ".headwater" / "artifacts"
-        folder = artifacts_folder / model.name / run["id"]
-        paths = artifacts.save(folder, fitted["estimator"], fitted["signature"])
+        if self.registry.artifacts is None:
+            raise HeadwaterError("the registry has no artifacts store to save the model in")
+        paths = artifacts.save(
+            self.registry.artifacts,
+            f"{model.name}/{run['id']}",
+            fitted["estimator"],
+            fitted["signature"],
+        )
         res = self._catalog.resolve(list(model.features))
         feature_versions = {c.name: c.feature.version for cs in res.columns.values() for c in cs}
         feature_versions.update({d.name: d.version for d in res.derived})

@@ -7,17 +7,14 @@ which has no atomic rename, relies on each object appearing whole and on the mar
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import io
 import json
-import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,142 +23,13 @@ import pyarrow.parquet as pq
 
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY
+from headwater.stores.files import FsspecFiles, open_files
 
 if TYPE_CHECKING:
     import duckdb
 
 _PART = re.compile(r"^part-(?:p(\d+)-)?(\d+)-(\d+)\.parquet$")
 _MARKER = re.compile(r"^_committed(?:-p(\d+))?\.json$")
-
-
-class _Files(Protocol):
-    """Where the history's files live: the few operations the store needs."""
-
-    def read_text(self, path: str) -> str | None: ...
-    def read_bytes(self, path: str) -> bytes: ...
-    def size(self, path: str) -> int: ...  # bytes
-    def modified(self, path: str) -> float: ...  # seconds since the epoch
-    def publish(self, path: str, data: bytes) -> None: ...  # whole or not at all
-    def glob(self, folder: str, pattern: str) -> list[str]: ...
-    def remove(self, path: str) -> None: ...
-    def location(self, path: str) -> str: ...  # what ``files`` hands to readers
-    def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...
-    def publish_table(self, path: str, table: pa.Table) -> None: ...  # Arrow IPC, whole
-    def open_table(self, path: str) -> pa.Table: ...  # memory-mapped where it can be
-
-
-class _LocalFiles:
-    """A local folder: write a temporary file, fsync it, rename it into place."""
-
-    def read_text(self, path: str) -> str | None:
-        try:
-            return Path(path).read_text()
-        except FileNotFoundError:
-            return None
-
-    def read_bytes(self, path: str) -> bytes:
-        return Path(path).read_bytes()
-
-    def size(self, path: str) -> int:
-        return Path(path).stat().st_size
-
-    def modified(self, path: str) -> float:
-        return Path(path).stat().st_mtime
-
-    def publish(self, path: str, data: bytes) -> None:
-        self._publish(path, lambda tmp: tmp.write_bytes(data))
-
-    @staticmethod
-    def _publish(path: str, write: Callable[[Path], object]) -> None:
-        """``write`` a temporary file beside ``path``, fsync it, rename it into place."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, target)
-
-    def glob(self, folder: str, pattern: str) -> list[str]:
-        # the glob module lists with os.scandir: a third of pathlib's time over 3,690 files
-        return glob.glob(os.path.join(glob.escape(folder), pattern))
-
-    def remove(self, path: str) -> None:
-        Path(path).unlink(missing_ok=True)
-
-    def location(self, path: str) -> str:
-        return path
-
-    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        return None  # DuckDB reads local paths itself
-
-    def publish_table(self, path: str, table: pa.Table) -> None:
-        def write(tmp: Path) -> None:  # streamed to the file: no second copy in memory
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
-                out.write_table(table)
-
-        self._publish(path, write)
-
-    def open_table(self, path: str) -> pa.Table:
-        # uncompressed and memory-mapped: a reader pages in only the columns it touches
-        with pa.memory_map(path, "r") as source:
-            return pa.ipc.open_file(source).read_all()
-
-
-class _FsspecFiles:
-    """Any fsspec filesystem. Object stores have no atomic rename, so each file is written
-    once under its final name: one PUT makes an object visible whole or not at all, and a
-    part file counts only once the marker, written after it, covers its offsets."""
-
-    def __init__(self, fs: Any) -> None:
-        self.fs = fs
-
-    def read_text(self, path: str) -> str | None:
-        try:
-            return bytes(self.fs.cat_file(path)).decode()
-        except FileNotFoundError:
-            return None
-
-    def read_bytes(self, path: str) -> bytes:
-        return bytes(self.fs.cat_file(path))
-
-    def size(self, path: str) -> int:
-        return int(self.fs.size(path))
-
-    def modified(self, path: str) -> float:
-        return float(self.fs.modified(path).timestamp())
-
-    def publish(self, path: str, data: bytes) -> None:
-        try:
-            self.fs.pipe_file(path, data)
-        except FileNotFoundError:  # a filesystem with real folders (object stores have none)
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            self.fs.pipe_file(path, data)
-
-    def glob(self, folder: str, pattern: str) -> list[str]:
-        return [str(p) for p in self.fs.glob(f"{folder}/{pattern}")]
-
-    def remove(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(path)
-
-    def location(self, path: str) -> str:
-        return str(self.fs.unstrip_protocol(path))
-
-    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        protocol = self.fs.protocol
-        protocols = set(protocol) if isinstance(protocol, tuple | list) else {protocol}
-        # DuckDB keeps one filesystem per protocol and connection: the first one stays.
-        if not protocols & set(con.list_filesystems()):
-            con.register_filesystem(self.fs)
-
-    def publish_table(self, path: str, table: pa.Table) -> None:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        self.publish(path, sink.getvalue().to_pybytes())
-
-    def open_table(self, path: str) -> pa.Table:
-        return pa.ipc.open_file(pa.py_buffer(self.read_bytes(path))).read_all()
 
 
 class ParquetOfflineStore:
@@ -179,7 +47,7 @@ class ParquetOfflineStore:
     """
 
     def __init__(self, root: str | Path, storage_options: Mapping[str, Any] | None = None) -> None:
-        self._files, self.root = _open_root(root, dict(storage_options or {}))
+        self._files, self.root = open_files(root, dict(storage_options or {}))
 
     def _dir(self, stream: str) -> str:
         return f"{self.root}/stream={stream}"
@@ -357,7 +225,13 @@ class ParquetOfflineStore:
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         """Let a DuckDB connection read what ``files`` returns (registers the fsspec
         filesystem of a remote root; nothing to do for a local folder)."""
-        self._files.attach(con)
+        if not isinstance(self._files, FsspecFiles):
+            return  # DuckDB reads local paths itself
+        fs = self._files.fs
+        protocols = set(fs.protocol) if isinstance(fs.protocol, tuple | list) else {fs.protocol}
+        # DuckDB keeps one filesystem per protocol and connection: the first one stays.
+        if not protocols & set(con.list_filesystems()):
+            con.register_filesystem(fs)
 
 
 @dataclass(frozen=True)
@@ -371,29 +245,9 @@ class _Part:
     end: int
 
 
-def _open_root(root: str | Path, options: dict[str, Any]) -> tuple[_Files, str]:
-    text = str(root)
-    if "://" not in text or text.startswith("file://"):
-        local = Path(text.removeprefix("file://"))
-        local.mkdir(parents=True, exist_ok=True)
-        return _LocalFiles(), str(local)
-    from fsspec.core import url_to_fs  # only remote roots need fsspec
-
-    fs, path = url_to_fs(text, **options)
-    return _FsspecFiles(fs), str(path).rstrip("/")
-
-
 def _marker(partition: int) -> str:
     return "_committed.json" if partition == 0 else f"_committed-p{partition}.json"
 
 
 def _day_label(day: int) -> str:
     return from_micros(day * DAY).strftime("%Y-%m-%d")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
