@@ -360,7 +360,7 @@ class Project:
     def app(self) -> App:
         """The HTTP API of this project (``headwater serve`` runs it; OpenAPI at /docs)."""
         return wiring.build_app(
-            self.settings, self.stores, self.core, self.serving, self.ingest, self.now
+            self.settings, self.stores, self.core, lambda: self.serving, self.ingest, self.now
         )
 
     def predict(

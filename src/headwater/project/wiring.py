@@ -197,7 +197,7 @@ def build_app(
     settings: Settings,
     stores: Stores,
     core: Core,
-    serving: Serving,
+    serving: Callable[[], Serving],
     ingest: Ingest,
     clock: Clock,
 ) -> App:
@@ -213,7 +213,7 @@ def build_app(
             ingestor=core.ingestor,
             ingest=ingest,
             online=core.online,
-            serving=serving,
+            serving_of=serving,
             processor=core.processor,
             log=stores.log,
             clock=clock,

@@ -18,7 +18,8 @@ class HttpServices:
     """The routes' dependencies (``app.state.services``), built by ``project/wiring.py``.
 
     ``ingest`` validates and appends a batch (chunked, as the SDK does); ``ingestor`` names
-    the streams (a 404 before any work).
+    the streams (a 404 before any work); ``serving_of`` gives the serving runtime, built at
+    the first prediction (its logger thread and loaded models cost nothing until then).
     """
 
     name: str
@@ -27,7 +28,11 @@ class HttpServices:
     ingestor: Ingestor
     ingest: Callable[[str, list[Any]], IngestResult]
     online: OnlineFeatures
-    serving: Serving
+    serving_of: Callable[[], Serving]
     processor: Processor
     log: Log
     clock: Callable[[], int]
+
+    @property
+    def serving(self) -> Serving:
+        return self.serving_of()
