@@ -12,11 +12,9 @@ from typing import Any
 
 from headwater.monitoring import loop
 from headwater.monitoring.context import MonitorContext
-from headwater.monitoring.ledger import Ledger, Progress
+from headwater.monitoring.ledger import DAY_US, Ledger, Progress
 from headwater.monitoring.monitor import Monitor, VersionReport
 from headwater.monitoring.rollup import Performance
-
-DAY_US = 86_400_000_000
 
 
 @dataclass

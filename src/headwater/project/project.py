@@ -184,7 +184,8 @@ class Project:
             raise ProcessingError(
                 "--batch-size must be at least 1, --commit-seconds and --cached-states at least 0"
             )
-        self.processor.configure({**self.processor.settings(), **chosen})
+        if chosen:
+            self.processor.configure({**self.processor.settings(), **chosen})
         sharing = isinstance(self.log, GroupLog)
         if workers < 1:
             raise ProcessingError(f"workers must be at least 1, not {workers}")
@@ -495,13 +496,12 @@ class Project:
         intervals, and each variant against the control: the test used and a verdict.
         ``higher_is_better`` defaults to the service's setting."""
         from headwater.monitoring.experiment import analyze
+        from headwater.monitoring.ledger import DAY_US
         from headwater.monitoring.monitor import experiment_outcomes
 
         now = self.now()
-        day_us = 86_400_000_000
-        outcomes = experiment_outcomes(
-            self.monitor_context(), service, now - int(days * day_us), now + 1
-        )
+        since = now - int(days * DAY_US)
+        outcomes = experiment_outcomes(self.monitor_context(), service, since, now + 1)
         if outcomes["variant"].nunique() < 2:
             raise DefinitionError(
                 f"service {service!r} has matured outcomes for fewer than two "
