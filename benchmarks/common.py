@@ -71,7 +71,7 @@ def archive_and_sort(project: Any, stream_name: str) -> tuple[float, float]:
     """Seconds to archive a stream's log to Parquet, then to sort it into the sorted copy:
     the two steps of the archiver's ``catch_up``, timed apart (set-up figures)."""
     from headwater.history.archiver import Archiver
-    from headwater.history.sorted_history import refresh
+    from headwater.history.engines.sorted_history import refresh
 
     stream = project.definitions.streams[stream_name]
     start = time.perf_counter()

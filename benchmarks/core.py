@@ -191,7 +191,7 @@ def measure_training_set(
     for how in ("", ", join only"):
         with Project(folder, clock=_clock) as p:
             if how:
-                p.training = TrainingSets(
+                p.training = TrainingSets.over(
                     p.catalog, p.offline_store, p.archiver, p.definitions.streams,
                     sorted_history=False,
                 )  # fmt: skip

@@ -119,7 +119,7 @@ project = Project(folder)
 if sys.argv[5] == "join":  # without the sorted copy of the history: the ASOF join alone
     from headwater.training.sets import TrainingSets
 
-    project.training = TrainingSets(
+    project.training = TrainingSets.over(
         project.catalog, project.offline_store, project.archiver, project.definitions.streams,
         sorted_history=False,
     )

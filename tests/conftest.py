@@ -9,8 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from headwater.history.engines.spark import SparkSettings
 from tests.kafka_broker import TansuBroker
 
+# One local Spark for the tests: two cores, two shuffle partitions, tiny jobs listed in the
+# driver and less of the JVM's hot code compiled
+SPARK = SparkSettings(
+    master="local[2]",
+    conf=(
+        ("spark.sql.shuffle.partitions", "2"),
+        ("spark.default.parallelism", "2"),
+        ("spark.sql.sources.parallelPartitionDiscovery.threshold", "100000"),
+        ("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1"),
+    ),
+)
 SHOP = Path(__file__).resolve().parents[1] / "src" / "headwater" / "examples" / "shop"
 
 SMALL_DEFINITIONS = """

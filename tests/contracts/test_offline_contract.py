@@ -7,10 +7,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 
+from headwater.history.engines.sql import connect
 from headwater.stores.offline.base import OfflineStore
 from headwater.stores.urls import open_offline
 
@@ -40,8 +40,7 @@ def read(store: OfflineStore, stream: str, since: dict[int, int] | None = None) 
     files = store.files(stream, since)
     if not files:
         return []
-    with duckdb.connect() as con:
-        store.attach(con)
+    with connect(store) as con:
         found = con.sql("SELECT _offset FROM read_parquet($f)", params={"f": files}).fetchall()
     return sorted(r[0] for r in found)
 

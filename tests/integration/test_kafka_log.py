@@ -194,7 +194,9 @@ class Pipeline:
         self.online = OnlineFeatures(self.online_store, catalog, clock)
         offline = ParquetOfflineStore(folder / "offline")
         archiver = Archiver(log, offline, batch_size=700)
-        self.training = TrainingSets(catalog, offline, archiver, {stream.name: stream}, threads=1)
+        self.training = TrainingSets.over(
+            catalog, offline, archiver, {stream.name: stream}, threads=1
+        )
 
     def ingest(self, events: list[dict], now: int) -> None:
         self.now = now

@@ -11,13 +11,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import fsspec
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from headwater import Project
+from headwater.history.engines.sql import connect
 from headwater.stores.offline.parquet import ParquetOfflineStore
 from headwater.stores.urls import BackendError, open_backend
 
@@ -126,11 +126,9 @@ def test_files_become_visible_only_with_the_marker_written_last(memory_url, monk
         "part-0-3.parquet",
         "part-3-6.parquet",
     ]
-    con = duckdb.connect()
-    store.attach(con)
-    store.attach(con)  # idempotent: DuckDB keeps one filesystem per protocol
-    rows = con.sql("SELECT _offset FROM read_parquet($f)", params={"f": store.files("s")})
-    assert sorted(r[0] for r in rows.fetchall()) == list(range(6))
+    with connect(store) as con:  # DuckDB reads the URLs through the store's filesystem
+        rows = con.sql("SELECT _offset FROM read_parquet($f)", params={"f": store.files("s")})
+        assert sorted(r[0] for r in rows.fetchall()) == list(range(6))
 
 
 def test_partitions_have_their_own_markers(memory_url):
@@ -174,10 +172,9 @@ def _day_rows(offsets: range, days: int) -> pa.Table:
 
 
 def _rows(store: ParquetOfflineStore, stream: str) -> list[int]:
-    con = duckdb.connect()
-    store.attach(con)
-    files = store.files(stream)
-    found = con.sql("SELECT _offset FROM read_parquet($f)", params={"f": files}).fetchall()
+    with connect(store) as con:
+        files = store.files(stream)
+        found = con.sql("SELECT _offset FROM read_parquet($f)", params={"f": files}).fetchall()
     return sorted(o for (o,) in found)
 
 

@@ -32,6 +32,7 @@ from headwater.project.config import ConfigError, load_settings
 from headwater.stores.offline.parquet import ParquetOfflineStore
 from headwater.training.sets import EngineError, TrainingSets
 from tests import oracle
+from tests.conftest import SPARK
 from tests.unit.features.test_consistency import (
     BY_NAME,
     DERIVED,
@@ -50,18 +51,10 @@ if shutil.which("java") is None:
     pytest.fail("the Spark engine needs Java 17 or 21 on PATH", pytrace=False)
 
 from headwater.history.engines import spark as spark_engine  # noqa: E402
+from headwater.history.engines import spark_sql  # noqa: E402
 from headwater.history.engines.spark import SparkEngineError, SparkSettings, spark_session  # noqa: E402
 
-SETTINGS = SparkSettings(
-    master="local[2]",
-    conf=(
-        ("spark.sql.shuffle.partitions", "2"),
-        ("spark.default.parallelism", "2"),
-        # tiny jobs: list the files in the driver, and compile less of the JVM's hot code
-        ("spark.sql.sources.parallelPartitionDiscovery.threshold", "100000"),
-        ("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1"),
-    ),
-)
+SETTINGS = SPARK
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,7 +68,7 @@ def engines(folder: Path) -> Engines:
     """The parity test's wiring, archiving in the default (large) batches: few files."""
     eng = Engines(folder)
     archiver = Archiver(eng.log, eng.offline_store)
-    eng.training = TrainingSets(
+    eng.training = TrainingSets.over(
         eng.catalog, eng.offline_store, archiver, {stream.name: stream}, spark=SETTINGS
     )
     return eng
@@ -207,7 +200,7 @@ def test_a_snapshot_keeps_each_partition_below_its_offset():
                 batch = records[start : start + 30]
                 table = records_to_table(stream, batch)
                 store.append(stream.name, table, start, start + len(batch), partition)
-        training = TrainingSets(
+        training = TrainingSets.over(
             FeatureCatalog(FEATURES, [DERIVED]),
             store,
             _Archived(),  # type: ignore[arg-type]
@@ -230,7 +223,9 @@ def test_history_on_an_fsspec_url_reaches_spark_through_the_driver():
     with tempfile.TemporaryDirectory() as tmp:
         eng = engines(Path(tmp))
         memory = ParquetOfflineStore("memory://spark-test/offline")
-        training = TrainingSets(eng.catalog, memory, Archiver(eng.log, memory), {"txns": stream})
+        training = TrainingSets.over(
+            eng.catalog, memory, Archiver(eng.log, memory), {"txns": stream}
+        )
         ingest_shuffled(eng, random_events(random.Random(3), 120), seed=3)
         spine = spine_at([T0 + DAY, T0 + SPAN])
         spark = training.build(spine, NAMES, engine="spark")
@@ -248,11 +243,11 @@ def test_what_the_spark_engine_cannot_do_is_refused_with_the_reason(monkeypatch)
         with pytest.raises(EngineError, match="unknown training-set engine 'polars'"):
             eng.training.build(spine, ["cnt_1h"], engine="polars")
         # An aggregation the engine would not compute is named before Spark does any work.
-        monkeypatch.setattr(spark_engine, "SUPPORTED", spark_engine.SUPPORTED - {"last_k"})
+        monkeypatch.setattr(spark_sql, "SUPPORTED", spark_sql.SUPPORTED - {"last_k"})
         with pytest.raises(SparkEngineError, match="'lk_1h': the spark engine has no 'last_k'"):
             eng.training.build(spine, ["cnt_1h", "lk_1h"], engine="spark")
         monkeypatch.setitem(sys.modules, "pyspark.sql", None)  # as if pyspark were missing
-        fresh = TrainingSets(
+        fresh = TrainingSets.over(
             eng.catalog, eng.offline_store, eng.training._archiver, {"txns": stream}
         )
         with pytest.raises(SparkEngineError, match=r'pip install "headwater\[spark\]"'):
@@ -279,7 +274,6 @@ def test_the_engine_is_a_project_setting(tmp_path):
 
 def test_a_project_with_the_spark_engine_builds_its_training_sets_with_spark(tmp_path, monkeypatch):
     from headwater import Project
-    from headwater.history.engines import spark as spark_engine
     from tests.conftest import SMALL_DEFINITIONS, write_project
 
     folders = {}
@@ -289,10 +283,10 @@ def test_a_project_with_the_spark_engine_builds_its_training_sets_with_spark(tmp
         toml.write_text(toml.read_text() + f'[offline]\nengine = "{engine}"\n')
         folders[engine] = folder
     used: list[int] = []
-    original = spark_engine.SparkFeatureValues.values
+    original = spark_engine.SparkEngine.feature_values
     monkeypatch.setattr(
-        spark_engine.SparkFeatureValues,
-        "values",
+        spark_engine.SparkEngine,
+        "feature_values",
         lambda self, *a, **k: used.append(1) or original(self, *a, **k),
     )
     end = pd.Timestamp("2026-01-10", tz="UTC")

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from headwater.definitions import Stream
-from headwater.history import sorted_history as sorted_copies
+from headwater.history.engines import sorted_history as sorted_copies
 from headwater.history.schema import records_to_table
 from headwater.log.base import Log
 from headwater.stores.offline.base import OfflineStore

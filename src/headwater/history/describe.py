@@ -4,49 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from headwater.definitions import Stream
-from headwater.definitions.expr import sql_name
-from headwater.history.engines.duckdb import history_source
-from headwater.history.sorted_history import copy_name
+from headwater.history.engines.base import QueryEngine
+from headwater.history.engines.sorted_history import copy_name
 from headwater.stores.offline.base import OfflineStore
 
 
-def describe_stream(stream: Stream, offline: OfflineStore) -> pd.DataFrame:
+def describe_stream(stream: Stream, engine: QueryEngine) -> pd.DataFrame:
     """One row per field: count, null rate, distinct values, min, max, mean."""
-    con = duckdb.connect()
-    offline.attach(con)  # object-store URLs: DuckDB reads through fsspec
-    try:
-        source, params = history_source(con, stream, offline.files(stream.name), None)
-        rows = []
-        for name, field in stream.fields.items():
-            col = sql_name(name)
-            numeric = field.dtype.value in ("int", "float", "timestamp")
-            sql = (
-                f"SELECT count(*), count({col}), approx_count_distinct({col}), "
-                f"min({col}), max({col}), "
-                f"{'avg(' + col + ')' if numeric else 'NULL'} FROM {source}"
-            )
-            result = con.sql(sql, params=params or None).fetchall()
-            total, present, distinct, low, high, mean = result[0]
-            rows.append(
-                {
-                    "field": name,
-                    "type": field.dtype.value,
-                    "pii": field.pii,
-                    "count": total,
-                    "null_rate": 1 - present / total if total else 0.0,
-                    "distinct": distinct,
-                    "min": low,
-                    "max": high,
-                    "mean": mean,
-                }
-            )
-    finally:
-        con.close()
+    rows = []
+    for stats in engine.field_stats(stream):
+        field = stream.fields[stats["field"]]
+        total = stats["count"]
+        rows.append(
+            {
+                "field": stats["field"],
+                "type": field.dtype.value,
+                "pii": field.pii,
+                "count": total,
+                "null_rate": 1 - stats["present"] / total if total else 0.0,
+                "distinct": stats["distinct"],
+                "min": stats["min"],
+                "max": stats["max"],
+                "mean": stats["mean"],
+            }
+        )
     return pd.DataFrame(rows)
 
 

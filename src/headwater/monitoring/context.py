@@ -8,9 +8,9 @@ from pathlib import Path
 
 from headwater.definitions.collection import Definitions
 from headwater.history.archiver import Archiver
+from headwater.history.engines.base import QueryEngine
 from headwater.log.base import Log
 from headwater.registry.registry import Registry
-from headwater.stores.offline.base import OfflineStore
 from headwater.training.sets import TrainingSets
 
 
@@ -20,13 +20,14 @@ class MonitorContext:
 
     ``flush_predictions`` writes the predictions this process logged but has not appended
     yet (so a monitor run counts them); ``train`` trains a model and returns the new version
-    (the closed loop retrains with it); ``log_url`` identifies the log the ledger consumed.
+    (the closed loop retrains with it); ``log_url`` identifies the log the ledger consumed;
+    ``engine`` answers the labels and feedback asked of the history.
     """
 
     definitions: Definitions
     log: Log
     log_url: str
-    offline: OfflineStore
+    engine: QueryEngine
     archiver: Archiver
     training: TrainingSets
     registry: Registry

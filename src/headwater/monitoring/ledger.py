@@ -295,11 +295,7 @@ class Ledger:
     def _label(self, label: Any, stream: Any, due: pa.Table) -> pa.Table:
         times = due["ts_us"].to_numpy()
         keys = pd.DataFrame([orjson.loads(e) for e in due["entity"].to_pylist()])
-        with duckdb.connect() as con:
-            self.ctx.offline.attach(con)
-            values = label_values(
-                con, label, keys, times, self.ctx.offline.files(stream.name), None
-            )
+        values = label_values(self.ctx.engine, label, keys, times, None)
         numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
         return pa.table(
             {

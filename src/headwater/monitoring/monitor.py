@@ -17,16 +17,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import duckdb
 import numpy as np
 import orjson
 import pandas as pd
-import pyarrow as pa
 
 from headwater.definitions import Feedback, Service
-from headwater.definitions.expr import sql_name
 from headwater.definitions.types import from_micros
-from headwater.history.engines.duckdb import history_source
 from headwater.history.labels import label_values
 from headwater.log.base import NewRecord, Record
 from headwater.monitoring.context import MonitorContext
@@ -124,23 +120,10 @@ def feedback_labels(
     replaces an earlier label; ids with no feedback are absent."""
     stream = ctx.definitions.streams[feedback.stream.name]
     ctx.archiver.catch_up(stream)
-    wanted = pa.table({"_pid": pa.array([str(i) for i in prediction_ids], pa.string())})
-    pid, value = sql_name(feedback.prediction_id), sql_name(feedback.field)
-    with duckdb.connect() as con:
-        ctx.offline.attach(con)
-        source, params = history_source(con, stream, ctx.offline.files(stream.name), None)
-        con.register("_wanted", wanted)
-        rows = con.sql(
-            f"""SELECT CAST(e.{pid} AS VARCHAR) AS pid,
-                       arg_max(e.{value}, (e._event_time, e._partition, e._offset)) AS outcome,
-                       min(e._event_time) AS first_at
-                FROM {source} AS e
-                WHERE e.{value} IS NOT NULL
-                  AND CAST(e.{pid} AS VARCHAR) IN (SELECT _pid FROM _wanted)
-                GROUP BY 1""",
-            params=params or None,
-        ).fetchall()
-    return {str(p): (_python(v), int(t)) for p, v, t in rows}
+    found = ctx.engine.latest(
+        stream, feedback.prediction_id, feedback.field, [str(i) for i in prediction_ids]
+    )
+    return {pid: (_python(value), at) for pid, (value, at) in found.items()}
 
 
 class Monitor:
@@ -278,16 +261,9 @@ class Monitor:
         keys = pd.DataFrame(list(group["entity"]))[list(label.entity.keys)][mature]
         stream = self.ctx.definitions.streams[label.stream.name]
         self.ctx.archiver.catch_up(stream)
-        with duckdb.connect() as con:
-            self.ctx.offline.attach(con)
-            values = label_values(
-                con,
-                label,
-                keys.reset_index(drop=True),
-                times[mature],
-                self.ctx.offline.files(stream.name),
-                None,
-            )
+        values = label_values(
+            self.ctx.engine, label, keys.reset_index(drop=True), times[mature], None
+        )
         out[np.flatnonzero(mature)] = values.to_numpy()
         return out
 

@@ -416,7 +416,7 @@ class Project:
         self.archiver.catch_up(stream)
         return StreamDescription(
             stream,
-            describe_stream(stream, self.offline_store),
+            describe_stream(stream, self.training.engine),
             describe_copies(self.offline_store, stream, self.archiver.sorted_keys(stream)),
         )
 

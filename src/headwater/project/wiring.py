@@ -94,14 +94,14 @@ def build_core(
         processor=Processor(stores.log, stores.online, catalog.plans, clock),
         archiver=archiver,
         online=OnlineFeatures(stores.online, catalog, clock),
-        training=TrainingSets(
+        training=TrainingSets.over(
             catalog,
             stores.offline,
             archiver,
             definitions.streams,
             engine=offline.engine,
-            spark=offline.spark,
             sorted_history=offline.sorted_history,
+            spark=offline.spark,
         ),
         # versions written by 0.1.0 recorded absolute paths under the project's folder
         registry=Registry(
@@ -151,7 +151,6 @@ def build_trainer(
         catalog=catalog,
         streams=definitions.streams,
         event_log=stores.log,
-        offline=stores.offline,
         archiver=core.archiver,
         clock=clock,
         root=settings.root,
@@ -174,7 +173,7 @@ def monitor_context(
         definitions=definitions,
         log=stores.log,
         log_url=settings.stores.log,
-        offline=stores.offline,
+        engine=core.training.engine,
         archiver=core.archiver,
         training=core.training,
         registry=core.registry,

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from headwater.definitions import Entity, FeatureColumn, HeadwaterError, Stream
+from headwater.definitions import Entity, HeadwaterError, Stream
 from headwater.features.catalog import FeatureCatalog, evaluate_derived, numeric_names
-from headwater.features.plan import FeatureSetPlan
 from headwater.history.archiver import Archiver
-from headwater.history.engines.duckdb import feature_set_values
-from headwater.history.engines.spark import SparkFeatureValues, SparkSettings, check_supported
-from headwater.history.sorted_view import SortedView
+from headwater.history.engines.base import QueryEngine
+from headwater.history.engines.duckdb import DuckDBEngine
+from headwater.history.engines.spark import SparkEngine, SparkSettings, check_supported
 from headwater.stores.offline.base import OfflineStore
 
 ENGINES = ("duckdb", "spark")
@@ -28,46 +26,6 @@ class SpineError(HeadwaterError, ValueError):
 
 class EngineError(HeadwaterError, ValueError):
     """A training set was asked of an engine that does not exist."""
-
-
-class FeatureValues(Protocol):
-    """An engine: the values of one feature set's columns at each spine row's time."""
-
-    def values(
-        self,
-        plan: FeatureSetPlan,
-        columns: Sequence[FeatureColumn],
-        spine_keys: pa.Table,
-        times: np.ndarray,
-        files: list[str],
-        snapshot: Mapping[str, int] | None = None,
-    ) -> pa.Table: ...
-
-
-class DuckDBFeatureValues:
-    """The embedded engine: batch.py's SQL on one DuckDB connection, and binary searches in
-    each stream's sorted history where ``sorted_history`` lets it use that."""
-
-    def __init__(self, offline: OfflineStore, threads: int | None, sorted_history: bool) -> None:
-        self.con = duckdb.connect()
-        if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
-        offline.attach(self.con)
-        self.offline, self.sorted_history = offline, sorted_history
-
-    def values(
-        self,
-        plan: FeatureSetPlan,
-        columns: Sequence[FeatureColumn],
-        spine_keys: pa.Table,
-        times: np.ndarray,
-        files: list[str],
-        snapshot: Mapping[str, int] | None = None,
-    ) -> pa.Table:
-        view = None
-        if self.sorted_history:
-            view = SortedView.open(self.con, self.offline, plan.stream, snapshot, plan.entity.keys)
-        return feature_set_values(self.con, plan, columns, spine_keys, times, files, snapshot, view)
 
 
 def to_arrow(table: Any) -> pa.Table:
@@ -112,32 +70,47 @@ class TrainingSets:
     def __init__(
         self,
         catalog: FeatureCatalog,
+        archiver: Archiver,
+        streams: dict[str, Stream],
+        engines: Mapping[str, QueryEngine],
+        engine: str = "duckdb",
+    ) -> None:
+        """``engines`` by name (``duckdb``, ``spark``); ``engine`` names the default one."""
+        self._catalog, self._archiver, self._streams = catalog, archiver, streams
+        self._engines = engines
+        self._engine = _check_engine(engine)
+
+    @classmethod
+    def over(
+        cls,
+        catalog: FeatureCatalog,
         offline: OfflineStore,
         archiver: Archiver,
         streams: dict[str, Stream],
-        threads: int | None = None,
+        *,
         engine: str = "duckdb",
-        spark: SparkSettings | None = None,
+        threads: int | None = None,
         sorted_history: bool = True,
-    ) -> None:
-        self._catalog, self._offline, self._archiver = catalog, offline, archiver
-        self._sorted_history = sorted_history
-        self._streams = streams
-        self._threads = threads
-        self._engine = _check_engine(engine)
-        self._spark = SparkFeatureValues(spark or SparkSettings())
+        spark: SparkSettings | None = None,
+    ) -> TrainingSets:
+        """Training sets over ``offline`` with both engines: DuckDB (``threads`` per query,
+        reading the sorted copies if ``sorted_history``) and Spark (started at its first
+        query only)."""
+        engines: dict[str, QueryEngine] = {
+            "duckdb": DuckDBEngine(offline, threads, sorted_history),
+            "spark": SparkEngine(offline, spark or SparkSettings()),
+        }
+        return cls(catalog, archiver, streams, engines, engine)
+
+    @property
+    def engine(self) -> QueryEngine:
+        """The default engine: training sets, histories, labels and first-seen times."""
+        return self._engines[self._engine]
 
     def history(self, stream: Stream) -> pa.Table:
         """A stream's whole archived history (brought up to date first)."""
         self._archiver.catch_up(stream)
-        files = self._offline.files(stream.name)
-        if not files:
-            return pa.table({})
-        with duckdb.connect() as con:
-            self._offline.attach(con)
-            return con.sql(
-                "SELECT * FROM read_parquet($f, union_by_name = true)", params={"f": files}
-            ).to_arrow_table()
+        return self.engine.history(stream)
 
     def entities(self, entity: Entity) -> Any:
         """Every key of ``entity`` seen in the streams of its features (a pandas DataFrame)."""
@@ -175,37 +148,23 @@ class TrainingSets:
                 raise SpineError(f"the spine has no column {name!r}, a derived feature's context")
         if engine == "spark":  # refuse what Spark cannot do before any work
             check_supported([c for cs in res.columns.values() for c in cs])
-        duck = None
-        if engine == "duckdb":
-            duck = DuckDBFeatureValues(self._offline, self._threads, self._sorted_history)
-        compute: FeatureValues = duck or self._spark
+        compute = self._engines[engine]
         values: dict[str, pa.ChunkedArray | pa.Array] = {}
-        try:
-            for plan_id, columns in res.columns.items():
-                plan = self._catalog.plan(plan_id)
-                missing = [k for k in plan.entity.keys if k not in table.column_names]
-                if missing:
-                    raise SpineError(
-                        f"the spine has no column {missing[0]!r}, the key of entity "
-                        f"{plan.entity.name!r}"
-                    )
-                # Every event the log holds now is visible, archived before or just now.
-                self._archiver.catch_up(self._streams[plan.stream.name])
-                if progress is not None:
-                    progress(plan_id)
-                got = compute.values(
-                    plan,
-                    columns,
-                    table,
-                    times,
-                    self._offline.files(plan.stream.name),
-                    snapshot,
+        for plan_id, columns in res.columns.items():
+            plan = self._catalog.plan(plan_id)
+            missing = [k for k in plan.entity.keys if k not in table.column_names]
+            if missing:
+                raise SpineError(
+                    f"the spine has no column {missing[0]!r}, the key of entity "
+                    f"{plan.entity.name!r}"
                 )
-                for column in columns:
-                    values[column.name] = got[column.name]
-        finally:
-            if duck is not None:
-                duck.con.close()
+            # Every event the log holds now is visible, archived before or just now.
+            self._archiver.catch_up(self._streams[plan.stream.name])
+            if progress is not None:
+                progress(plan_id)
+            got = compute.feature_values(plan, columns, table, times, snapshot)
+            for column in columns:
+                values[column.name] = got[column.name]
         if res.derived:
             inputs: dict[str, Any] = dict(values)
             inputs.update({c: table[c] for c in res.context})

@@ -16,7 +16,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -25,7 +24,6 @@ from headwater.features.catalog import FeatureCatalog
 from headwater.history.archiver import Archiver
 from headwater.history.labels import (
     build_spine,
-    first_seen,
     label_values,
     micros,
     sample_times,
@@ -33,7 +31,6 @@ from headwater.history.labels import (
 from headwater.log.base import Log, partition_name
 from headwater.registry import artifacts
 from headwater.registry.registry import Registry
-from headwater.stores.offline.base import OfflineStore
 from headwater.training import evaluation
 from headwater.training.pipeline import Pipeline, StepFailed
 from headwater.training.profile import reference_profile
@@ -109,7 +106,6 @@ class Trainer:
         catalog: FeatureCatalog,
         streams: Mapping[str, Stream],
         event_log: Log,
-        offline: OfflineStore,
         archiver: Archiver,
         clock: Callable[[], int],
         root: Path,
@@ -117,7 +113,7 @@ class Trainer:
     ) -> None:
         self.registry, self.log = registry, log
         self._training, self._catalog, self._stream_defs = training, catalog, streams
-        self._event_log, self._offline, self._archiver = event_log, offline, archiver
+        self._event_log, self._archiver = event_log, archiver
         self._now, self._root = clock, root
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -217,34 +213,22 @@ class Trainer:
         for stream in streams:
             self._archiver.catch_up(stream)
         offsets = snapshot["offsets"]
-        con = duckdb.connect()
-        self._offline.attach(con)
-        try:
-            # entities are seen in the streams holding all their keys (a user-item model's
-            # pairs in the streams with both ids, not in the user-only streams it reads)
-            keyed = [s for s in streams if all(k in s.fields for k in model.entity.keys)]
-            seen = first_seen(con, model, self._offline, keyed, offsets)
-            times = sample_times(model, snapshot["as_of_us"])
-            spine = build_spine(seen, times, model.entity.keys)
-            if spine.empty:
-                raise HeadwaterError(
-                    f"model {model.name!r} has no training examples: no entity has events "
-                    f"before the sample times (as of {snapshot['as_of_us']}); ingest more "
-                    "history or shorten the label horizon"
-                )
-            frame = self._training.build(spine, list(model.features), snapshot=offsets).to_pandas()
-            times_us = micros(spine["timestamp"])
-            label = model.label
-            frame["label"] = label_values(
-                con,
-                label,
-                spine,
-                times_us,
-                self._offline.files(label.stream.name),
-                offsets,
-            ).to_numpy()
-        finally:
-            con.close()
+        # entities are seen in the streams holding all their keys (a user-item model's
+        # pairs in the streams with both ids, not in the user-only streams it reads)
+        keyed = [s for s in streams if all(k in s.fields for k in model.entity.keys)]
+        engine = self._training.engine
+        seen = engine.first_seen(model.entity.keys, keyed, offsets)
+        times = sample_times(model, snapshot["as_of_us"])
+        spine = build_spine(seen, times, model.entity.keys)
+        if spine.empty:
+            raise HeadwaterError(
+                f"model {model.name!r} has no training examples: no entity has events "
+                f"before the sample times (as of {snapshot['as_of_us']}); ingest more "
+                "history or shorten the label horizon"
+            )
+        frame = self._training.build(spine, list(model.features), snapshot=offsets).to_pandas()
+        times_us = micros(spine["timestamp"])
+        frame["label"] = label_values(engine, model.label, spine, times_us, offsets).to_numpy()
         frame = frame[frame["label"].notna()].reset_index(drop=True)
         return {
             "frame": frame,

@@ -133,7 +133,7 @@ class Engines:
             self.log, self.online_store, self.catalog.plans, clock, batch_size=7
         )
         self.online = OnlineFeatures(self.online_store, self.catalog, clock)
-        self.training = TrainingSets(
+        self.training = TrainingSets.over(
             self.catalog,
             self.offline_store,
             Archiver(self.log, self.offline_store, batch_size=11),

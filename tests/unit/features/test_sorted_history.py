@@ -14,19 +14,19 @@ from headwater import Entity, Feature, Project, Stream, agg, col
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY, HOUR, MINUTE
 from headwater.features.catalog import FeatureCatalog
-from headwater.history import sorted_history, sorted_queries
 from headwater.history.archiver import Archiver
 from headwater.history.describe import describe_copies
-from headwater.history.engines import duckdb as batch
-from headwater.history.engines.duckdb import feature_set_values
-from headwater.history.schema import history_schema
-from headwater.history.sorted_history import (
+from headwater.history.engines import sorted_history, sorted_queries
+from headwater.history.engines import sql as batch
+from headwater.history.engines.sorted_history import (
     REBUILD_SHARE,
     read_run,
     refresh,
     sort_rows,
 )
-from headwater.history.sorted_view import SortedView
+from headwater.history.engines.sorted_view import SortedView
+from headwater.history.engines.sql import feature_set_values
+from headwater.history.schema import history_schema
 from headwater.log.base import NewRecord
 from headwater.log.embedded import EmbeddedLog
 from headwater.stores.offline.parquet import ParquetOfflineStore
@@ -464,7 +464,7 @@ def test_streams_with_several_keys_have_a_copy_keyed_by_all_of_them(project_fact
         with Project(folder, clock=lambda: T0 + 10 * day) as p:
             if not answers:
                 assert p.ingest("views", events).accepted == 400
-            p.training = TrainingSets(p.catalog, p.offline_store, p.archiver,
+            p.training = TrainingSets.over(p.catalog, p.offline_store, p.archiver,
                                       p.definitions.streams, sorted_history=enabled)  # fmt: skip
             answers.append(p.training_set(spine, names, output="arrow"))
             if enabled:  # a copy for each entity's keys

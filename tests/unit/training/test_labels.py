@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-import duckdb
 import numpy as np
 import orjson
 import pandas as pd
@@ -28,8 +27,7 @@ def test_label_values_equal_a_brute_force_evaluation(churn_project):
         }
     )
     times = micros(spine["timestamp"])
-    with duckdb.connect() as con:
-        got = label_values(con, label, spine, times, p.offline_store.files("visits"), None)
+    got = label_values(p.training.engine, label, spine, times, None)
     events = [
         (r.event_time, orjson.loads(r.payload)["user_id"]) for r in p.log.read("visits", 0, 10**7)
     ]

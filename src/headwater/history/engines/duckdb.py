@@ -1,312 +1,174 @@
-"""The batch engine: point-in-time feature values for a spine, compiled to DuckDB SQL.
+"""The embedded query engine: DuckDB over the offline store's files, in this process.
 
-For each feature set, the spine joins its entity's events with ``start <= event_time < t``
-(the widest window's start) and every column aggregates with a FILTER on its own start, so
-each value follows DESIGN.md's time semantics exactly: ``start = floor((t - W) / h) * h``.
+Feature values come from ``sql.py``'s joins, or from binary searches in the stream's sorted
+copy where that gives the same values (``sorted_view.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
-from headwater.definitions import Aggregation, FeatureColumn, Stream
+from headwater.definitions import FeatureColumn, Label, Stream
 from headwater.definitions.expr import sql_name
 from headwater.features.plan import FeatureSetPlan
-from headwater.history.schema import ARROW_TYPES, history_schema
-from headwater.log.base import partition_name
+from headwater.history.engines.base import Snapshot
+from headwater.history.engines.sorted_view import SortedView
+from headwater.history.engines.sql import (
+    connect,
+    events_cte,
+    feature_set_values,
+    history_source,
+    typed_aggregate_sql,
+)
+from headwater.history.schema import history_schema
+from headwater.stores.offline.base import OfflineStore
 
 
-class ColumnSource(Protocol):
-    """Answers some feature columns without the join (the sorted history's view)."""
+class DuckDBEngine:
+    """Answers each question on a DuckDB connection of its own (opened and closed with it),
+    so one engine serves any number of threads.
 
-    def holds(self, column: FeatureColumn) -> bool: ...
+    ``threads`` caps DuckDB's threads per query (None: one per core); ``sorted_history``
+    lets training sets read the streams' sorted copies.
+    """
 
-    def values(
+    name = "duckdb"
+
+    def __init__(
+        self, offline: OfflineStore, threads: int | None = None, sorted_history: bool = True
+    ) -> None:
+        self.offline, self.threads, self.sorted_history = offline, threads, sorted_history
+
+    def feature_values(
         self,
-        con: duckdb.DuckDBPyConnection,
+        plan: FeatureSetPlan,
         columns: Sequence[FeatureColumn],
+        spine_keys: pa.Table,
+        times: np.ndarray,
+        snapshot: Snapshot | None = None,
+    ) -> pa.Table:
+        files = self.offline.files(plan.stream.name)
+        with connect(self.offline, self.threads) as con:
+            view = None
+            if self.sorted_history:
+                view = SortedView.open(con, self.offline, plan.stream, snapshot, plan.entity.keys)
+            return feature_set_values(con, plan, columns, spine_keys, times, files, snapshot, view)
+
+    def history(self, stream: Stream, snapshot: Snapshot | None = None) -> pa.Table:
+        files = self.offline.files(stream.name)
+        if not files:
+            return history_schema(stream).empty_table()
+        with connect(self.offline, self.threads) as con:
+            source, params = history_source(con, stream, files, snapshot)
+            return con.sql(f"SELECT * FROM {source}", params=params or None).to_arrow_table()
+
+    def first_seen(
+        self, keys: Sequence[str], streams: Sequence[Stream], snapshot: Snapshot | None
+    ) -> pa.Table:
+        key_list = ", ".join(sql_name(k) for k in keys)
+        with connect(self.offline, self.threads) as con:
+            parts, params = [], {}
+            for i, stream in enumerate(streams):
+                source, p = history_source(con, stream, self.offline.files(stream.name), snapshot)
+                if "files" in p:
+                    source = source.replace("$files", f"$files{i}")
+                    params[f"files{i}"] = p["files"]
+                cols = ", ".join(f"CAST({sql_name(k)} AS VARCHAR) AS {sql_name(k)}" for k in keys)
+                parts.append(f"SELECT {cols}, _event_time FROM {source}")
+            sql = (
+                f"SELECT {key_list}, min(_event_time) AS first_seen FROM "
+                f"({' UNION ALL '.join(parts)}) GROUP BY {key_list} ORDER BY {key_list}"
+            )
+            return con.sql(sql, params=params or None).to_arrow_table()
+
+    def label_aggregates(
+        self,
+        label: Label,
         keys: pa.Table,
         times: np.ndarray,
-    ) -> dict[str, pa.Array]:
-        """The columns it answers (it may leave out some of ``columns``)."""
-        ...
-
-
-# what a sorted history answers: the row at a bound, and differences of prefix sums
-PICKS = ("last", "first", "last_k", "min", "max")  # exact whatever the order: no rounding
-TOTALS = ("count", "sum", "mean")
-ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
-
-
-def aggregate_sql(agg: Aggregation, condition: str) -> str:
-    """The DuckDB aggregate of ``agg`` over joined events ``e`` that satisfy ``condition``."""
-    x = f"e.{sql_name(agg.field)}" if agg.field else None
-    cond = condition if x is None else f"{condition} AND {x} IS NOT NULL"
-    match agg.kind:
-        case "count":
-            return f"count(e._offset) FILTER (WHERE {condition})"
-        case "sum":
-            inner = f"sum({x}) FILTER (WHERE {cond})"
-            return f"coalesce({inner}, 0)"
-        case "mean":
-            return f"avg({x}) FILTER (WHERE {cond})"
-        case "variance":
-            return f"var_pop({x}) FILTER (WHERE {cond})"
-        case "stddev":
-            return f"stddev_pop({x}) FILTER (WHERE {cond})"
-        case "min" | "max":
-            return f"{agg.kind}({x}) FILTER (WHERE {cond})"
-        case "last":
-            return f"arg_max({x}, e._ord) FILTER (WHERE {cond})"
-        case "first":
-            return f"arg_min({x}, e._ord) FILTER (WHERE {cond})"
-        case "last_k":
-            listed = f"list({x} ORDER BY e._ord DESC) FILTER (WHERE {cond})"
-            return f"list_slice(coalesce({listed}, []), 1, {agg.k})"
-        case "count_distinct":
-            return f"count(DISTINCT {x}) FILTER (WHERE {cond})"
-    raise ValueError(f"no SQL for aggregation {agg.kind!r}")
-
-
-def _column_sql(column: FeatureColumn, start_col: str | None) -> str:
-    parts = ["TRUE"]
-    if start_col is not None:
-        parts.append(f"e._ts >= s.{start_col}")
-    if column.feature.where is not None:
-        parts.append(column.feature.where.to_sql("e"))
-    sql = typed_aggregate_sql(column.aggregation, column.feature.stream, " AND ".join(parts))
-    return f"{sql} AS {sql_name(column.name)}"
-
-
-def typed_aggregate_sql(agg: Aggregation, stream: Stream, condition: str) -> str:
-    sql = aggregate_sql(agg, condition)
-    if agg.kind == "sum":
-        field_type = stream.fields[agg.field or ""].dtype
-        sql = f"CAST({sql} AS {'BIGINT' if field_type.value == 'int' else 'DOUBLE'})"
-    return sql
-
-
-def history_source(
-    con: duckdb.DuckDBPyConnection,
-    stream: Stream,
-    files: list[str],
-    snapshot: Mapping[str, int] | None,
-) -> tuple[str, dict[str, object]]:
-    """A FROM clause over a stream's history and its params; with a ``snapshot`` (log end
-    offsets named by ``partition_name(stream, partition)``), only the rows below them."""
-    params: dict[str, object] = {}
-    if files:
-        source, params = "read_parquet($files, union_by_name = true)", {"files": files}
-    else:
-        name = f"_empty_{stream.name}"
-        con.register(name, history_schema(stream).empty_table())
-        source = name
-    if snapshot is not None:
-        source = f"(SELECT * FROM {source} WHERE {snapshot_condition(snapshot, stream.name)})"
-    return source, params
-
-
-def snapshot_condition(snapshot: Mapping[str, int], stream: str) -> str:
-    """SQL keeping the history rows below a snapshot's offsets, partition by partition.
-
-    >>> snapshot_condition({"orders": 7}, "orders")
-    '_offset < 7'
-    >>> snapshot_condition({"orders": 7, "orders@p1": 3}, "orders")
-    '_offset < CASE coalesce(_partition, 0) WHEN 0 THEN 7 WHEN 1 THEN 3 ELSE 0 END'
-    """
-    return offsets_below(snapshot_limits(snapshot, stream))
-
-
-def snapshot_limits(snapshot: Mapping[str, int], stream: str) -> dict[int, int]:
-    """A snapshot's end offsets of one stream, by log partition (partition 0's is 0 where the
-    snapshot has none; other partitions it does not name are absent)."""
-    limits = {0: int(snapshot.get(stream, 0))}
-    for partition in range(1, len(snapshot) + 1):
-        end = snapshot.get(partition_name(stream, partition))
-        if end is not None:
-            limits[partition] = int(end)
-    return limits
-
-
-def offsets_below(limits: Mapping[int, int]) -> str:
-    """SQL keeping the rows below the end offset of their log partition (0 where ``limits``
-    has none).
-
-    >>> offsets_below({0: 7}), offsets_below({1: 3})
-    ('_offset < 7', '_offset < CASE coalesce(_partition, 0) WHEN 1 THEN 3 ELSE 0 END')
-    """
-    if set(limits) <= {0}:  # a log with one partition: histories archived before it had any
-        return f"_offset < {limits.get(0, 0)}"
-    cases = " ".join(f"WHEN {p} THEN {end}" for p, end in sorted(limits.items()))
-    return f"_offset < CASE coalesce(_partition, 0) {cases} ELSE 0 END"
-
-
-def events_cte(fields: list[str], source: str, where: str = "") -> str:
-    """``WITH e AS (...)``: a history's events with ``_ts`` (event time) and ``_ord``, the
-    (event time, log offset) order that ``last``/``first`` ties follow, packed in a HUGEINT."""
-    columns = ", ".join(f"e.{sql_name(f)}" for f in fields)
-    return f"""WITH e AS (
-  SELECT {columns}, e._event_time AS _ts, e._offset,
-         CAST(e._event_time AS HUGEINT) * {ORDER_SHIFT} + e._offset AS _ord
-  FROM {source} AS e {where}
-)"""
-
-
-def feature_set_values(
-    con: duckdb.DuckDBPyConnection,
-    plan: FeatureSetPlan,
-    columns: Sequence[FeatureColumn],
-    spine_keys: pa.Table,
-    times: np.ndarray,
-    files: list[str],
-    snapshot: Mapping[str, int] | None = None,
-    view: ColumnSource | None = None,
-) -> pa.Table:
-    """One row per spine row (in order): the values of ``columns`` at each row's time;
-    with ``view`` (the stream's sorted history), the ``last``, ``first``, ``min``, ``max``,
-    ``count``, ``sum`` and ``mean`` columns come from binary searches in it rather than from a
-    join (``view.values`` leaves out those it finds too costly, for the join)."""
-    spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
-    keys = plan.entity.keys
-    for k in keys:
-        spine[k] = (
-            spine_keys[k]
-            .cast(ARROW_TYPES[plan.stream.fields[k].dtype])
-            .to_numpy(zero_copy_only=False)
+        snapshot: Snapshot | None = None,
+    ) -> pa.Array:
+        times = np.asarray(times, dtype=np.int64)
+        spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
+        spine["_end"] = times + label.horizon_us
+        for k in label.entity.keys:
+            spine[k] = keys[k]
+        parts = ["e._ts >= s._t"]
+        if label.where is not None:
+            parts.append(label.where.to_sql("e"))
+        value = typed_aggregate_sql(label.aggregation, label.stream, " AND ".join(parts))
+        field = label.aggregation.field
+        fields = sorted(
+            {
+                *label.entity.keys,
+                *([field] if field else []),
+                *(label.where.fields() if label.where else ()),
+            }
         )
-    starts: dict[tuple[int, int], str] = {}
-    for c in columns:
-        if c.window_us is not None and c.hop_us is not None:
-            name = starts.setdefault((c.window_us, c.hop_us), f"_start{len(starts)}")
-            spine[name] = ((times - c.window_us) // c.hop_us) * c.hop_us
-    got: dict[str, pa.ChunkedArray | pa.Array] = {}
-    if view is not None:  # sorted by the entity's keys
-        viewed = [
-            c
-            for c in columns
-            if view.holds(c)
-            and (
-                c.aggregation.kind in PICKS
-                or (
-                    c.aggregation.kind in TOTALS
-                    and (snapshot is None or _exact_total(c, plan.stream))
+        join = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in label.entity.keys)
+        with connect(self.offline, self.threads) as con:
+            files = self.offline.files(label.stream.name)
+            source, params = history_source(con, label.stream, files, snapshot)
+            sql = f"""{events_cte(fields, source)}
+SELECT s._row, {value} AS label
+FROM _label_spine s LEFT JOIN e ON {join} AND e._ts >= s._t AND e._ts < s._end
+GROUP BY s._row ORDER BY s._row
+"""
+            con.register("_label_spine", pa.table(spine))
+            result = con.sql(sql, params=params or None).to_arrow_table()
+        return result["label"].combine_chunks()
+
+    def latest(
+        self, stream: Stream, id_field: str, field: str, wanted: Sequence[str]
+    ) -> dict[str, tuple[Any, int]]:
+        ids = pa.table({"_id": pa.array([str(i) for i in wanted], pa.string())})
+        key, value = sql_name(id_field), sql_name(field)
+        with connect(self.offline, self.threads) as con:
+            source, params = history_source(con, stream, self.offline.files(stream.name), None)
+            con.register("_wanted", ids)
+            rows = con.sql(
+                f"""SELECT CAST(e.{key} AS VARCHAR) AS id,
+                           arg_max(e.{value}, (e._event_time, e._partition, e._offset)),
+                           min(e._event_time)
+                    FROM {source} AS e
+                    WHERE e.{value} IS NOT NULL
+                      AND CAST(e.{key} AS VARCHAR) IN (SELECT _id FROM _wanted)
+                    GROUP BY 1""",
+                params=params or None,
+            ).fetchall()
+        return {str(i): (v, int(t)) for i, v, t in rows}
+
+    def field_stats(self, stream: Stream) -> list[dict[str, Any]]:
+        rows = []
+        with connect(self.offline, self.threads) as con:
+            source, params = history_source(con, stream, self.offline.files(stream.name), None)
+            for name, field in stream.fields.items():
+                col = sql_name(name)
+                numeric = field.dtype.value in ("int", "float", "timestamp")
+                sql = (
+                    f"SELECT count(*), count({col}), approx_count_distinct({col}), "
+                    f"min({col}), max({col}), "
+                    f"{'avg(' + col + ')' if numeric else 'NULL'} FROM {source}"
                 )
-            )
-        ]
-        if viewed:
-            got.update(view.values(con, viewed, spine_keys.select(list(keys)), times))
-    con.register("_spine", pa.table(spine))
-    try:
-        asof = [c for c in columns if _asof_eligible(c) and c.name not in got]
-        ranged = [c for c in columns if not _asof_eligible(c) and c.name not in got]
-        source, params = history_source(con, plan.stream, files, snapshot)
-        if ranged:
-            table = _ranged_values(con, plan, ranged, starts, source, params)
-            got.update({c.name: table[c.name] for c in ranged})
-        for group in _by_filter(asof):
-            table = _asof_values(con, plan, group, starts, source, params)
-            got.update({c.name: table[c.name] for c in group})
-    finally:
-        con.unregister("_spine")
-    return pa.table({c.name: got[c.name] for c in columns})
+                total, present, distinct, low, high, mean = con.sql(
+                    sql, params=params or None
+                ).fetchall()[0]
+                rows.append(
+                    {
+                        "field": name,
+                        "count": total,
+                        "present": present,
+                        "distinct": distinct,
+                        "min": low,
+                        "max": high,
+                        "mean": mean,
+                    }
+                )
+        return rows
 
-
-def _exact_total(column: FeatureColumn, stream: Stream) -> bool:
-    """Whether prefix sums give the join's value to the bit: counts and sums of ints do;
-    means and sums of floats round differently (to ~1e-15), so a training set pinned to a
-    snapshot (one ``train --reproduce`` rebuilds, whose data hash must not change whether
-    the sorted copy then covers the snapshot or not) takes them from the join."""
-    agg = column.aggregation
-    return agg.kind == "count" or (
-        agg.kind == "sum" and stream.fields[agg.field or ""].dtype.value == "int"
-    )
-
-
-def _asof_eligible(column: FeatureColumn) -> bool:
-    """``last`` of a field that is never null is the latest matching event: an ASOF join
-    finds it without joining every event of the window."""
-    agg = column.aggregation
-    return agg.kind == "last" and not column.feature.stream.fields[agg.field or ""].nullable
-
-
-def _by_filter(columns: list[FeatureColumn]) -> list[list[FeatureColumn]]:
-    groups: dict[str, list[FeatureColumn]] = {}
-    for c in columns:
-        where = c.feature.where
-        groups.setdefault(repr(None if where is None else where.spec()), []).append(c)
-    return list(groups.values())
-
-
-def _asof_values(
-    con: duckdb.DuckDBPyConnection,
-    plan: FeatureSetPlan,
-    columns: list[FeatureColumn],
-    starts: dict[tuple[int, int], str],
-    source: str,
-    params: dict[str, object],
-) -> pa.Table:
-    keys = plan.entity.keys
-    fields = sorted({*keys, *(c.aggregation.field or "" for c in columns)})
-    where = columns[0].feature.where
-    condition = "" if where is None else f"WHERE {where.to_sql('e')}"
-    values = []
-    for c in columns:
-        value = f"e.{sql_name(c.aggregation.field or '')}"
-        if c.window_us is not None:
-            start = starts[(c.window_us, c.hop_us or 0)]
-            value = f"CASE WHEN e._ts >= s.{start} THEN {value} END"
-        values.append(f"{value} AS {sql_name(c.name)}")
-    join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
-    sql = f"""{events_cte(fields, source, condition)}
-SELECT s._row, {", ".join(values)}
-FROM _spine s ASOF LEFT JOIN e ON {join_keys} AND CAST(s._t AS HUGEINT) * {ORDER_SHIFT} > e._ord
-ORDER BY s._row
-"""
-    return con.sql(sql, params=params or None).to_arrow_table()
-
-
-def _ranged_values(
-    con: duckdb.DuckDBPyConnection,
-    plan: FeatureSetPlan,
-    columns: list[FeatureColumn],
-    starts: dict[tuple[int, int], str],
-    source: str,
-    params: dict[str, object],
-) -> pa.Table:
-    """Every other aggregation: join the events of the widest window, FILTER per column."""
-    keys = plan.entity.keys
-    lifetime = any(c.window_us is None for c in columns)
-    used = [starts[(c.window_us, c.hop_us or 0)] for c in columns if c.window_us is not None]
-    fields = sorted(
-        {
-            *keys,
-            *(c.aggregation.field for c in columns if c.aggregation.field),
-            *(f for c in columns if c.feature.where for f in c.feature.where.fields()),
-        }
-    )
-    join_keys = " AND ".join(f"e.{sql_name(k)} = s.{sql_name(k)}" for k in keys)
-    lower = ""
-    if not lifetime and used:
-        distinct = list(dict.fromkeys(used))
-        lower = (
-            f" AND e._ts >= s.{distinct[0]}"
-            if len(distinct) == 1
-            else " AND e._ts >= LEAST(" + ", ".join(f"s.{n}" for n in distinct) + ")"
-        )
-    aggregates = ",\n  ".join(
-        _column_sql(c, None if c.window_us is None else starts[(c.window_us, c.hop_us or 0)])
-        for c in columns
-    )
-    sql = f"""{events_cte(fields, source)}
-SELECT s._row,
-  {aggregates}
-FROM _spine s LEFT JOIN e ON {join_keys} AND e._ts < s._t{lower}
-GROUP BY s._row
-ORDER BY s._row
-"""
-    return con.sql(sql, params=params or None).to_arrow_table()
+    def close(self) -> None:
+        """Nothing to release: every question closes its own connection."""

@@ -1,17 +1,17 @@
-"""The Spark engine: the batch engine's point-in-time feature values, computed by Spark SQL.
+"""The Spark query engine: point-in-time feature values, labels and the other questions of
+the query engine port, computed by Spark over the same Parquet history as DuckDB.
 
-It follows batch.py's plan over the same Parquet history: the spine joins its entity's events
-with ``start <= event_time < t`` (the widest window's start) and each column aggregates only
-the joined events that pass its own start and filter, so values follow DESIGN.md's time
+Feature values follow sql.py's plan: the spine joins its entity's events with
+``start <= event_time < t`` (the widest window's start) and each column aggregates only the
+joined events that pass its own start and filter, so values follow DESIGN.md's time
 semantics exactly. ``last`` and ``first`` order by (event time, log offset) as everywhere.
 pyspark is imported here only, and lazily: ``pip install "headwater[spark]"``.
 """
 
 from __future__ import annotations
 
-import operator
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,19 +20,31 @@ from urllib.parse import urlparse
 import numpy as np
 import pyarrow as pa
 
-from headwater.definitions import FeatureColumn, HeadwaterError, Stream
+from headwater.definitions import FeatureColumn, Label, Stream
 from headwater.features.plan import FeatureSetPlan
-from headwater.history.engines.duckdb import snapshot_condition
-from headwater.history.schema import ARROW_TYPES, history_schema
+from headwater.history.engines.base import Snapshot
+from headwater.history.engines.spark_sql import (
+    SUPPORTED,
+    Query,
+    SparkEngineError,
+    aggregate,
+    arrow_type,
+    check_supported,
+    filter_column,
+    label_type,
+    quoted,
+    spark_type,
+)
+from headwater.history.engines.sql import snapshot_condition
+from headwater.history.schema import history_schema
+from headwater.stores.offline.base import OfflineStore
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = ["SparkEngine", "SparkEngineError", "SparkSettings", "check_supported", "spark_session"]
 
 INSTALL = 'pip install "headwater[spark]"'
-SUPPORTED = frozenset(
-    {"count", "sum", "mean", "min", "max", "stddev", "variance", "last", "first", "last_k"}
-    | {"count_distinct"}
-)
 DEFAULT_CONF = {
     "spark.app.name": "headwater",
     "spark.sql.session.timeZone": "UTC",
@@ -41,10 +53,6 @@ DEFAULT_CONF = {
 }
 # Schemes Spark reads itself (with the Hadoop connector on its classpath); s3:// is s3a there.
 SPARK_SCHEMES = {"file", "hdfs", "s3a", "gs", "abfs", "abfss", "wasb", "wasbs"}
-
-
-class SparkEngineError(HeadwaterError):
-    """The Spark engine cannot compute what was asked, or Spark is not installed."""
 
 
 @dataclass(frozen=True)
@@ -87,79 +95,223 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def check_supported(columns: Sequence[FeatureColumn]) -> None:
-    """Refuse, by name, an aggregation the Spark engine does not compute."""
-    for c in columns:
-        if c.aggregation.kind not in SUPPORTED:
-            raise SparkEngineError(
-                f"feature {c.name!r}: the spark engine has no {c.aggregation.kind!r} "
-                "aggregation; build this training set with engine='duckdb'"
-            )
+class SparkEngine:
+    """The query engine on Spark: every question becomes a Spark job over the history's
+    Parquet files (read by Spark itself where it knows their scheme)."""
 
+    name = "spark"
 
-class SparkFeatureValues:
-    """Feature values of spine rows computed by Spark, one feature set at a time."""
-
-    def __init__(self, settings: SparkSettings) -> None:
-        self._settings = settings
+    def __init__(self, offline: OfflineStore, settings: SparkSettings) -> None:
+        self.offline, self._settings = offline, settings
 
     @property
     def session(self) -> SparkSession:
         # not kept: the session may have been stopped, or belong to another thread
         return spark_session(self._settings)
 
-    def values(
+    def feature_values(
         self,
         plan: FeatureSetPlan,
         columns: Sequence[FeatureColumn],
         spine_keys: pa.Table,
         times: np.ndarray,
-        files: list[str],
-        snapshot: Mapping[str, int] | None = None,
+        snapshot: Snapshot | None = None,
     ) -> pa.Table:
         """One row per spine row (in order): the values of ``columns`` at each row's time."""
         check_supported(columns)
         if len(times) == 0:
-            return pa.table({c.name: pa.array([], _arrow_type(c)) for c in columns})
+            return pa.table({c.name: pa.array([], arrow_type(c)) for c in columns})
         with _quiet():
             session = self.session
-            query = _Query(plan, columns)
+            query = Query(plan, columns)
             spine = session.createDataFrame(query.spine(spine_keys, times))
-            events = query.events(self._history(session, plan.stream, files), snapshot)
+            events = query.events(self._history(session, plan.stream, snapshot))
             joined = spine.join(events, query.join_condition(), "left")
             result = joined.groupBy("_row").agg(*query.aggregates()).toArrow()
         result = result.sort_by("_row")
         return pa.table(
-            {c.name: result[f"_c{i}"].cast(_arrow_type(c)) for i, c in enumerate(columns)}
+            {c.name: result[f"_c{i}"].cast(arrow_type(c)) for i, c in enumerate(columns)}
         )
 
-    @staticmethod
-    def _history(session: SparkSession, stream: Stream, files: list[str]) -> DataFrame:
+    def history(self, stream: Stream, snapshot: Snapshot | None = None) -> pa.Table:
+        schema = history_schema(stream)
+        with _quiet():
+            table = self._history(self.session, stream, snapshot).toArrow()
+        return pa.table({f.name: table[f.name].cast(f.type) for f in schema}, schema=schema)
+
+    def first_seen(
+        self, keys: Sequence[str], streams: Sequence[Stream], snapshot: Snapshot | None
+    ) -> pa.Table:
+        from pyspark.sql import functions as F
+
+        with _quiet():
+            session = self.session
+            parts = [
+                self._history(session, s, snapshot).select(
+                    *(F.col(quoted(k)).cast("string").alias(k) for k in keys), "_event_time"
+                )
+                for s in streams
+            ]
+            union = parts[0]
+            for part in parts[1:]:
+                union = union.unionByName(part)
+            result = union.groupBy(*keys).agg(F.min("_event_time").alias("first_seen")).toArrow()
+        if not result.num_rows:  # Spark's empty result may lack the types
+            return pa.table(
+                {
+                    **{k: pa.array([], pa.string()) for k in keys},
+                    "first_seen": pa.array([], pa.int64()),
+                }
+            )
+        return result.sort_by([(k, "ascending") for k in keys])
+
+    def label_aggregates(
+        self,
+        label: Label,
+        keys: pa.Table,
+        times: np.ndarray,
+        snapshot: Snapshot | None = None,
+    ) -> pa.Array:
+        from pyspark.sql import functions as F
+
+        agg = label.aggregation
+        out_type = label_type(label)
+        if len(times) == 0:
+            return pa.array([], out_type)
+        if agg.kind not in SUPPORTED:
+            raise SparkEngineError(f"label {label.name!r}: the spark engine has no {agg.kind!r}")
+        fields = [*label.entity.keys, *([agg.field] if agg.field else [])]
+        fields += sorted(label.where.fields()) if label.where else []
+        names = {f: f"_f{i}" for i, f in enumerate(dict.fromkeys(fields))}
+        times = np.asarray(times, dtype=np.int64)
+        spine = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
+        spine["_end"] = times + label.horizon_us
+        for i, k in enumerate(label.entity.keys):
+            spine[f"_k{i}"] = keys[k]
+        with _quiet():
+            session = self.session
+            history = self._history(session, label.stream, snapshot)
+            events = history.select(
+                F.col("_event_time").alias("_ts"),
+                F.col("_offset").alias("_off"),
+                *(F.col(quoted(f)).alias(alias) for f, alias in names.items()),
+            )
+            cond = (F.col("_ts") >= F.col("_t")) & (F.col("_ts") < F.col("_end"))
+            for i, k in enumerate(label.entity.keys):
+                cond = cond & (F.col(f"_k{i}") == F.col(names[k]))
+            joined = session.createDataFrame(pa.table(spine)).join(events, cond, "left")
+            value = F.col(names[agg.field]) if agg.field else None
+            keep = F.col("_off").isNotNull()
+            if label.where is not None:
+                keep = keep & filter_column(label.where.spec(), names)
+            if value is not None:
+                keep = keep & value.isNotNull()
+            result = joined.groupBy("_row").agg(aggregate(agg, keep, value).alias("v")).toArrow()
+        return result.sort_by("_row")["v"].cast(out_type).combine_chunks()
+
+    def latest(
+        self, stream: Stream, id_field: str, field: str, wanted: Sequence[str]
+    ) -> dict[str, tuple[Any, int]]:
+        from pyspark.sql import functions as F
+
+        ids = [str(i) for i in wanted]
+        if not ids:
+            return {}
+        with _quiet():
+            history = self._history(self.session, stream, None)
+            key = F.col(quoted(id_field)).cast("string")
+            order = F.struct("_event_time", F.coalesce("_partition", F.lit(0)), "_offset")
+            rows = (
+                history.where(F.col(quoted(field)).isNotNull() & key.isin(ids))
+                .groupBy(key.alias("id"))
+                .agg(
+                    F.max(F.struct(order.alias("o"), F.col(quoted(field)).alias("v")))
+                    .getField("v")
+                    .alias("v"),
+                    F.min("_event_time").alias("t"),
+                )
+                .collect()
+            )
+        return {str(r["id"]): (r["v"], int(r["t"])) for r in rows}
+
+    def field_stats(self, stream: Stream) -> list[dict[str, Any]]:
+        from pyspark.sql import functions as F
+
+        aggs = [F.count(F.lit(1)).alias("n")]
+        for i, (name, field) in enumerate(stream.fields.items()):
+            col = F.col(quoted(name))
+            numeric = field.dtype.value in ("int", "float", "timestamp")
+            aggs += [
+                F.count(col).alias(f"c{i}"),
+                F.approx_count_distinct(col).alias(f"d{i}"),
+                F.min(col).alias(f"lo{i}"),
+                F.max(col).alias(f"hi{i}"),
+                (F.avg(col) if numeric else F.lit(None)).alias(f"m{i}"),
+            ]
+        with _quiet():
+            row = self._history(self.session, stream, None).agg(*aggs).collect()[0]
+        return [
+            {
+                "field": name,
+                "count": row["n"],
+                "present": row[f"c{i}"],
+                "distinct": row[f"d{i}"],
+                "min": row[f"lo{i}"],
+                "max": row[f"hi{i}"],
+                "mean": row[f"m{i}"],
+            }
+            for i, name in enumerate(stream.fields)
+        ]
+
+    def close(self) -> None:
+        """The Spark session is the process's: it stays for the next engine."""
+
+    def _history(
+        self, session: SparkSession, stream: Stream, snapshot: Snapshot | None
+    ) -> DataFrame:
+        """The stream's history with every column of its schema (null where no file has
+        it yet), below the snapshot's offsets."""
+        from pyspark.sql import functions as F
+
+        files = self.offline.files(stream.name)
+        schema = history_schema(stream)
         if not files:
-            return session.createDataFrame(history_schema(stream).empty_table())
+            return session.createDataFrame(schema.empty_table())
         paths = [p for p in map(_spark_path, files) if p is not None]
         if len(paths) == len(files):
             # The stream's schema, not one inferred from every file's footer: a column a file
             # lacks (a field added since) reads as null, as DuckDB's union_by_name gives.
-            schema = ", ".join(
-                f"{_quoted(f.name)} {_spark_type(f.type)}" for f in history_schema(stream)
-            )
-            return session.read.schema(schema).parquet(*paths)
-        # A filesystem only fsspec knows (memory://): the driver reads the history and ships
-        # it to Spark, which suits small histories and tests, not backfills.
-        return session.createDataFrame(_read_with_fsspec(files))
+            ddl = ", ".join(f"{quoted(f.name)} {spark_type(f.type)}" for f in schema)
+            history = session.read.schema(ddl).parquet(*paths)
+        else:
+            # A filesystem only fsspec knows (memory://): the driver reads the history and
+            # ships it to Spark, which suits small histories and tests, not backfills.
+            history = session.createDataFrame(self._read_through_store(files, schema))
+        if snapshot is not None:
+            history = history.where(F.expr(snapshot_condition(snapshot, stream.name)))
+        return history
 
+    def _read_through_store(self, files: list[str], schema: pa.Schema) -> pa.Table:
+        import pyarrow.parquet as pq
 
-def _read_with_fsspec(files: list[str]) -> pa.Table:
-    import pyarrow.parquet as pq
-    from fsspec.core import url_to_fs
-
-    tables = []
-    for location in files:
-        fs, path = url_to_fs(location)
-        with fs.open(path, "rb") as f:
-            tables.append(pq.ParquetFile(f).read())
-    return pa.concat_tables(tables, promote_options="default")
+        fs = self.offline.filesystem()
+        tables = []
+        for location in files:
+            if fs is None:
+                tables.append(pq.read_table(location))
+                continue
+            with fs.open(location, "rb") as f:
+                tables.append(pq.ParquetFile(f).read())
+        table = pa.concat_tables(tables, promote_options="default")
+        return pa.table(
+            {
+                f.name: table[f.name].cast(f.type)
+                if f.name in table.column_names
+                else pa.nulls(table.num_rows, f.type)
+                for f in schema
+            },
+            schema=schema,
+        )
 
 
 def _spark_path(location: str) -> str | None:
@@ -170,188 +322,3 @@ def _spark_path(location: str) -> str | None:
     if scheme == "s3":
         return "s3a://" + location.split("://", 1)[1]
     return location if scheme in SPARK_SCHEMES else None
-
-
-def _arrow_type(column: FeatureColumn) -> pa.DataType:
-    """The column's type as the DuckDB engine returns it."""
-    agg = column.aggregation
-    if agg.kind in ("count", "count_distinct"):
-        return pa.int64()
-    if agg.kind in ("mean", "variance", "stddev"):
-        return pa.float64()
-    dtype = column.feature.stream.fields[agg.field or ""].dtype
-    if agg.kind == "sum":
-        return pa.int64() if dtype.value == "int" else pa.float64()
-    if agg.kind == "last_k":
-        return pa.list_(ARROW_TYPES[dtype])
-    return ARROW_TYPES[dtype]
-
-
-class _Query:
-    """One feature set's Spark query. Columns get positional names (``_f0`` for fields,
-    ``_k0`` for spine keys, ``_s0`` for window starts) so no user name can collide."""
-
-    def __init__(self, plan: FeatureSetPlan, columns: Sequence[FeatureColumn]) -> None:
-        self.plan, self.columns = plan, list(columns)
-        keys = plan.entity.keys
-        fields = [
-            *keys,
-            *(c.aggregation.field for c in columns if c.aggregation.field),
-            *(f for c in columns if c.feature.where for f in sorted(c.feature.where.fields())),
-        ]
-        self.field_names = {f: f"_f{i}" for i, f in enumerate(dict.fromkeys(fields))}
-        self.starts: dict[tuple[int, int], str] = {}
-        for c in columns:
-            if c.window_us is not None and c.hop_us is not None:
-                self.starts.setdefault((c.window_us, c.hop_us), f"_s{len(self.starts)}")
-
-    def spine(self, spine_keys: pa.Table, times: np.ndarray) -> pa.Table:
-        spine: dict[str, Any] = {"_row": np.arange(len(times), dtype=np.int64), "_t": times}
-        stream = self.plan.stream
-        for i, k in enumerate(self.plan.entity.keys):
-            spine[f"_k{i}"] = spine_keys[k].cast(ARROW_TYPES[stream.fields[k].dtype])
-        for (window, hop), name in self.starts.items():
-            spine[name] = ((times - window) // hop) * hop  # floor, as batch.py and DESIGN.md
-        return pa.table(spine)
-
-    def events(self, history: DataFrame, snapshot: Mapping[str, int] | None) -> DataFrame:
-        from pyspark.sql import functions as F
-
-        schema = {f.name: f.type for f in history_schema(self.plan.stream)}
-        for name in ["_partition", *self.field_names]:
-            if name not in history.columns:  # a field no archived file has yet: all null
-                history = history.withColumn(name, F.lit(None).cast(_spark_type(schema[name])))
-        if snapshot is not None:
-            history = history.where(F.expr(snapshot_condition(snapshot, self.plan.stream.name)))
-        return history.select(
-            F.col("_event_time").alias("_ts"),
-            F.col("_offset").alias("_off"),
-            *(F.col(_quoted(f)).alias(alias) for f, alias in self.field_names.items()),
-        )
-
-    def join_condition(self) -> Column:
-        from pyspark.sql import functions as F
-
-        cond = F.col("_ts") < F.col("_t")
-        for i, k in enumerate(self.plan.entity.keys):
-            cond = cond & (F.col(f"_k{i}") == F.col(self.field_names[k]))
-        if self.starts and all(c.window_us is not None for c in self.columns):
-            names = list(self.starts.values())
-            lower = F.col(names[0]) if len(names) == 1 else F.least(*map(F.col, names))
-            cond = cond & (F.col("_ts") >= lower)
-        return cond
-
-    def aggregates(self) -> list[Column]:
-        out = []
-        for i, c in enumerate(self.columns):
-            cond = self._condition(c)
-            out.append(_aggregate(c, cond, self._value(c)).alias(f"_c{i}"))
-        return out
-
-    def _value(self, column: FeatureColumn) -> Column | None:
-        from pyspark.sql import functions as F
-
-        field = column.aggregation.field
-        return None if field is None else F.col(self.field_names[field])
-
-    def _condition(self, column: FeatureColumn) -> Column:
-        from pyspark.sql import functions as F
-
-        cond = F.col("_off").isNotNull()  # a spine row without events joins one null row
-        if column.window_us is not None:
-            cond = cond & (
-                F.col("_ts") >= F.col(self.starts[(column.window_us, column.hop_us or 0)])
-            )
-        if column.feature.where is not None:
-            cond = cond & filter_column(column.feature.where.spec(), self.field_names)
-        value = self._value(column)
-        return cond if value is None else cond & value.isNotNull()
-
-
-def _aggregate(column: FeatureColumn, cond: Column, value: Column | None) -> Column:
-    """The Spark aggregate of ``column`` over the joined rows where ``cond`` is true."""
-    from pyspark.sql import functions as F
-
-    agg = column.aggregation
-    if value is None:  # count
-        return F.count(F.when(cond, F.lit(1)))
-    x = F.when(cond, value)
-    ordered = F.when(
-        cond, F.struct(F.col("_ts").alias("t"), F.col("_off").alias("o"), value.alias("v"))
-    )
-    match agg.kind:
-        case "sum":
-            return F.coalesce(F.sum(x), F.lit(0))
-        case "mean":
-            return F.avg(x)
-        case "variance":
-            return F.var_pop(x)
-        case "stddev":
-            return F.stddev_pop(x)
-        case "min":
-            return F.min(x)
-        case "max":
-            return F.max(x)
-        case "last":
-            return F.max(ordered).getField("v")
-        case "first":
-            return F.min(ordered).getField("v")
-        case "last_k":
-            latest = F.slice(F.sort_array(F.collect_list(ordered), asc=False), 1, agg.k or 1)
-            return F.transform(latest, lambda e: e.getField("v"))
-        case "count_distinct":
-            # a set per row, not COUNT(DISTINCT): Spark expands every joined row once per
-            # distinct aggregate for those
-            return F.size(F.collect_set(x))
-    raise SparkEngineError(f"the spark engine has no {agg.kind!r} aggregation")
-
-
-def filter_column(spec: Any, names: Mapping[str, str]) -> Column:
-    """A feature filter (its ``spec()``) as a Spark column over fields renamed by ``names``;
-    Spark's three-valued logic is SQL's, as the DuckDB engine and the stream processor use."""
-    from pyspark.sql import functions as F
-
-    op = spec[0]
-    if op in ("and", "or"):
-        parts = [filter_column(p, names) for p in spec[1]]
-        out = parts[0]
-        for p in parts[1:]:
-            out = (out & p) if op == "and" else (out | p)
-        return out
-    if op == "not":
-        return ~filter_column(spec[1], names)
-    field = F.col(names[spec[1]])
-    if op == "in":
-        return field.isin([F.lit(v) for v in spec[2]])
-    if op in ("is_null", "not_null"):
-        return field.isNull() if op == "is_null" else field.isNotNull()
-    compare = _COMPARISONS.get(op)
-    if compare is None:
-        raise SparkEngineError(f"the spark engine cannot evaluate the filter {spec!r}")
-    return compare(field, F.lit(spec[2]))  # type: ignore[no-any-return]
-
-
-_COMPARISONS = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def _spark_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_int32(arrow_type):
-        return "int"
-    if pa.types.is_int64(arrow_type):
-        return "bigint"
-    if pa.types.is_floating(arrow_type):
-        return "double"
-    if pa.types.is_boolean(arrow_type):
-        return "boolean"
-    return "string"

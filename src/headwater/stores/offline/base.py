@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
-
-if TYPE_CHECKING:
-    import duckdb
 
 
 class OfflineStore(Protocol):
@@ -18,7 +15,8 @@ class OfflineStore(Protocol):
     visible atomically together with that partition's new committed offset ``end``; rows of
     an interrupted append are never visible and are rewritten by the next one; ``files``
     lists exactly the committed files of every partition, as local paths or URLs;
-    ``attach`` lets a DuckDB connection read those (a no-op for local paths).
+    ``filesystem`` is the fsspec filesystem those URLs are read through (None for local
+    paths), which a query engine registers to read them.
     """
 
     def committed(self, stream: str, partition: int = 0) -> int: ...
@@ -37,7 +35,7 @@ class OfflineStore(Protocol):
         every row exactly once throughout); returns how many files were merged."""
         ...
 
-    def attach(self, con: duckdb.DuckDBPyConnection) -> None: ...
+    def filesystem(self) -> Any | None: ...
 
     def write_sorted(
         self, stream: str, name: str, table: pa.Table, about: Mapping[str, Any]

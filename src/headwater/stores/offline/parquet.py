@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,9 +24,6 @@ import pyarrow.parquet as pq
 from headwater.definitions.types import from_micros
 from headwater.definitions.windows import DAY
 from headwater.stores.files import FsspecFiles, open_files
-
-if TYPE_CHECKING:
-    import duckdb
 
 _PART = re.compile(r"^part-(?:p(\d+)-)?(\d+)-(\d+)\.parquet$")
 _MARKER = re.compile(r"^_committed(?:-p(\d+))?\.json$")
@@ -222,16 +219,10 @@ class ParquetOfflineStore:
             merged += len(small)
         return merged
 
-    def attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Let a DuckDB connection read what ``files`` returns (registers the fsspec
-        filesystem of a remote root; nothing to do for a local folder)."""
-        if not isinstance(self._files, FsspecFiles):
-            return  # DuckDB reads local paths itself
-        fs = self._files.fs
-        protocols = set(fs.protocol) if isinstance(fs.protocol, tuple | list) else {fs.protocol}
-        # DuckDB keeps one filesystem per protocol and connection: the first one stays.
-        if not protocols & set(con.list_filesystems()):
-            con.register_filesystem(fs)
+    def filesystem(self) -> Any | None:
+        """The fsspec filesystem that the URLs ``files`` returns are read through, or None
+        where they are local paths (every reader opens those itself)."""
+        return self._files.fs if isinstance(self._files, FsspecFiles) else None
 
 
 @dataclass(frozen=True)

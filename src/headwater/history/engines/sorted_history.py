@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from headwater.definitions import DType, Stream
 from headwater.definitions.expr import sql_name
-from headwater.history.engines.duckdb import offsets_below
+from headwater.history.engines.sql import connect, offsets_below
 from headwater.history.schema import ARROW_TYPES
 from headwater.stores.offline.base import OfflineStore
 
@@ -37,7 +37,7 @@ REBUILD_SHARE = 4
 # a 1.0 GB copy of 10M rows. It is skipped where that would take more than half the memory.
 BUILD_BYTES_PER_BYTE = 2.5
 _TOO_LARGE: set[tuple[str, str]] = set()
-_LOGGER = logging.getLogger("headwater.history.sorted_history")
+_LOGGER = logging.getLogger("headwater.history.engines.sorted_history")
 _LIMIT = 1 << 62  # keys x time slots must fit an int64 with room to spare
 _ORDER = [(c, "ascending") for c in ("_event_time", "_offset", "_partition")]
 _SQL_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR",
@@ -328,8 +328,7 @@ def refresh(
             )  # fmt: skip
         return False
     began = time.perf_counter()
-    with duckdb.connect() as con:
-        offline.attach(con)
+    with connect(offline) as con:
         table = read_rows(con, offline, stream, {}, committed, order_by=keys)
     fresh = sort_rows(table, keys, committed, presorted=True)
     if fresh is None:

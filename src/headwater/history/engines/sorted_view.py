@@ -17,15 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.definitions import FeatureColumn, Stream
-from headwater.history.engines.duckdb import offsets_below, snapshot_limits
-from headwater.history.schema import ARROW_TYPES
-from headwater.history.sorted_history import (
+from headwater.history.engines.sorted_history import (
     SortedRun,
     read_rows,
     read_run,
     sort_rows,
 )
-from headwater.history.sorted_queries import Queries
+from headwater.history.engines.sorted_queries import Queries
+from headwater.history.engines.sql import offsets_below, snapshot_limits
+from headwater.history.schema import ARROW_TYPES
 from headwater.stores.offline.base import OfflineStore
 
 

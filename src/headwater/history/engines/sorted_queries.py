@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from headwater.definitions import FeatureColumn
 from headwater.definitions.expr import sql_name
-from headwater.history.sorted_history import SortedRun
+from headwater.history.engines.sorted_history import SortedRun
 
 # min/max scan the rows of every window: beyond this many times the rows and queries (busy
 # keys' lifetimes), the join does it
