@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from headwater.definitions.collection import Definitions
 from headwater.history.archiver import Archiver
 from headwater.history.engines.base import QueryEngine
 from headwater.log.base import Log
 from headwater.registry.registry import Registry
+from headwater.stores.monitor.base import MonitorStore
 from headwater.training.sets import TrainingSets
 
 
@@ -21,7 +21,8 @@ class MonitorContext:
     ``flush_predictions`` writes the predictions this process logged but has not appended
     yet (so a monitor run counts them); ``train`` trains a model and returns the new version
     (the closed loop retrains with it); ``log_url`` identifies the log the ledger consumed;
-    ``engine`` answers the labels and feedback asked of the history.
+    ``engine`` answers the labels and feedback asked of the history; ``state`` holds the
+    ledger.
     """
 
     definitions: Definitions
@@ -32,6 +33,6 @@ class MonitorContext:
     training: TrainingSets
     registry: Registry
     clock: Callable[[], int]
-    ledger_path: Path
+    state: MonitorStore
     flush_predictions: Callable[[], None]
     train: Callable[[str], int]

@@ -1,23 +1,21 @@
 """The monitor's ledger: every logged prediction with its ground truth once known, and per-day
 aggregates, kept up to date by consuming the log from checkpoints.
 
-The ledger is one DuckDB file beside the embedded stores. Each batch commits the state it
-changed with the log offsets that produced it in one transaction, so a process killed at any
-point resumes at its last commit and counts nothing twice. Like every store but the log, it is
-derived: deleting the file rebuilds it from the log.
+The ledger lives in the monitor state port (``[stores] monitor``: a DuckDB file beside the
+embedded stores by default, PostgreSQL to share one ledger between servers). Each batch
+commits the state it changed with the log offsets that produced it in one transaction, so a
+process killed at any point resumes at its last commit and counts nothing twice. Like every
+store but the log, it is derived: deleting it rebuilds it from the log.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -28,6 +26,8 @@ from headwater.log.base import Record, partition_name
 from headwater.monitoring import ledger_tables as tables
 from headwater.monitoring import rollup
 from headwater.monitoring.context import MonitorContext
+from headwater.stores.monitor.base import MonitorSession, MonitorStateError, MonitorStore
+from headwater.stores.monitor.schema import TABLES
 
 PREDICTIONS = "predictions"
 DAY_US = 86_400_000_000
@@ -69,44 +69,33 @@ def feedback_source(feedback: Feedback) -> str:
     return f"{feedback.stream.name}:{feedback.field}:{feedback.prediction_id}"
 
 
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
 class Ledger:
     """The monitor's incremental state for one project (see the module docstring).
 
     ``advance`` consumes what the log holds past the checkpoints and matures labels whose
-    horizon passed by ``now``; the other methods read the committed state.
+    horizon passed by ``now``; the other methods read the committed state. ``state`` is
+    where it lives (by default the project's monitor state).
     """
 
     def __init__(
-        self, ctx: MonitorContext, path: str | Path | None = None, batch: int = 5000
+        self, ctx: MonitorContext, state: MonitorStore | None = None, batch: int = 5000
     ) -> None:
         self.ctx = ctx
-        self.path = Path(path) if path else ctx.ledger_path
+        self.state = state or ctx.state
         self.batch = batch
 
     # -- opening ---------------------------------------------------------------------------
 
     @contextmanager
-    def connect(self, wait: float = 120.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection to the ledger, held alone: one thread of this process at a time, and
-        one process (DuckDB locks the file; another process waits up to ``wait`` seconds)."""
-        with _LOCKS_GUARD:
-            lock = _LOCKS.setdefault(str(self.path.resolve()), threading.Lock())
-        if not lock.acquire(timeout=wait):
-            raise LedgerError(f"the monitor ledger {self.path} is busy in this process")
+    def connect(self, wait: float = 120.0) -> Iterator[MonitorSession]:
+        """The ledger, held alone (by one thread of one process, wherever it runs) until
+        the block ends; started over first if what it was built from changed."""
         try:
-            con = _open(self.path, wait)
-            try:
-                con.execute(tables.SCHEMA + rollup.SCHEMA)
+            with self.state.session(wait) as con:
                 self._check_sources(con)
                 yield con
-            finally:
-                con.close()
-        finally:
-            lock.release()
+        except MonitorStateError as exc:
+            raise LedgerError(str(exc)) from None
 
     def _sources(self) -> dict[str, str]:
         """What gives each service's ground truth: a feedback source or a model's label."""
@@ -121,7 +110,7 @@ class Ledger:
                 out[name] = "label " + ",".join(labels)
         return out
 
-    def _check_sources(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _check_sources(self, con: MonitorSession) -> None:
         """Start over when the schema, the log or an existing service's ground truth changed:
         every label settled so far may be wrong then."""
         wanted = {
@@ -129,17 +118,16 @@ class Ledger:
             "log": self.ctx.log_url,
             **{f"service {k}": v for k, v in self._sources().items()},
         }
-        held = dict(con.execute("SELECT name, value FROM meta").fetchall())
+        held = dict(con.rows("SELECT name, value FROM meta"))
         if any(held.get(k, v) != v for k, v in wanted.items()):
-            with tables.transaction(con):
-                for table in (*tables.TABLES, *rollup.TABLES):
-                    con.execute(f"DROP TABLE {table}")
-                con.execute(tables.SCHEMA + rollup.SCHEMA)
+            con.reset()
             held = {}
         if any(held.get(k) != v for k, v in wanted.items()):
-            with tables.transaction(con):
+            with con.transaction():
                 con.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", [list(i) for i in wanted.items()]
+                    "INSERT INTO meta VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    list(wanted.items()),
                 )
 
     # -- advancing -------------------------------------------------------------------------
@@ -176,9 +164,7 @@ class Ledger:
         services = self.ctx.definitions.services.values()
         return {feedback_source(s.feedback): s.feedback for s in services if s.feedback}
 
-    def _consume_predictions(
-        self, con: duckdb.DuckDBPyConnection, tick: Callable[..., None]
-    ) -> None:
+    def _consume_predictions(self, con: MonitorSession, tick: Callable[..., None]) -> None:
         log = self.ctx.log
         for partition in range(log.partitions(PREDICTIONS)):
             name = partition_name(PREDICTIONS, partition)
@@ -186,7 +172,7 @@ class Ledger:
             while records := log.read(PREDICTIONS, start, self.batch, partition):
                 start = records[-1].offset + 1
                 rows, index = self._prediction_rows(records, partition)
-                with tables.transaction(con):
+                with con.transaction():
                     if rows.num_rows:
                         tables.insert_predictions(con, rows)
                     tables.extend_index(con, index)
@@ -251,7 +237,7 @@ class Ledger:
 
     def _consume_feedback(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: MonitorSession,
         source: str,
         feedback: Feedback,
         tick: Callable[..., None],
@@ -263,13 +249,13 @@ class Ledger:
             while records := log.read(stream, start, self.batch, partition):
                 start = records[-1].offset + 1
                 events = _feedback_events(records, partition, source, feedback)
-                with tables.transaction(con):
+                with con.transaction():
                     if events.num_rows:
                         tables.merge_feedback(con, events)
                     tables.set_checkpoint(con, name, start)
                 tick(feedback=len(records))
 
-    def _mature(self, con: duckdb.DuckDBPyConnection, now: int, tick: Callable[..., None]) -> None:
+    def _mature(self, con: MonitorSession, now: int, tick: Callable[..., None]) -> None:
         """Settle, a batch at a time, the model labels whose horizon has passed by ``now``."""
         models = self.ctx.definitions.models
         for name in sorted(models):
@@ -277,18 +263,18 @@ class Ledger:
             stream = self.ctx.definitions.streams[label.stream.name]
             caught_up = False
             while True:
-                due: pa.Table = con.sql(
+                due: pa.Table = con.arrow(
                     "SELECT prediction_id, ts_us, entity FROM outcomes WHERE pending AND model = ?"
                     " AND ts_us + ? <= ? ORDER BY ts_us, prediction_id LIMIT ?",
-                    params=[name, label.horizon_us, now, self.batch],
-                ).to_arrow_table()
+                    [name, label.horizon_us, now, self.batch],
+                )
                 if not due.num_rows:
                     break
                 if not caught_up:
                     self.ctx.archiver.catch_up(stream)
                     caught_up = True
                 settled = self._label(label, stream, due)
-                with tables.transaction(con):
+                with con.transaction():
                     tables.settle(con, settled)
                 tick(matured=due.num_rows)
 
@@ -313,12 +299,14 @@ class Ledger:
         and ``known_us`` (when it became known), indexed by prediction id."""
         wanted = pa.table({"prediction_id": pa.array([str(p) for p in prediction_ids])})
         with self.connect() as con:
-            con.register("_wanted", wanted)
-            frame = con.execute(
+            con.load("_wanted", wanted)
+            frame = con.arrow(
                 "SELECT o.prediction_id, o.label, o.known_us FROM outcomes o "
-                "SEMI JOIN _wanted w ON o.prediction_id = w.prediction_id "
-                "WHERE o.label IS NOT NULL"
-            ).fetch_df()
+                "WHERE o.label IS NOT NULL AND EXISTS "
+                "(SELECT 1 FROM _wanted w WHERE o.prediction_id = w.prediction_id)"
+            ).to_pandas()
+        if frame.empty:
+            frame = pd.DataFrame({"prediction_id": [], "label": [], "known_us": []})
         return frame.set_index("prediction_id")
 
     def read_ranges(self, since_us: int, until_us: int) -> dict[int, list[tuple[int, int | None]]]:
@@ -329,11 +317,11 @@ class Ledger:
         with self.connect() as con:
             spans = dict(
                 (p, (lo, hi))
-                for p, lo, hi in con.execute(
+                for p, lo, hi in con.rows(
                     "SELECT part, min(first_offset), max(last_offset) FROM log_index "
                     "WHERE day BETWEEN ? AND ? GROUP BY part",
                     [first_day, last_day],
-                ).fetchall()
+                )
             )
             out: dict[int, list[tuple[int, int | None]]] = {}
             for p in range(self.ctx.log.partitions(PREDICTIONS)):
@@ -356,15 +344,14 @@ class Ledger:
 
     def checkpoints(self) -> dict[str, int]:
         with self.connect() as con:
-            return dict(con.execute("SELECT name, next_offset FROM checkpoints").fetchall())
+            return dict(con.rows("SELECT name, next_offset FROM checkpoints"))
 
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every table of the ledger, sorted: for comparing two ledgers in tests."""
         with self.connect() as con:
             rollup.flush(con)
             return {
-                table: sorted(con.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-                for table in (*tables.TABLES[1:], *rollup.TABLES)
+                table: sorted(con.rows(f"SELECT * FROM {table}"), key=repr) for table in TABLES[1:]
             }
 
 
@@ -390,20 +377,3 @@ def _feedback_events(
         ):
             columns[column].append(v)
     return pa.table(columns, schema=tables.FEEDBACK_SCHEMA)
-
-
-def _open(path: Path, wait: float) -> duckdb.DuckDBPyConnection:
-    """Open the ledger file, waiting while another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline, pause = time.monotonic() + wait, 0.02
-    while True:
-        try:
-            return duckdb.connect(str(path))
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise LedgerError(
-                    f"cannot open the monitor ledger {path}: {exc}; is another `headwater "
-                    "monitor` running? It is derived state: deleting the file rebuilds it"
-                ) from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.5)

@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
+
+from headwater.stores.monitor.base import MonitorSession
 
 KEY = "service, variant, model, version"
 TABLES = ("days", "calibration", "stale")
@@ -23,29 +24,17 @@ TABLES = ("days", "calibration", "stale")
 EDGES = tuple(float(e) for e in np.linspace(0, 1, 11)[1:-1])
 EPSILON = 1e-7  # evaluation.score_metrics clips scores so for log loss and Brier
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS days (
-    service VARCHAR, variant VARCHAR, model VARCHAR, version INTEGER, day INTEGER,
-    predictions BIGINT NOT NULL, labelled BIGINT NOT NULL, first_us BIGINT, last_us BIGINT,
-    delay_median_us DOUBLE, delay_sum_us DOUBLE, positives BIGINT, negatives BIGINT,
-    auc DOUBLE, log_loss_sum DOUBLE, brier_sum DOUBLE, correct BIGINT,
-    squared_error_sum DOUBLE, absolute_error_sum DOUBLE,
-    PRIMARY KEY (service, variant, model, version, day));
-CREATE TABLE IF NOT EXISTS calibration (
-    service VARCHAR, variant VARCHAR, model VARCHAR, version INTEGER, day INTEGER, bin INTEGER,
-    n BIGINT NOT NULL, score_sum DOUBLE NOT NULL, label_sum DOUBLE NOT NULL,
-    PRIMARY KEY (service, variant, model, version, day, bin));
-CREATE TABLE IF NOT EXISTS stale (
-    service VARCHAR, variant VARCHAR, model VARCHAR, version INTEGER, day INTEGER,
-    PRIMARY KEY (service, variant, model, version, day));
-"""
-
-_BIN = " + ".join(f"CAST(score >= CAST('{e!r}' AS DOUBLE) AS INTEGER)" for e in EDGES)
+_BIN = " + ".join(f"CAST(score >= CAST('{e!r}' AS float8) AS INTEGER)" for e in EDGES)
 _SAME_DAY = " AND ".join(f"o.{c} = t.{c}" for c in (*KEY.split(", "), "day"))
 _ROWS = f"""SELECT o.*, trunc(o.label) AS y,
        least(greatest(o.score, {EPSILON}), 1 - {EPSILON}) AS p,
-       CAST(greatest(o.known_us - o.ts_us, 0) AS DOUBLE) AS delay_us
-FROM outcomes o SEMI JOIN _touched t ON {_SAME_DAY}"""
+       CAST(greatest(o.known_us - o.ts_us, 0) AS float8) AS delay_us
+FROM outcomes o WHERE EXISTS (SELECT 1 FROM _touched t WHERE {_SAME_DAY})"""
+
+
+def median(x: str) -> str:
+    """The median of ``x`` (interpolated between the two middle values, as pandas')."""
+    return f"percentile_cont(0.5) WITHIN GROUP (ORDER BY {x})"
 
 
 @dataclass(frozen=True)
@@ -75,40 +64,37 @@ def auc_sql(rows: str, group: str) -> str:
     Mann-Whitney rank sum of the positives with mid-ranks. Groups without both classes (or
     with labels other than 0 and 1) get none."""
     pos, neg = "count(*) FILTER (WHERE y = 1)", "count(*) FILTER (WHERE y = 0)"
-    return f"""SELECT {group},
-        (sum(r) FILTER (WHERE y = 1) - {pos} * ({pos} + 1) / 2.0) / ({pos} * {neg}) AS auc
-    FROM (SELECT {group}, y, rank() OVER (PARTITION BY {group} ORDER BY score)
-                 + (count(*) OVER (PARTITION BY {group}, score) - 1) / 2.0 AS r
-          FROM ({rows}) WHERE label IS NOT NULL)
+    return f"""SELECT {group}, CAST(
+        (sum(r) FILTER (WHERE y = 1) - {pos} * ({pos} + 1) / 2.0) / ({pos} * {neg})
+        AS float8) AS auc
+    FROM (SELECT {group}, y, CAST(rank() OVER (PARTITION BY {group} ORDER BY score)
+                 + (count(*) OVER (PARTITION BY {group}, score) - 1) / 2.0 AS float8) AS r
+          FROM ({rows}) AS labelled_rows WHERE label IS NOT NULL) AS ranked
     GROUP BY {group}
     HAVING {pos} > 0 AND {neg} > 0 AND count(*) FILTER (WHERE y NOT IN (0, 1)) = 0"""
 
 
-def touch(con: duckdb.DuckDBPyConnection, touched: str) -> None:
+def touch(con: MonitorSession, touched: str) -> None:
     """Mark the (service, variant, model, version, day)s the query ``touched`` names stale,
     in the caller's transaction: ``flush`` recomputes them once, however many batches of an
     advance touched them."""
     con.execute(f"INSERT INTO stale {touched} ON CONFLICT DO NOTHING")
 
 
-def flush(con: duckdb.DuckDBPyConnection) -> None:
+def flush(con: MonitorSession) -> None:
     """Recompute the aggregates of the stale days, in one transaction."""
-    if not con.execute("SELECT count(*) FROM stale").fetchall()[0][0]:
+    if not con.rows("SELECT count(*) FROM stale")[0][0]:
         return
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with con.transaction():
         refresh(con, "SELECT * FROM stale")
         con.execute("DELETE FROM stale")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
-def refresh(con: duckdb.DuckDBPyConnection, touched: str) -> None:
+def refresh(con: MonitorSession, touched: str) -> None:
     """Recompute the aggregates of the (service, variant, model, version, day)s the query
     ``touched`` names from their ledger rows (run inside the caller's transaction)."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _touched AS {touched}")
+    con.execute("DROP TABLE IF EXISTS _touched")
+    con.execute(f"CREATE TEMP TABLE _touched AS {touched}")
     for table in TABLES[:2]:
         con.execute(f"DELETE FROM {table} o USING _touched t WHERE {_SAME_DAY}")
     labelled = "FILTER (WHERE label IS NOT NULL)"
@@ -120,7 +106,7 @@ def refresh(con: duckdb.DuckDBPyConnection, touched: str) -> None:
         sums AS (
             SELECT {KEY}, day, count(*) AS predictions, count(label) AS labelled,
                    min(ts_us) AS first_us, max(ts_us) AS last_us,
-                   median(delay_us) {labelled} AS delay_median_us,
+                   {median("delay_us")} {labelled} AS delay_median_us,
                    sum(delay_us {ordered}) {labelled} AS delay_sum_us,
                    count(*) FILTER (WHERE y = 1) AS positives,
                    count(*) FILTER (WHERE y = 0) AS negatives,
@@ -140,14 +126,15 @@ def refresh(con: duckdb.DuckDBPyConnection, touched: str) -> None:
     )
     con.execute(
         f"""INSERT INTO calibration
-        SELECT {KEY}, day, least(greatest({_BIN}, 0), 9) AS bin, count(*),
-               sum(score {ordered}), sum(y)
-        FROM ({_ROWS}) WHERE label IS NOT NULL GROUP BY ALL"""
+        SELECT {KEY}, day, bin, count(*), sum(score {ordered}), sum(y)
+        FROM (SELECT *, least(greatest({_BIN}, 0), 9) AS bin FROM ({_ROWS}) AS r
+              WHERE label IS NOT NULL) AS binned
+        GROUP BY {KEY}, day, bin"""
     )
 
 
 def performance(
-    con: duckdb.DuckDBPyConnection,
+    con: MonitorSession,
     first_day: int,
     end_day: int,
     service: str | None,
@@ -157,17 +144,17 @@ def performance(
     range's total (see the module docstring for how each figure is obtained)."""
     where = "day >= ? AND day < ?" + (" AND service = ?" if service else "")
     params: list[Any] = [first_day, end_day, *([service] if service else [])]
-    days = con.execute(f"SELECT * FROM days WHERE {where} ORDER BY {KEY}, day", params).fetch_df()
-    bins = con.execute(f"SELECT * FROM calibration WHERE {where}", params).fetch_df()
+    days = _frame(con, f"SELECT * FROM days WHERE {where} ORDER BY {KEY}, day", params)
+    bins = _frame(con, f"SELECT * FROM calibration WHERE {where}", params)
     rows = f"SELECT *, trunc(label) AS y FROM outcomes WHERE {where}"
-    exact = con.execute(
+    delay = "CAST(greatest(known_us - ts_us, 0) AS float8)"
+    exact = con.rows(
         f"""SELECT {KEY}, m.delay_median_us, a.auc FROM
-            (SELECT {KEY}, median(CAST(greatest(known_us - ts_us, 0) AS DOUBLE))
-                 FILTER (WHERE label IS NOT NULL) AS delay_median_us
+            (SELECT {KEY}, {median(delay)} FILTER (WHERE label IS NOT NULL) AS delay_median_us
              FROM outcomes WHERE {where} GROUP BY {KEY}) m
             LEFT JOIN ({auc_sql(rows, KEY)}) a USING ({KEY})""",
         params * 2,
-    ).fetchall()
+    )
     totals = {tuple(r[:4]): (r[4], r[5]) for r in exact}
     out: list[Performance] = []
     for key, group in days.groupby(["service", "variant", "model", "version"], sort=True):
@@ -177,10 +164,15 @@ def performance(
             out.append(_performance(key, int(day["day"]), day, mine, task, day["auc"]))
         whole = group.drop(columns=["day", "auc", "delay_median_us"]).sum(numeric_only=True)
         whole["first_us"], whole["last_us"] = group["first_us"].min(), group["last_us"].max()
-        delay, auc = totals.get(tuple(key), (None, None))
-        whole["delay_median_us"] = delay
+        delay_us, auc = totals.get(tuple(key), (None, None))
+        whole["delay_median_us"] = delay_us
         out.append(_performance(key, None, whole, bins[_same(bins, key)], task, auc))
     return out
+
+
+def _frame(con: MonitorSession, sql: str, params: list[Any]) -> pd.DataFrame:
+    """A query's rows as a pandas frame (nulls of number columns as NaN)."""
+    return con.arrow(sql, params).to_pandas()
 
 
 def _same(frame: pd.DataFrame, key: tuple[Any, ...]) -> pd.Series:

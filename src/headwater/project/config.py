@@ -18,6 +18,7 @@ DEFAULT_STORES = {
     "offline": "file://.headwater/offline",
     "metadata": "sqlite:///.headwater/metadata.db",
     "artifacts": "file://.headwater/artifacts",
+    "monitor": "duckdb://.headwater/monitor.duckdb",
 }
 
 
@@ -32,6 +33,7 @@ class StoreUrls:
     offline: str
     metadata: str
     artifacts: str = DEFAULT_STORES["artifacts"]
+    monitor: str = DEFAULT_STORES["monitor"]
 
 
 @dataclass(frozen=True)

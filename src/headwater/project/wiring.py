@@ -18,9 +18,16 @@ from headwater.project.config import Settings
 from headwater.registry.registry import Registry
 from headwater.stores.artifacts.base import ArtifactStore
 from headwater.stores.metadata.base import MetadataStore
+from headwater.stores.monitor.base import MonitorStore
 from headwater.stores.offline.base import OfflineStore
 from headwater.stores.online.base import OnlineStore
-from headwater.stores.urls import open_artifacts, open_metadata, open_offline, open_online
+from headwater.stores.urls import (
+    open_artifacts,
+    open_metadata,
+    open_monitor,
+    open_offline,
+    open_online,
+)
 from headwater.streaming.online import OnlineFeatures
 from headwater.streaming.processor import Processor
 from headwater.training.sets import TrainingSets
@@ -39,17 +46,21 @@ Ingest = Callable[[str, Any], "IngestResult"]
 
 @dataclass
 class Stores:
-    """The four stores a project runs on, opened from the URLs of ``headwater.toml``."""
+    """The stores a project runs on, opened from the URLs of ``headwater.toml``."""
 
     log: Log
     online: OnlineStore
     offline: OfflineStore
     metadata: MetadataStore
     artifacts: ArtifactStore
+    monitor: MonitorStore
 
     def close(self) -> None:
         for store in (self.log, self.online, self.metadata):
             store.close()
+        close = getattr(self.monitor, "close", None)
+        if close is not None:
+            close()
 
 
 def open_stores(settings: Settings) -> Stores:
@@ -60,6 +71,7 @@ def open_stores(settings: Settings) -> Stores:
         open_offline(urls.offline, root),
         open_metadata(urls.metadata, root),
         open_artifacts(urls.artifacts, root),
+        open_monitor(urls.monitor, root),
     )
 
 
@@ -178,7 +190,7 @@ def monitor_context(
         training=core.training,
         registry=core.registry,
         clock=clock,
-        ledger_path=settings.root / ".headwater" / "monitor.duckdb",
+        state=stores.monitor,
         flush_predictions=flush_predictions,
         train=train,
     )

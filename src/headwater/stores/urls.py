@@ -14,6 +14,7 @@ from headwater.errors import HeadwaterError
 if TYPE_CHECKING:
     from headwater.stores.artifacts.base import ArtifactStore
     from headwater.stores.metadata.base import MetadataStore
+    from headwater.stores.monitor.base import MonitorStore
     from headwater.stores.offline.base import OfflineStore
     from headwater.stores.online.base import OnlineStore
 
@@ -115,6 +116,18 @@ def _fsspec_artifacts(url: str, root: Path) -> ArtifactStore:
     return FileArtifactStore(url)
 
 
+def _duckdb_monitor(url: str, root: Path) -> MonitorStore:
+    from headwater.stores.monitor.duckdb import DuckDBMonitorStore
+
+    return DuckDBMonitorStore(local_path(url, root))
+
+
+def _postgres_monitor(url: str, root: Path) -> MonitorStore:
+    from headwater.stores.monitor.postgres import PostgresMonitorStore
+
+    return PostgresMonitorStore(url)
+
+
 ONLINE: dict[str, Factory[OnlineStore]] = {"sqlite": _sqlite_online, "redis": _redis_online}
 OFFLINE: dict[str, Factory[OfflineStore]] = {
     "file": _parquet_offline,
@@ -130,6 +143,13 @@ METADATA: dict[str, Factory[MetadataStore]] = {
 ARTIFACTS: dict[str, Factory[ArtifactStore]] = {
     "file": _file_artifacts,
     **dict.fromkeys(FSSPEC_OFFLINE, _fsspec_artifacts),
+}
+
+
+MONITOR: dict[str, Factory[MonitorStore]] = {
+    "duckdb": _duckdb_monitor,
+    "postgresql": _postgres_monitor,
+    "postgres": _postgres_monitor,
 }
 
 
@@ -154,12 +174,20 @@ def open_artifacts(url: str, root: Path) -> ArtifactStore:
     return open_url("artifacts", ARTIFACTS, url, root)
 
 
+def open_monitor(url: str, root: Path) -> MonitorStore:
+    """The monitor state at ``url`` (``duckdb://...`` relative to ``root``, or
+    ``postgresql://...?schema=...``); an unreachable one fails here, naming the URL."""
+    return open_url("monitor", MONITOR, url, root)
+
+
 def open_backend(port: str, url: str, root: Path) -> object:
-    """The store of ``port`` ("online", "offline", "metadata", "artifacts") at ``url``."""
+    """The store of ``port`` ("online", "offline", "metadata", "artifacts",
+    "monitor") at ``url``."""
     opener = {
         "online": open_online,
         "offline": open_offline,
         "metadata": open_metadata,
         "artifacts": open_artifacts,
+        "monitor": open_monitor,
     }[port]
     return opener(url, root)

@@ -14,6 +14,7 @@ from headwater.definitions.types import to_micros
 from headwater.monitoring import rollup
 from headwater.monitoring.ledger import DAY_US, Ledger
 from headwater.monitoring.monitor import Monitor, logged_predictions
+from headwater.stores.monitor.duckdb import DuckDBMonitorStore
 from headwater.training import evaluation
 from tests.conftest import write_project
 from tests.unit.serving.test_predict import SERVICES
@@ -41,7 +42,7 @@ def labelled(tmp_path_factory):
         p.process()
         p.promote("churn", p.train("churn").version)
         p.promote("churn", p.train("churn").version, alias="challenger", by="t", reason="ab")
-        steps = Ledger(p.monitor_context(), root / "steps.duckdb", batch=64)
+        steps = Ledger(p.monitor_context(), DuckDBMonitorStore(root / "steps.duckdb"), batch=64)
         for at, service, users in STEPS:
             clock["t"] = at
             p.serving.predict(service, [{"user_id": f"u{i}"} for i in users], "test")
@@ -149,7 +150,7 @@ def test_daily_aggregates_equal_the_metrics_of_each_day(labelled):
 
 def test_advancing_in_steps_equals_one_advance_at_the_end(labelled, tmp_path):
     p, _, steps = labelled
-    once = Ledger(p.monitor_context(), tmp_path / "once.duckdb")
+    once = Ledger(p.monitor_context(), DuckDBMonitorStore(tmp_path / "once.duckdb"))
     progress = once.advance()
     # every record is read, shadows (80, not reported) included; one day is not mature yet
     assert progress.predictions == p.log.end_offset("predictions") == 590
@@ -160,9 +161,11 @@ def test_advancing_in_steps_equals_one_advance_at_the_end(labelled, tmp_path):
 
 def test_a_commit_that_fails_halfway_leaves_nothing_behind(labelled, tmp_path, monkeypatch):
     p, _, _ = labelled
-    reference = Ledger(p.monitor_context(), tmp_path / "reference.duckdb", batch=100)
+    reference = Ledger(
+        p.monitor_context(), DuckDBMonitorStore(tmp_path / "reference.duckdb"), batch=100
+    )
     reference.advance()
-    broken = Ledger(p.monitor_context(), tmp_path / "broken.duckdb", batch=100)
+    broken = Ledger(p.monitor_context(), DuckDBMonitorStore(tmp_path / "broken.duckdb"), batch=100)
     calls = {"touch": 0, "refresh": 0}
 
     def dying(step, fails):
@@ -207,7 +210,7 @@ def test_rolling_ranges_sum_the_days(labelled):
 def test_a_window_reads_only_its_span_of_the_log(labelled, tmp_path):
     p, _, _ = labelled
     since, until = to_micros(NOW - timedelta(days=3, hours=1)), to_micros(NOW - timedelta(days=2))
-    ledger = Ledger(p.monitor_context(), tmp_path / "fresh.duckdb")
+    ledger = Ledger(p.monitor_context(), DuckDBMonitorStore(tmp_path / "fresh.duckdb"))
     assert ledger.read_ranges(since, until) == {0: [(0, None)]}  # nothing indexed: all of it
     ledger.advance()  # then the index bounds what a window reads
     ranges = ledger.read_ranges(since, until)

@@ -15,6 +15,7 @@ from headwater.definitions.types import to_micros
 from headwater.log.base import NewRecord
 from headwater.monitoring.ledger import DAY_US, Ledger
 from headwater.monitoring.monitor import Monitor
+from headwater.stores.monitor.duckdb import DuckDBMonitorStore
 from tests.conftest import write_project
 from tests.unit.monitoring.test_feedback import SERVICES
 from tests.unit.monitoring.test_incremental import comparable
@@ -60,7 +61,11 @@ def offers(tmp_path):
         p.ingest("visits", visits())
         p.process()
         p.promote("churn", p.train("churn").version)
-        yield p, clock, Ledger(p.monitor_context(), tmp_path / "steps.duckdb", batch=32)
+        yield (
+            p,
+            clock,
+            Ledger(p.monitor_context(), DuckDBMonitorStore(tmp_path / "steps.duckdb"), batch=32),
+        )
 
 
 def test_late_corrected_and_early_feedback_land_on_the_right_day(offers, tmp_path):
@@ -99,7 +104,7 @@ def test_late_corrected_and_early_feedback_land_on_the_right_day(offers, tmp_pat
     p.log.append("predictions", [NewRecord("early-bird", doc["ts_us"], orjson.dumps(doc))], 0)
     check(p, steps)
 
-    once = Ledger(p.monitor_context(), tmp_path / "once.duckdb")
+    once = Ledger(p.monitor_context(), DuckDBMonitorStore(tmp_path / "once.duckdb"))
     once.advance()
     assert steps.snapshot() == once.snapshot()
 
@@ -136,6 +141,6 @@ def test_a_prediction_logged_twice_counts_once(offers, tmp_path):
     p.log.append("predictions", again + again[:1], 0)  # across batches and within one
     steps.advance()
     assert len(steps.snapshot()["outcomes"]) == 10
-    once = Ledger(p.monitor_context(), tmp_path / "once.duckdb")
+    once = Ledger(p.monitor_context(), DuckDBMonitorStore(tmp_path / "once.duckdb"))
     once.advance()
     assert once.snapshot() == steps.snapshot()
