@@ -282,6 +282,8 @@ class Monitor:
         if frame.empty:
             return {"checked": 0, "rates": {}, "mismatches": []}
         frame = frame[~frame["unknown_entity"].astype(bool) & frame["features_at_us"].notna()]
+        if frame.empty:  # every prediction was for an unknown entity, served with defaults
+            return {"checked": 0, "rates": {}, "mismatches": []}
         frame = frame.sample(min(sample, len(frame)), random_state=seed).reset_index(drop=True)
         entity = self.ctx.definitions.services[service].entity
         spine = pd.DataFrame(list(frame["entity"]))[list(entity.keys)]

@@ -106,6 +106,16 @@ def test_skew_between_served_and_recomputed_features_is_zero_and_detected(monito
     assert alerts[0]["kind"] == "skew"
 
 
+def test_skew_over_unknown_entities_only_checks_nothing(monitored):
+    p, clock = monitored
+    clock["t"] = NOW + timedelta(days=4)
+    served = p.serving.predict("risk", [{"user_id": "nobody"}, {"user_id": "no-one"}], "test")
+    assert all(x.unknown_entity for x in served)  # served with the defaults
+    since = to_micros(clock["t"] - timedelta(minutes=1))
+    report = Monitor(p.monitor_context()).skew("risk", since, to_micros(clock["t"]) + 1)
+    assert report == {"checked": 0, "rates": {}, "mismatches": []}
+
+
 def test_the_html_report_shows_performance_drift_and_predictions(monitored):
     from html.parser import HTMLParser
 
