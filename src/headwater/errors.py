@@ -14,6 +14,10 @@ class DefinitionError(HeadwaterError, ValueError):
     """A stream, entity or feature definition is invalid; the message says how to fix it."""
 
 
+class NotFoundError(HeadwaterError, LookupError):
+    """What a request names does not exist (an alert, a key); HTTP answers 404."""
+
+
 class StoreUnavailable(HeadwaterError):
     """A store the project runs on (Redis, PostgreSQL) cannot be reached; nothing was done,
     so the call can be retried once it is back."""

@@ -19,6 +19,8 @@ from headwater import Project
 from headwater.monitoring.ledger import Ledger
 from headwater.monitoring.monitor import Monitor
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "release-0.1.0.tar.gz"
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 FEATURES = ["visits_7d", "visits_30d", "device_lifetime"]
@@ -47,7 +49,7 @@ def test_online_features_and_predictions_are_those_of_the_release(release):
 
 def test_the_release_serves_over_http(release):
     project, expected = release
-    with TestClient(project.app()) as client:
+    with TestClient(project.app(), base_url=LOCAL) as client:
         for user, response in expected["predictions"].items():
             r = client.post("/v1/predict/churn", json={"entity": {"user_id": user}})
             assert r.status_code == 200, r.text

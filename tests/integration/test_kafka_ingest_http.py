@@ -15,6 +15,8 @@ from headwater import Project
 from tests.conftest import SMALL_DEFINITIONS, write_project
 from tests.kafka_broker import TansuBroker
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only
+
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -42,7 +44,7 @@ def _order(i: int) -> dict:
 
 
 def test_ingest_answers_503_while_the_broker_is_away_and_loses_nothing(tmp_path, broker):
-    with _project(tmp_path, broker) as p, TestClient(p.app()) as client:
+    with _project(tmp_path, broker) as p, TestClient(p.app(), base_url=LOCAL) as client:
         acked: list[str] = []
         first = [_order(i) for i in range(20)]
         r = client.post("/v1/events/orders", json=first)
@@ -81,7 +83,7 @@ def test_ingest_answers_503_while_the_broker_is_away_and_loses_nothing(tmp_path,
 
 def test_concurrent_ingest_during_an_outage_never_acknowledges_a_lost_event(tmp_path, broker):
     """Senders keep sending through a pause; whatever got 200 must be in the log after."""
-    with _project(tmp_path, broker) as p, TestClient(p.app()) as client:
+    with _project(tmp_path, broker) as p, TestClient(p.app(), base_url=LOCAL) as client:
         acked: list[str] = []
         statuses: list[int] = []
         stop = threading.Event()

@@ -16,6 +16,8 @@ from headwater.stores.online.redis import RedisOnlineStore
 from tests.conftest import SMALL_DEFINITIONS, write_project
 from tests.kafka_broker import free_port
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only
+
 
 def test_an_unreachable_redis_is_a_store_error_naming_it() -> None:
     port = free_port()  # nothing listens there
@@ -48,7 +50,7 @@ def _project_on(tmp_path, online: str):  # type: ignore[no-untyped-def]
 
 def test_http_answers_503_and_the_cli_one_line(tmp_path) -> None:
     folder = _project_on(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
-    with Project(folder) as p, TestClient(p.app()) as client:
+    with Project(folder) as p, TestClient(p.app(), base_url=LOCAL) as client:
         p.apply()
         r = client.post(
             "/v1/features", json={"entities": [{"user_id": "u1"}], "features": ["spend_7d"]}

@@ -9,7 +9,7 @@ from typing import Any
 
 from headwater.errors import DefinitionError
 
-_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def check_name(kind: str, name: str) -> str:

@@ -18,7 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from headwater.definitions import DType, Stream
-from headwater.ingestion.validate import TimePolicy
+from headwater.ingestion.validate import (
+    CONTROL_CHARACTERS,
+    MAX_TIMESTAMP_US,
+    MIN_TIMESTAMP_US,
+    TimePolicy,
+)
 
 
 @dataclass
@@ -86,7 +91,17 @@ def check_table(stream: Stream, table: pa.Table, policy: TimePolicy) -> Checked 
             good &= ~np.asarray(cast.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         columns[name] = cast
     times = columns[stream.time].fill_null(0).to_numpy()
-    good &= times <= policy.now_us + policy.max_future_us
+    good &= (times >= 0) & (times <= policy.now_us + policy.max_future_us)
+    for name, spec in stream.fields.items():
+        values = columns[name]
+        if spec.dtype is DType.TIMESTAMP and name != stream.time:
+            inside = pc.and_(
+                pc.greater_equal(values, MIN_TIMESTAMP_US), pc.less_equal(values, MAX_TIMESTAMP_US)
+            )
+            good &= np.asarray(inside.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
+        if name in stream.keys and spec.dtype is DType.STRING:
+            control = pc.match_substring_regex(values, CONTROL_CHARACTERS)
+            good &= ~np.asarray(control.fill_null(False).to_numpy(zero_copy_only=False), bool)
     if stream.allowed_lateness_us is not None:
         good &= times >= policy.now_us - stream.allowed_lateness_us
     if stream.id_field in names:
@@ -95,6 +110,8 @@ def check_table(stream: Stream, table: pa.Table, policy: TimePolicy) -> Checked 
             return None
         lengths = pc.fill_null(pc.utf8_length(ids), 0).to_numpy()
         good &= (lengths > 0) & (lengths <= 256)
+        control = pc.match_substring_regex(ids, CONTROL_CHARACTERS)
+        good &= ~np.asarray(control.fill_null(False).to_numpy(zero_copy_only=False), bool)
         event_ids = ids.to_pylist()
     else:
         event_ids = [uuid.uuid4().hex for _ in range(n)]

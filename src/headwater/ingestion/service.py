@@ -17,6 +17,8 @@ from headwater.ingestion.columnar import check_table
 from headwater.ingestion.validate import Rejected, TimePolicy, validate
 from headwater.log.base import DEAD_LETTER_STREAM, Log, NewRecord
 
+DEAD_LETTER_TEXT = 65_536  # characters of an event kept when JSON cannot hold it
+
 
 class UnknownStreamError(HeadwaterError, LookupError):
     """Events were sent to a stream the project does not declare."""
@@ -175,9 +177,13 @@ def _key(stream: Stream, row: Mapping[str, Any]) -> str:
 
 
 def _dead_letter(stream: str, raw: Any, reason: str, now: int) -> NewRecord:
-    payload = orjson.dumps(
-        {"stream": stream, "reason": reason, "event": raw},
-        default=repr,
-        option=orjson.OPT_NON_STR_KEYS,
-    )
+    """The dead-letter record of a rejected event; an event JSON cannot hold (nested past
+    orjson's limit) is kept as the start of its text, so building the record never fails."""
+    record = {"stream": stream, "reason": reason, "event": raw}
+    try:
+        payload = orjson.dumps(record, default=repr, option=orjson.OPT_NON_STR_KEYS)
+    except (orjson.JSONEncodeError, TypeError, RecursionError):
+        record["event"] = None
+        record["event_text"] = repr(raw)[:DEAD_LETTER_TEXT]
+        payload = orjson.dumps(record)
     return NewRecord(uuid.uuid4().hex, now, payload)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from headwater.definitions import Stream
+from headwater.definitions import DType, Stream
 from headwater.definitions.types import InvalidValue, coerce, from_micros
 from headwater.errors import did_you_mean
+
+# Timestamps a person and datetime can read: 0001-01-01 to 9999-12-31 (event times start at
+# 1970: an event before it is a sender's bug, e.g. seconds sent as negative microseconds).
+MIN_TIMESTAMP_US = -62_135_596_800_000_000
+MAX_TIMESTAMP_US = 253_402_300_799_999_999
+MAX_DEPTH = 32  # nesting of a kept unknown field (objects and arrays)
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"  # not allowed in keys and event ids
+_CONTROL = re.compile(CONTROL_CHARACTERS)
 
 
 class Rejected(ValueError):
@@ -48,11 +57,22 @@ def validate(stream: Stream, raw: Any, policy: TimePolicy) -> ValidEvent:
             out[name] = coerce(spec.dtype, value)
         except InvalidValue as exc:
             raise Rejected(f"field {name!r}: {exc}") from None
+        if (
+            spec.dtype is DType.TIMESTAMP
+            and name != stream.time  # the event time has its own bounds (_check_time)
+            and not (MIN_TIMESTAMP_US <= out[name] <= MAX_TIMESTAMP_US)
+        ):
+            raise Rejected(f"field {name!r}: {out[name]} µs is outside the years 1 to 9999")
+    for name in stream.keys:
+        if isinstance(out[name], str) and _CONTROL.search(out[name]):
+            raise Rejected(f"key field {name!r} contains a control character")
     event_id = raw.get(stream.id_field)
     if event_id is None:
         event_id = uuid.uuid4().hex
     elif not isinstance(event_id, str) or not event_id or len(event_id) > 256:
         raise Rejected(f"{stream.id_field!r} must be a non-empty string of at most 256 characters")
+    elif _CONTROL.search(event_id):
+        raise Rejected(f"{stream.id_field!r} contains a control character")
     extra = [k for k in raw if k not in stream.fields and k != stream.id_field]
     if extra:
         if stream.unknown_fields == "reject":
@@ -62,6 +82,9 @@ def validate(stream: Stream, raw: Any, policy: TimePolicy) -> ValidEvent:
                 + did_you_mean(name, list(stream.fields))
             )
         if stream.unknown_fields == "keep":
+            for k in extra:
+                if _depth(raw[k]) > MAX_DEPTH:
+                    raise Rejected(f"field {str(k)!r} is nested more than {MAX_DEPTH} levels deep")
             out.update({str(k): raw[k] for k in extra})
     out[stream.id_field] = event_id
     event_time = out[stream.time]
@@ -77,7 +100,27 @@ def _shown(micros: int) -> str:
         return f"{micros} µs after 1970-01-01"
 
 
+def _depth(value: Any, limit: int = MAX_DEPTH + 1) -> int:
+    """How deeply ``value`` nests objects and arrays, counted up to ``limit``."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        children = [
+            c
+            for v in level
+            for c in (v.values() if isinstance(v, Mapping) else v if isinstance(v, list) else ())
+        ]
+        if not any(isinstance(v, Mapping | list) for v in level):
+            break
+        depth, level = depth + 1, children
+    return depth
+
+
 def _check_time(stream: Stream, event_time: int, policy: TimePolicy) -> None:
+    if event_time < 0:
+        raise Rejected(
+            f"event time {_shown(event_time)} is before 1970-01-01; check the sender's clock "
+            "and the time's unit"
+        )
     if event_time > policy.now_us + policy.max_future_us:
         raise Rejected(
             f"event time {_shown(event_time)} is in the future "

@@ -25,13 +25,13 @@ from headwater.definitions import Feedback, Service
 from headwater.definitions.types import from_micros
 from headwater.history.labels import label_values
 from headwater.log.base import NewRecord, Record
+from headwater.monitoring.alerts import ALERTS
 from headwater.monitoring.context import MonitorContext
 from headwater.monitoring.drift import ColumnDrift, Thresholds, profile_drift
 from headwater.monitoring.ledger import Ledger
 from headwater.training import evaluation
 
 PREDICTIONS = "predictions"
-ALERTS = "alerts"
 
 
 @dataclass

@@ -43,10 +43,28 @@ class IngestSettings:
     max_future_us: int = 5 * 60 * 1_000_000
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
+    """``[server]``: where to listen and who may call. ``auth = "keys"`` requires an API key
+    with the right scope on every route but the public ones; ``allowed_hosts`` are the names
+    the ``Host`` header may carry (DNS rebinding defence); ``allowed_origins`` the web origins
+    allowed to call besides the server's own (CORS answers only for them); ``rate_limit``
+    requests per second per key (0: none); ``max_entities`` per predict or features call."""
+
     host: str = "127.0.0.1"
     port: int = 8800
+    auth: str = "none"
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allowed_origins: tuple[str, ...] = ()
+    metrics_public: bool = False
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0  # 0: twice the rate
+    max_entities: int = 1000
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,14 +133,49 @@ def load_settings(root: str | Path) -> Settings:
                 max_events_per_request=int(ingest.get("max_events_per_request", 100_000)),
                 max_future_us=parse_duration(ingest.get("max_future", "5m")),
             ),
-            server=ServerSettings(
-                host=str(server.get("host", "127.0.0.1")), port=int(server.get("port", 8800))
-            ),
+            server=_server_settings(server),
             tracking=TrackingSettings(mlflow_uri=_table(data, "tracking").get("mlflow_uri")),
             offline=_offline_settings(_table(data, "offline")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from None
+
+
+def _server_settings(server: dict[str, Any]) -> ServerSettings:
+    auth = str(server.get("auth", "none"))
+    if auth not in ("none", "keys"):
+        raise ValueError(f'[server] auth must be "none" or "keys", not {auth!r}')
+    metrics_public = server.get("metrics_public", False)
+    if not isinstance(metrics_public, bool):
+        raise ValueError(f"[server] metrics_public must be true or false, not {metrics_public!r}")
+    hosts = _strings(server, "allowed_hosts", LOOPBACK_HOSTS)
+    origins = _strings(server, "allowed_origins", ())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(f"[server] allowed_origins: {origin!r} is not an http(s) origin")
+    settings = ServerSettings(
+        host=str(server.get("host", "127.0.0.1")),
+        port=int(server.get("port", 8800)),
+        auth=auth,
+        allowed_hosts=hosts,
+        allowed_origins=tuple(o.rstrip("/") for o in origins),
+        metrics_public=metrics_public,
+        rate_limit=float(server.get("rate_limit", 0)),
+        rate_burst=float(server.get("rate_burst", 0)),
+        max_entities=int(server.get("max_entities", 1000)),
+        tls_cert=server.get("tls_cert"),
+        tls_key=server.get("tls_key"),
+    )
+    if settings.rate_limit < 0 or settings.max_entities < 1:
+        raise ValueError("[server] rate_limit must be >= 0 and max_entities >= 1")
+    return settings
+
+
+def _strings(table: dict[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(name, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"[server] {name} must be a list of strings")
+    return tuple(value)
 
 
 def _offline_settings(offline: dict[str, Any]) -> OfflineSettings:

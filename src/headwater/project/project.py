@@ -22,11 +22,15 @@ from headwater.project import wiring
 from headwater.project.config import Settings, load_settings
 from headwater.project.loader import Definitions, load_definitions
 from headwater.project.planning import Plan, apply_plan, make_plan
+from headwater.security.access import AccessControl
+from headwater.security.audit import AuditLog
+from headwater.security.keys import ApiKey
 from headwater.streaming.processor import ProcessingError, ProcessStats
 from headwater.streaming.workers import run_workers
 from headwater.training.sets import to_arrow
 
 if TYPE_CHECKING:
+    from headwater.monitoring.alerts import Alerts
     from headwater.monitoring.context import MonitorContext
     from headwater.monitoring.ledger import Progress
     from headwater.monitoring.service import MonitorRun
@@ -82,6 +86,7 @@ class Project:
         self.archiver, self.online = self.core.archiver, self.core.online
         self.training, self.registry = self.core.training, self.core.registry
         self._serving: Serving | None = None
+        self._access: AccessControl | None = None
         self._check_models()
 
     def _check_models(self) -> None:
@@ -361,8 +366,61 @@ class Project:
     def app(self) -> App:
         """The HTTP API of this project (``headwater serve`` runs it; OpenAPI at /docs)."""
         return wiring.build_app(
-            self.settings, self.stores, self.core, lambda: self.serving, self.ingest, self.now
+            self.settings,
+            self.definitions,
+            self.catalog,
+            self.stores,
+            self.core,
+            lambda: self.serving,
+            self.ingest,
+            self.now,
+            self.access,
         )
+
+    # -- keys and audit ------------------------------------------------------------------
+
+    @property
+    def access(self) -> AccessControl:
+        """API keys and the owners of every definition (``headwater keys``)."""
+        if self._access is None:
+            self._access = wiring.build_access(self.definitions, self.stores, self.now)
+        return self._access
+
+    @property
+    def alerts(self) -> Alerts:
+        """Alerts the monitor raised, and their acknowledgements (``headwater alerts``)."""
+        from headwater.monitoring.alerts import Alerts
+
+        return Alerts(self.log, self.metadata, self.now)
+
+    @property
+    def audit_log(self) -> AuditLog:
+        """The ``_audit`` stream: every write through the server, and key changes."""
+        return AuditLog(self.log, self.now)
+
+    def create_key(
+        self,
+        team: str,
+        scopes: Sequence[str],
+        *,
+        expires_us: int | None = None,
+        by: str = "sdk",
+        description: str = "",
+    ) -> tuple[ApiKey, str]:
+        """A new API key of ``team`` and its secret (shown once: only a digest is kept).
+        Scopes name existing definitions (see ``security/scopes.py`` for the grammar)."""
+        self.access.check_scopes(scopes)
+        key, secret = self.access.keys.create(
+            team, scopes, by=by, expires_us=expires_us, description=description
+        )
+        self.audit_log.record("-", by, "key.create", key.id, detail=", ".join(scopes))
+        return key, secret
+
+    def revoke_key(self, key_id: str, *, by: str = "sdk") -> ApiKey:
+        """Revoke a key; every server refuses it within 5 seconds."""
+        key = self.access.keys.revoke(key_id)
+        self.audit_log.record("-", by, "key.revoke", key_id)
+        return key
 
     def predict(
         self, service: str, entity: Mapping[str, Any] | None = None, /, **keys: Any
@@ -526,12 +584,28 @@ class Project:
         with_processor: bool = False,
         with_scoring: bool = False,
         monitor_every: float = 0,
+        tls: tuple[str, str] | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         """Serve the HTTP API until interrupted (default address from ``headwater.toml``),
         optionally with the stream processor, the scoring of trigger streams and a periodic
-        monitor (exported on /metrics) running beside it."""
-        from headwater.serving.http.server import Task, run_server
+        monitor (exported on /metrics) running beside it. A non-loopback address needs
+        ``[server] auth = "keys"``; ``tls`` is (certificate file, key file); ``announce``
+        gets the base URL once the server accepts connections."""
+        from headwater.serving.http.server import Task, is_loopback, run_server
 
+        server = self.settings.server
+        host = host or server.host
+        if not is_loopback(host) and server.auth != "keys":
+            raise DefinitionError(
+                f"refusing to serve on {host} without authentication: anyone who reaches it "
+                'could ingest, read features and predict. Set [server] auth = "keys" in '
+                "headwater.toml and create keys (`headwater keys create --admin` for the "
+                "first), or serve on 127.0.0.1"
+            )
+        tls = tls or (
+            (server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None
+        )
         app = self.app()
         tasks: list[Task] = []
         if with_processor:
@@ -552,13 +626,7 @@ class Project:
         def freeze() -> None:  # states decoded later leave the collector's generations too
             self.online.freeze_cached_states = True
 
-        run_server(
-            app,
-            host or self.settings.server.host,
-            port or self.settings.server.port,
-            tasks,
-            freeze,
-        )
+        run_server(app, host, port or server.port, tasks, freeze, tls, announce)
 
     # -- sources ---------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ from headwater.log.base import Log
 from headwater.log.urls import open_log
 from headwater.project.config import Settings
 from headwater.registry.registry import Registry
+from headwater.security.access import AccessControl
+from headwater.security.audit import AuditLog
+from headwater.security.keys import KeyStore
 from headwater.stores.artifacts.base import ArtifactStore
 from headwater.stores.metadata.base import MetadataStore
 from headwater.stores.monitor.base import MonitorStore
@@ -204,18 +207,53 @@ def build_source_runner(
     return SourceRunner(definitions.sources, ingest, stores.metadata, clock, settings.root)
 
 
+def build_access(definitions: Definitions, stores: Stores, clock: Clock) -> AccessControl:
+    """API keys and who owns what: the owners come from the definitions."""
+    owners: dict[tuple[str, str], str] = {}
+    for kind, named in (
+        ("stream", definitions.streams),
+        ("feature", definitions.features),
+        ("feature", definitions.derived),
+        ("model", definitions.models),
+        ("service", definitions.services),
+    ):
+        for name, definition in named.items():
+            owners[(kind, name)] = definition.owner
+    feedback = {label.stream.name for label in definitions.labels.values()}
+    feedback |= {s.feedback.stream.name for s in definitions.services.values() if s.feedback}
+    return AccessControl(KeyStore(stores.metadata, clock), owners, feedback)
+
+
 def build_app(
     settings: Settings,
+    definitions: Definitions,
+    catalog: FeatureCatalog,
     stores: Stores,
     core: Core,
     serving: Callable[[], Serving],
     ingest: Ingest,
     clock: Clock,
+    access: AccessControl,
 ) -> App:
-    """The HTTP API of the project (see ``serving/http``)."""
+    """The HTTP API of the project (see ``serving/http``), behind the guards ``[server]``
+    configures."""
+    from headwater.monitoring.alerts import Alerts
+    from headwater.security.limits import RateLimits
     from headwater.serving.http.app import create_app
+    from headwater.serving.http.guards import GuardSettings
     from headwater.serving.http.services import HttpServices
 
+    server = settings.server
+    alerts = Alerts(stores.log, stores.metadata, clock)
+
+    def ack_alert(alert_id: str, by: str, team: str, reason: str) -> dict[str, Any]:
+        return alerts.ack(alert_id, by, team, reason).as_dict()
+
+    limits = None
+    if server.rate_limit > 0:
+        limits = RateLimits(server.rate_limit, server.rate_burst or 2 * server.rate_limit)
+    owned_by = {name: column.feature.name for name, column in catalog.columns.items()}
+    owned_by.update({name: name for name in catalog.derived})
     return create_app(
         HttpServices(
             name=settings.name,
@@ -228,5 +266,19 @@ def build_app(
             processor=core.processor,
             log=stores.log,
             clock=clock,
-        )
+            audit=AuditLog(stores.log, clock),
+            registry=core.registry,
+            models=definitions.models,
+            ack_alert=ack_alert,
+            access=access if server.auth == "keys" else None,
+            feature_definitions=owned_by,
+            max_entities=server.max_entities,
+        ),
+        GuardSettings(
+            allowed_hosts=frozenset(server.allowed_hosts),
+            allowed_origins=frozenset(server.allowed_origins),
+            access=access if server.auth == "keys" else None,
+            metrics_public=server.metrics_public,
+            rate_limits=limits,
+        ),
     )

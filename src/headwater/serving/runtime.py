@@ -25,6 +25,10 @@ from headwater.training.sets import TrainingSets
 OUTPUT_BATCH = 1000
 
 
+class UnknownServiceError(DefinitionError, LookupError):
+    """A prediction for a service the project does not declare."""
+
+
 class Serving:
     """Predictions of a project's services: the four ways in (in-process, HTTP, batch,
     stream) share its predictors, loaded models and prediction logger."""
@@ -51,7 +55,9 @@ class Serving:
     def service(self, name: str) -> Service:
         services = self.services
         if name not in services:
-            raise DefinitionError(f"unknown service {name!r}" + did_you_mean(name, list(services)))
+            raise UnknownServiceError(
+                f"unknown service {name!r}" + did_you_mean(name, list(services))
+            )
         return services[name]
 
     def predictor(self, name: str) -> Predictor:

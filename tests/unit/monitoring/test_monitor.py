@@ -16,6 +16,8 @@ from tests.conftest import write_project
 from tests.unit.serving.test_predict import SERVICES
 from tests.unit.training.conftest import NOW, visits
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only
+
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory):
@@ -156,7 +158,7 @@ def test_monitor_figures_are_exported_on_metrics(monitored):
     app.state.metrics.record_monitor(
         Monitor(p.monitor_context()).run("risk", since_us=to_micros(NOW - timedelta(days=11)))
     )
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         text = client.get("/metrics").text
     assert 'headwater_monitor_label_coverage{model="churn",service="risk"' in text
     assert 'headwater_monitor_metric{metric="auc",model="churn"' in text

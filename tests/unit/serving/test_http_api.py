@@ -11,11 +11,13 @@ from fastapi.testclient import TestClient
 from headwater import Project
 from headwater.log.base import DEAD_LETTER_STREAM
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only
+
 
 @pytest.fixture
 def client(small_project):
     project = Project(small_project)
-    with TestClient(project.app()) as c:
+    with TestClient(project.app(), base_url=LOCAL) as c:
         c.project = project  # type: ignore[attr-defined]
         yield c
     project.close()
@@ -60,6 +62,13 @@ def test_duplicate_event_ids_are_appended_once(client):
         ({"ts": time.time() + 86400}, "is in the future"),
         ({"ts": 1e12}, "µs after 1970-01-01 is in the future"),  # past year 9999: no crash
         ({"event_id": 7}, "'event_id' must be a non-empty string"),
+        ({"ts": -9000000000000}, "is before 1970-01-01"),
+        ({"ts": -1}, "is before 1970-01-01"),
+        ({"user_id": "u\x00"}, "key field 'user_id' contains a control character"),
+        ({"user_id": "u\n1"}, "key field 'user_id' contains a control character"),
+        ({"user_id": "u\x85"}, "key field 'user_id' contains a control character"),
+        ({"event_id": "e\x1b[31m"}, "'event_id' contains a control character"),
+        ({"user_id": {"a": [1] * 3}}, "field 'user_id': expected string"),
     ],
 )
 def test_each_bad_event_gets_its_reason_and_valid_ones_are_kept(client, bad, reason):
@@ -129,6 +138,36 @@ def test_unknown_fields_are_kept_when_the_stream_says_so(client):
     assert r.json()["accepted"] == 1
     payload = orjson.loads(client.project.log.read("clicks", 0, 1)[0].payload)
     assert payload["x"] == [1]
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [33, 253, 300])
+def test_deeply_nested_fields_are_dead_lettered_and_the_valid_events_kept(client, depth):
+    good = {"user_id": "u1", "ts": time.time()}
+    events = [good, {**good, "x": _nested(depth), "user_id": "u2"}, {**good, "user_id": "u3"}]
+    r = client.post("/v1/events/clicks", json=events)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 2 and [x["index"] for x in body["rejected"]] == [1]
+    assert "nested more than 32 levels" in body["rejected"][0]["reason"]
+    letter = orjson.loads(client.project.log.read(DEAD_LETTER_STREAM, 0, 10)[0].payload)
+    assert "nested more than 32" in letter["reason"]
+    # the event is kept whole when JSON can hold it, as the start of its text otherwise
+    assert letter["event"] == events[1] or letter["event_text"].startswith("{'user_id'")
+
+
+def test_a_string_field_given_deep_nesting_is_dead_lettered_without_a_500(client):
+    events = [_order(1), _order(2, status=_nested(260)), _order(3)]
+    r = client.post("/v1/events/orders", json=events)
+    assert r.status_code == 200 and r.json()["accepted"] == 2
+    letter = orjson.loads(client.project.log.read(DEAD_LETTER_STREAM, 0, 10)[0].payload)
+    assert "field 'status'" in letter["reason"] and letter["event_text"]
 
 
 def test_features_after_processing(client):

@@ -16,6 +16,8 @@ from headwater.serving.routing import bucket
 from tests.conftest import write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only
+
 SERVICES = (
     DEFINITIONS
     + """
@@ -68,7 +70,7 @@ def test_the_four_paths_give_identical_predictions_and_log_records(served):
     p = served
     before = len(_predictions(p))
     inprocess = p.predict("risk", user_id="u7")
-    with TestClient(p.app()) as client:
+    with TestClient(p.app(), base_url=LOCAL) as client:
         http = client.post("/v1/predict/risk", json={"entity": {"user_id": "u7"}}).json()
     batch = p.score("risk", pd.DataFrame({"user_id": ["u7"], "timestamp": [NOW]}))
     p.ingest("checkouts", [{"user_id": "u7", "ts": NOW - timedelta(seconds=1)}])
@@ -154,12 +156,13 @@ def test_the_bandit_learns_to_serve_the_better_variant(served):
 
 
 def test_bad_requests_unknown_entities_and_metrics(served):
-    with TestClient(served.app()) as client:
+    with TestClient(served.app(), base_url=LOCAL) as client:
         unknown = client.post("/v1/predict/risk", json={"entity": {"user_id": "nobody"}}).json()
         assert unknown["predictions"][0]["unknown_entity"] is True
         assert client.post("/v1/predict/risk", json={"entity": {"uid": 1}}).status_code == 422
         assert (
-            client.post("/v1/predict/risky", json={"entity": {"user_id": "a"}}).status_code == 422
+            # an unknown service is 404 as the OpenAPI says (issue 18: it was 422)
+            client.post("/v1/predict/risky", json={"entity": {"user_id": "a"}}).status_code == 404
         )
         assert (
             client.post(
@@ -196,7 +199,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
 
     def answers(app: FastAPI) -> list[tuple[int, dict]]:
         out = []
-        with TestClient(app) as client:
+        with TestClient(app, base_url=LOCAL) as client:
             for body in bodies:
                 r = client.post("/v1/predict/risk", json=body)
                 out.append((r.status_code, _without_ids(r.json())))
@@ -205,7 +208,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
         return out
 
     assert answers(fast) == answers(slow)
-    assert [status for status, _ in answers(fast)] == [200, 422, 422, 422, 422]
+    assert [status for status, _ in answers(fast)] == [200, 422, 422, 422, 404]
 
     lookups = [
         {"entities": [{"user_id": "u1"}, {"user_id": "nobody"}], "features": ["visits_7d"]},
@@ -216,7 +219,7 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
     ]
 
     def lookup(app: FastAPI) -> list[tuple[int, dict]]:
-        with TestClient(app) as client:
+        with TestClient(app, base_url=LOCAL) as client:
             return [
                 (r.status_code, r.json())
                 for r in (client.post("/v1/features", json=body) for body in lookups)
@@ -226,9 +229,11 @@ def test_the_fast_path_and_the_fastapi_route_answer_alike(served):
     assert fast_lookups == lookup(slow)
     assert [status for status, _ in fast_lookups] == [200, 200, 404, 422, 422]
     assert fast_lookups[1][1]["at"] == "2026-02-20T10:00:00Z"
-    with TestClient(fast) as client:
+    with TestClient(fast, base_url=LOCAL) as client:
         too_big = b'{"entity": {"user_id": "' + b"x" * (17 * 1024 * 1024) + b'"}}'
-        r = client.post("/v1/predict/risk", content=too_big)
+        r = client.post(
+            "/v1/predict/risk", content=too_big, headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413 and "limit" in r.json()["detail"]
         assert client.get("/v1/predict/risk").status_code == 405  # not ours: passed through
         assert client.post("/v1/predict/risk/extra", json=bodies[0]).status_code == 404
@@ -242,7 +247,7 @@ def _without_ids(body: dict) -> dict:
 
 def test_a_service_without_a_promoted_version_answers_503(project_factory):
     folder = project_factory(SERVICES)
-    with Project(folder, clock=lambda: NOW) as p, TestClient(p.app()) as client:
+    with Project(folder, clock=lambda: NOW) as p, TestClient(p.app(), base_url=LOCAL) as client:
         r = client.post("/v1/predict/risk", json={"entity": {"user_id": "u1"}})
         assert r.status_code == 503
         assert "has no 'champion' version" in r.json()["detail"]
@@ -262,7 +267,7 @@ def test_promotion_takes_effect_under_load_without_failed_requests(served, monke
     monkeypatch.setattr(p.serving.scorers, "_refresh", 0.05)
     failures, versions = [], []
     stop = threading.Event()
-    with TestClient(p.app()) as client:
+    with TestClient(p.app(), base_url=LOCAL) as client:
 
         def hammer() -> None:
             while not stop.is_set():
@@ -320,7 +325,7 @@ def test_predictions_can_be_logged_as_json_lines(served, capsys):
 
     logs.configure(logging.INFO)
     try:
-        with TestClient(served.app()) as client:
+        with TestClient(served.app(), base_url=LOCAL) as client:
             answer = client.post("/v1/predict/risk", json={"entity": {"user_id": "u5"}}).json()
             ready = client.get("/readyz").json()
     finally:

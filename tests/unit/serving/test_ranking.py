@@ -13,6 +13,8 @@ from headwater import Project
 from headwater.definitions import DefinitionError
 from tests.conftest import write_project
 
+LOCAL = "http://localhost"  # the server answers loopback Host names only
+
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 DEFINITIONS = """
@@ -89,7 +91,7 @@ def _logged(p: Project) -> list[dict]:
 def test_http_ranking_returns_the_k_best_and_logs_every_candidate(ranked):
     p = ranked
     before = len(_logged(p))
-    with TestClient(p.app()) as client:
+    with TestClient(p.app(), base_url=LOCAL) as client:
         r = client.post(
             "/v1/predict/recommend", json={"entity": {"user_id": "u3"}, "candidates": ITEMS}
         )
@@ -168,7 +170,7 @@ def test_unknown_candidates_get_defaults_and_are_flagged(ranked):
     ],
 )
 def test_bad_ranking_requests_get_422_with_the_reason(ranked, body, reason):
-    with TestClient(ranked.app()) as client:
+    with TestClient(ranked.app(), base_url=LOCAL) as client:
         r = client.post("/v1/predict/recommend", json=body)
     assert r.status_code == 422, r.text
     assert reason in r.json()["detail"]

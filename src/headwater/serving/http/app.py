@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from headwater.serving.http.errors import STATUS_OF
 from headwater.serving.http.fastpath import FastPaths
+from headwater.serving.http.guards import Guards, GuardSettings
 from headwater.serving.http.metrics import ServerMetrics
-from headwater.serving.http.routes import events, features, health, metrics, predict
+from headwater.serving.http.routes import alerts, events, features, health, metrics, models, predict
 from headwater.serving.http.services import HttpServices
 
 App = FastAPI  # what create_app returns, named for modules that do not import fastapi
 
 
-def create_app(services: HttpServices) -> FastAPI:
+def create_app(services: HttpServices, guard: GuardSettings) -> FastAPI:
     """Build the HTTP API over a project's services (``headwater serve`` runs it)."""
     app = FastAPI(
         title=f"headwater: {services.name}",
@@ -28,12 +30,23 @@ def create_app(services: HttpServices) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(models.router)
+    app.include_router(alerts.router)
 
     for exc_type, status in STATUS_OF:
         app.add_exception_handler(exc_type, _handler(status))
     # predictions and feature lookups skip FastAPI's routing and dependency machinery (the
     # routes above stay for the OpenAPI document and answer identically)
     app.add_middleware(FastPaths)
+    # outermost: every request, fast paths included, passes the guards first
+    app.add_middleware(Guards, settings=guard)
+    if guard.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(guard.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-api-key"],
+        )
     return app
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from headwater.serving.http.heavy import answer_off_loop
 from headwater.serving.http.routes import features, predict
 
 PREDICT = "/v1/predict/"
@@ -39,9 +40,10 @@ class FastPaths:
         if isinstance(body, tuple):
             status, payload = body
         elif service is not None:
-            status, payload = predict.answer(app, service, body)
+            status, payload = await answer_off_loop(_predict, app, body, service)
         else:
-            status, payload = features.answer(app, body)
+            key = scope.get("state", {}).get("api_key")
+            status, payload = await answer_off_loop(features.answer, app, body, key)
         await send(
             {
                 "type": "http.response.start",
@@ -53,6 +55,10 @@ class FastPaths:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+def _predict(app: Any, body: bytes, service: str) -> tuple[int, bytes]:
+    return predict.answer(app, service, body)
 
 
 async def _body(receive: Any, limit: int) -> bytes | tuple[int, bytes] | None:

@@ -4,6 +4,7 @@ stream scoring, monitoring) that stop when the server does."""
 from __future__ import annotations
 
 import gc
+import ipaddress
 import socket
 import sys
 import threading
@@ -18,14 +19,32 @@ from headwater.serving.http.app import App
 Task = Callable[[threading.Event], None]  # runs until the event is set
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def run_server(
     app: App,
     host: str,
     port: int,
     tasks: Sequence[Task] = (),
     before_start: Callable[[], None] | None = None,
+    tls: tuple[str, str] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve ``app`` on ``host:port`` until interrupted, each task in a daemon thread."""
+    """Serve ``app`` on ``host:port`` until interrupted, each task in a daemon thread;
+    ``tls`` is (certificate file, key file); ``announce`` is called with the base URL once
+    the server accepts connections."""
     stop = threading.Event()
     for task in tasks:
         threading.Thread(target=task, args=(stop,), daemon=True).start()
@@ -36,10 +55,32 @@ def run_server(
     if before_start is not None:
         before_start()
     sys.setswitchinterval(0.001)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
+    )
+    server = uvicorn.Server(config)
+    if announce is not None:
+        scheme = "https" if tls else "http"
+        name = f"[{host}]" if ":" in host else host
+        threading.Thread(
+            target=_announce, args=(server, f"{scheme}://{name}:{port}", announce), daemon=True
+        ).start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        server.run()
     finally:
         stop.set()
+
+
+def _announce(server: uvicorn.Server, url: str, announce: Callable[[str], None]) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if server.started:
+        announce(url)
 
 
 @contextmanager

@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from headwater.ingestion.service import IngestResult
+from headwater.serving.http.guards import caller
 from headwater.serving.http.services import HttpServices
 
 router = APIRouter(tags=["events"])
@@ -83,7 +85,21 @@ async def ingest_events(stream: str, request: Request) -> Any:
     body = await read_limited_body(request, services.max_request_bytes)
     events = parse_events(body, services.max_events_per_request)
     services.ingestor.stream(stream)  # 404 before any work
-    result = await run_in_threadpool(services.ingest, stream, events)
+    key_id, team = caller(request.state)
+
+    def ingest() -> IngestResult:
+        result = services.ingest(stream, events)
+        counts = {
+            "events": len(events),
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "rejected": len(result.rejected),
+        }
+        outcome = "rejected" if events and len(result.rejected) == len(events) else "ok"
+        services.audit.record(key_id, team, "ingest", stream, outcome, counts)
+        return result
+
+    result = await run_in_threadpool(ingest)
     request.app.state.metrics.ingested.labels(stream).inc(result.accepted)
     request.app.state.metrics.rejected.labels(stream).inc(len(result.rejected))
     payload = {

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from headwater.serving.http.errors import error_answer
+from headwater.serving.http.heavy import answer_off_loop, too_many
 from headwater.serving.http.services import HttpServices
 
 router = APIRouter(tags=["predictions"])
@@ -85,8 +86,13 @@ async def predict(service: str, request: Request) -> Response:
     Served by ``PredictFastPath`` in a running server; this route documents the call and
     answers the same way where the fast path is not installed.
     """
-    status, body = answer(request.app, service, await request.body())
-    return Response(body, status_code=status, media_type="application/json")
+    body = await request.body()
+    status, out = await answer_off_loop(_answer_service, request.app, body, service)
+    return Response(out, status_code=status, media_type="application/json")
+
+
+def _answer_service(app: Any, body: bytes, service: str) -> tuple[int, bytes]:
+    return answer(app, service, body)
 
 
 def answer(app: Any, service: str, body: bytes) -> tuple[int, bytes]:
@@ -103,8 +109,8 @@ def answer(app: Any, service: str, body: bytes) -> tuple[int, bytes]:
         data = _body(body)
         predictor = services.serving.predictor(service)
         if "candidates" in data:
-            return _rank(predictor, data, metrics, service, start)
-        predictions = predictor.predict(_rows(data), "http")
+            return _rank(predictor, data, metrics, service, start, services.max_entities)
+        predictions = predictor.predict(_rows(data, services.max_entities), "http")
     except Exception as exc:
         known = error_answer(exc)
         if known is None or known[0] >= 500:
@@ -150,17 +156,19 @@ def _body(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(data: dict[str, Any], limit: int) -> list[dict[str, Any]]:
     rows = data.get("entities")
     if rows is None:
         rows = [data.get("entity") or {}]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise HTTPException(422, '"entities" must be a list of objects')
+    if len(rows) > limit:
+        raise HTTPException(413, too_many(len(rows), limit))
     return rows
 
 
 def _rank(
-    predictor: Any, data: dict[str, Any], metrics: Any, service: str, start: float
+    predictor: Any, data: dict[str, Any], metrics: Any, service: str, start: float, limit: int
 ) -> tuple[int, bytes]:
     """A ranking request: one entity, its candidates, optionally ``k``."""
     entity, candidates = data.get("entity") or {}, data["candidates"]
@@ -168,6 +176,8 @@ def _rank(
         raise HTTPException(422, '"entity" must be an object')
     if not isinstance(candidates, list):
         raise HTTPException(422, '"candidates" must be a list of ids or objects')
+    if len(candidates) > limit:
+        raise HTTPException(413, too_many(len(candidates), limit))
     ranking = predictor.rank(entity, candidates, data.get("k"), "http")
     observe = metrics.for_service(service)
     observe.predict_latency.observe(time.perf_counter() - start)

@@ -1,0 +1,224 @@
+"""The request guards, in front of every route (the hot fast paths included): the ``Host``
+header, the ``Origin`` of browser requests, the content type of writes, the API key and its
+scope, and the key's rate limit. Each refusal is a JSON ``{"detail", "error"}`` answer.
+
+Public without a key: ``PUBLIC_PATHS`` and anything under ``PUBLIC_PREFIXES`` (the docs and
+their assets, the UI's shell and static files); ``/metrics`` too when ``metrics_public``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from headwater.security.access import AccessControl
+from headwater.security.keys import ApiKey, Unauthenticated
+from headwater.security.limits import RateLimits
+from headwater.security.scopes import Permission
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/ui"})
+PUBLIC_PREFIXES = ("/assets/", "/ui/")
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ANY_KEY = Permission("any")  # any valid key will do (listing models, metrics, unknown routes)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """What the guards allow; ``access`` None means auth is off (loopback development)."""
+
+    allowed_hosts: frozenset[str]
+    allowed_origins: frozenset[str]
+    access: AccessControl | None = None
+    metrics_public: bool = False
+    rate_limits: RateLimits | None = None
+
+
+def permission_of(method: str, path: str) -> Permission:
+    """What a request needs. Feature reads need some ``features:read`` scope here and one for
+    each feature's definition in the route (the names are in the body)."""
+    parts = path.strip("/").split("/")
+    if method == "POST" and len(parts) == 3 and parts[:2] == ["v1", "events"]:
+        return Permission("ingest", parts[2])
+    if method == "POST" and len(parts) == 3 and parts[:2] == ["v1", "predict"]:
+        return Permission("predict", parts[2])
+    if parts == ["v1", "features"]:
+        return Permission("features:read")
+    if (
+        method == "POST"
+        and len(parts) == 5
+        and parts[:2] == ["v1", "models"]
+        and parts[3] == "aliases"
+    ):
+        return Permission("models:promote", parts[2])
+    if (
+        method == "POST"
+        and len(parts) == 4
+        and parts[0:2] == ["v1", "alerts"]
+        and parts[3] == "ack"
+    ):
+        return Permission("alerts:ack")
+    return ANY_KEY
+
+
+class Guards:
+    """ASGI middleware: refuses what the settings do not allow, passes everything else on with
+    the verified key in ``scope["state"]["api_key"]``."""
+
+    def __init__(self, app: Any, settings: GuardSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":  # no route speaks it
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.check(scope)
+        if refusal is not None:
+            await _refuse(send, *refusal)
+            return
+        await self.app(scope, receive, send)
+
+    def check(self, scope: Any) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
+        """(status, error, reason, extra headers) of a refusal, or None to let it through."""
+        headers = _headers(scope)
+        host = headers.get("host", "")
+        if not self._host_allowed(host):
+            return 400, "HostNotAllowed", f"host {_clean(host)!r} is not served here", []
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin, host, scope):
+            return 403, "OriginNotAllowed", f"origin {_clean(origin)!r} is not allowed", []
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        if method in WRITE_METHODS:
+            media = headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                reason = "send the body as JSON with the header content-type: application/json"
+                return 415, "UnsupportedMediaType", reason, []
+        access = self.settings.access
+        if access is None or self._public(path):
+            return None
+        return self._authorize(access, scope, headers, method, path)
+
+    def _authorize(
+        self,
+        access: AccessControl,
+        scope: Any,
+        headers: dict[str, str],
+        method: str,
+        path: str,
+    ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
+        challenge = [(b"www-authenticate", b'Bearer realm="headwater"')]
+        token = _token(headers)
+        if token is None:
+            reason = "an API key is required: send the header authorization: Bearer <key>"
+            return 401, "Unauthenticated", reason, challenge
+        try:
+            key = access.authenticate(token)
+        except Unauthenticated as exc:
+            return 401, "Unauthenticated", str(exc), challenge
+        permission = permission_of(method, path)
+        if not _allowed(access, key, permission):
+            return 403, "Forbidden", _forbidden(key, permission), []
+        limits = self.settings.rate_limits
+        if limits is not None:
+            wait = limits.take(key.id)
+            if wait > 0:
+                retry = str(max(1, round(wait + 0.499))).encode()
+                reason = f"key {key.id} is over its rate limit of {limits.rate:g} requests/s"
+                return 429, "RateLimited", reason, [(b"retry-after", retry)]
+        scope.setdefault("state", {})["api_key"] = key
+        return None
+
+    def _public(self, path: str) -> bool:
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return True
+        return path == "/metrics" and self.settings.metrics_public
+
+    def _host_allowed(self, host: str) -> bool:
+        allowed = self.settings.allowed_hosts
+        return "*" in allowed or _hostname(host) in allowed
+
+    def _origin_allowed(self, origin: str, host: str, scope: Any) -> bool:
+        allowed = self.settings.allowed_origins
+        if "*" in allowed or origin.rstrip("/") in allowed:
+            return True
+        scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+        return origin == f"{scheme}://{host}"  # the server's own pages (same origin)
+
+
+def _allowed(access: AccessControl, key: ApiKey, permission: Permission) -> bool:
+    if permission is ANY_KEY:
+        return True
+    if permission.resource is None and permission.action == "features:read":
+        return any(s.action in ("admin", "features:read") or s.team for s in key.scopes)
+    return access.allows(key, permission)
+
+
+def _forbidden(key: ApiKey, permission: Permission) -> str:
+    need = permission.action + (f":{permission.resource}" if permission.resource else "")
+    return f"key {key.id} of team {key.team!r} lacks the scope {need}"
+
+
+def _token(headers: dict[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if value is not None:
+        scheme, _, token = value.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return headers.get("x-api-key")
+
+
+def _headers(scope: Any) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _hostname(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8800`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _clean(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text[:100])
+
+
+async def _refuse(
+    send: Callable[..., Any], status: int, error: str, reason: str, extra: list[Any]
+) -> None:
+    body = orjson.dumps({"detail": reason, "error": error})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def caller(state: Any) -> tuple[str, str]:
+    """(key id, team) of the request's verified key; ("-", "anonymous") when auth is off."""
+    key = state.get("api_key") if isinstance(state, dict) else getattr(state, "api_key", None)
+    return (key.id, key.team) if key is not None else ("-", "anonymous")
+
+
+def forbidden_features(
+    access: AccessControl | None,
+    key: ApiKey | None,
+    names: list[str],
+    definitions: Any,
+) -> str | None:
+    """Why ``key`` may not read ``names`` (the first feature it lacks), None if it may.
+    Unknown names pass here: the lookup answers 404 for them."""
+    if access is None or key is None:
+        return None
+    for name in names:
+        owner = definitions.get(name) if definitions is not None else None
+        if owner is not None and not access.allows(key, Permission("features:read", owner)):
+            return _forbidden(key, Permission("features:read", owner)) + f" (feature {name!r})"
+    return None
