@@ -1,5 +1,6 @@
 """headwater: raw events in; features, training sets, models and predictions out."""
 
+from headwater.client import Client
 from headwater.definitions import (
     Aggregation,
     Bandit,
@@ -38,6 +39,7 @@ from headwater.project.project import Project
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "Aggregation",
     "Bandit",
     "DefinitionError",

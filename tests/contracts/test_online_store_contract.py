@@ -225,7 +225,9 @@ def test_redis_refuses_a_ttl_that_is_not_positive():
 # -- end to end --------------------------------------------------------------------------
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-USERS = ["a", "b", "a:b", "é 🙂", "x\x1fy", "user 42"]
+# awkward keys: a separator, non-ASCII, a Unicode line separator (control characters such as
+# \x1f are refused at ingest since issue 18)
+USERS = ["a", "b", "a:b", "é 🙂", "x\u2028y", "user 42"]
 FEATURES = ["spend_1h", "spend_7d", "spend_lifetime", "clicks_1d"]
 
 

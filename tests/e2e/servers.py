@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ def headwater(*args: str, **kwargs) -> subprocess.Popen:  # type: ignore[no-unty
     return subprocess.Popen([sys.executable, "-m", "headwater", *args], env=env, **kwargs)
 
 
-def start_server(project: Path, port: int, *extra: str) -> subprocess.Popen:
+def start_server(
+    project: Path, port: int, *extra: str, scheme: str = "http", verify: bool | str = True
+) -> subprocess.Popen:
     log = project / "server.log"
     with log.open("ab") as sink:
         proc = headwater(
@@ -41,7 +44,11 @@ def start_server(project: Path, port: int, *extra: str) -> subprocess.Popen:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            url = f"{scheme}://127.0.0.1:{port}/healthz"
+            context = (
+                ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+            )
+            if httpx.get(url, timeout=1, verify=context).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.1)

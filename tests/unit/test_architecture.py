@@ -41,6 +41,7 @@ LAYERS = {
     "project": 7,
     "cli": 8,
     "quickstart": 8,
+    "client": 8,  # headwater.Client: a remote server with Project's return types
     # beyond the table: the package's public names and entry point
     "__init__": 9,
     "__main__": 9,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from headwater.cli import (  # noqa: F401 - each module registers its verbs on the app
     definitions,
     events,
@@ -27,5 +29,5 @@ def main() -> None:
     try:
         app()
     except HeadwaterError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(1)

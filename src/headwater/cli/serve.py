@@ -52,7 +52,7 @@ def serve(
             if server.auth != "keys":
                 err.print(
                     "  [yellow]warning:[/yellow] no authentication: anyone on this machine "
-                    'can call it (set [server] auth = "keys" to require API keys)'
+                    'can call it (set \\[server] auth = "keys" to require API keys)'
                 )
             err.print("ready (Ctrl+C to stop)")
 

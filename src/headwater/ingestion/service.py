@@ -59,6 +59,11 @@ class Ingestor:
         self._log, self._streams, self._clock = log, streams, clock
         self._max_future_us = max_future_us
 
+    @property
+    def streams(self) -> Mapping[str, Stream]:
+        """The streams events can be ingested into, by name."""
+        return self._streams
+
     def stream(self, name: str) -> Stream:
         if name == "predictions":
             raise UnknownStreamError(

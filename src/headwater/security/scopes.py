@@ -61,7 +61,10 @@ class Scope:
     def __str__(self) -> str:
         if self.team is not None:
             return f"{self.team}:*"
-        return self.action if self.resource is None else f"{self.action}:{self.resource}"
+        if self.resource is not None:
+            return f"{self.action}:{self.resource}"
+        needs_one = ACTIONS[self.action] is not None and self.action not in OPTIONAL_RESOURCE
+        return f"{self.action}:*" if needs_one else self.action
 
 
 @dataclass(frozen=True)

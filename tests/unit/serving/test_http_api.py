@@ -202,4 +202,24 @@ def test_health_readiness_and_openapi(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/events/{stream}", "/v1/features", "/healthz", "/readyz"} <= set(paths)
+    # one ingest operation per stream, its body generated from the stream (issue 18)
+    assert {"/v1/events/orders", "/v1/events/clicks", "/v1/features", "/healthz", "/readyz"} <= set(
+        paths
+    )
+    body = paths["/v1/events/orders"]["post"]["requestBody"]["content"]["application/json"]
+    event = body["schema"]["anyOf"][2]
+    assert event["properties"]["amount"] == {"type": "number"}  # required: never null
+    assert event["properties"]["status"]["anyOf"][1] == {"type": "null"}
+    assert event["required"] == ["amount", "ts", "user_id"]
+    assert event["additionalProperties"] is False
+    clicks = paths["/v1/events/clicks"]["post"]["requestBody"]["content"]["application/json"]
+    assert clicks["schema"]["anyOf"][2]["additionalProperties"] is True  # unknown_fields="keep"
+    assert "422" in paths["/v1/events/orders"]["post"]["responses"]
+
+
+def test_docs_are_served_without_a_cdn(client):
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page).text
+        assert f"/assets/docs/{asset}" in html
+        assert "cdn" not in html.lower() and "https://" not in html
+        assert client.get(f"/assets/docs/{asset}").status_code == 200

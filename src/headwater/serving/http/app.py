@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from headwater.serving.http import docs, openapi
 from headwater.serving.http.errors import STATUS_OF
 from headwater.serving.http.fastpath import FastPaths
 from headwater.serving.http.guards import Guards, GuardSettings
@@ -22,10 +23,17 @@ def create_app(services: HttpServices, guard: GuardSettings) -> FastAPI:
         title=f"headwater: {services.name}",
         version="1",
         description="Ingest raw events, read online features, predict by entity id.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    docs.mount(app)
+    openapi.install(
+        app, guard.access is not None, guard.rate_limits is not None, guard.metrics_public
     )
     app.state.services = services
     app.state.metrics = ServerMetrics()
     app.include_router(events.router)
+    events.add_stream_routes(app, services.ingestor.streams)
     app.include_router(features.router)
     app.include_router(predict.router)
     app.include_router(health.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -9,7 +10,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from headwater.definitions import Stream
 from headwater.ingestion.service import IngestResult
+from headwater.serving.http.event_schemas import ingest_body
 from headwater.serving.http.guards import caller
 from headwater.serving.http.services import HttpServices
 
@@ -66,21 +69,58 @@ def parse_events(body: bytes, max_events: int) -> list[Any]:
     return data
 
 
-@router.post(
-    "/v1/events/{stream}",
-    response_model=IngestResponse,
-    responses={
-        404: {"description": "unknown stream"},
-        413: {"description": "request too large"},
-        422: {"description": "every event was rejected, or the body is not a list"},
+INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not valid JSON"},
+    404: {"description": "unknown stream"},
+    413: {"description": "the body or the number of events is over the limit"},
+    422: {
+        "description": "every event was rejected (each with its reason: a missing or mistyped "
+        "field, an event time before 1970 or past [ingest] max_future, a control character "
+        'in a key), or the body is not an event, a list or {"events": [...]}'
     },
-)
-async def ingest_events(stream: str, request: Request) -> Any:
-    """Validate and durably append events; invalid ones are listed and dead-lettered.
+    503: {"description": "the log cannot be reached: nothing was stored, retry"},
+}
 
-    The response comes only after the valid events are durable in the log. Events carrying an
-    ``event_id`` already in the stream are acknowledged again without being appended twice.
-    """
+
+@router.post("/v1/events/{stream}", include_in_schema=False)
+async def ingest_events(stream: str, request: Request) -> Any:
+    """Any stream (documented one operation per stream by ``add_stream_routes``)."""
+    return await ingest(stream, request)
+
+
+def add_stream_routes(app: Any, streams: Mapping[str, Stream]) -> None:
+    """One documented operation per stream, its request body generated from the stream's
+    definition (the generic route above answers the same way for every name)."""
+    for name, stream in sorted(streams.items()):
+        app.add_api_route(
+            f"/v1/events/{name}",
+            _endpoint(name),
+            methods=["POST"],
+            response_model=IngestResponse,
+            responses=INGEST_RESPONSES,
+            openapi_extra={"requestBody": ingest_body(stream)},
+            summary=f"Ingest {name} events",
+            description=(
+                f"{stream.description} (owner: {stream.owner}). Validate and durably append "
+                "events; invalid ones are listed with their reason and dead-lettered, the "
+                "valid ones beside them are kept. The response comes once the valid events "
+                "are durable; an event_id already in the stream is acknowledged again "
+                "without being stored twice."
+            ),
+            tags=["events"],
+            operation_id=f"ingest_{name}",
+        )
+
+
+def _endpoint(name: str) -> Callable[[Request], Awaitable[Any]]:
+    async def endpoint(request: Request) -> Any:
+        return await ingest(name, request)
+
+    return endpoint
+
+
+async def ingest(stream: str, request: Request) -> Any:
+    """Validate and durably append events; invalid ones are listed and dead-lettered."""
     services: HttpServices = request.app.state.services
     body = await read_limited_body(request, services.max_request_bytes)
     events = parse_events(body, services.max_events_per_request)

@@ -19,7 +19,23 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "not ready: the reason",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+                        "required": ["status", "reason"],
+                    }
+                }
+            },
+        }
+    },
+)
 async def readyz(request: Request) -> Any:
     """Ready when the log and the online store answer and every service's model versions
     load; 503 with the reason otherwise."""
