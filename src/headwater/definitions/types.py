@@ -46,8 +46,8 @@ def to_micros(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidValue(f"expected a timestamp, got a boolean {value!r}")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise InvalidValue(f"expected a timestamp, got {value!r}")
+        if not math.isfinite(value) or abs(value) >= 9_223_372_036_854:  # int64 microseconds
+            raise InvalidValue(f"expected a timestamp, got {value!r} (out of range)")
         return round(value * 1_000_000)
     if isinstance(value, str):
         try:
@@ -85,6 +85,8 @@ def coerce(dtype: DType, value: Any) -> Any:
                 return value
             raise InvalidValue(f"integer {value} does not fit in 64 bits")
         if isinstance(value, float) and value.is_integer():
+            if abs(value) >= 2**53:  # past 2**53 a float is not the integer that was sent
+                raise InvalidValue(f"{value!r} is too large to be an exact integer")
             return int(value)
     elif dtype is DType.FLOAT:
         if isinstance(value, int | float) and not isinstance(value, bool):

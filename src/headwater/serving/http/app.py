@@ -10,6 +10,7 @@ from headwater.serving.http import docs, openapi
 from headwater.serving.http.errors import STATUS_OF
 from headwater.serving.http.fastpath import FastPaths
 from headwater.serving.http.guards import Guards, GuardSettings
+from headwater.serving.http.methods import Methods
 from headwater.serving.http.metrics import ServerMetrics
 from headwater.serving.http.routes import alerts, events, features, health, metrics, models, predict
 from headwater.serving.http.services import HttpServices
@@ -46,8 +47,10 @@ def create_app(services: HttpServices, guard: GuardSettings) -> FastAPI:
     # predictions and feature lookups skip FastAPI's routing and dependency machinery (the
     # routes above stay for the OpenAPI document and answer identically)
     app.add_middleware(FastPaths)
-    # outermost: every request, fast paths included, passes the guards first
+    # in front: a method no route takes is 405; then every request, fast paths included,
+    # passes the guards
     app.add_middleware(Guards, settings=guard)
+    app.add_middleware(Methods, document=app.openapi)
     if guard.allowed_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -12,6 +12,7 @@ from headwater.definitions import DType, Stream
 from headwater.ingestion.validate import MAX_TIMESTAMP_US, MIN_TIMESTAMP_US
 
 NO_CONTROL = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+SINCE_1970 = "^(19[7-9][0-9]|[2-9][0-9]{3})-"
 
 
 def _field(stream: Stream, name: str, dtype: DType) -> dict[str, Any]:
@@ -23,10 +24,14 @@ def _field(stream: Stream, name: str, dtype: DType) -> dict[str, Any]:
         return {"type": "number"}
     if dtype is DType.BOOL:
         return {"type": "boolean"}
-    low = 0 if name == stream.time else MIN_TIMESTAMP_US // 1_000_000
+    event_time = name == stream.time
+    low = 0 if event_time else MIN_TIMESTAMP_US // 1_000_000
+    text: dict[str, Any] = {"type": "string", "format": "date-time"}
+    if event_time:  # an event time from 1970 on
+        text["pattern"] = SINCE_1970
     return {
         "anyOf": [
-            {"type": "string", "format": "date-time"},
+            text,
             {
                 "type": "number",
                 "minimum": low,
@@ -46,11 +51,12 @@ def event_schema(stream: Stream) -> dict[str, Any]:
             schema = {"anyOf": [schema, {"type": "null"}]}
         properties[name] = schema
     properties[stream.id_field] = {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 256,
-        "pattern": NO_CONTROL,
-        "description": "Optional: an event sent again with the same id is stored once",
+        "anyOf": [
+            {"type": "string", "minLength": 1, "maxLength": 256, "pattern": NO_CONTROL},
+            {"type": "null"},
+        ],
+        "description": "Optional (absent or null: one is made): an event sent again with the "
+        "same id is stored once",
     }
     time_note = (
         f"{stream.time!r} is the event time: from 1970 to at most [ingest] max_future after "

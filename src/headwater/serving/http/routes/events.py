@@ -56,7 +56,7 @@ def parse_events(body: bytes, max_events: int) -> list[Any]:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and "events" in data:
+    if isinstance(data, dict) and list(data) == ["events"]:  # else: one event
         data = data["events"]
     elif isinstance(data, dict):
         data = [data]

@@ -18,6 +18,17 @@ from headwater.serving.http.heavy import answer_off_loop, too_many
 from headwater.serving.http.services import HttpServices
 
 router = APIRouter(tags=["features"])
+NAME = "^[a-z][a-z0-9_]*$"  # a feature's name, as definitions allow
+NAMES = "^[a-z][a-z0-9_]*(,[a-z][a-z0-9_]*)*$"  # or a comma-separated list of them
+
+
+FeatureName = Annotated[str, Field(pattern=NAME)]
+FEATURE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"description": "the key lacks features:read for one of the features"},
+    404: {"description": "unknown feature"},
+    413: {"description": "more entities than [server] max_entities"},
+    422: {"description": "an entity lacks a key the features need, or a bad body"},
+}
 
 
 class FeaturesRequest(BaseModel):
@@ -26,7 +37,7 @@ class FeaturesRequest(BaseModel):
         description="One object per entity: its keys and any request context",
         examples=[[{"user_id": "u42"}]],
     )
-    features: list[str] = Field(..., examples=[["orders_30d", "spend_7d"]])
+    features: list[FeatureName] = Field(..., min_length=1, examples=[["orders_30d", "spend_7d"]])
     at: datetime | None = Field(None, description="Evaluate at this time instead of now")
 
 
@@ -100,6 +111,7 @@ def _parse_time(value: Any) -> datetime:
 @router.post(
     "/v1/features",
     response_model=FeaturesResponse,
+    responses=FEATURE_RESPONSES,
     openapi_extra={
         "requestBody": {
             "content": {"application/json": {"schema": FeaturesRequest.model_json_schema()}},
@@ -116,10 +128,13 @@ async def post_features(request: Request) -> Response:
     return Response(out, status_code=status, media_type="application/json")
 
 
-@router.get("/v1/features", response_model=FeaturesResponse)
+@router.get("/v1/features", response_model=FeaturesResponse, responses=FEATURE_RESPONSES)
 async def get_features(
     request: Request,
-    features: Annotated[list[str], Query(description="Feature names; repeat or comma-separate")],
+    features: Annotated[
+        list[Annotated[str, Field(pattern=NAMES)]],
+        Query(min_length=1, description="Feature names; repeat or comma-separate"),
+    ],
 ) -> Any:
     """Feature values for one entity: its keys (and context) are the other query parameters,
     e.g. ``/v1/features?user_id=u42&features=orders_30d,spend_7d``."""
