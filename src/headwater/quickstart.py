@@ -8,16 +8,20 @@ import random
 import shutil
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from headwater.client import Client
 from headwater.definitions.source import redact_url
 from headwater.definitions.types import from_micros
 from headwater.errors import HeadwaterError
+from headwater.ingestion.service import IngestResult
 from headwater.log.base import DEAD_LETTER_STREAM
 from headwater.project.project import Project, system_clock
 
@@ -34,9 +38,12 @@ SAMPLE_FEATURES = [
 ]
 
 
-def prepare_folder(folder: Path, stores: Mapping[str, str] | None = None) -> None:
+def prepare_folder(
+    folder: Path, stores: Mapping[str, str] | None = None, auth: bool = False
+) -> None:
     """A fresh project folder; one made by an earlier quickstart is replaced. ``stores``
-    (port → URL, e.g. ``{"log": "kafka://127.0.0.1:9092"}``) replace embedded defaults."""
+    (port → URL, e.g. ``{"log": "kafka://127.0.0.1:9092"}``) replace embedded defaults;
+    ``auth`` makes its server require API keys."""
     if folder.exists():
         if not (folder / MARKER).exists():
             raise HeadwaterError(
@@ -47,8 +54,62 @@ def prepare_folder(folder: Path, stores: Mapping[str, str] | None = None) -> Non
     folder.mkdir(parents=True)
     shutil.copy(source / "definitions.py", folder / "definitions.py")
     config = (source / "headwater.toml").read_text()
-    (folder / "headwater.toml").write_text(with_stores(config, stores) if stores else config)
+    if stores:
+        config = with_stores(config, stores)
+    if auth:
+        config = config.replace("[server]\n", '[server]\nauth = "keys"\n', 1)
+    (folder / "headwater.toml").write_text(config)
     (folder / MARKER).write_text("made by `headwater quickstart`; safe to delete\n")
+
+
+class TeamGateway:
+    """``quickstart --auth``: the project's own server on loopback, and one API key per team
+    that owns something (scope ``TEAM:*``): each write goes through the server with a key of
+    the team that owns what it writes to."""
+
+    CHUNK = 5000  # events per request
+
+    def __init__(self, project: Project) -> None:
+        from headwater.serving.http.server import serve_in_background
+
+        self._project = project
+        d = project.definitions
+        owners = {("stream", n): s.owner for n, s in d.streams.items()}
+        owners |= {("model", n): m.owner for n, m in d.models.items()}
+        owners |= {("service", n): s.owner for n, s in d.services.items()}
+        self._owners = owners
+        self.keys = {
+            team: project.create_key(team, [f"{team}:*"], by="quickstart")[1]
+            for team in sorted(set(owners.values()))
+        }
+        self._server = serve_in_background(project.app())
+        self.url = self._server.__enter__()
+        self._clients: dict[str, Client] = {}
+
+    def headers_for(self, kind: str, name: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[self._owners[(kind, name)]]}"}
+
+    def _client(self, kind: str, name: str) -> Client:
+        team = self._owners[(kind, name)]
+        if team not in self._clients:
+            self._clients[team] = Client(self.url, api_key=self.keys[team], timeout=60)
+        return self._clients[team]
+
+    def ingest(self, stream: str, events: Any) -> IngestResult:
+        rows = list(events)
+        result = IngestResult()
+        client = self._client("stream", stream)
+        for start in range(0, len(rows), self.CHUNK):
+            result.merge(client.ingest(stream, rows[start : start + self.CHUNK]), start)
+        return result
+
+    def promote(self, model: str, version: int, reason: str) -> None:
+        self._client("model", model).promote(model, version, reason=reason)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._server.__exit__(None, None, None)
 
 
 def with_stores(config: str, stores: Mapping[str, str]) -> str:
@@ -131,18 +192,19 @@ def run_quickstart(
     loop: bool = True,
     stores: Mapping[str, str] | None = None,
     now_us: int | None = None,
+    auth: bool = False,
 ) -> Project:
     """Simulate the shop, ingest through the real path, process, train, serve, and (with
     ``loop``) deliver ground truth and a drift, monitor, retrain; print a summary.
 
     ``stores`` (port → URL) put the project on other backends than the embedded ones;
     ``now_us`` runs it as of that time, with the clock stopped, instead of the wall clock:
-    two runs with the same ``now_us`` give the same results, on any stores.
+    two runs with the same ``now_us`` give the same results, on any stores; ``auth`` runs
+    its writes through its own server with API keys: each stream's events, each promotion
+    and the predictions with a key of the team that owns them.
     """
-    from headwater.examples.shop.simulator import simulate
-
     started = time.perf_counter()
-    prepare_folder(folder, stores)
+    prepare_folder(folder, stores, auth)
     clock = QuickstartClock(now_us)
     project = Project(folder, clock=clock)
     try:
@@ -151,6 +213,31 @@ def run_quickstart(
         project.close()
         raise
     plan = project.apply()
+    remote = TeamGateway(project) if auth else None
+    try:
+        _run(project, folder, plan, clock, remote, console, users, days, loop, stores, started)
+    finally:
+        if remote is not None:
+            remote.close()
+    return project
+
+
+def _run(
+    project: Project,
+    folder: Path,
+    plan: Any,
+    clock: QuickstartClock,
+    remote: TeamGateway | None,
+    console: Console,
+    users: int,
+    days: int,
+    loop: bool,
+    stores: Mapping[str, str] | None,
+    started: float,
+) -> None:
+    from headwater.examples.shop.simulator import simulate
+
+    ingest = remote.ingest if remote is not None else project.ingest
     console.print(
         f"[bold]1. project[/bold] {folder.resolve()}: registered "
         f"{len(plan.pending)} definitions "
@@ -159,6 +246,11 @@ def run_quickstart(
     if stores:
         chosen = vars(project.settings.stores)
         console.print("   stores: " + ", ".join(f"{k} {redact_url(u)}" for k, u in chosen.items()))
+    if remote is not None:
+        console.print(
+            f"   auth: API keys; its server {remote.url} takes every write with a key of the "
+            f"owning team ({', '.join(remote.keys)}), each with the scope TEAM:*"
+        )
 
     end = project.now() / 1e6
     future = FUTURE_DAYS if loop else 0
@@ -180,14 +272,14 @@ def run_quickstart(
     t0 = time.perf_counter()
     streams = Table("stream", "owner", "events", "rejected")
     for name, events in sim.events.items():
-        result = project.ingest(name, events)
+        result = ingest(name, events)
         streams.add_row(
             name,
             project.definitions.streams[name].owner,
             f"{result.accepted:,}",
             str(len(result.rejected)),
         )
-    bad = project.ingest(
+    bad = ingest(
         "purchases",
         [
             {
@@ -248,10 +340,10 @@ def run_quickstart(
         head.add_row(*[_show(v) for v in row])
     console.print(head)
 
-    train_models(project, console)
-    serve_predictions(project, sim.users, console)
+    train_models(project, console, remote)
+    serve_predictions(project, sim.users, console, remote)
     if loop:
-        close_the_loop(project, clock, later, sim.users, folder, console)
+        close_the_loop(project, clock, later, sim.users, folder, console, ingest)
 
     console.print(
         f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]"
@@ -259,10 +351,9 @@ def run_quickstart(
         f"  headwater plan -p {folder}\n"
         f"  headwater serve -p {folder}   # then open http://127.0.0.1:8800/docs"
     )
-    return project
 
 
-def train_models(project: Project, console: Console) -> None:
+def train_models(project: Project, console: Console, remote: TeamGateway | None = None) -> None:
     """Train the shop's models on the same features, promote them, compare with baselines."""
     table = Table(
         "model",
@@ -280,7 +371,10 @@ def train_models(project: Project, console: Console) -> None:
         result = project.train(name)
         seconds = time.perf_counter() - t0
         doc = project.registry.version(name, result.version)
-        project.promote(name, result.version, by="quickstart", reason="first trained version")
+        if remote is not None:  # over HTTP, with a key of the model's team
+            remote.promote(name, result.version, "first trained version")
+        else:
+            project.promote(name, result.version, by="quickstart", reason="first trained version")
         top = max(doc["importance"].items(), key=lambda kv: abs(kv[1]))[0]
         baseline = doc["comparison"].get("baseline", {}).get("metrics", {}).get("auc")
         table.add_row(
@@ -296,14 +390,17 @@ def train_models(project: Project, console: Console) -> None:
     console.print(table)
 
 
-def serve_predictions(project: Project, users: list[str], console: Console) -> None:
+def serve_predictions(
+    project: Project, users: list[str], console: Console, remote: TeamGateway | None = None
+) -> None:
     """Start the HTTP server on loopback, predict for sampled users over HTTP, show them."""
     import httpx
 
     from headwater.serving.http.server import serve_in_background
 
-    app = project.app()
-    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    headers = {} if remote is None else remote.headers_for("service", "retention")
+    server = serve_in_background(project.app()) if remote is None else nullcontext(remote.url)
+    with server as url, httpx.Client(base_url=url, headers=headers, timeout=10) as client:
         sample = random.Random(3).sample(sorted(users), min(200, len(users)))
         latencies, answers = [], []
         for user in sample:
@@ -347,6 +444,7 @@ def close_the_loop(
     users: list[str],
     folder: Path,
     console: Console,
+    ingest: Callable[[str, list[dict]], IngestResult] | None = None,
 ) -> None:
     """Time passes: ground truth arrives for the served predictions, behaviour drifts; the
     monitor measures live performance, detects the drift, alerts, and a retrain follows."""
@@ -356,7 +454,8 @@ def close_the_loop(
     served_at = project.now()
     clock.ahead_us = FUTURE_DAYS * 86_400_000_000
     t0 = time.perf_counter()
-    delivered = sum(project.ingest(name, events).accepted for name, events in later.items())
+    send = ingest or project.ingest
+    delivered = sum(send(name, events).accepted for name, events in later.items())
     project.process()
     now = project.now()
     # Users come back after the drift: score a sample again, in-process this time.

@@ -218,3 +218,32 @@ def test_a_public_address_without_auth_refuses_to_start(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "without authentication" in err and "keys create --admin" in err
+
+
+def test_the_quickstart_runs_the_whole_loop_with_team_keys(tmp_path):
+    folder = tmp_path / "shop"
+    run = subprocess.run(
+        [*_cli(), "quickstart", "--dir", str(folder), "--auth", "--users", "300", "--days", "21"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "auth: API keys" in run.stdout
+    with Project(folder) as p:
+        assert p.settings.server.auth == "keys"
+        records = list(p.audit_log.read())
+        owners = {n: s.owner for n, s in p.definitions.streams.items()}
+        ingests = [r for r in records if r.action == "ingest"]
+        # every stream's events went through the server with a key of its owning team
+        assert {r.target for r in ingests} == set(owners)
+        assert all(r.team == owners[r.target] and r.key_id != "-" for r in ingests)
+        promotions = {r.target: r.team for r in records if r.action == "promote"}
+        assert promotions == {
+            f"{m}:champion": p.definitions.models[m].owner for m in ("churn", "purchase_propensity")
+        }
+        keys = p.access.keys.list()
+        assert {k.team for k in keys} == set(owners.values()) | {
+            m.owner for m in p.definitions.models.values()
+        } | {s.owner for s in p.definitions.services.values()}
+        assert p.log.end_offset("predictions") >= 200

@@ -58,6 +58,7 @@ PEERS = {
     ("training", "registry"),  # the trainer registers the version it trained
     ("cli", "quickstart"),  # `headwater quickstart` runs it
     ("quickstart", "examples"),  # on the shop example's simulated events
+    ("quickstart", "client"),  # `quickstart --auth` writes through its server with team keys
 }
 
 # Third-party clients and the modules (or folders, ending in "/") that may import them.

@@ -35,6 +35,13 @@ def quickstart(
         str | None,
         typer.Option(help="Metadata store URL, e.g. postgresql://user@host/db?schema=shop"),
     ] = None,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="Require API keys: every write goes through the server with the owning team's key",
+        ),
+    ] = False,
     now: Annotated[
         str | None,
         typer.Option(help="Run as of this ISO time, clock stopped: reruns give the same results"),
@@ -53,5 +60,6 @@ def quickstart(
         loop=loop,
         stores={port: url for port, url in chosen.items() if url is not None},
         now_us=now_us,
+        auth=auth,
     )
     project.close()
