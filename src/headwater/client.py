@@ -71,9 +71,9 @@ class Client:
         """Send events; the result says which were accepted (durably) and why others were
         rejected, as ``Project.ingest`` does. A batch of only rejected events is a result
         too, not an exception."""
-        body = orjson.dumps(list(events), option=orjson.OPT_SERIALIZE_NUMPY)
+        payload = orjson.dumps(list(events), option=orjson.OPT_SERIALIZE_NUMPY)
         response = self._http.post(
-            f"/v1/events/{stream}", content=body, headers={"content-type": "application/json"}
+            f"/v1/events/{stream}", content=payload, headers={"content-type": "application/json"}
         )
         body = response.json() if response.status_code in (200, 422) else None
         if response.status_code == 422 and isinstance(body, dict):
