@@ -39,6 +39,7 @@ from common import (  # noqa: E402
 
 from headwater import Project  # noqa: E402
 from headwater.definitions.types import from_micros  # noqa: E402
+from headwater.security.audit import AuditLog  # noqa: E402
 from headwater.training.sets import TrainingSets  # noqa: E402
 
 DEFINITIONS = """
@@ -178,6 +179,26 @@ def measure_http(http_rows: list[dict], figures: Figures) -> None:
         rate = http_ingest(folder, part, batch, clients)
         figures.add(f"HTTP ingest, batches of {batch}, {clients} clients", rate, "events/s")
         http_rows = http_rows[len(part) :] or http_rows
+        if (batch, clients) == (1, 1):
+            measure_audit(figures, rate)
+
+
+def measure_audit(figures: Figures, one_event_rate: float, records: int = 2000) -> None:
+    """The cost of auditing a write: one ``_audit`` record appended durably (what every
+    ingest request adds), against a 1-event HTTP ingest of the same run."""
+    folder = write_project(fresh_dir("core-audit"), DEFINITIONS)
+    with Project(folder, clock=_clock) as project:
+        audit = AuditLog(project.log, _clock)
+        start = time.perf_counter()
+        for _ in range(records):
+            audit.record("0123456789abcdef", "bench", "ingest", "purchases", counts={"events": 1})
+        per_record_ms = (time.perf_counter() - start) / records * 1000
+    figures.add("audit record appended (durable), per write", per_record_ms, "ms")
+    figures.add(
+        "audit share of a 1-event HTTP ingest, 1 client",
+        100 * per_record_ms / (1000 / one_event_rate),
+        "%",
+    )
 
 
 def measure_training_set(

@@ -127,6 +127,7 @@ def main() -> None:
         for _ in figures.runs():
             for name, (url, bodies) in servers.items():
                 measure(name, url, bodies, levels, figures)
+            measure_heavy(servers["headwater"][0], chosen, figures)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -163,6 +164,48 @@ def feature_matrix(
     raw = [[v.get(f) for f in features] for v in vectors]
     numeric = [[code(f, x) for f, x in zip(features, row, strict=True)] for row in raw]
     return [numeric[i % len(numeric)] for i in range(requests)]
+
+
+def measure_heavy(predict_url: str, users: list[str], figures: Figures, probes: int = 200) -> None:
+    """/healthz latency alone and while maximal predict requests (1,000 entities, the
+    default [server] max_entities) run back to back: large calls are answered off the event
+    loop, so the probe should wait for the GIL, never for the whole call."""
+    import threading
+
+    base = predict_url.rsplit("/v1/", 1)[0]
+    body = {"entities": [{"user_id": u} for u in (users * 1000)[:1000]]}
+
+    def probe(http: httpx.Client) -> list[float]:
+        out = []
+        for _ in range(probes):
+            t0 = time.perf_counter()
+            http.get(base + "/healthz").raise_for_status()
+            out.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.002)
+        return sorted(out)
+
+    stop, heavy_ms = threading.Event(), []
+
+    def heavy() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                http.post(predict_url, json=body).raise_for_status()
+                heavy_ms.append((time.perf_counter() - t0) * 1000)
+
+    with httpx.Client(timeout=10) as http:
+        idle = probe(http)
+        worker = threading.Thread(target=heavy)
+        worker.start()
+        try:
+            busy = probe(http)
+        finally:
+            stop.set()
+            worker.join()
+    for label, values in (("idle", idle), ("during 1,000-entity predicts", busy)):
+        figures.add(f"/healthz p50, {label}", values[len(values) // 2], "ms")
+        figures.add(f"/healthz p99, {label}", values[int(len(values) * 0.99) - 1], "ms")
+    figures.add("predict of 1,000 entities, p50", sorted(heavy_ms)[len(heavy_ms) // 2], "ms")
 
 
 def start_headwater(

@@ -254,3 +254,38 @@ def test_every_write_is_audited_without_the_secret(guarded):
 def test_a_non_loopback_address_without_auth_refuses_to_start(small_project):
     with Project(small_project) as p, pytest.raises(Exception, match="without authentication"):
         p.serve("0.0.0.0", 0)
+
+
+def test_cors_answers_only_for_configured_origins(small_project):
+    with open(small_project / "headwater.toml", "a") as toml:
+        toml.write('\n[server]\nallowed_origins = ["https://app.example"]\n')
+    with Project(small_project) as p, TestClient(p.app(), base_url=LOCAL) as client:
+        preflight = {"access-control-request-method": "POST"}
+        ok = client.options(
+            "/v1/events/clicks", headers={"origin": "https://app.example", **preflight}
+        )
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "https://app.example"
+        event = {"user_id": "u1", "ts": "2026-01-01T00:00:00Z"}
+        posted = client.post(
+            "/v1/events/clicks", json=[event], headers={"origin": "https://app.example"}
+        )
+        assert posted.status_code == 200
+        assert posted.headers["access-control-allow-origin"] == "https://app.example"
+        other = client.options(
+            "/v1/events/clicks", headers={"origin": "https://evil.example", **preflight}
+        )
+        assert "access-control-allow-origin" not in other.headers
+        refused = client.post(
+            "/v1/events/clicks", json=[event], headers={"origin": "https://evil.example"}
+        )
+        assert refused.status_code == 403 and p.log.end_offset("clicks") == 1
+
+
+def test_without_cors_no_origin_gets_cors_headers(small_project):
+    with Project(small_project) as p, TestClient(p.app(), base_url=LOCAL) as client:
+        r = client.options(
+            "/v1/events/clicks",
+            headers={"origin": "https://app.example", "access-control-request-method": "POST"},
+        )
+        assert r.status_code in (403, 405) and "access-control-allow-origin" not in r.headers
