@@ -17,7 +17,7 @@ import orjson
 from headwater.security.access import AccessControl
 from headwater.security.keys import ApiKey, Unauthenticated
 from headwater.security.limits import RateLimits
-from headwater.security.scopes import Permission
+from headwater.security.scopes import Permission, may_use_some
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/ui"})
 PUBLIC_PREFIXES = ("/assets/", "/ui/")
@@ -156,7 +156,7 @@ def _allowed(access: AccessControl, key: ApiKey, permission: Permission) -> bool
     if permission is ANY_KEY:
         return True
     if permission.resource is None and permission.action == "features:read":
-        return any(s.action in ("admin", "features:read") or s.team for s in key.scopes)
+        return may_use_some(key.scopes, "features:read")  # per feature in the route
     return access.allows(key, permission)
 
 
@@ -203,7 +203,7 @@ async def _refuse(
 
 def caller(state: Any) -> tuple[str, str]:
     """(key id, team) of the request's verified key; ("-", "anonymous") when auth is off."""
-    key = state.get("api_key") if isinstance(state, dict) else getattr(state, "api_key", None)
+    key = getattr(state, "api_key", None)
     return (key.id, key.team) if key is not None else ("-", "anonymous")
 
 
