@@ -1,17 +1,32 @@
 # The README's two commands are `make demo` and `make test`; both set up their own venv.
+# `make demo` installs what the quickstart needs (the `train` extra); `make test` adds the
+# dev tools, Spark and the backends' clients.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN = $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "make: $(PYTHON) not found. headwater needs Python 3.11 or later: install it" \
+	       "(Debian/Ubuntu: apt-get install python3.11 python3.11-venv) or name one with" \
+	       "make PYTHON=/path/to/python3 $(MAKECMDGOALS)" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "make: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())');" \
+	       "headwater needs 3.11 or later: make PYTHON=/path/to/python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+
+$(BIN)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[train]'
 	touch $@
 
-demo: $(BIN)/.installed
+$(BIN)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(BIN)/.demo
+
+demo: $(BIN)/.demo
 	$(BIN)/headwater quickstart --dir headwater-shop
 
 test: $(BIN)/.installed lint

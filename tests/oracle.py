@@ -1,4 +1,5 @@
-"""A brute-force evaluation of DESIGN.md's time semantics, written independently of the engines."""
+"""A brute-force evaluation of the time semantics (docs/concepts.md), written independently
+of the engines."""
 
 from __future__ import annotations
 

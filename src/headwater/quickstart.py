@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -168,19 +169,22 @@ def check_stores_unused(project: Project) -> None:
 
 
 class QuickstartClock:
-    """The quickstart's clock: real time, or ``start_us`` and stopped there (so two runs give
-    the same results), until the closing loop moves it forward by the weeks in which ground
-    truth arrives (``headwater serve`` later runs on real time)."""
+    """The quickstart's clock: real time, or ``now_us`` and stopped there (so two runs give
+    the same results), set back by ``behind_us`` until the closing loop catches up. The demo
+    trains and serves its first predictions three weeks before now, so that by now their
+    ground truth has matured and the history ends at the real present: what a user tries
+    after the demo (online features, training sets, the monitor) agrees with what it showed."""
 
-    def __init__(self, start_us: int | None = None) -> None:
-        self.start_us = start_us
-        self.ahead_us = 0
+    def __init__(self, now_us: int | None = None, behind_us: int = 0) -> None:
+        self.now_us = now_us
+        self.behind_us = behind_us
 
     def __call__(self) -> int:
-        return (system_clock() if self.start_us is None else self.start_us) + self.ahead_us
+        return (system_clock() if self.now_us is None else self.now_us) - self.behind_us
 
 
-FUTURE_DAYS = 21  # simulated beyond "now": the ground truth and the drift the loop shows
+FUTURE_DAYS = 21  # the closing loop's weeks: the ground truth and the drift it shows
+DAY_US = 86_400_000_000
 
 
 def run_quickstart(
@@ -198,14 +202,14 @@ def run_quickstart(
     ``loop``) deliver ground truth and a drift, monitor, retrain; print a summary.
 
     ``stores`` (port → URL) put the project on other backends than the embedded ones;
-    ``now_us`` runs it as of that time, with the clock stopped, instead of the wall clock:
-    two runs with the same ``now_us`` give the same results, on any stores; ``auth`` runs
+    ``now_us`` ends its history at that time, with the clock stopped, instead of the wall
+    clock: two runs with the same ``now_us`` give the same results, on any stores; ``auth`` runs
     its writes through its own server with API keys: each stream's events, each promotion
     and the predictions with a key of the team that owns them.
     """
     started = time.perf_counter()
     prepare_folder(folder, stores, auth)
-    clock = QuickstartClock(now_us)
+    clock = QuickstartClock(now_us, FUTURE_DAYS * DAY_US if loop else 0)
     project = Project(folder, clock=clock)
     try:
         check_stores_unused(project)
@@ -254,8 +258,9 @@ def _run(
 
     end = project.now() / 1e6
     future = FUTURE_DAYS if loop else 0
-    # One simulation runs past "now": the events after it are the future that step 9
-    # delivers (labels mature in it), and its drift shifts behaviour only in that future.
+    # The project's clock stands FUTURE_DAYS before the real now (see QuickstartClock); one
+    # simulation runs up to the real now: the events after the clock are the weeks that step
+    # 9 delivers (labels mature in them), and its drift shifts behaviour only in those weeks.
     sim = simulate(users=users, days=days + future, end=end + future * 86400, seed=7, drift=0.9)
     sim.events, later = _split(sim.events, end)
     sim.users = sorted({e["user_id"] for e in sim.events["signups"]})  # signed up by now
@@ -312,7 +317,8 @@ def _run(
 
     sample_users = sorted(sim.users)[:3]
     rows = project.online_features([{"user_id": u} for u in sample_users], SAMPLE_FEATURES)
-    online = Table("feature", *sample_users, title="online features now")
+    at = from_micros(project.now()).isoformat(timespec="seconds").replace("+00:00", "Z")
+    online = Table("feature", *sample_users, title=f"online features at {at}")
     for name in SAMPLE_FEATURES:
         online.add_row(name, *[_show(r[name]) for r in rows])
     console.print("[bold]5. online features[/bold]")
@@ -345,12 +351,48 @@ def _run(
     if loop:
         close_the_loop(project, clock, later, sim.users, folder, console, ingest)
 
-    console.print(
-        f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]"
-        f" — the project is in {folder}; try:\n"
-        f"  headwater plan -p {folder}\n"
-        f"  headwater serve -p {folder}   # then open http://127.0.0.1:8800/docs"
-    )
+    console.print(f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]")
+    for line in next_steps(project, folder, sample_users[0]):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def headwater_command() -> str:
+    """How the user runs ``headwater`` from where they are: its name when the shell finds this
+    installation, else its path (relative when it is below the working directory)."""
+    here = Path(sys.executable).parent / "headwater"
+    found = shutil.which("headwater")
+    if found and Path(found).resolve() == here.resolve():
+        return "headwater"
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
+
+
+def next_steps(project: Project, folder: Path, user: str) -> list[str]:
+    """The closing summary: where the project is, how to run ``headwater``, and what to try
+    (``tests/e2e/test_first_hour.py`` runs every command it suggests)."""
+    hw = headwater_command()
+    server = project.settings.server
+    url = f"http://{server.host}:{server.port}"
+    where = f" -p {folder}"
+    shown = str(folder) if folder.is_absolute() else f"{folder} ({folder.resolve()})"
+    lines = [f"The project is in {shown}; its history ends now."]
+    if hw != "headwater":
+        activate = Path(hw).parent / "activate"
+        lines.append(f"Run headwater as {hw}, or `source {activate}` first.")
+    lines += [
+        "Try:",
+        f"  {hw} serve{where}        # API {url}/v1/, docs {url}/docs, metrics {url}/metrics",
+        f"  curl -s -X POST {url}/v1/predict/retention -H 'content-type: application/json'"
+        f' -d \'{{"entity": {{"user_id": "{user}"}}}}\'',
+        f"  {hw} features user_id={user} -f sessions_7d -f spend_30d{where}",
+        f"  {hw} models show churn{where}",
+        f"  {hw} monitor retention{where}",
+        f"  {hw} report churn{where}    # -> {folder / 'reports' / 'churn.html'}",
+        f"  {hw} plan{where}",
+    ]
+    return lines
 
 
 def train_models(project: Project, console: Console, remote: TeamGateway | None = None) -> None:
@@ -452,7 +494,7 @@ def close_the_loop(
     from headwater.monitoring.monitor import ALERTS, Monitor
 
     served_at = project.now()
-    clock.ahead_us = FUTURE_DAYS * 86_400_000_000
+    clock.behind_us = 0
     t0 = time.perf_counter()
     send = ingest or project.ingest
     delivered = sum(send(name, events).accepted for name, events in later.items())
@@ -513,7 +555,7 @@ def close_the_loop(
         )
     report = folder / "reports" / "churn.html"
     report.parent.mkdir(exist_ok=True)
-    report.write_text(project.report("churn", days=FUTURE_DAYS + 2))
+    report.write_text(project.report("churn"))
     console.print(f"   the loop took {time.perf_counter() - t0:.1f}s; report: {report.resolve()}")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pandas as pd
 
 from headwater import Project
@@ -34,17 +36,23 @@ def test_train_promote_rollback_reproduce_and_describe(tmp_path):
         in run("models", "rollback", "churn", "-p", str(folder)).stdout
     )
     shown = run("models", "show", "churn", "champion", "-p", str(folder)).stdout
-    assert "champion: rollback v2 -> v1" in shown and "data_hash" in shown
+    assert "champion: rollback v2 -> v1" in shown and "data: " in shown and ", hash " in shown
     assert "churn" in run("models", "list", "-p", str(folder)).stdout
     refused = run("models", "promote", "churn_strict", "1", "-p", str(folder), ok=False)
     assert refused.returncode == 1 and "has no version 1" in refused.stderr
 
     described = run("describe", "visits", "-p", str(folder)).stdout
-    assert "device" in described and "null_rate" in described
+    assert "device" in described and "null rate" in described
     assert "sorted copy by user_id: " in described and " rows (partition 0 below " in described
     assert "#" in run("describe", "visits_7d", "-p", str(folder)).stdout
 
+    assert re.search(r"│ ts +│ timestamp │.*│ 20\d\d-\d\d-\d\dT", described)  # ISO, not µs
     with Project(folder) as p:
+        # distinct is exact: the users of the logged visits, counted here
+        records = p.log.read("visits", 0, p.log.end_offset("visits"))
+        users = {orjson.loads(r.payload)["user_id"] for r in records}
+        fields = p.describe_stream("visits").fields.set_index("field")
+        assert fields.loc["user_id", "distinct"] == len(users) > 100
         spine = pd.DataFrame({"user_id": ["u1", "u2"], "timestamp": [now, now]})
         explained = p.explain("churn", spine)
         assert list(explained["user_id"]) == ["u1", "u2"]

@@ -42,5 +42,10 @@ def test_monitor_and_experiment_report_on_matured_predictions(tmp_path):
         in run("report", "churn", "-o", str(report), "--days", "20", "-p", str(folder)).stdout
     )
     assert "<svg" in report.read_text()
-    missing = run("experiment", "risk", "--days", "20", "-p", str(folder), ok=False)
+    assert "churn.html" in run("report", "churn", "-p", str(folder)).stdout
+    assert (folder / "reports" / "churn.html").is_file()  # one reports folder
+    single = run("experiment", "risk", "--days", "20", "-p", str(folder), ok=False)
+    assert single.returncode == 1 and "serves one variant" in single.stderr
+    assert "nothing to compare" in single.stderr
+    missing = run("experiment", "risk_ab", "--days", "1", "-p", str(folder), ok=False)
     assert missing.returncode == 1 and "fewer than two variants" in missing.stderr

@@ -1,4 +1,4 @@
-"""DESIGN.md's layer table and import rules, checked on the source so they hold without
+"""The layer table of docs/concepts.md and import rules, checked on the source so they hold without
 discipline: every import counts, at module level, inside functions and under TYPE_CHECKING.
 
 1. A package imports only from layers below its own; between two packages of one layer, only
@@ -19,7 +19,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "headwater"
 
-# DESIGN.md, "Layout": a package's layer. Top-level modules count as packages of one module.
+# docs/concepts.md, "Layers": a package's layer. Top-level modules count as packages of one module.
 LAYERS = {
     "errors": 0,
     "definitions": 0,

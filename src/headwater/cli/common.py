@@ -11,15 +11,40 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from headwater.definitions.types import InvalidValue, to_micros
+from headwater.definitions.types import InvalidValue, from_micros, to_micros
 from headwater.project.project import Project
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: options with their metavars as click writes them (no "<bool>" after flags),
+    # and the same text in a terminal, a pipe and docs/cli.md.
+    rich_markup_mode=None,
     help="headwater: raw events in; features, training sets and models out.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"headwater {version('headwater')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """headwater: raw events in; features, training sets and models out."""
+
+
 # Piped output (CI, files) gets room for tables instead of rich's 80-column default.
 
 console = Console() if sys.stdout.isatty() else Console(width=130)
@@ -37,7 +62,7 @@ def open_project(path: Path) -> Project:
     return Project(path)
 
 
-def progress_bar() -> Progress:
+def progress_bar(quiet: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -45,6 +70,7 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         console=err,
         transient=False,
+        disable=quiet,
     )
 
 
@@ -55,6 +81,36 @@ def time_option(value: str, option: str) -> int:
         return to_micros(float(value) if _NUMBER.fullmatch(value.strip()) else value)
     except InvalidValue as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def iso(micros: int | None) -> str:
+    """A time for people: ISO 8601 in UTC to the second (raw microseconds only in --json).
+
+    >>> iso(1_700_000_000_123_456)
+    '2023-11-14T22:13:20Z'
+    """
+    if micros is None:
+        return "-"
+    return from_micros(int(micros)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def iso_day(micros: int) -> str:
+    """The UTC day of a time.
+
+    >>> iso_day(1_700_000_000_000_000)
+    '2023-11-14'
+    """
+    return from_micros(int(micros)).date().isoformat()
+
+
+def names_option(values: list[str]) -> list[str]:
+    """Feature names given as repeated options, comma lists, or both, in order, once each.
+
+    >>> names_option(["a,b", "c", "a"])
+    ['a', 'b', 'c']
+    """
+    names = [n.strip() for value in values for n in value.split(",") if n.strip()]
+    return list(dict.fromkeys(names))
 
 
 def fmt(value: float | None) -> str:

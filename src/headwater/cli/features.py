@@ -4,38 +4,81 @@ what a stream or a feature looks like."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
+import pandas as pd
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, open_project
+from headwater.cli.common import (
+    ProjectOpt,
+    app,
+    console,
+    names_option,
+    open_project,
+    time_option,
+)
+from headwater.definitions.types import from_micros
 from headwater.history.describe import describe_values, histogram
 
 
 @app.command()
 def features(
-    keys: Annotated[list[str], typer.Argument(help="Entity keys as name=value")],
-    names: Annotated[str, typer.Option("--features", "-f", help="Comma-separated names")],
+    keys: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="The entity's keys")],
+    names: Annotated[
+        list[str],
+        typer.Option("--features", "-f", help="Feature names: repeat -f, or a comma list"),
+    ],
+    at: Annotated[
+        str | None, typer.Option(help="Evaluate at this time (ISO 8601); default: now")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Print online feature values for one entity, e.g. `headwater features user_id=u1 -f x`."""
-    row = dict(k.split("=", 1) for k in keys if "=" in k)
+    """Print online feature values for one entity, e.g.
+    `headwater features user_id=u1 -f spend_7d -f orders_30d`."""
+    row = {}
+    for key in keys:
+        name, sep, value = key.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{key!r} is not KEY=VALUE", param_hint="KEY=VALUE")
+        row[name] = value
+    when = None if at is None else from_micros(time_option(at, "--at"))
     with open_project(project) as p:
-        values = p.online_features(row, [n.strip() for n in names.split(",") if n.strip()])
+        values = p.online_features(row, names_option(names), at=when)
+    if as_json:
+        print(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode())
+        return
     table = Table("feature", "value")
     for name, value in values.items():
-        table.add_row(name, repr(value))
+        table.add_row(name, _human(value, exact=True))
     console.print(table)
+
+
+def _human(value: Any, exact: bool = False) -> str:
+    """A value for people: times in ISO 8601 (UTC), numbers with 6 significant digits (or
+    every digit, ``exact``)."""
+    if value is None or (not isinstance(value, list | tuple | dict) and pd.isna(value)):
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+    if isinstance(value, float):
+        return repr(value) if exact else f"{value:.6g}"
+    return str(value) if isinstance(value, (int, str)) else repr(value)
 
 
 @app.command("training-set")
 def training_set(
     spine: Annotated[Path, typer.Argument(help="Spine: .parquet or .csv with keys and times")],
-    names: Annotated[str, typer.Option("--features", "-f", help="Comma-separated names")],
+    names: Annotated[
+        list[str],
+        typer.Option("--features", "-f", help="Feature names: repeat -f, or a comma list"),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .parquet or .csv")],
     time_column: Annotated[str, typer.Option(help="The spine's time column")] = "timestamp",
     project: ProjectOpt = Path("."),
@@ -44,9 +87,7 @@ def training_set(
     table = pq.read_table(spine) if spine.suffix == ".parquet" else pcsv.read_csv(spine)
     start = time.perf_counter()
     with open_project(project) as p:
-        result = p.training_set(
-            table, [n.strip() for n in names.split(",")], time_column=time_column, output="arrow"
-        )
+        result = p.training_set(table, names_option(names), time_column=time_column, output="arrow")
     if out.suffix == ".csv":
         pcsv.write_csv(result, out)
     else:
@@ -68,7 +109,22 @@ def describe(
         if name in p.definitions.streams:
             found = p.describe_stream(name)
             console.print(f"stream {name} (owner {found.stream.owner}): {found.stream.description}")
-            console.print(found.fields.to_string(index=False))
+            fields = Table(
+                "field", "type", "pii", "count", "null rate", "distinct", "min", "max", "mean"
+            )
+            for row in found.fields.itertuples(index=False):
+                fields.add_row(
+                    row.field,
+                    row.type,
+                    "yes" if row.pii else "",
+                    f"{row.count:,}",
+                    f"{row.null_rate:.1%}",
+                    f"{row.distinct:,}",
+                    _human(row.min),
+                    _human(row.max),
+                    _human(row.mean),
+                )
+            console.print(fields)
             for line in found.copies:
                 console.print(line)
             return

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, open_project
+from headwater.cli.common import ProjectOpt, app, console, iso, open_project
 from headwater.errors import HeadwaterError
 
 
@@ -44,6 +44,10 @@ def train(
             raise typer.Exit(1)
 
 
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _print_metrics(doc: dict[str, Any]) -> None:
     others = doc["comparison"]
     table = Table(
@@ -56,9 +60,11 @@ def _print_metrics(doc: dict[str, Any]) -> None:
         table.add_row(
             metric,
             f"{value:.4f}",
-            *(f"{c['metrics'].get(metric, float('nan')):.4f}" for c in others.values()),
+            *(_metric(c["metrics"].get(metric)) for c in others.values()),
         )
     console.print(table)
+    if any(len(c["metrics"]) < len(doc["metrics"]) for c in others.values()):
+        console.print("-: not computed (a score outside [0, 1] is not a probability)")
     top = sorted(doc["importance"].items(), key=lambda kv: -abs(kv[1]))[:5]
     console.print("top features: " + ", ".join(f"{k} ({v:.3f})" for k, v in top))
 
@@ -77,7 +83,7 @@ def runs(
     if compare:
         _compare_runs([r for r in records if r["id"] in compare])
         return
-    table = Table("run", "model", "status", "version", "seconds", "rows/hash", "metrics")
+    table = Table("run", "model", "status", "started", "version", "seconds", "data hash", "metrics")
     for r in records:
         seconds = (r.get("ended_us", r["started_us"]) - r["started_us"]) / 1e6
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("metrics") or {}).items())
@@ -85,6 +91,7 @@ def runs(
             r["id"],
             r["model"],
             r["status"],
+            iso(r["started_us"]),
             str(r.get("version", "-")),
             f"{seconds:.1f}",
             r.get("data_hash", "-"),
@@ -144,16 +151,41 @@ def models_show(
         doc = p.registry.version(model, version)
         aliases = p.registry.aliases(model)
     _print_metrics(doc)
-    lineage = doc["lineage"]
-    for key in ("label", "snapshot", "code", "packages", "features"):
-        console.print(f"{key}: {lineage[key]}")
-    console.print(f"artifacts: {doc['artifacts']}")
+    _print_lineage(doc)
     for alias, info in aliases.items():
         for h in info["history"]:
+            previous = "" if h["previous"] is None else f"v{h['previous']} -> "
             console.print(
-                f"{alias}: {h['action']} v{h['previous']} -> v{h['version']} by "
-                f"{h['by']}: {h['reason']}"
+                f"{alias}: {h['action']} {previous}v{h['version']} at {iso(h.get('at_us'))} "
+                f"by {h['by']}" + (f": {h['reason']}" if h["reason"] else "")
             )
+
+
+def _print_lineage(doc: dict[str, Any]) -> None:
+    lineage = doc["lineage"]
+    snapshot = lineage["snapshot"]
+    low, high = snapshot["sample_time_range_us"]
+    label = lineage["label"]
+    console.print(f"created {iso(doc.get('created_us'))} by run {doc.get('run', '-')}")
+    console.print(
+        f"label: {label['name']} (version {label['version']}); examples sampled from "
+        f"{iso(low)} to {iso(high)}, held out from {iso(snapshot.get('test_from_us'))}"
+    )
+    offsets = ", ".join(f"{s} {o:,}" for s, o in snapshot["log"]["offsets"].items())
+    console.print(
+        f"data: {snapshot['rows']:,} rows, hash {snapshot['data_hash']}; the log as of "
+        f"{iso(snapshot['log']['as_of_us'])} (offsets: {offsets})"
+    )
+    versions: dict[str, list[str]] = {}
+    for feature, version in lineage["features"].items():
+        versions.setdefault(version, []).append(feature)
+    console.print(
+        "features: "
+        + "; ".join(f"{', '.join(names)} (version {v})" for v, names in versions.items())
+    )
+    console.print(f"code: git commit {lineage['code'].get('git_commit') or 'unknown'}")
+    console.print("packages: " + ", ".join(f"{k} {v}" for k, v in lineage["packages"].items()))
+    console.print("artifacts: " + ", ".join(f"{k} {v}" for k, v in doc["artifacts"].items()))
 
 
 @models_app.command("promote")

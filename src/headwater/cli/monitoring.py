@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import orjson
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, fmt, open_project, progress_bar
-from headwater.definitions.types import from_micros
+from headwater.cli.common import (
+    ProjectOpt,
+    app,
+    console,
+    fmt,
+    iso,
+    iso_day,
+    open_project,
+    progress_bar,
+)
 from headwater.monitoring.ledger import DAY_US
 from headwater.serving import log_format
 
@@ -19,7 +29,7 @@ from headwater.serving import log_format
 @app.command()
 def monitor(
     service: Annotated[str | None, typer.Argument(help="Only this service")] = None,
-    days: Annotated[float, typer.Option(help="Window of prediction times, back from now")] = 7,
+    days: Annotated[float, typer.Option(help="Window of prediction times, back from now")] = 30,
     webhook: Annotated[str | None, typer.Option(help="POST each alert as JSON here")] = None,
     act: Annotated[
         bool,
@@ -27,25 +37,30 @@ def monitor(
             "--act", help="Retrain models whose policy says so; promote challengers that win"
         ),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole run as one JSON document")
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Join logged predictions with their ground truth; drift against reference; alerts.
 
     The monitor's ledger consumes the log from its checkpoints first (a kill at any point
     resumes without counting anything twice), then the window is reported: per version, and
-    per day from the ledger's daily aggregates."""
+    per day from the ledger's daily aggregates. Alerts go to the `alerts` stream (and to
+    --webhook); they are printed as a table at the end."""
     log_format.configure(logging.WARNING)
     alert_log = logging.getLogger("headwater.monitor")
+    alerts: list[dict[str, Any]] = []
 
     def send(alert: dict[str, Any]) -> None:
-        alert_log.warning("alert", extra=alert)
+        alerts.append(alert)
         if webhook:
             try:
                 httpx.post(webhook, json=alert, timeout=5)
             except httpx.HTTPError as exc:
                 alert_log.error("webhook failed", extra={"error": str(exc)})
 
-    with open_project(project) as p, progress_bar() as bar:
+    with open_project(project) as p, progress_bar(quiet=as_json) as bar:
         task = bar.add_task("monitor ledger", total=None)
         run = p.monitor(
             service,
@@ -53,8 +68,27 @@ def monitor(
             alert=send,
             act=act,
             progress=lambda d: bar.update(task, completed=d.consumed),
-            log=console.print,
+            log=(lambda _: None) if as_json else console.print,
         )
+    if as_json:
+        document = {
+            "window_days": days,
+            "ledger": dataclasses.asdict(run.ledger),
+            "reports": [
+                {**dataclasses.asdict(r), "label_coverage": r.label_coverage} for r in run.reports
+            ],
+            "daily": [dataclasses.asdict(row) for row in run.daily],
+            "skew": run.skews,
+            "actions": run.actions,
+            "alerts": alerts,
+        }
+        print(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode())
+        return
+    _print_run(run, days)
+    _print_alerts(alerts)
+
+
+def _print_run(run: Any, days: float) -> None:
     done, reports, daily, skews = run.ledger, run.reports, run.daily, run.skews
     console.print(
         f"ledger: {done.predictions:,} predictions, {done.feedback:,} feedback events and "
@@ -67,18 +101,20 @@ def monitor(
         worst = max(skew["rates"].items(), key=lambda kv: kv[1], default=("-", 0.0))
         console.print(
             f"skew {name}: {skew['checked']} predictions recomputed offline, "
-            f"{len(skew['mismatches'])} mismatching values (worst: {worst[0]} "
-            f"{worst[1]:.1%})"
+            f"{len(skew['mismatches'])} mismatching values"
+            + (f" (worst: {worst[0]} {worst[1]:.1%})" if skew["mismatches"] else "")
         )
     if not reports:
-        console.print("no predictions in the window")
+        console.print(f"no predictions in the last {days:g} days")
         return
     for r in reports:
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in r.metrics.items()) or "no labels yet"
         console.print(
             f"[bold]{r.service}[/bold] {r.variant} {r.model} v{r.version} "
-            f"(owner {r.owner}): {r.predictions:,} predictions, label coverage "
-            f"{r.label_coverage:.0%}; {metrics}"
+            f"(owner {r.owner}), last {days:g} days: {r.predictions:,} predictions "
+            f"({iso(r.first_us)} to {iso(r.last_us)}), label coverage "
+            f"{r.label_coverage:.0%}; {metrics}",
+            soft_wrap=True,
         )
         table = Table("column", "level", "PSI", "KS p", "null rate", "reasons")
         for d in r.drift:
@@ -100,7 +136,7 @@ def monitor(
             row.service,
             row.variant,
             f"{row.model} v{row.version}",
-            "all days" if row.day is None else from_micros(row.day * DAY_US).date().isoformat(),
+            "window total" if row.day is None else iso_day(row.day * DAY_US),
             f"{row.predictions:,}",
             f"{row.label_coverage:.0%}",
             "-" if row.label_delay_s is None else f"{row.label_delay_s / 3600:.1f}h",
@@ -108,6 +144,35 @@ def monitor(
         )
     console.print("performance by day of prediction (from the ledger):")
     console.print(by_day)
+
+
+def _print_alerts(alerts: list[dict[str, Any]]) -> None:
+    if not alerts:
+        console.print("no alerts")
+        return
+    table = Table(
+        "kind",
+        "level",
+        "service",
+        "version",
+        "column",
+        "reason",
+        title=f"{len(alerts)} alerts (also in the 'alerts' stream: `headwater alerts list`)",
+    )
+    shown = 30
+    for a in alerts[:shown]:
+        version = f"{a['model']} v{a['model_version']}" if "model" in a else "-"
+        table.add_row(
+            a.get("kind", "-"),
+            a.get("level", "-"),
+            a.get("service", "-"),
+            version,
+            a.get("column", a.get("feature", "-")),
+            (a.get("reasons") or ["-"])[0],
+        )
+    console.print(table)
+    if len(alerts) > shown:
+        console.print(f"... and {len(alerts) - shown} more (all of them with --json)")
 
 
 @app.command()
@@ -143,12 +208,13 @@ def experiment(
 def report(
     model: Annotated[str, typer.Argument(help="Model to report on")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write")] = None,
-    days: Annotated[int, typer.Option(help="Days of predictions")] = 14,
+    days: Annotated[int, typer.Option(help="Days of predictions")] = 30,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Write a self-contained HTML report: live performance, drift, predictions vs reference."""
     with open_project(project) as p:
         page = p.report(model, days)
-        target = out or p.root / f"{model}-report.html"
+        target = out or p.root / "reports" / f"{model}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page)
     console.print(f"report written to {target}")

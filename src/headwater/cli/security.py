@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, err, open_project, time_option
-from headwater.definitions.types import from_micros
+from headwater.cli.common import ProjectOpt, app, console, err, iso, open_project, time_option
 from headwater.definitions.windows import parse_duration
 from headwater.security.scopes import GRAMMAR
 
@@ -19,10 +18,6 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
-
-
-def _iso(us: int | None) -> str:
-    return "-" if us is None else from_micros(us).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @keys_app.command("create")
@@ -59,7 +54,7 @@ def keys_create(
         )
     err.print(
         f"created key {key.id} of team {key.team!r}: {', '.join(map(str, key.scopes))}"
-        + (f", expires {_iso(key.expires_us)}" if key.expires_us else "")
+        + (f", expires {iso(key.expires_us)}" if key.expires_us else "")
     )
     err.print("the secret is shown only now; keep it (e.g. export HEADWATER_API_KEY=...):")
     typer.echo(secret)
@@ -77,9 +72,9 @@ def keys_list(project: ProjectOpt = Path(".")) -> None:
             k.team,
             " ".join(map(str, k.scopes)),
             k.state(now),
-            _iso(k.created_us),
+            iso(k.created_us),
             k.created_by,
-            _iso(k.expires_us),
+            iso(k.expires_us),
             k.description,
         )
     console.print(table)
@@ -93,7 +88,7 @@ def keys_revoke(
     """Revoke a key: every server and replica refuses it within 5 seconds."""
     with open_project(project) as p:
         key = p.revoke_key(key_id, by=getpass.getuser())
-    console.print(f"revoked key {key.id} of team {key.team!r} at {_iso(key.revoked_us)}")
+    console.print(f"revoked key {key.id} of team {key.team!r} at {iso(key.revoked_us)}")
 
 
 @app.command()
@@ -109,7 +104,7 @@ def audit(
     table = Table("time", "key", "team", "action", "target", "result", "counts")
     for r in records:
         counts = " ".join(f"{k}={v}" for k, v in r.counts.items())
-        table.add_row(_iso(r.at_us), r.key_id, r.team, r.action, r.target, r.result, counts)
+        table.add_row(iso(r.at_us), r.key_id, r.team, r.action, r.target, r.result, counts)
     console.print(table)
     console.print(f"{len(records)} records")
 
@@ -129,10 +124,10 @@ def alerts_list(
     table = Table("id", "time", "kind", "level", "service", "version", "column", "ack")
     for a in alerts:
         b = a.body
-        ack = f"{a.ack['by']} {_iso(a.ack['at_us'])}" if a.ack else "-"
+        ack = f"{a.ack['by']} {iso(a.ack['at_us'])}" if a.ack else "-"
         table.add_row(
             a.id,
-            _iso(a.at_us),
+            iso(a.at_us),
             str(b.get("kind", "")),
             str(b.get("level", "")),
             str(b.get("service", "")),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from headwater.cli.common import ProjectOpt, app, err, open_project
+from headwater.definitions.source import redact_url
+from headwater.errors import HeadwaterError
 from headwater.serving import log_format
 
 
@@ -49,6 +53,22 @@ def serve(
             err.print(f"headwater serving project {p.settings.name!r} from {p.root}")
             err.print(f"  API      {url}/v1/   (docs {url}/docs, metrics {url}/metrics)")
             err.print(f"  auth     {auth}; hosts {', '.join(server.allowed_hosts)}")
+            stores = vars(p.settings.stores)
+            err.print(
+                "  stores   " + ", ".join(f"{k} {redact_url(u)}" for k, u in stores.items()),
+                highlight=False,
+            )
+            extra = [
+                name
+                for name, on in (
+                    ("processor", with_processor),
+                    ("stream scoring", with_scoring),
+                    (f"monitor every {monitor_every:g}s", monitor_every > 0),
+                )
+                if on
+            ]
+            if extra:
+                err.print(f"  also     {', '.join(extra)}")
             if server.auth != "keys":
                 err.print(
                     "  [yellow]warning:[/yellow] no authentication: anyone on this machine "
@@ -56,6 +76,7 @@ def serve(
                 )
             err.print("ready (Ctrl+C to stop)")
 
+        _check_free(host or server.host, port or server.port)
         p.serve(
             host,
             port,
@@ -65,3 +86,20 @@ def serve(
             tls=tls,
             announce=announce,
         )
+
+
+def _check_free(host: str, port: int) -> None:
+    """A clear error for a port in use (often a `headwater serve` still running), before the
+    project's server starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # the server reports anything else itself
+            raise HeadwaterError(
+                f"{host}:{port} is in use (another `headwater serve`?): stop it, or pass "
+                "--port with a free port"
+            ) from None

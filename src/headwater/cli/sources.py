@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, err, open_project
+from headwater.cli.common import ProjectOpt, app, console, err, iso, open_project
 from headwater.sources.base import PollResult
 
 source_app = typer.Typer(
@@ -68,8 +67,7 @@ def source_status(project: ProjectOpt = Path(".")) -> None:
         rows = p.source_runner().status()
     table = Table("source", "stream", "reads", "position", "events", "updated")
     for row in rows:
-        when = row["updated_at"]
-        updated = "-" if not when else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when / 1e6))
+        updated = iso(row["updated_at"] or None)
         table.add_row(
             row["source"], row["stream"], row["reads"], row["position"], str(row["events"]), updated
         )

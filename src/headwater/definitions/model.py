@@ -122,7 +122,9 @@ class Model(Definition):
     Examples are the entity's rows at every ``sample_every`` over the ``lookback`` before the
     latest time whose label is known; the last ``test_fraction`` of that time range is held out.
     ``baseline`` is an optional heuristic: a vectorized function of the features (a pandas
-    DataFrame) returning scores, evaluated on the same held-out rows.
+    DataFrame) returning scores, evaluated on the same held-out rows (scores outside [0, 1]
+    are a ranking, not a probability: they get AUC and precision/recall at k, no log loss,
+    Brier score or ECE).
     """
 
     kind = "model"

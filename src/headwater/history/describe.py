@@ -8,17 +8,26 @@ import numpy as np
 import pandas as pd
 
 from headwater.definitions import Stream
+from headwater.definitions.types import from_micros
 from headwater.history.engines.base import QueryEngine
 from headwater.history.engines.sorted_history import copy_name
 from headwater.stores.offline.base import OfflineStore
 
 
 def describe_stream(stream: Stream, engine: QueryEngine) -> pd.DataFrame:
-    """One row per field: count, null rate, distinct values, min, max, mean."""
+    """One row per field: count, null rate, distinct values (exact), min, max, mean; times as
+    UTC datetimes, and no min or max of a PII field (they would be values of it)."""
     rows = []
     for stats in engine.field_stats(stream):
         field = stream.fields[stats["field"]]
         total = stats["count"]
+        low, high, mean = stats["min"], stats["max"], stats["mean"]
+        if field.dtype.value == "timestamp":
+            low, high, mean = (
+                None if v is None else from_micros(int(v)) for v in (low, high, mean)
+            )
+        if field.pii:
+            low = high = None
         rows.append(
             {
                 "field": stats["field"],
@@ -27,9 +36,9 @@ def describe_stream(stream: Stream, engine: QueryEngine) -> pd.DataFrame:
                 "count": total,
                 "null_rate": 1 - stats["present"] / total if total else 0.0,
                 "distinct": stats["distinct"],
-                "min": stats["min"],
-                "max": stats["max"],
-                "mean": stats["mean"],
+                "min": low,
+                "max": high,
+                "mean": mean,
             }
         )
     return pd.DataFrame(rows)
@@ -70,7 +79,7 @@ def describe_values(values: pd.Series) -> dict[str, Any]:
     return {
         "count": int(len(values)),
         "null_rate": float(values.isna().mean()) if len(values) else 0.0,
-        "distinct": int(values.astype(str).nunique()),
+        "distinct": int(values.dropna().astype(str).nunique()),  # exact; nulls not a value
         "min": values.min() if numeric and values.notna().any() else None,
         "max": values.max() if numeric and values.notna().any() else None,
         "mean": float(values.mean()) if numeric and values.notna().any() else None,

@@ -22,7 +22,7 @@ class MonitorContext:
     yet (so a monitor run counts them); ``train`` trains a model and returns the new version
     (the closed loop retrains with it); ``log_url`` identifies the log the ledger consumed;
     ``engine`` answers the labels and feedback asked of the history; ``state`` holds the
-    ledger.
+    ledger; ``min_sample`` is the fewest rows a window needs for drift to warn or alert.
     """
 
     definitions: Definitions
@@ -36,3 +36,4 @@ class MonitorContext:
     state: MonitorStore
     flush_predictions: Callable[[], None]
     train: Callable[[str], int]
+    min_sample: int = 100

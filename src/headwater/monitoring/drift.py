@@ -15,7 +15,8 @@ from scipy import stats
 from scipy.spatial import distance
 
 Kind = Literal["numeric", "categorical", "empty"]
-Level = Literal["ok", "warn", "alert"]
+Level = Literal["ok", "warn", "alert", "insufficient"]
+"""``insufficient``: fewer rows than ``Thresholds.min_sample``; measured, never alerted."""
 
 # Share given to a bin or category that holds nothing, on either side, before PSI's logarithm and
 # as chi-square's expected share: log(0) is undefined, and with 1e-4 one empty bin that now holds
@@ -53,6 +54,10 @@ class Thresholds:
     categories shows a divergence by chance alone)."""
     chi2_pvalue: float = 0.01
     """Categorical: a chi-square p-value (current counts vs reference shares) below this warns."""
+    min_sample: int = 100
+    """Below this many rows in the window a column is measured but neither warns nor alerts
+    (level "insufficient", "not enough data: N of M rows"): two predictions give a PSI of 10
+    by chance. ``[monitor] min_sample`` in ``headwater.toml``."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ def column_drift(
     'ok'
     >>> column_drift("x", reference, pd.Series(np.arange(1000.0) + 500)).reasons[0]
     'PSI 4.35 > 0.25'
+    >>> column_drift("x", reference, pd.Series([5000.0, 6000.0])).reasons
+    ('not enough data: 2 of 100 rows',)
     """
     if reference.get("type") == "numeric":
         # what does not parse as a number is treated as missing, and shows in the null rate
@@ -127,14 +134,18 @@ def column_drift(
         measures, null_rate, reference_null_rate, thresholds, n, float(reference.get("count", 0))
     )
     levels = {level for level, _ in findings}
+    level: Level = "alert" if "alert" in levels else "warn" if levels else "ok"
+    reasons = tuple(reason for _, reason in findings)
+    if n < thresholds.min_sample:
+        level, reasons = "insufficient", (f"not enough data: {n} of {thresholds.min_sample} rows",)
     return ColumnDrift(
         name=name,
         kind=kind,
         n=n,
         null_rate=null_rate,
         reference_null_rate=reference_null_rate,
-        level="alert" if "alert" in levels else "warn" if levels else "ok",
-        reasons=tuple(reason for _, reason in findings),
+        level=level,
+        reasons=reasons,
         **measures,
     )
 

@@ -31,10 +31,15 @@ def retrain_if_needed(
         if policy is None or ctx.registry.alias(model.name, "champion") != report.version:
             continue
         reasons = []
-        if policy.on_drift:
-            reasons += [
-                f"{d.name}: {'; '.join(d.reasons)}" for d in report.drift if d.level == "alert"
-            ]
+        drifted = [d for d in report.drift if d.level == "alert"]
+        if policy.on_drift and drifted:
+            # The first reason of each column (its largest measure), e.g. "PSI 0.65 > 0.25":
+            # the full statistics are in the alerts stream.
+            reasons.append(
+                f"drift in {len(drifted)} of {len(report.drift)} columns: "
+                + ", ".join(f"{d.name} ({d.reasons[0]})" for d in drifted[:3])
+                + (f" and {len(drifted) - 3} more" if len(drifted) > 3 else "")
+            )
         if report.labelled >= policy.min_labelled:
             reasons += [
                 f"live {metric} {report.metrics[metric]:.4f} < {floor}"

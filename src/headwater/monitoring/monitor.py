@@ -134,7 +134,7 @@ class Monitor:
         alert: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.ctx = ctx
-        self.thresholds = thresholds or Thresholds()
+        self.thresholds = thresholds or Thresholds(min_sample=ctx.min_sample)
         self._alert_hook = alert
 
     def run(
@@ -332,7 +332,7 @@ class Monitor:
         records = []
         for r in reports:
             for d in r.drift:
-                if d.level == "ok":
+                if d.level in ("ok", "insufficient"):
                     continue
                 alert = {
                     "kind": "drift",

@@ -59,16 +59,19 @@ def bars(
 def _daily(
     monitor: Monitor, model: str, days: int, now: int, logged: pd.DataFrame
 ) -> list[tuple[str, VersionReport]]:
+    """Per calendar day (UTC) of prediction, as the monitor's ledger counts them."""
     out = []
-    for d in range(days, 0, -1):
-        since, until = now - d * DAY, now - (d - 1) * DAY
+    today = now - now % DAY
+    for d in range(days, -1, -1):
+        since = today - d * DAY
+        until = min(since + DAY, now + 1)
         for r in monitor.run(None, since_us=since, until_us=until, logged=logged, alert=False):
             if r.model == model:
-                out.append((from_micros(since).strftime("%m-%d"), r))
+                out.append((from_micros(since).date().isoformat(), r))
     return out
 
 
-def render(ctx: MonitorContext, model: str, days: int = 14) -> str:
+def render(ctx: MonitorContext, model: str, days: int = 30) -> str:
     definition = ctx.definitions.model(model)
     monitor = Monitor(ctx)
     now = ctx.clock()
@@ -82,7 +85,8 @@ def render(ctx: MonitorContext, model: str, days: int = 14) -> str:
     sections = [
         f"<h1>{html.escape(model)}: {html.escape(definition.description)}</h1>",
         f"<p>owner {html.escape(definition.owner)} · generated "
-        f"{from_micros(now).isoformat(timespec='seconds')} · window {days} days</p>",
+        f"{from_micros(now).isoformat(timespec='seconds').replace('+00:00', 'Z')} · "
+        f"window {days} days</p>",
     ]
     perf = [
         (f"{day} v{r.version} {r.variant}", r.metrics[metric])

@@ -16,6 +16,10 @@ from headwater.monitoring.ledger import DAY_US, Ledger, Progress
 from headwater.monitoring.monitor import Monitor, VersionReport
 from headwater.monitoring.rollup import Performance
 
+# The default window of prediction times: a 14-day label horizon and two weeks of matured
+# predictions after it.
+WINDOW_DAYS = 30
+
 
 @dataclass
 class MonitorRun:
@@ -33,7 +37,7 @@ def run_monitor(
     ctx: MonitorContext,
     service: str | None = None,
     *,
-    days: float = 7,
+    days: float = WINDOW_DAYS,
     alert: Callable[[dict[str, Any]], None] | None = None,
     act: bool = False,
     progress: Callable[[Progress], None] | None = None,

@@ -84,6 +84,11 @@ class OfflineSettings:
 
 
 @dataclass(frozen=True)
+class MonitorSettings:
+    min_sample: int = 100  # fewer rows in a window: drift is measured, never alerted
+
+
+@dataclass(frozen=True)
 class Settings:
     root: Path
     name: str
@@ -93,6 +98,7 @@ class Settings:
     server: ServerSettings
     tracking: TrackingSettings = TrackingSettings()
     offline: OfflineSettings = OfflineSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -136,6 +142,7 @@ def load_settings(root: str | Path) -> Settings:
             server=_server_settings(server),
             tracking=TrackingSettings(mlflow_uri=_table(data, "tracking").get("mlflow_uri")),
             offline=_offline_settings(_table(data, "offline")),
+            monitor=_monitor_settings(_table(data, "monitor")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from None
@@ -195,6 +202,13 @@ def _offline_settings(offline: dict[str, Any]) -> OfflineSettings:
             conf=tuple((str(k), _spark_value(v)) for k, v in conf.items()),
         ),
     )
+
+
+def _monitor_settings(monitor: dict[str, Any]) -> MonitorSettings:
+    min_sample = monitor.get("min_sample", 100)
+    if isinstance(min_sample, bool) or not isinstance(min_sample, int) or min_sample < 1:
+        raise ValueError(f"[monitor] min_sample must be an integer >= 1, not {min_sample!r}")
+    return MonitorSettings(min_sample=min_sample)
 
 
 def _spark_value(value: Any) -> str:

@@ -510,7 +510,7 @@ class Project:
         self,
         service: str | None = None,
         *,
-        days: float = 7,
+        days: float = 30,
         alert: Callable[[dict[str, Any]], None] | None = None,
         act: bool = False,
         progress: Callable[[Progress], None] | None = None,
@@ -557,6 +557,13 @@ class Project:
         from headwater.monitoring.ledger import DAY_US
         from headwater.monitoring.monitor import experiment_outcomes
 
+        variants = self.definitions.services[service].variants
+        if len(variants) < 2:
+            raise DefinitionError(
+                f"service {service!r} serves one variant ({variants[0].name}): there is "
+                "nothing to compare; an experiment needs a Service with routing='ab', "
+                "'shadow' or 'bandit' and two or more variants"
+            )
         now = self.now()
         since = now - int(days * DAY_US)
         outcomes = experiment_outcomes(self.monitor_context(), service, since, now + 1)
@@ -569,7 +576,7 @@ class Project:
             higher_is_better = self.definitions.services[service].higher_is_better
         return analyze(outcomes, higher_is_better=higher_is_better)
 
-    def report(self, model: str, days: int = 14) -> str:
+    def report(self, model: str, days: int = 30) -> str:
         """A self-contained HTML report of a model: live performance by day, drift,
         predictions against the reference, experiments."""
         from headwater.monitoring.report import render

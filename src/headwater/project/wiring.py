@@ -196,6 +196,7 @@ def monitor_context(
         state=stores.monitor,
         flush_predictions=flush_predictions,
         train=train,
+        min_sample=settings.monitor.min_sample,
     )
 
 

@@ -44,31 +44,45 @@ def calibration(y: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[dict[
     return table
 
 
+PROBABILITY_METRICS = ("log_loss", "brier", "ece")
+
+
 def score_metrics(
     names: tuple[str, ...], y: np.ndarray, scores: np.ndarray, task: str, k: int
 ) -> dict[str, float]:
+    """The metrics ``names`` (and ECE) of ``scores`` against ``y``. A classification score
+    outside [0, 1] is a ranking, not a probability (a baseline heuristic, say): it gets the
+    ranking metrics only (AUC, precision and recall at k), no log loss, Brier score or ECE.
+
+    >>> y = np.array([0, 1, 0, 1])
+    >>> heuristic = np.array([1.0, 7.0, 2.0, 5.0])
+    >>> sorted(score_metrics(("auc", "log_loss"), y, heuristic, "classification", 2))
+    ['auc']
+    """
     out: dict[str, float] = {}
     if task == "classification":
         y = y.astype(int)
         both = len(np.unique(y)) == 2
-        clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+        probability = bool(np.all((scores >= 0) & (scores <= 1)))
         precision, recall = _at_k(y, scores, k)
         values = {
             "auc": float(skm.roc_auc_score(y, scores)) if both else float("nan"),
-            "log_loss": float(skm.log_loss(y, clipped, labels=[0, 1])),
-            "brier": float(skm.brier_score_loss(y, clipped)),
             "precision_at_k": precision,
             "recall_at_k": recall,
         }
-        table = calibration(y, scores)
-        n = sum(r["count"] for r in table)
-        out["ece"] = sum(r["count"] * abs(r["predicted"] - r["observed"]) for r in table) / n
+        if probability:
+            clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+            values["log_loss"] = float(skm.log_loss(y, clipped, labels=[0, 1]))
+            values["brier"] = float(skm.brier_score_loss(y, clipped))
+            table = calibration(y, scores)
+            n = sum(r["count"] for r in table)
+            out["ece"] = sum(r["count"] * abs(r["predicted"] - r["observed"]) for r in table) / n
     else:
         values = {
             "rmse": float(np.sqrt(skm.mean_squared_error(y, scores))),
             "mae": float(skm.mean_absolute_error(y, scores)),
         }
-    out.update({m: values[m] for m in names})
+    out.update({m: values[m] for m in names if m in values})
     return out
 
 

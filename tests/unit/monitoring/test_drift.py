@@ -13,6 +13,8 @@ from scipy.spatial import distance
 from headwater.monitoring.drift import EPSILON, Thresholds, column_drift, profile_drift
 from headwater.training.profile import column_profile, reference_profile
 
+ANY_SIZE = Thresholds(min_sample=1)  # the rules below the default minimum sample
+
 N = 20_000
 
 
@@ -90,7 +92,7 @@ def test_psi_puts_values_beyond_the_edges_in_the_outer_bins_and_floors_empty_one
 def test_out_of_range_rate_is_the_share_of_present_values_outside_min_max():
     reference = column_profile(pd.Series(np.linspace(0.0, 100.0, 101)))
     current = pd.Series([-1.0, 0.0, 50.0, 100.0, 101.0, 150.0, 50.0, 50.0, None, None])
-    drift = column_drift("x", reference, current)
+    drift = column_drift("x", reference, current, ANY_SIZE)
     assert drift.out_of_range_rate == 3 / 8  # -1, 101 and 150; the bounds are in range
     assert drift.level == "alert"
     assert "37.5% of values outside the reference range > 5.0%" in drift.reasons
@@ -139,7 +141,7 @@ def test_a_null_rate_change_within_chance_does_not_alert_in_a_small_window():
 def test_values_that_are_not_numbers_count_as_missing():
     reference = column_profile(pd.Series(np.arange(100.0)))
     current = pd.Series(["1", "2", "three", "4"], dtype=object)
-    drift = column_drift("x", reference, current)
+    drift = column_drift("x", reference, current, ANY_SIZE)
     assert drift.null_rate == 0.25
     assert drift.level == "alert"
 
@@ -209,17 +211,33 @@ def test_booleans_compare_as_categories():
 # empty
 
 
-def test_an_empty_window_is_empty_and_ok():
+def test_an_empty_window_is_empty_and_not_enough_data():
     drift = column_drift("x", column_profile(normal(1)), pd.Series([], dtype=float))
     assert drift.kind == "empty"
     assert drift.n == 0
     assert drift.psi is None and drift.ks_pvalue is None and drift.js_divergence is None
-    assert drift.level == "ok"
+    assert drift.level == "insufficient"
+    assert drift.reasons == ("not enough data: 0 of 100 rows",)
+    no_minimum = Thresholds(min_sample=0)
+    empty = pd.Series([], dtype=float)
+    assert column_drift("x", column_profile(normal(1)), empty, no_minimum).level == "ok"
+
+
+def test_a_window_below_the_minimum_sample_is_measured_but_never_alerts():
+    reference = column_profile(normal(1))
+    for n in (2, 99):
+        tiny = column_drift("x", reference, pd.Series(np.full(n, 50.0)))  # 50 sigmas away
+        assert tiny.psi is not None and tiny.psi > 5  # measured...
+        assert tiny.level == "insufficient"  # ...but not alerted
+        assert tiny.reasons == (f"not enough data: {n} of 100 rows",)
+    enough = column_drift("x", reference, pd.Series(np.full(100, 50.0)))
+    assert enough.level == "alert"
+    assert column_drift("x", reference, pd.Series(np.full(99, 50.0)), ANY_SIZE).level == "alert"
 
 
 def test_an_all_null_window_is_empty_and_alerts_on_the_null_rate():
     reference = column_profile(categories(1, {"a": 0.5, "b": 0.5}))
-    drift = column_drift("c", reference, pd.Series([None] * 10, dtype=object))
+    drift = column_drift("c", reference, pd.Series([None] * 10, dtype=object), ANY_SIZE)
     assert drift.kind == "empty"
     assert drift.null_rate == 1.0
     assert drift.level == "alert"

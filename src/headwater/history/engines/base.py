@@ -23,10 +23,10 @@ Snapshot = Mapping[str, int]
 class QueryEngine(Protocol):
     """Point-in-time questions over the history of the offline store it was built on.
 
-    Contract, for every engine (``tests/contracts/test_query_engine.py`` holds it):
+    Contract, for every engine (``tests/contracts/test_query_engine_contract.py`` holds it):
 
     - ``feature_values``: one row per spine row, in order, each column's value at the row's
-      time under DESIGN.md's time semantics (events strictly before t, windows on hop
+      time under the time semantics of docs/concepts.md (events strictly before t, windows on hop
       boundaries), over the events below ``snapshot`` when one is given.
     - ``history``: the stream's archived rows (below ``snapshot``), every column of the
       history schema, in no particular order; an empty table with that schema where nothing
@@ -39,7 +39,7 @@ class QueryEngine(Protocol):
       of the latest event by (event time, partition, offset) whose field is not null, and the
       time of the first such event; ids without one are absent.
     - ``field_stats``: per field of the stream, its count of rows, of non-null values, an
-      approximate distinct count, min, max and (numeric fields) mean.
+      exact distinct count, min, max and (numeric fields) mean.
     """
 
     name: str

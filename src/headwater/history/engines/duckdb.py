@@ -150,7 +150,7 @@ GROUP BY s._row ORDER BY s._row
                 col = sql_name(name)
                 numeric = field.dtype.value in ("int", "float", "timestamp")
                 sql = (
-                    f"SELECT count(*), count({col}), approx_count_distinct({col}), "
+                    f"SELECT count(*), count({col}), count(DISTINCT {col}), "
                     f"min({col}), max({col}), "
                     f"{'avg(' + col + ')' if numeric else 'NULL'} FROM {source}"
                 )

@@ -3,7 +3,7 @@ the query engine port, computed by Spark over the same Parquet history as DuckDB
 
 Feature values follow sql.py's plan: the spine joins its entity's events with
 ``start <= event_time < t`` (the widest window's start) and each column aggregates only the
-joined events that pass its own start and filter, so values follow DESIGN.md's time
+joined events that pass its own start and filter, so values follow docs/concepts.md's time
 semantics exactly. ``last`` and ``first`` order by (event time, log offset) as everywhere.
 pyspark is imported here only, and lazily: ``pip install "headwater[spark]"``.
 """
@@ -243,7 +243,7 @@ class SparkEngine:
             numeric = field.dtype.value in ("int", "float", "timestamp")
             aggs += [
                 F.count(col).alias(f"c{i}"),
-                F.approx_count_distinct(col).alias(f"d{i}"),
+                F.count_distinct(col).alias(f"d{i}"),
                 F.min(col).alias(f"lo{i}"),
                 F.max(col).alias(f"hi{i}"),
                 (F.avg(col) if numeric else F.lit(None)).alias(f"m{i}"),

@@ -89,7 +89,7 @@ class Query:
         for i, k in enumerate(self.plan.entity.keys):
             spine[f"_k{i}"] = spine_keys[k].cast(ARROW_TYPES[stream.fields[k].dtype])
         for (window, hop), name in self.starts.items():
-            spine[name] = ((times - window) // hop) * hop  # floor, as batch.py and DESIGN.md
+            spine[name] = ((times - window) // hop) * hop  # floor, as batch.py and docs/concepts.md
         return pa.table(spine)
 
     def events(self, history: DataFrame) -> DataFrame:

@@ -2,7 +2,8 @@
 
 For each feature set, the spine joins its entity's events with ``start <= event_time < t``
 (the widest window's start) and every column aggregates with a FILTER on its own start, so
-each value follows DESIGN.md's time semantics exactly: ``start = floor((t - W) / h) * h``.
+each value follows the time semantics of docs/concepts.md exactly:
+``start = floor((t - W) / h) * h``.
 """
 
 from __future__ import annotations
