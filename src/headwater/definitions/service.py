@@ -10,7 +10,7 @@ from headwater.definitions.base import Definition, check_name
 from headwater.definitions.entity import Entity
 from headwater.definitions.model import Model
 from headwater.definitions.stream import Stream
-from headwater.errors import DefinitionError
+from headwater.errors import DefinitionError, did_you_mean
 
 ROUTINGS = ("champion", "ab", "shadow", "bandit")
 RESERVED_STREAMS = ("predictions", "_dead_letter")
@@ -43,6 +43,17 @@ class Bandit:
     reward_field: str = "reward"
     policy: str = "thompson"
     epsilon: float = 0.1
+
+    POLICIES = ("thompson", "epsilon")
+
+    def __post_init__(self) -> None:
+        if self.policy not in self.POLICIES:
+            raise DefinitionError(
+                f"Bandit policy {self.policy!r} is not one of {', '.join(self.POLICIES)}"
+                + did_you_mean(self.policy, self.POLICIES)
+            )
+        if not 0 <= self.epsilon <= 1:
+            raise DefinitionError(f"Bandit epsilon must be in [0, 1], not {self.epsilon!r}")
 
     def spec(self) -> dict[str, Any]:
         return {

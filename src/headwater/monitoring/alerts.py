@@ -60,7 +60,9 @@ class Alerts:
         """Acknowledge an alert (again: the latest acknowledgement is kept)."""
         alert = next((a for a in self.list() if a.id == alert_id), None)
         if alert is None:
-            raise UnknownAlert(f"no alert has the id {alert_id!r}; `headwater alerts` lists them")
+            raise UnknownAlert(
+                f"no alert has the id {alert_id!r}; `headwater alerts list` shows them"
+            )
         ack = {"by": by, "team": team, "reason": reason, "at_us": self._clock()}
         self._metadata.put_records([(ACKS, alert_id, ack)])
         return Alert(alert.id, alert.at_us, alert.body, ack)

@@ -158,3 +158,14 @@ def test_filters_use_sql_null_logic():
 def test_derived_needs_inputs():
     with pytest.raises(DefinitionError, match="needs inputs"):
         Derived("d", inputs=[], fn=lambda df: df, owner="o", description="d")
+
+
+def test_a_bandit_policy_or_epsilon_out_of_range_is_refused_with_the_choices():
+    from headwater.definitions.service import Bandit
+
+    rewards = _stream()
+    assert Bandit(rewards, policy="epsilon", epsilon=0.2).policy == "epsilon"
+    with pytest.raises(DefinitionError, match="'epsilon_greedy' is not one of thompson, epsilon"):
+        Bandit(rewards, policy="epsilon_greedy")
+    with pytest.raises(DefinitionError, match=r"epsilon must be in \[0, 1\]"):
+        Bandit(rewards, epsilon=1.5)
