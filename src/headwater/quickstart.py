@@ -311,7 +311,8 @@ def _run(
     stats = project.process()
     process_s = time.perf_counter() - t0
     console.print(
-        f"[bold]4. processed[/bold] {stats.events:,} events into online tiles in "
+        f"[bold]4. processed[/bold] {stats.events:,} events (of the streams features read) "
+        f"into online tiles in "
         f"{process_s:.1f}s ({stats.events / max(process_s, 1e-9):,.0f}/s)"
     )
 
@@ -352,8 +353,16 @@ def _run(
         close_the_loop(project, clock, later, sim.users, folder, console, ingest)
 
     console.print(f"\n[green]quickstart finished in {time.perf_counter() - started:.1f}s[/green]")
-    for line in next_steps(project, folder, sample_users[0]):
+    for line in next_steps(project, folder, _active_user(project, sim.users)):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _active_user(project: Project, users: list[str]) -> str:
+    """A user with sessions in the last week, so the suggested `features` command shows
+    values (the first users may have churned)."""
+    first = sorted(users)[:100]
+    values = project.online_features([{"user_id": u} for u in first], ["sessions_7d"])
+    return next((u for u, v in zip(first, values, strict=True) if v["sessions_7d"]), first[0])
 
 
 def headwater_command() -> str:
@@ -383,7 +392,7 @@ def next_steps(project: Project, folder: Path, user: str) -> list[str]:
         lines.append(f"Run headwater as {hw}, or `source {activate}` first.")
     lines += [
         "Try:",
-        f"  {hw} serve{where}        # API {url}/v1/, docs {url}/docs, metrics {url}/metrics",
+        f"  {hw} serve{where}        # API {url}, docs {url}/docs, metrics {url}/metrics",
         f"  curl -s -X POST {url}/v1/predict/retention -H 'content-type: application/json'"
         f' -d \'{{"entity": {{"user_id": "{user}"}}}}\'',
         f"  {hw} features user_id={user} -f sessions_7d -f spend_30d{where}",
@@ -550,8 +559,9 @@ def close_the_loop(
         doc = project.registry.version(a["model"], a["version"])
         console.print(
             f"   challenger {a['model']} v{a['version']} trained on the drifted data "
-            f"(held-out AUC {doc['metrics']['auc']:.3f}); it is promoted only if it beats the "
-            "champion on live labels (`headwater monitor --act`)"
+            f"(held-out AUC {doc['metrics']['auc']:.3f}); served as a shadow variant, it would "
+            "be promoted by `headwater monitor --act` once it beats the champion on live "
+            "labels (or promote it: `headwater models promote`)"
         )
     report = folder / "reports" / "churn.html"
     report.parent.mkdir(exist_ok=True)

@@ -28,7 +28,9 @@ def test_train_promote_rollback_reproduce_and_describe(tmp_path):
     assert listed.count("succeeded") == 3
 
     run("models", "promote", "churn", "1", "--reason", "first", "-p", str(folder))
-    gated = run("models", "promote", "churn", "2", "-p", str(folder), ok=False)
+    unexplained = run("models", "promote", "churn", "2", "-p", str(folder), ok=False)
+    assert unexplained.returncode == 2 and "say why" in unexplained.stderr
+    gated = run("models", "promote", "churn", "2", "--reason", "try", "-p", str(folder), ok=False)
     assert "was not evaluated against the current champion (version 1)" in gated.stderr
     run("models", "promote", "churn", "2", "--force", "--reason", "second", "-p", str(folder))
     assert (
@@ -38,8 +40,13 @@ def test_train_promote_rollback_reproduce_and_describe(tmp_path):
     shown = run("models", "show", "churn", "champion", "-p", str(folder)).stdout
     assert "champion: rollback v2 -> v1" in shown and "data: " in shown and ", hash " in shown
     assert "churn" in run("models", "list", "-p", str(folder)).stdout
-    refused = run("models", "promote", "churn_strict", "1", "-p", str(folder), ok=False)
+    refused = run(
+        "models", "promote", "churn_strict", "1", "--reason", "r", "-p", str(folder), ok=False
+    )
     assert refused.returncode == 1 and "has no version 1" in refused.stderr
+    misspelt = run("models", "show", "chrun", "-p", str(folder), ok=False)
+    assert "unknown model 'chrun'" in misspelt.stderr and "churn" in misspelt.stderr
+    assert "did you mean" in run("runs", "chrun", "-p", str(folder), ok=False).stderr
 
     described = run("describe", "visits", "-p", str(folder)).stdout
     assert "device" in described and "null rate" in described

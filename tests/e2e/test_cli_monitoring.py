@@ -47,5 +47,8 @@ def test_monitor_and_experiment_report_on_matured_predictions(tmp_path):
     single = run("experiment", "risk", "--days", "20", "-p", str(folder), ok=False)
     assert single.returncode == 1 and "serves one variant" in single.stderr
     assert "nothing to compare" in single.stderr
+    unknown = run("experiment", "risk_abb", "-p", str(folder), ok=False)
+    assert unknown.returncode == 1 and "unknown service 'risk_abb'" in unknown.stderr
+    assert "unknown service" in run("monitor", "risk_abb", "-p", str(folder), ok=False).stderr
     missing = run("experiment", "risk_ab", "--days", "1", "-p", str(folder), ok=False)
     assert missing.returncode == 1 and "fewer than two variants" in missing.stderr

@@ -185,4 +185,4 @@ def test_sigkill_while_consuming_resumes_to_the_same_ledger(tmp_path):
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "ledger: 0 predictions, 0 feedback events and 0 matured labels" in out
-    assert "performance by day" in out and "window total" in out
+    assert "performance by day" in out and "│ total " in out

@@ -168,7 +168,7 @@ def test_every_suggested_command_works_and_the_figures_agree(demo, tmp_path):
     try:
         banner = _wait_ready(server)
         base = f"http://127.0.0.1:{port}"
-        assert f"API      {base}/v1/" in banner and f"docs {base}/docs" in banner
+        assert f"API      {base}   (docs {base}/docs" in banner and "no processor here" in banner
         assert "stores   log sqlite:///.headwater/log.db" in banner
         url = next(t for t in curl if t.startswith("http")).replace(":8800", f":{port}")
         body = json.loads(curl[curl.index("-d") + 1])
@@ -191,7 +191,7 @@ def test_every_suggested_command_works_and_the_figures_agree(demo, tmp_path):
     summary = re.search(pattern, monitor, re.S)
     ledger = _table(monitor, "performance by day")
     assert summary and ledger, monitor
-    total = dict(zip(ledger["service"], ledger["retention"], strict=True))
+    total = dict(zip(ledger["service/variant"], ledger["retention/champion"], strict=True))
     # the summary and the ledger agree: predictions, coverage and every metric both show
     assert (total["predictions"], total["labelled"]) == (summary[1], summary[2] + "%")
     stated = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", summary[3])}

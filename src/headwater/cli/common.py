@@ -62,14 +62,14 @@ def open_project(path: Path) -> Project:
     return Project(path)
 
 
-def progress_bar(quiet: bool = False) -> Progress:
+def progress_bar(quiet: bool = False, transient: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
-        transient=False,
+        transient=transient,
         disable=quiet,
     )
 

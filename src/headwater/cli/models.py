@@ -79,6 +79,8 @@ def runs(
 ) -> None:
     """List training runs with their status, duration, data and metrics, or compare runs."""
     with open_project(project) as p:
+        if model is not None:
+            p.definitions.model(model)  # an unknown name: "did you mean"
         records = p.registry.runs(model)
     if compare:
         _compare_runs([r for r in records if r["id"] in compare])
@@ -148,6 +150,7 @@ def models_show(
 ) -> None:
     """A version's metrics, lineage and alias history."""
     with open_project(project) as p:
+        p.definitions.model(model)  # an unknown name: "did you mean"
         doc = p.registry.version(model, version)
         aliases = p.registry.aliases(model)
     _print_metrics(doc)
@@ -193,11 +196,13 @@ def models_promote(
     model: Annotated[str, typer.Argument()],
     version: Annotated[int, typer.Argument()],
     alias: Annotated[str, typer.Option(help="champion, challenger or any name")] = "champion",
-    reason: Annotated[str, typer.Option(help="Why, for the history")] = "",
+    reason: Annotated[str, typer.Option(help="Why, for the alias history (required)")] = "",
     force: Annotated[bool, typer.Option(help="Skip the promotion policy")] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Point an alias at a version; "champion" must pass the model's promotion policy."""
+    if not reason.strip():
+        raise typer.BadParameter("say why, for the alias history", param_hint="--reason")
     with open_project(project) as p:
         p.promote(model, version, alias=alias, by=getpass.getuser(), reason=reason, force=force)
     console.print(f"{model}: {alias} -> version {version}")

@@ -60,7 +60,7 @@ def monitor(
             except httpx.HTTPError as exc:
                 alert_log.error("webhook failed", extra={"error": str(exc)})
 
-    with open_project(project) as p, progress_bar(quiet=as_json) as bar:
+    with open_project(project) as p, progress_bar(quiet=as_json, transient=True) as bar:
         task = bar.add_task("monitor ledger", total=None)
         run = p.monitor(
             service,
@@ -127,23 +127,33 @@ def _print_run(run: Any, days: float) -> None:
                 "; ".join(d.reasons),
             )
         console.print(table)
-    by_day = Table("service", "variant", "version", "day", "predictions", "labelled", "delay")
+    by_day = Table("service/variant", "version", "day", "predictions", "labelled", "delay")
     columns: list[str] = sorted({m for row in daily for m in row.metrics})
     for metric in columns:
         by_day.add_column(metric)
     for row in daily:
         by_day.add_row(
-            row.service,
-            row.variant,
+            f"{row.service}/{row.variant}",
             f"{row.model} v{row.version}",
-            "window total" if row.day is None else iso_day(row.day * DAY_US),
+            "total" if row.day is None else iso_day(row.day * DAY_US),
             f"{row.predictions:,}",
             f"{row.label_coverage:.0%}",
-            "-" if row.label_delay_s is None else f"{row.label_delay_s / 3600:.1f}h",
+            _delay(row.label_delay_s),
             *(fmt(row.metrics.get(metric)) for metric in columns),
         )
     console.print("performance by day of prediction (from the ledger):")
     console.print(by_day)
+
+
+def _delay(seconds: float | None) -> str:
+    """A label delay for people.
+
+    >>> _delay(1_209_600.0), _delay(5400.0)
+    ('14.0d', '1.5h')
+    """
+    if seconds is None:
+        return "-"
+    return f"{seconds / 86400:.1f}d" if seconds >= 2 * 86400 else f"{seconds / 3600:.1f}h"
 
 
 def _print_alerts(alerts: list[dict[str, Any]]) -> None:
@@ -157,7 +167,8 @@ def _print_alerts(alerts: list[dict[str, Any]]) -> None:
         "version",
         "column",
         "reason",
-        title=f"{len(alerts)} alerts (also in the 'alerts' stream: `headwater alerts list`)",
+        title=f"{len(alerts)} findings at warn or alert level (in the 'alerts' stream: "
+        "`headwater alerts list`)",
     )
     shown = 30
     for a in alerts[:shown]:

@@ -19,7 +19,8 @@ def render() -> str:
         "# CLI reference\n\n",
         "Generated from the commands' own help by `python -m headwater.cli.reference > "
         "docs/cli.md`; `tests/unit/cli/test_reference.py` fails when it is out of date. "
-        "Every command takes `--project/-p` (or `HEADWATER_PROJECT`) for the project folder.\n",
+        "The commands that work on a project take `--project/-p` (or `HEADWATER_PROJECT`) for "
+        "its folder.\n",
     ]
     for path, chain in _walk((root,), ("headwater",)):
         name = " ".join(path)

@@ -51,7 +51,7 @@ def serve(
         def announce(url: str) -> None:
             auth = "API keys" if server.auth == "keys" else "off"
             err.print(f"headwater serving project {p.settings.name!r} from {p.root}")
-            err.print(f"  API      {url}/v1/   (docs {url}/docs, metrics {url}/metrics)")
+            err.print(f"  API      {url}   (docs {url}/docs, metrics {url}/metrics)")
             err.print(f"  auth     {auth}; hosts {', '.join(server.allowed_hosts)}")
             stores = vars(p.settings.stores)
             err.print(
@@ -69,6 +69,11 @@ def serve(
             ]
             if extra:
                 err.print(f"  also     {', '.join(extra)}")
+            if not with_processor:
+                err.print(
+                    "  note     no processor here: ingested events reach online features when "
+                    "`headwater process` runs (or start with --with-processor)"
+                )
             if server.auth != "keys":
                 err.print(
                     "  [yellow]warning:[/yellow] no authentication: anyone on this machine "

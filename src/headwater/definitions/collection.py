@@ -37,6 +37,15 @@ class Definitions:
                 f"unknown model {name!r}" + did_you_mean(name, list(self.models))
             ) from None
 
+    def service(self, name: str) -> Service:
+        """The service named ``name``; a clear error naming the closest one otherwise."""
+        try:
+            return self.services[name]
+        except KeyError:
+            raise DefinitionError(
+                f"unknown service {name!r}" + did_you_mean(name, list(self.services))
+            ) from None
+
     def all(self) -> list[Definition]:
         return [
             *self.streams.values(),

@@ -49,6 +49,8 @@ def run_monitor(
     models whose ``RetrainPolicy`` says so and promotes challengers that win on live labels;
     ``progress`` follows the ledger's consumption; ``log`` receives the loop's decisions.
     """
+    if service is not None:
+        ctx.definitions.service(service)  # an unknown name: "did you mean"
     now = ctx.clock()
     since = now - int(days * DAY_US)
     ledger = Ledger(ctx)

@@ -113,10 +113,14 @@ def load_settings(root: str | Path) -> Settings:
     root = Path(root).resolve()
     path = root / CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(
-            f"no {CONFIG_FILE} in {root}; create a project with `headwater init {root}` "
-            "or pass the project folder with --project"
+        below = sorted(p.parent.name for p in root.glob(f"*/{CONFIG_FILE}"))
+        hint = (
+            f"pass the project folder with --project, e.g. -p {below[0]}"
+            if below
+            else "pass the project folder with --project, or create one with "
+            "`headwater init FOLDER`"
         )
+        raise ConfigError(f"no {CONFIG_FILE} in {root}; {hint}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

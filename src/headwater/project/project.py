@@ -557,7 +557,7 @@ class Project:
         from headwater.monitoring.ledger import DAY_US
         from headwater.monitoring.monitor import experiment_outcomes
 
-        variants = self.definitions.services[service].variants
+        variants = self.definitions.service(service).variants
         if len(variants) < 2:
             raise DefinitionError(
                 f"service {service!r} serves one variant ({variants[0].name}): there is "

@@ -66,7 +66,7 @@ class Registry:
             version = resolved
         doc = self._metadata.get_records(VERSIONS).get(f"{model}:{int(version)}")
         if doc is None:
-            known = [d["version"] for d in self.versions(model)]
+            known = ", ".join(str(d["version"]) for d in self.versions(model)) or "none yet"
             raise RegistryError(f"model {model!r} has no version {version}; versions: {known}")
         return doc
 
