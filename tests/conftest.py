@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from collections.abc import Callable, Iterator
@@ -10,6 +11,10 @@ from pathlib import Path
 import pytest
 
 from headwater.history.engines.spark import SparkSettings
+
+# Projects in tests pseudonymize PII with this secret (the processes they start inherit it);
+# tests of the secret's own handling set or remove it themselves.
+os.environ.setdefault("HEADWATER_PII_SECRET", "tests-only-pii-secret-0123456789abcdef")
 from tests.kafka_broker import TansuBroker
 
 # One local Spark for the tests: two cores, two shuffle partitions, tiny jobs listed in the

@@ -24,9 +24,11 @@ from headwater.definitions.types import from_micros
 from headwater.errors import HeadwaterError
 from headwater.ingestion.service import IngestResult
 from headwater.log.base import DEAD_LETTER_STREAM
+from headwater.privacy.policies import create_secret_file
 from headwater.project.project import Project, system_clock
 
 MARKER = ".headwater-quickstart"
+PII_SECRET_FILE = ".headwater/pii.secret"  # a development secret; production keeps its own
 SAMPLE_FEATURES = [
     "sessions_7d",
     "page_views_1d",
@@ -59,6 +61,10 @@ def prepare_folder(
         config = with_stores(config, stores)
     if auth:
         config = config.replace("[server]\n", '[server]\nauth = "keys"\n', 1)
+    # A development PII secret of its own (mode 600, in the project's state folder): the
+    # shop's emails are pseudonymized with it before anything is stored.
+    create_secret_file(folder / PII_SECRET_FILE)
+    config += f'\n[pii]\nsecret_file = "{PII_SECRET_FILE}"\n'
     (folder / "headwater.toml").write_text(config)
     (folder / MARKER).write_text("made by `headwater quickstart`; safe to delete\n")
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -16,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import orjson
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from headwater import Project
 from headwater.definitions.types import to_micros
 from headwater.log.base import DEAD_LETTER_STREAM
 from headwater.monitoring.monitor import Monitor
+from headwater.privacy.policies import SECRET_ENV
 from headwater.quickstart import SAMPLE_FEATURES
 from tests.e2e.servers import free_port
 
@@ -41,6 +46,9 @@ STEPS = (
     "quickstart finished",
 )
 NUMERIC = [f for f in SAMPLE_FEATURES if f != "recent_pages_1d"]
+# Without the suite's PII secret: the quickstart makes and uses a secret file of its own.
+ENV = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
+EMAIL = re.compile(rb"u-\d{6}@mail\.example")  # the simulator's clear emails
 
 
 def quickstart(folder, users: int, days: int, *extra: str) -> subprocess.CompletedProcess:
@@ -62,6 +70,7 @@ def quickstart(folder, users: int, days: int, *extra: str) -> subprocess.Complet
         text=True,
         timeout=300,
         cwd=folder.parent,
+        env=ENV,
     )
 
 
@@ -153,7 +162,7 @@ def test_the_closing_summary_says_how_to_run_headwater_and_where_the_project_is(
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
     assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
     return proc
 
@@ -163,7 +172,11 @@ def test_every_suggested_command_works_and_the_figures_agree(demo, tmp_path):
     serve, curl, *others = commands
     port = free_port()  # the summary's port (8800) may be taken on a test machine
     server = subprocess.Popen(
-        [*serve, "--port", str(port)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        [*serve, "--port", str(port)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
     )
     try:
         banner = _wait_ready(server)
@@ -283,6 +296,29 @@ def _wait_ready(server: subprocess.Popen) -> str:
         if line.startswith("ready"):
             return "".join(lines)
     raise AssertionError("serve printed no ready line in 60 s: " + "".join(lines))
+
+
+def test_no_clear_email_is_in_any_file_the_demo_wrote(demo):
+    """The shop's emails are pseudonymized at ingest with the quickstart's own secret: not one
+    clear email in the log, dead letters, history, sorted copies, online, metadata, artifacts,
+    monitor ledger or report; Parquet files are also read column by column (compressed pages
+    would hide a value from a byte search)."""
+    secret_file = demo.folder / ".headwater" / "pii.secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    files = [f for f in demo.folder.rglob("*") if f.is_file()]
+    assert len(files) > 20
+    for path in files:
+        assert not EMAIL.search(path.read_bytes()), path
+    parquet = [f for f in files if f.suffix == ".parquet"]
+    assert parquet, "the history is Parquet"
+    for path in parquet:
+        table = pq.read_table(path)
+        for column in table.column_names:
+            text = "\n".join(map(str, table.column(column).to_pylist())).encode()
+            assert not EMAIL.search(text), (path, column)
+    with Project(demo.folder) as p:
+        emails = [orjson.loads(r.payload)["email"] for r in p.log.read("signups", 0, 5)]
+    assert all(e.startswith("pii_") for e in emails)
 
 
 def test_a_second_run_replaces_the_folder_it_made(demo):

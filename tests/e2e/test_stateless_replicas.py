@@ -132,7 +132,9 @@ def test_both_replicas_answer_alike_and_follow_a_promotion_within_a_second(repli
         (p["score"], p["model_version"]) for p in got_b
     ]
     assert {p["model_version"] for p in got_a} == {1}
-    assert not any(p["unknown_entity"] for p in got_a)
+    assert not any(p["unknown_entity"] for p in got_a), [
+        p["entity"] for p in got_a if p["unknown_entity"]
+    ]
     features = _features(url_a, users)
     assert features == _features(url_b, users)
     assert sum(1 for row in features if row["sessions_30d"]) > 30

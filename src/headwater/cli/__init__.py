@@ -13,6 +13,7 @@ from headwater.cli import (  # noqa: F401 - each module registers its verbs on t
     features,
     models,
     monitoring,
+    privacy,
     quickstart,
     scoring,
     security,

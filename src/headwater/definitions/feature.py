@@ -18,6 +18,10 @@ from headwater.definitions.types import DType, parse_dtype
 from headwater.definitions.windows import LIFETIME, default_hop, parse_duration, window_label
 from headwater.errors import DefinitionError
 
+# Over a PII field, only aggregations that never return one of its values (a pseudonym is
+# still one: it links the entity to other data).
+PII_SAFE_KINDS = frozenset({"count", "count_distinct"})
+
 WindowSpec = str | timedelta | None
 
 
@@ -96,6 +100,12 @@ class Feature(Definition):
                 )
         field = self.aggregation.field
         if field is not None:
+            if self.stream.field(field).pii and self.aggregation.kind not in PII_SAFE_KINDS:
+                raise DefinitionError(
+                    f"feature {self.name!r}: {self.aggregation.kind} of PII field {field!r} "
+                    f"would expose its values; over a PII field only "
+                    f"{' and '.join(sorted(PII_SAFE_KINDS))} are allowed"
+                )
             dtype = self.stream.field(field).dtype
             if self.aggregation.kind in NUMERIC_KINDS and dtype not in (DType.INT, DType.FLOAT):
                 raise DefinitionError(

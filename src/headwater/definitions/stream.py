@@ -12,6 +12,9 @@ from headwater.definitions.windows import parse_duration
 from headwater.errors import DefinitionError, did_you_mean
 
 UNKNOWN_FIELD_POLICIES = ("reject", "keep", "drop")
+# What happens to a PII field's value at ingest (privacy/policies.py applies them).
+PII_POLICIES = ("pseudonymize", "drop")
+DEFAULT_PII_POLICY = "pseudonymize"
 
 
 class Stream(Definition):
@@ -37,7 +40,7 @@ class Stream(Definition):
         time: str,
         owner: str | None = None,
         description: str | None = None,
-        pii: Sequence[str] = (),
+        pii: Sequence[str] | Mapping[str, str] = (),
         required: Sequence[str] = (),
         id_field: str = "event_id",
         unknown_fields: str = "reject",
@@ -53,7 +56,12 @@ class Stream(Definition):
         types.setdefault(time, DType.TIMESTAMP)
         if types[time] is not DType.TIMESTAMP:
             raise DefinitionError(f"stream {name!r}: time field {time!r} must be a timestamp")
-        for group, label in ((keys, "key"), (tuple(pii), "pii"), (tuple(required), "required")):
+        policies = pii_policies(name, pii)
+        for group, label in (
+            (keys, "key"),
+            (tuple(policies), "pii"),
+            (tuple(required), "required"),
+        ):
             for f in group:
                 if f not in types:
                     raise DefinitionError(
@@ -69,10 +77,17 @@ class Stream(Definition):
             raise DefinitionError(
                 f"stream {name!r}: unknown_fields must be one of {UNKNOWN_FIELD_POLICIES}"
             )
+        for f in policies:
+            if f in (*keys, time, id_field):
+                raise DefinitionError(
+                    f"stream {name!r}: PII field {f!r} is a key, the time or the id; keys "
+                    "that are PII (read paths pseudonymizing clear ids) are not supported yet"
+                )
         not_null = set(keys) | {time} | set(required)
         self.fields: dict[str, Field] = {
-            f: Field(f, t, nullable=f not in not_null, pii=f in pii) for f, t in types.items()
+            f: Field(f, t, nullable=f not in not_null, pii=f in policies) for f, t in types.items()
         }
+        self.pii_policies: dict[str, str] = policies
         self.keys = keys
         self.time = time
         self.id_field = id_field
@@ -104,4 +119,28 @@ class Stream(Definition):
             "id_field": self.id_field,
             "unknown_fields": self.unknown_fields,
             "allowed_lateness_us": self.allowed_lateness_us,
+            # pseudonymize, the default, adds nothing: versions of earlier streams stay the same
+            **(
+                {"pii_policies": self.pii_policies}
+                if any(p != DEFAULT_PII_POLICY for p in self.pii_policies.values())
+                else {}
+            ),
         }
+
+
+def pii_policies(stream: str, pii: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """Field -> policy; a list of fields means ``pseudonymize`` for each.
+
+    >>> pii_policies("s", ["email"]), pii_policies("s", {"phone": "drop"})
+    ({'email': 'pseudonymize'}, {'phone': 'drop'})
+    """
+    if isinstance(pii, str):
+        pii = [pii]
+    chosen = dict(pii) if isinstance(pii, Mapping) else dict.fromkeys(pii, DEFAULT_PII_POLICY)
+    for f, policy in chosen.items():
+        if policy not in PII_POLICIES:
+            raise DefinitionError(
+                f"stream {stream!r}: PII policy {policy!r} of field {f!r} is not one of "
+                f"{', '.join(PII_POLICIES)}" + did_you_mean(str(policy), PII_POLICIES)
+            )
+    return chosen

@@ -14,6 +14,7 @@ from headwater.definitions import HeadwaterError, Stream
 from headwater.errors import did_you_mean
 from headwater.features.plan import entity_key
 from headwater.ingestion.columnar import check_table
+from headwater.ingestion.protect import Protector
 from headwater.ingestion.validate import Rejected, TimePolicy, validate
 from headwater.log.base import DEAD_LETTER_STREAM, Log, NewRecord
 
@@ -55,9 +56,16 @@ class Ingestor:
         streams: Mapping[str, Stream],
         clock: Callable[[], int],
         max_future_us: int,
+        protector: Protector | None = None,
     ) -> None:
         self._log, self._streams, self._clock = log, streams, clock
         self._max_future_us = max_future_us
+        self._protector = protector or Protector(None)
+
+    def check_pii_secret(self) -> None:
+        """Refuse (PiiSecretError, saying what to do) when a stream has PII fields and no
+        secret is configured: a server checks before it starts."""
+        self._protector.check(self._streams)
 
     @property
     def streams(self) -> Mapping[str, Stream]:
@@ -82,7 +90,7 @@ class Ingestor:
         """Append the valid events (acknowledged only once durable); dead-letter the others."""
         stream = self.stream(stream_name)
         now = self._clock()
-        batch = _Batch(stream_name, now)
+        batch = _Batch(stream_name, now, self._protector)
         policy = TimePolicy(now, self._max_future_us)
         for i, raw in enumerate(events):
             batch.add_row(stream, i, raw, policy)
@@ -97,7 +105,7 @@ class Ingestor:
         checked = check_table(stream, table, policy)
         if checked is None:
             return self.ingest(stream_name, table.to_pylist())
-        batch = _Batch(stream_name, now, table.num_rows)
+        batch = _Batch(stream_name, now, self._protector, table.num_rows)
         for position, row, event_id, event_time in zip(
             checked.indices.tolist(),
             checked.rows,
@@ -109,7 +117,7 @@ class Ingestor:
                 position,
                 event_id,
                 event_time,
-                orjson.dumps(row),
+                orjson.dumps(self._protector.fields(stream, row)),
                 _key(stream, row),
                 checked.fresh_ids,
             )
@@ -141,8 +149,8 @@ class Ingestor:
 class _Batch:
     """One ingest call's valid records (with their positions) and rejections."""
 
-    def __init__(self, stream: str, now: int, size: int = 0) -> None:
-        self.stream, self.now = stream, now
+    def __init__(self, stream: str, now: int, protector: Protector, size: int = 0) -> None:
+        self.stream, self.now, self.protector = stream, now, protector
         self.records: list[NewRecord] = []
         self.positions: list[int] = []
         self.dead: list[NewRecord] = []
@@ -165,13 +173,14 @@ class _Batch:
             self.result.offsets.extend([None] * (position + 1 - len(self.result.offsets)))
         try:
             event = validate(stream, raw, policy)
-            payload = orjson.dumps(event.fields)
+            key = _key(stream, event.fields)  # keys are never PII fields
+            payload = orjson.dumps(self.protector.fields(stream, event.fields))
         except (Rejected, TypeError, orjson.JSONEncodeError) as exc:
             self.result.rejected.append(Rejection(position, str(exc)))
-            self.dead.append(_dead_letter(self.stream, raw, str(exc), self.now))
+            kept = self.protector.rejected(stream, raw)
+            self.dead.append(_dead_letter(self.stream, kept, str(exc), self.now))
             return
         fresh = isinstance(raw, Mapping) and raw.get(stream.id_field) is None
-        key = _key(stream, event.fields)
         self.add_valid(position, event.event_id, event.event_time, payload, key, fresh)
 
 

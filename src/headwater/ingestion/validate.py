@@ -44,6 +44,8 @@ def validate(stream: Stream, raw: Any, policy: TimePolicy) -> ValidEvent:
     """Check one raw event and return its canonical form, or raise Rejected with the reason."""
     if not isinstance(raw, Mapping):
         preview = raw if isinstance(raw, str) else repr(raw)
+        if stream.pii_policies:  # the text may hold a PII value: name its type only
+            preview = f"a {type(raw).__name__}"
         raise Rejected(f"an event must be a JSON object, got {preview[:200]}")
     out: dict[str, Any] = {}
     for name, spec in stream.fields.items():
@@ -56,6 +58,11 @@ def validate(stream: Stream, raw: Any, policy: TimePolicy) -> ValidEvent:
         try:
             out[name] = coerce(spec.dtype, value)
         except InvalidValue as exc:
+            if spec.pii:  # the reason would quote the value
+                raise Rejected(
+                    f"field {name!r}: expected {spec.dtype.value}, got {type(value).__name__} "
+                    "(a PII field: its value is not repeated)"
+                ) from None
             raise Rejected(f"field {name!r}: {exc}") from None
         if (
             spec.dtype is DType.TIMESTAMP

@@ -99,6 +99,8 @@ class Settings:
     tracking: TrackingSettings = TrackingSettings()
     offline: OfflineSettings = OfflineSettings()
     monitor: MonitorSettings = MonitorSettings()
+    # The PII secret's file (mode 600); never the secret itself, which is not configuration.
+    pii_secret_file: Path | None = None
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -147,6 +149,7 @@ def load_settings(root: str | Path) -> Settings:
             tracking=TrackingSettings(mlflow_uri=_table(data, "tracking").get("mlflow_uri")),
             offline=_offline_settings(_table(data, "offline")),
             monitor=_monitor_settings(_table(data, "monitor")),
+            pii_secret_file=_pii_secret_file(root, _table(data, "pii")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from None
@@ -206,6 +209,22 @@ def _offline_settings(offline: dict[str, Any]) -> OfflineSettings:
             conf=tuple((str(k), _spark_value(v)) for k, v in conf.items()),
         ),
     )
+
+
+def _pii_secret_file(root: Path, pii: dict[str, Any]) -> Path | None:
+    if "secret" in pii:
+        raise ValueError(
+            "[pii] secret: the PII secret never goes in headwater.toml; put it in a file of "
+            "mode 600 named by [pii] secret_file, or in $HEADWATER_PII_SECRET"
+        )
+    unknown = set(pii) - {"secret_file"}
+    if unknown:
+        raise ValueError(f"[pii] has no setting {sorted(unknown)[0]!r} (only secret_file)")
+    name = pii.get("secret_file")
+    if name is None:
+        return None
+    path = Path(str(name)).expanduser()
+    return path if path.is_absolute() else root / path
 
 
 def _monitor_settings(monitor: dict[str, Any]) -> MonitorSettings:

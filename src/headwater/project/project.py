@@ -610,6 +610,7 @@ class Project:
                 "headwater.toml and create keys (`headwater keys create --admin` for the "
                 "first), or serve on 127.0.0.1"
             )
+        self.core.ingestor.check_pii_secret()
         tls = tls or (
             (server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None
         )

@@ -4,6 +4,7 @@ built here and delegates to it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -11,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 from headwater.definitions.collection import Definitions
 from headwater.features.catalog import FeatureCatalog
 from headwater.history.archiver import Archiver
+from headwater.ingestion.protect import Protector
 from headwater.ingestion.service import Ingestor
 from headwater.log.base import Log
 from headwater.log.urls import open_log
+from headwater.privacy.policies import load_secret
 from headwater.project.config import Settings
 from headwater.registry.registry import Registry
 from headwater.security.access import AccessControl
@@ -90,6 +93,13 @@ class Core:
     registry: Registry
 
 
+def build_protector(settings: Settings) -> Protector:
+    """The PII policies under the secret of ``$HEADWATER_PII_SECRET`` or ``[pii] secret_file``
+    (read when the project opens; a bad file refuses to open it, a missing one refuses the
+    PII streams' events)."""
+    return Protector(load_secret(os.environ, settings.pii_secret_file))
+
+
 def build_core(
     settings: Settings,
     definitions: Definitions,
@@ -105,7 +115,13 @@ def build_core(
         sorted_by=sorted_keys(catalog),
     )
     return Core(
-        ingestor=Ingestor(stores.log, definitions.streams, clock, settings.ingest.max_future_us),
+        ingestor=Ingestor(
+            stores.log,
+            definitions.streams,
+            clock,
+            settings.ingest.max_future_us,
+            build_protector(settings),
+        ),
         processor=Processor(stores.log, stores.online, catalog.plans, clock),
         archiver=archiver,
         online=OnlineFeatures(stores.online, catalog, clock),

@@ -1,0 +1,1 @@
+"""PII policies and their secret: pure, below ingestion (see policies.py)."""

@@ -1,0 +1,98 @@
+"""PII policies, applied to a field's value at ingest before anything is stored.
+
+- ``pseudonymize``: HMAC-SHA256 of the value under the PII secret. Deterministic, so keys,
+  joins and ``count_distinct`` still work; the clear value cannot be recovered from it.
+- ``drop``: the field is not stored at all.
+
+(``encrypt``, recoverable with the secret and erasable per entity, is not built yet.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from headwater.errors import HeadwaterError
+
+POLICIES = ("pseudonymize", "drop")
+SECRET_ENV = "HEADWATER_PII_SECRET"
+PSEUDONYM_PREFIX = "pii_"
+MIN_SECRET_BYTES = 32
+
+
+class PiiSecretError(HeadwaterError):
+    """The PII secret is missing, too short, or kept where others can read it."""
+
+
+@dataclass(frozen=True, repr=False)
+class PiiSecret:
+    """The secret of one environment; ``repr`` never shows it."""
+
+    value: bytes
+
+    def __repr__(self) -> str:
+        return "PiiSecret(...)"
+
+    def _derive(self, purpose: bytes) -> bytes:
+        return hmac.new(self.value, b"headwater/" + purpose, hashlib.sha256).digest()
+
+    def pseudonym(self, value: object) -> str:
+        """The value's pseudonym: stable for one secret, unrelated between secrets.
+
+        >>> secret = PiiSecret(b"s" * 32)
+        >>> secret.pseudonym("ada@mail.example") == secret.pseudonym("ada@mail.example")
+        True
+        >>> secret.pseudonym("ada@mail.example").startswith("pii_")
+        True
+        """
+        key = self._derive(b"pseudonymize")
+        digest = hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()
+        return PSEUDONYM_PREFIX + digest[:32]
+
+
+def load_secret(environ: Mapping[str, str], secret_file: Path | None) -> PiiSecret | None:
+    """The PII secret from ``$HEADWATER_PII_SECRET`` or from ``secret_file`` (which must be a
+    file of its owner only: mode 600); None when neither is given."""
+    text = environ.get(SECRET_ENV)
+    origin = f"${SECRET_ENV}"
+    if text is None and secret_file is not None:
+        origin = str(secret_file)
+        try:
+            info = secret_file.stat()
+        except FileNotFoundError:
+            raise PiiSecretError(
+                f"the PII secret file {secret_file} does not exist; create one with "
+                f"`headwater pii init-secret -p PROJECT` (or set ${SECRET_ENV})"
+            ) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise PiiSecretError(f"the PII secret file {secret_file} is not a regular file")
+        if info.st_mode & 0o077 or info.st_uid != os.getuid():
+            raise PiiSecretError(
+                f"the PII secret file {secret_file} can be read by others: it must belong to "
+                f"you with mode 600 (chmod 600 {secret_file})"
+            )
+        text = secret_file.read_text().strip()
+    if text is None:
+        return None
+    value = text.strip().encode()
+    if len(value) < MIN_SECRET_BYTES:
+        raise PiiSecretError(
+            f"the PII secret in {origin} is {len(value)} bytes; it needs at least "
+            f"{MIN_SECRET_BYTES} (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    return PiiSecret(value)
+
+
+def create_secret_file(path: Path) -> None:
+    """A new random secret in a file only its owner can read (never overwrites one)."""
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
