@@ -7,7 +7,9 @@ import asyncio
 import json
 import multiprocessing
 import numbers
+import os
 import resource
+import secrets
 import shutil
 import statistics
 import textwrap
@@ -20,6 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 WORK = Path(__file__).resolve().parent / ".work"
+# The shop's emails are PII: its projects pseudonymize them under a secret (one per run; the
+# servers and workers the benchmarks start inherit it).
+os.environ.setdefault("HEADWATER_PII_SECRET", secrets.token_hex(32))
 DAY_US = 86_400_000_000
 END_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z: every generated event is before it
 

@@ -62,6 +62,14 @@ features = [
             windows=W, where=paid, owner="bench", description="Mean order value"),
 ]
 """
+# The same stream with an email field, stored as sent or pseudonymized at ingest.
+WITH_EMAIL = DEFINITIONS.replace(
+    '"status": "string", "ts": "timestamp"},',
+    '"status": "string", "email": "string", "ts": "timestamp"},',
+)
+PSEUDONYMIZED = WITH_EMAIL.replace(
+    'description="Purchases",', 'description="Purchases", pii=["email"],'
+)
 FEATURES = [
     f"{n}_{w}" for n in ("orders", "spend", "order_value") for w in ("1h", "1d", "7d", "30d")
 ]
@@ -171,6 +179,26 @@ def measure_local(args: argparse.Namespace, rows: list[dict], figures: Figures) 
         figures.add(f"online lookup, {label} x 12 features, p99", p99, "ms")
 
 
+def measure_pii(rows: list[dict], figures: Figures) -> None:
+    """SDK ingest of the same events with and without one pseudonymized field (an email),
+    each into a fresh project, interleaved in one run."""
+    with_email = [{**r, "email": f"{r['user_id']}@mail.example"} for r in rows]
+    rates = {}
+    for label, definitions in (
+        ("email stored as sent", WITH_EMAIL),
+        ("email pseudonymized", PSEUDONYMIZED),
+    ):
+        folder = write_project(fresh_dir("core-pii"), definitions)
+        with Project(folder, clock=_clock) as p:
+            rates[label] = sdk_ingest(p, with_email, 10_000)
+        figures.add(f"SDK ingest, batches of 10,000, {label}", rates[label], "events/s")
+    figures.add(
+        "pseudonymizing one field: ingest rate vs none",
+        rates["email pseudonymized"] / rates["email stored as sent"],
+        "x",
+    )
+
+
 def measure_http(http_rows: list[dict], figures: Figures) -> None:
     """HTTP ingest into a fresh project; each level sends events not sent before."""
     folder = write_project(fresh_dir("core-http"), DEFINITIONS)
@@ -250,6 +278,7 @@ def main() -> None:
     http_rows = rows_of(events_table(args.http_events, args.users, 30, seed=5), "h")
     for _ in figures.runs():
         measure_local(args, rows, figures)
+        measure_pii(rows, figures)
         measure_http(http_rows, figures)
         measure_training_set(args, ts_folder, spine, figures)
 
