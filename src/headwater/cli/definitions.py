@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -59,3 +59,76 @@ def apply(project: ProjectOpt = Path(".")) -> None:
     """Register the definitions in the metadata store, with content-hash versions."""
     with open_project(project) as p:
         _print_plan(p.apply(), "applied")
+
+
+KINDS = ("streams", "features", "labels", "models", "services")
+
+
+@app.command("list")
+def list_definitions(
+    kind: Annotated[
+        str | None, typer.Argument(help="streams, features, labels, models or services")
+    ] = None,
+    team: Annotated[str | None, typer.Option(help="Only what this team owns")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """What the project defines, with owners: streams, features, labels, models, services."""
+    if kind is not None and kind not in KINDS:
+        raise typer.BadParameter(f"{kind!r} is not one of {', '.join(KINDS)}", param_hint="KIND")
+    with open_project(project) as p:
+        d = p.definitions
+    rows: dict[str, list[tuple[str, ...]]] = {
+        "streams": [
+            (s.name, s.owner, ", ".join(s.keys), str(len(s.fields)), _pii(s.pii_policies))
+            for s in d.streams.values()
+        ],
+        "features": _feature_rows(d),
+        "labels": [
+            (x.name, x.owner, x.entity.name, _days(x.horizon_us)) for x in d.labels.values()
+        ],
+        "models": [
+            (m.name, m.owner, m.label.name, str(len(m.features))) for m in d.models.values()
+        ],
+        "services": [
+            (s.name, s.owner, s.routing, ", ".join(v.name for v in s.variants))
+            for s in d.services.values()
+        ],
+    }
+    headers = {
+        "streams": ("stream", "owner", "keys", "fields", "PII"),
+        "features": ("feature", "owner", "aggregation", "columns (name_window)"),
+        "labels": ("label", "owner", "entity", "horizon"),
+        "models": ("model", "owner", "label", "features"),
+        "services": ("service", "owner", "routing", "variants"),
+    }
+    for name in (kind,) if kind else KINDS:
+        chosen = [r for r in rows[name] if team is None or r[1] == team]
+        table = Table(*headers[name], title=f"{len(chosen)} {name}")
+        for row in sorted(chosen):
+            table.add_row(*row)
+        console.print(table)
+
+
+def _feature_rows(d: Any) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        (
+            f.name,
+            str(f.owner),
+            f"{f.aggregation.kind}({f.aggregation.field or ''}) of {f.stream.name}",
+            ", ".join(c.name for c in f.columns),
+        )
+        for f in d.features.values()
+    ]
+    rows += [
+        (x.name, str(x.owner), f"derived from {', '.join((*x.inputs, *x.context))}", x.name)
+        for x in d.derived.values()
+    ]
+    return rows
+
+
+def _pii(policies: dict[str, str]) -> str:
+    return ", ".join(f"{f} ({p})" for f, p in policies.items()) or "-"
+
+
+def _days(micros: int) -> str:
+    return f"{micros / 86_400_000_000:g}d"

@@ -58,3 +58,21 @@ def test_serve_on_a_port_in_use_says_so_and_what_to_do(tmp_path):
     assert result.exception is not None
     assert f"127.0.0.1:{port} is in use" in str(result.exception)
     assert "--port" in str(result.exception)
+
+
+def test_list_shows_what_the_project_defines_by_kind_and_team(tmp_path):
+    cli = CliRunner()
+    folder = tmp_path / "shop"
+    assert cli.invoke(app, ["init", str(folder)]).exit_code == 0
+    every = cli.invoke(app, ["list", "-p", str(folder)])
+    assert every.exit_code == 0, every.output
+    for title in ("7 streams", "features", "2 labels", "2 models", "2 services"):
+        assert title in every.output
+    assert "email (pseudonymize)" in every.output  # the PII policy of signups
+    payments = cli.invoke(
+        app, ["list", "features", "--team", "payments@shop.example", "-p", str(folder)]
+    )
+    assert "spend" in payments.output and "sessions" not in payments.output
+    assert "derived from refunds_30d, orders_30d" in payments.output
+    wrong = cli.invoke(app, ["list", "nope", "-p", str(folder)])
+    assert wrong.exit_code == 2 and "not one of streams" in wrong.output
