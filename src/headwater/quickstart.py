@@ -20,15 +20,14 @@ from rich.table import Table
 
 from headwater.client import Client
 from headwater.definitions.source import redact_url
-from headwater.definitions.types import from_micros
+from headwater.definitions.types import from_micros, iso
 from headwater.errors import HeadwaterError
 from headwater.ingestion.service import IngestResult
 from headwater.log.base import DEAD_LETTER_STREAM
-from headwater.privacy.policies import create_secret_file
+from headwater.project.config import add_pii_secret
 from headwater.project.project import Project, system_clock
 
 MARKER = ".headwater-quickstart"
-PII_SECRET_FILE = ".headwater/pii.secret"  # a development secret; production keeps its own
 SAMPLE_FEATURES = [
     "sessions_7d",
     "page_views_1d",
@@ -61,11 +60,10 @@ def prepare_folder(
         config = with_stores(config, stores)
     if auth:
         config = config.replace("[server]\n", '[server]\nauth = "keys"\n', 1)
+    (folder / "headwater.toml").write_text(config)
     # A development PII secret of its own (mode 600, in the project's state folder): the
     # shop's emails are pseudonymized with it before anything is stored.
-    create_secret_file(folder / PII_SECRET_FILE)
-    config += f'\n[pii]\nsecret_file = "{PII_SECRET_FILE}"\n'
-    (folder / "headwater.toml").write_text(config)
+    add_pii_secret(folder)
     (folder / MARKER).write_text("made by `headwater quickstart`; safe to delete\n")
 
 
@@ -324,7 +322,7 @@ def _run(
 
     sample_users = sorted(sim.users)[:3]
     rows = project.online_features([{"user_id": u} for u in sample_users], SAMPLE_FEATURES)
-    at = from_micros(project.now()).isoformat(timespec="seconds").replace("+00:00", "Z")
+    at = iso(project.now())
     online = Table("feature", *sample_users, title=f"online features at {at}")
     for name in SAMPLE_FEATURES:
         online.add_row(name, *[_show(r[name]) for r in rows])

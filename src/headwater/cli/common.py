@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from headwater.definitions.types import InvalidValue, from_micros, to_micros
+from headwater.definitions.types import InvalidValue, from_micros, iso, to_micros
 from headwater.project.project import Project
 
 app = typer.Typer(
@@ -53,6 +53,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 _NUMBER = re.compile(r"-?\d+(\.\d*)?")  # epoch seconds on the command line
 
+__all__ = ["iso"]  # times for people: every verb prints them with it (raw only under --json)
+
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder", envvar="HEADWATER_PROJECT")
 ]
@@ -81,17 +83,6 @@ def time_option(value: str, option: str) -> int:
         return to_micros(float(value) if _NUMBER.fullmatch(value.strip()) else value)
     except InvalidValue as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
-
-
-def iso(micros: int | None) -> str:
-    """A time for people: ISO 8601 in UTC to the second (raw microseconds only in --json).
-
-    >>> iso(1_700_000_000_123_456)
-    '2023-11-14T22:13:20Z'
-    """
-    if micros is None:
-        return "-"
-    return from_micros(int(micros)).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def iso_day(micros: int) -> str:

@@ -25,7 +25,7 @@ from headwater.cli.common import (
     open_project,
     time_option,
 )
-from headwater.definitions.types import from_micros
+from headwater.definitions.types import from_micros, to_micros
 from headwater.history.describe import describe_values, histogram
 
 RECENT_US = 5 * 60 * 1_000_000  # --at: how far from now online values are asked for
@@ -87,7 +87,7 @@ def _human(value: Any, exact: bool = False) -> str:
     if value is None or (not isinstance(value, list | tuple | dict) and pd.isna(value)):
         return "-"
     if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+        return iso(to_micros(value))
     if isinstance(value, float):  # exact: as stored, less the float sum's last-bit noise
         return repr(round(value, 9)) if exact else f"{value:.6g}"
     return str(value) if isinstance(value, (int, str)) else repr(value)

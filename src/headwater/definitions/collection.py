@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from headwater.definitions.base import Definition
 from headwater.definitions.entity import Entity
@@ -13,6 +13,8 @@ from headwater.definitions.service import Service
 from headwater.definitions.source import ChangeSource, FolderSource, Source, TableSource
 from headwater.definitions.stream import Stream
 from headwater.errors import DefinitionError, did_you_mean
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,21 +32,11 @@ class Definitions:
 
     def model(self, name: str) -> Model:
         """The model named ``name``; a clear error naming the closest one otherwise."""
-        try:
-            return self.models[name]
-        except KeyError:
-            raise DefinitionError(
-                f"unknown model {name!r}" + did_you_mean(name, list(self.models))
-            ) from None
+        return _named("model", self.models, name)
 
     def service(self, name: str) -> Service:
         """The service named ``name``; a clear error naming the closest one otherwise."""
-        try:
-            return self.services[name]
-        except KeyError:
-            raise DefinitionError(
-                f"unknown service {name!r}" + did_you_mean(name, list(self.services))
-            ) from None
+        return _named("service", self.services, name)
 
     def all(self) -> list[Definition]:
         return [
@@ -78,3 +70,12 @@ class Definitions:
         if existing is not None:
             raise DefinitionError(f"two {definition.kind}s are named {definition.name!r}")
         table[definition.name] = definition
+
+
+def _named(kind: str, table: dict[str, T], name: str) -> T:
+    try:
+        return table[name]
+    except KeyError:
+        raise DefinitionError(
+            f"unknown {kind} {name!r}" + did_you_mean(name, list(table))
+        ) from None

@@ -74,6 +74,17 @@ def from_micros(micros: int) -> datetime:
     )
 
 
+def iso(micros: int | None) -> str:
+    """A time for people: ISO 8601 in UTC to the second ("-" for none).
+
+    >>> iso(1_700_000_000_123_456)
+    '2023-11-14T22:13:20Z'
+    """
+    if micros is None:
+        return "-"
+    return from_micros(int(micros)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def coerce(dtype: DType, value: Any) -> Any:
     """Validate one non-null raw value against a type; returns the canonical value."""
     if dtype is DType.STRING:

@@ -8,7 +8,7 @@ import html
 import numpy as np
 import pandas as pd
 
-from headwater.definitions.types import from_micros
+from headwater.definitions.types import from_micros, iso
 from headwater.monitoring.context import MonitorContext
 from headwater.monitoring.experiment import ExperimentError, analyze
 from headwater.monitoring.monitor import (
@@ -84,9 +84,7 @@ def render(ctx: MonitorContext, model: str, days: int = 30) -> str:
     metric = definition.promotion.metric
     sections = [
         f"<h1>{html.escape(model)}: {html.escape(definition.description)}</h1>",
-        f"<p>owner {html.escape(definition.owner)} · generated "
-        f"{from_micros(now).isoformat(timespec='seconds').replace('+00:00', 'Z')} · "
-        f"window {days} days</p>",
+        f"<p>owner {html.escape(definition.owner)} · generated {iso(now)} · window {days} days</p>",
     ]
     perf = [
         (f"{day} v{r.version} {r.variant}", r.metrics[metric])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from headwater.definitions.windows import parse_duration
 from headwater.errors import HeadwaterError
 from headwater.history.engines.spark import SparkSettings
+from headwater.privacy.policies import create_secret_file
 
 CONFIG_FILE = "headwater.toml"
 DEFAULT_STORES = {
@@ -236,3 +238,27 @@ def _monitor_settings(monitor: dict[str, Any]) -> MonitorSettings:
 
 def _spark_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+DEFAULT_PII_SECRET_FILE = ".headwater/pii.secret"
+
+
+def add_pii_secret(root: Path, file: str = DEFAULT_PII_SECRET_FILE) -> Path:
+    """Create a random PII secret (mode 600) at ``file`` (relative to the project folder, or
+    absolute) and name it in the project's ``headwater.toml`` (``[pii] secret_file``). A
+    configured or existing secret is never replaced: pseudonyms made with it would no longer
+    match. Returns the secret's path."""
+    settings = load_settings(root)
+    if settings.pii_secret_file is not None:
+        raise ConfigError(f"{CONFIG_FILE} already names {settings.pii_secret_file}")
+    path = Path(file).expanduser()
+    target = path if path.is_absolute() else settings.root / path
+    if target.exists():
+        raise ConfigError(f"{target} exists; it is never replaced")
+    create_secret_file(target)
+    config = settings.root / CONFIG_FILE
+    text = config.read_text()
+    # A JSON string is a TOML basic string (the same quotes and escapes).
+    section = f"\n[pii]\nsecret_file = {json.dumps(str(path))}\n"
+    config.write_text(text + ("" if text.endswith("\n") else "\n") + section)
+    return target
