@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from headwater.cli import (  # noqa: F401 - each module registers its verbs on the app
     definitions,
+    environments,
     events,
     features,
     models,

@@ -60,8 +60,26 @@ ProjectOpt = Annotated[
 ]
 
 
-def open_project(path: Path) -> Project:
-    return Project(path)
+EnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        "-e",
+        help="The environment (of [environments] in headwater.toml)",
+        envvar="HEADWATER_ENV",
+        show_envvar=True,
+    ),
+]
+
+
+def open_project(path: Path, env: str | None = None) -> Project:
+    """The project at ``path`` in the environment ``env``; a project that declares
+    environments is named with its environment on stderr first, so every command's output
+    says where it comes from."""
+    project = Project(path, env=env)
+    if project.environment.declared:
+        err.print(f"[dim]{project.settings.name} · environment {project.environment.name}[/dim]")
+    return project
 
 
 def progress_bar(quiet: bool = False, transient: bool = False) -> Progress:

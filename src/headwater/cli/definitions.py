@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, err, open_project
+from headwater.cli.common import EnvOpt, ProjectOpt, app, console, err, open_project
 from headwater.errors import HeadwaterError
 from headwater.project.planning import Plan
 
@@ -45,9 +45,9 @@ def _print_plan(plan: Plan, title: str) -> None:
 
 
 @app.command()
-def plan(project: ProjectOpt = Path(".")) -> None:
+def plan(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
     """Show what `apply` would change: added, changed, updated, deprecated, removed."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         result = p.plan()
         _print_plan(result, "plan")
         if result.refused:
@@ -55,9 +55,9 @@ def plan(project: ProjectOpt = Path(".")) -> None:
 
 
 @app.command()
-def apply(project: ProjectOpt = Path(".")) -> None:
+def apply(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
     """Register the definitions in the metadata store, with content-hash versions."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         _print_plan(p.apply(), "applied")
 
 
@@ -71,11 +71,12 @@ def list_definitions(
     ] = None,
     team: Annotated[str | None, typer.Option(help="Only what this team owns")] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """What the project defines, with owners: streams, features, labels, models, services."""
     if kind is not None and kind not in KINDS:
         raise typer.BadParameter(f"{kind!r} is not one of {', '.join(KINDS)}", param_hint="KIND")
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         d = p.definitions
     rows: dict[str, list[tuple[str, ...]]] = {
         "streams": [

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from headwater.cli.common import ProjectOpt, app, console, err, open_project, progress_bar
+from headwater.cli.common import EnvOpt, ProjectOpt, app, console, err, open_project, progress_bar
 from headwater.errors import HeadwaterError
 from headwater.ingestion.files import count_events, file_format, read_batches
 
@@ -21,11 +21,12 @@ def ingest(
     stream: Annotated[str, typer.Option("--stream", "-s", help="Stream to append to")],
     fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet")] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Validate and append the events of a file; rejected ones go to the dead-letter stream."""
     fmt = file_format(file, fmt)
     accepted = duplicates = rejected = 0
-    with open_project(project) as p, progress_bar() as bar:
+    with open_project(project, env) as p, progress_bar() as bar:
         p.ingestor.stream(stream)
         task = bar.add_task(f"ingest {file.name}", total=count_events(file, fmt))
         for batch in read_batches(file, fmt):
@@ -79,9 +80,10 @@ def process(
         ),
     ] = 200_000,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Update the online store from the log, from each feature set's checkpoint."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         if forever:
             stop = threading.Event()
 

@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from headwater.cli.common import (
+    EnvOpt,
     ProjectOpt,
     app,
     console,
@@ -51,6 +52,7 @@ def features(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Print one entity's online feature values (`headwater features user_id=u1 -f spend_7d`)."""
     row = {}
@@ -60,7 +62,7 @@ def features(
             raise typer.BadParameter(f"{key!r} is not KEY=VALUE", param_hint="KEY=VALUE")
         row[name] = value
     at_us = None if at is None else time_option(at, "--at")
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         now = p.now()
         if at_us is not None and not now - RECENT_US <= at_us <= now + RECENT_US:
             raise typer.BadParameter(
@@ -103,6 +105,7 @@ def training_set(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .parquet or .csv")],
     time_column: Annotated[str, typer.Option(help="The spine's time column")] = "timestamp",
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Build a point-in-time-correct training set for a spine file."""
     if not spine.is_file():
@@ -114,7 +117,7 @@ def training_set(
         )
     table = pq.read_table(spine) if spine.suffix == ".parquet" else pcsv.read_csv(spine)
     start = time.perf_counter()
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         result = p.training_set(table, names_option(names), time_column=time_column, output="arrow")
     if out.suffix == ".csv":
         nested = [f.name for f in result.schema if pa.types.is_nested(f.type)]
@@ -139,9 +142,10 @@ def describe(
         int, typer.Option(min=1, help="Entities x times sampled for a feature")
     ] = 2000,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Summary statistics, null rates and a text histogram of a stream or a feature."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         d = p.definitions
         if name not in d.streams and (name in d.labels or name in d.models):
             kind = "label" if name in d.labels else "model"

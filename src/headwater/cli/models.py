@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, iso, open_project
+from headwater.cli.common import EnvOpt, ProjectOpt, app, console, iso, open_project
 from headwater.errors import HeadwaterError
 
 
@@ -20,9 +20,10 @@ def train(
         int | None, typer.Option(help="Rebuild the training data of this version from the log")
     ] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Run a model's training pipeline (cached steps are reused) and register a version."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         console.print(f"training {model}")
         result = p.train(model, reproduce=reproduce, log=console.print)
         doc = p.registry.version(model, result.version)
@@ -76,9 +77,10 @@ def runs(
         list[str] | None, typer.Option(help="Run ids to compare side by side (repeatable)")
     ] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """List training runs with their status, duration, data and metrics, or compare runs."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         if model is not None:
             p.definitions.model(model)  # an unknown name: "did you mean"
         records = p.registry.runs(model)
@@ -131,9 +133,9 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
-def models_list(project: ProjectOpt = Path(".")) -> None:
+def models_list(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
     """Every model with its versions and aliases."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         table = Table("model", "owner", "versions", "aliases")
         for name, m in sorted(p.definitions.models.items()):
             versions = [d["version"] for d in p.registry.versions(name)]
@@ -147,9 +149,10 @@ def models_show(
     model: Annotated[str, typer.Argument()],
     version: Annotated[str, typer.Argument(help="A number or an alias")] = "champion",
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """A version's metrics, lineage and alias history."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         p.definitions.model(model)  # an unknown name: "did you mean"
         doc = p.registry.version(model, version)
         aliases = p.registry.aliases(model)
@@ -199,11 +202,12 @@ def models_promote(
     reason: Annotated[str, typer.Option(help="Why, for the alias history (required)")] = "",
     force: Annotated[bool, typer.Option(help="Skip the promotion policy")] = False,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Point an alias at a version; "champion" must pass the model's promotion policy."""
     if not reason.strip():
         raise typer.BadParameter("say why, for the alias history", param_hint="--reason")
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         p.promote(model, version, alias=alias, by=getpass.getuser(), reason=reason, force=force)
     console.print(f"{model}: {alias} -> version {version}")
 
@@ -214,8 +218,9 @@ def models_rollback(
     alias: Annotated[str, typer.Option()] = "champion",
     reason: Annotated[str, typer.Option()] = "",
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Point an alias back at its previous version."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         version = p.rollback(model, alias=alias, by=getpass.getuser(), reason=reason)
     console.print(f"{model}: {alias} -> version {version} (rolled back)")

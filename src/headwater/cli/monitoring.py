@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from headwater.cli.common import (
+    EnvOpt,
     ProjectOpt,
     app,
     console,
@@ -41,6 +42,7 @@ def monitor(
         bool, typer.Option("--json", help="Print the whole run as one JSON document")
     ] = False,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Join logged predictions with their ground truth; drift against reference; alerts.
 
@@ -60,7 +62,7 @@ def monitor(
             except httpx.HTTPError as exc:
                 alert_log.error("webhook failed", extra={"error": str(exc)})
 
-    with open_project(project) as p, progress_bar(quiet=as_json, transient=True) as bar:
+    with open_project(project, env) as p, progress_bar(quiet=as_json, transient=True) as bar:
         task = bar.add_task("monitor ledger", total=None)
         run = p.monitor(
             service,
@@ -198,10 +200,11 @@ def experiment(
         ),
     ] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Per-variant outcomes with confidence intervals, the test used, and a verdict."""
     higher = None if lower_is_better is None else not lower_is_better
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         stats, comparisons = p.experiment(service, days=days, higher_is_better=higher)
     table = Table("variant", "n", "outcome mean", "95% interval")
     for v in stats:
@@ -221,11 +224,15 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write")] = None,
     days: Annotated[int, typer.Option(help="Days of predictions")] = 30,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Write a self-contained HTML report: live performance, drift, predictions vs reference."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         page = p.report(model, days)
-        target = out or p.root / "reports" / f"{model}.html"
+        reports = p.root / "reports"
+        if p.environment.declared:
+            reports /= p.environment.name
+        target = out or reports / f"{model}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page)
     console.print(f"report written to {target}")

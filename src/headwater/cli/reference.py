@@ -20,7 +20,8 @@ def render() -> str:
         "Generated from the commands' own help by `python -m headwater.cli.reference > "
         "docs/cli.md`; `tests/unit/cli/test_reference.py` fails when it is out of date. "
         "The commands that work on a project take `--project/-p` (or `HEADWATER_PROJECT`) for "
-        "its folder.\n",
+        "its folder and `--env/-e` (or `HEADWATER_ENV`) for its environment "
+        "([environments](environments.md)).\n",
     ]
     for path, chain in _walk((root,), ("headwater",)):
         name = " ".join(path)

@@ -10,7 +10,15 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import typer
 
-from headwater.cli.common import ProjectOpt, app, console, open_project, progress_bar, time_option
+from headwater.cli.common import (
+    EnvOpt,
+    ProjectOpt,
+    app,
+    console,
+    open_project,
+    progress_bar,
+    time_option,
+)
 from headwater.serving.batch_scoring import write_scores
 
 
@@ -19,10 +27,11 @@ def scheduler(
     once: Annotated[bool, typer.Option(help="Run what is due now, then exit")] = False,
     every: Annotated[float, typer.Option(help="Seconds between checks")] = 60.0,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Run the training pipelines of models, and the batch scoring of services, whose cron
     schedule is due."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         while True:
             trained, scored = p.run_scheduled(console.print)
             for name, outcome in trained:
@@ -50,6 +59,7 @@ def score(
     ] = None,
     at: Annotated[str | None, typer.Option(help="Score as of this ISO time (default: now)")] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Batch scoring: features from the offline store as of a time, every prediction logged."""
     at_us = None if at is None else time_option(at, "--at")
@@ -57,7 +67,7 @@ def score(
     if entities is not None:
         read = pq.read_table if entities.suffix == ".parquet" else pcsv.read_csv
         table = read(entities).to_pandas()
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         start = time.perf_counter()
         with progress_bar() as bar:
             task = bar.add_task(f"score {service}", total=None)

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, err, iso, open_project, time_option
+from headwater.cli.common import (
+    EnvOpt,
+    ProjectOpt,
+    app,
+    console,
+    err,
+    iso,
+    open_project,
+    time_option,
+)
 from headwater.definitions.windows import parse_duration
 from headwater.security.scopes import GRAMMAR
 
@@ -34,6 +43,7 @@ def keys_create(
     ] = None,
     description: Annotated[str, typer.Option(help="What the key is for")] = "",
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Create an API key; prints its secret once (only a SHA-256 digest is stored).
 
@@ -47,7 +57,7 @@ def keys_create(
         raise typer.BadParameter("give --team (or --admin)", param_hint="--team")
     if not scopes:
         raise typer.BadParameter(f"give at least one --scope: {GRAMMAR}", param_hint="--scope")
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         expires_us = None if expires is None else p.now() + parse_duration(expires)
         key, secret = p.create_key(
             team, scopes, expires_us=expires_us, by=getpass.getuser(), description=description
@@ -61,9 +71,9 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(project: ProjectOpt = Path(".")) -> None:
+def keys_list(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
     """Every key: id, team, scopes, state and dates (never a secret)."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         keys, now = p.access.keys.list(), p.now()
     table = Table("id", "team", "scopes", "state", "created", "by", "expires", "description")
     for k in keys:
@@ -84,9 +94,10 @@ def keys_list(project: ProjectOpt = Path(".")) -> None:
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (see `headwater keys list`)")],
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Revoke a key: every server and replica refuses it within 5 seconds."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         key = p.revoke_key(key_id, by=getpass.getuser())
     console.print(f"revoked key {key.id} of team {key.team!r} at {iso(key.revoked_us)}")
 
@@ -96,10 +107,11 @@ def audit(
     since: Annotated[str | None, typer.Option(help="ISO 8601 time or epoch seconds")] = None,
     team: Annotated[str | None, typer.Option(help="Only this team's records")] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """The audit stream: every write through the server and every key change."""
     since_us = None if since is None else time_option(since, "--since")
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         records = list(p.audit_log.read(since_us, team))
     table = Table("time", "key", "team", "action", "target", "result", "counts")
     for r in records:
@@ -117,9 +129,10 @@ app.add_typer(alerts_app, name="alerts")
 def alerts_list(
     open_only: Annotated[bool, typer.Option("--open", help="Only unacknowledged alerts")] = False,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Alerts the monitor raised, newest last, with who acknowledged them."""
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         alerts = p.alerts.list(open_only)
     table = Table("id", "time", "kind", "level", "service", "version", "column", "ack")
     for a in alerts:
@@ -143,10 +156,11 @@ def alerts_ack(
     alert_id: Annotated[str, typer.Argument(help="The alert's id (see `headwater alerts list`)")],
     reason: Annotated[str, typer.Option(help="What was done about it")] = "",
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Acknowledge an alert."""
     user = getpass.getuser()
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         p.alerts.ack(alert_id, user, "local", reason)
         p.audit_log.record("-", user, "alert.ack", alert_id)
     console.print(f"acknowledged alert {alert_id}")

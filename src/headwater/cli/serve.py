@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from headwater.cli.common import ProjectOpt, app, err, open_project
+from headwater.cli.common import EnvOpt, ProjectOpt, app, err, open_project
 from headwater.definitions.source import redact_url
 from headwater.errors import HeadwaterError
 from headwater.serving import log_format
@@ -39,18 +39,22 @@ def serve(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key")] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Start the HTTP API (OpenAPI docs at /docs)."""
     log_format.configure(logging.INFO if log_predictions else logging.WARNING)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert")
     tls = (str(tls_cert), str(tls_key)) if tls_cert and tls_key else None
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         server = p.settings.server
 
         def announce(url: str) -> None:
             auth = "API keys" if server.auth == "keys" else "off"
-            err.print(f"headwater serving project {p.settings.name!r} from {p.root}")
+            where = f"project {p.settings.name!r}"
+            if p.environment.declared:
+                where += f", environment {p.environment.name!r}"
+            err.print(f"headwater serving {where} from {p.root}")
             err.print(f"  API      {url}   (docs {url}/docs, metrics {url}/metrics)")
             err.print(f"  auth     {auth}; hosts {', '.join(server.allowed_hosts)}")
             stores = vars(p.settings.stores)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from headwater.cli.common import ProjectOpt, app, console, err, iso, open_project
+from headwater.cli.common import EnvOpt, ProjectOpt, app, console, err, iso, open_project
 from headwater.sources.base import PollResult
 
 source_app = typer.Typer(
@@ -26,6 +26,7 @@ def source_run(
         float | None, typer.Option(help="Seconds between polls (implies --forever)")
     ] = None,
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Poll sources once, or forever: new table rows and landed files become events."""
 
@@ -36,7 +37,7 @@ def source_run(
             elif not quiet or r.read or r.problems:  # polling forever: only news
                 console.print(r.summary())
 
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         runner = p.source_runner()
         names = [runner.source(name).name] if name else None
         if not runner.sources:
@@ -60,10 +61,10 @@ def source_run(
 
 
 @source_app.command("status")
-def source_status(project: ProjectOpt = Path(".")) -> None:
+def source_status(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
     """Each source's stream, what it reads, and its checkpoint."""
 
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         rows = p.source_runner().status()
     table = Table("source", "stream", "reads", "position", "events", "updated")
     for row in rows:
@@ -78,9 +79,10 @@ def source_status(project: ProjectOpt = Path(".")) -> None:
 def source_reset(
     name: Annotated[str, typer.Argument(help="The source to read again from its start")],
     project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
 ) -> None:
     """Forget a source's checkpoint; its events keep their ids, so none is appended twice."""
 
-    with open_project(project) as p:
+    with open_project(project, env) as p:
         p.source_runner().reset(name)
     console.print(f"{name}: checkpoint reset; the next `headwater source run` reads from the start")

@@ -6,6 +6,7 @@ The only module that imports confluent-kafka; the backend registry imports it la
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +49,7 @@ _GIVE_UP_S = 5.0  # beyond the delivery timeout, before an append stops waiting 
 _LOGGER = logging.getLogger("headwater.log.kafka")
 SESSION_TIMEOUT_MS = 6000  # a member silent this long is dead: its partitions move
 _LANDED_KEPT = 100_000  # ids of in-doubt records found in the log, kept per stream for retries
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,14 @@ class KafkaSettings:
     (its replication factor; default -1, the broker's default), ``delivery_timeout_ms`` (how
     long an append may wait for the brokers before it fails; default 10000) and ``idle_ms``
     (how long a read waits for a first record before it answers that there is none;
-    default 250).
+    default 250), and ``prefix``: the start of every topic and consumer group name, the
+    namespace of an environment on a shared cluster (``prefix=shop_staging.`` puts the stream
+    ``clicks`` in the topic ``shop_staging.clicks``; a log sees only its prefix's topics).
 
     >>> KafkaSettings.from_url("kafka://k1:9092,k2:9092?partitions=4").partitions
     4
+    >>> KafkaSettings.from_url("kafka://k1:9092?prefix=shop_staging.").topic("clicks")
+    'shop_staging.clicks'
     """
 
     bootstrap: str
@@ -69,6 +75,7 @@ class KafkaSettings:
     replication: int = -1
     delivery_timeout_ms: int = 10_000
     idle_ms: int = 250
+    prefix: str = ""
 
     @classmethod
     def from_url(cls, url: str) -> KafkaSettings:
@@ -76,20 +83,37 @@ class KafkaSettings:
         if parsed.scheme != "kafka" or not parsed.netloc:
             raise LogError(f"{url!r} is not a Kafka URL; write kafka://host:port[,host:port]")
         options: dict[str, int] = {}
+        prefix = ""
         for name, values in parse_qs(parsed.query, strict_parsing=bool(parsed.query)).items():
+            if name == "prefix":
+                prefix = values[-1]
+                if not _TOPIC_CHARS.fullmatch(prefix):
+                    raise LogError(
+                        f"the Kafka log's prefix {prefix!r} may hold only letters, digits, "
+                        "'.', '_' and '-'"
+                    )
+                continue
             if name not in {"partitions", "replication", "delivery_timeout_ms", "idle_ms"}:
                 raise LogError(
                     f"unknown Kafka log option {name!r}; known: partitions, replication, "
-                    "delivery_timeout_ms, idle_ms"
+                    "delivery_timeout_ms, idle_ms, prefix"
                 )
             try:
                 options[name] = int(values[-1])
             except ValueError:
                 raise LogError(f"Kafka log option {name!r} must be an integer") from None
-        settings = cls(parsed.netloc, **options)
+        settings = cls(parsed.netloc, **options, prefix=prefix)
         if settings.partitions < 1 or settings.delivery_timeout_ms < 1 or settings.idle_ms < 1:
             raise LogError("partitions, delivery_timeout_ms and idle_ms must be positive")
         return settings
+
+    def topic(self, stream: str) -> str:
+        """The topic of ``stream``."""
+        return self.prefix + stream
+
+    def stream(self, topic: str) -> str | None:
+        """The stream of ``topic``; None for a topic outside the prefix."""
+        return topic[len(self.prefix) :] if topic.startswith(self.prefix) else None
 
     def partitions_of(self, stream: str) -> int:
         """How many partitions the log creates the topic of ``stream`` with."""
@@ -253,10 +277,11 @@ class KafkaLog:
         # where this append's records will lie: at or after the ends known now
         ends = {p: e for (name, p), e in list(self._ends.items()) if name == stream}
         ingest = str(ingest_time).encode()
+        topic = self.settings.topic(stream)
         for i, r in enumerate(records):
             _produce(
                 producer,
-                stream,
+                topic,
                 value=r.payload,
                 key=None if r.key is None else r.key.encode(),
                 headers=[
@@ -364,8 +389,9 @@ class KafkaLog:
             return known
         topics = self._refresh_topics()
         if stream not in topics:
-            topic = NewTopic(stream, self.settings.partitions_of(stream), self.settings.replication)
-            future = self._admin.create_topics([topic], request_timeout=self._timeout_s)[stream]
+            name = self.settings.topic(stream)
+            topic = NewTopic(name, self.settings.partitions_of(stream), self.settings.replication)
+            future = self._admin.create_topics([topic], request_timeout=self._timeout_s)[name]
             try:
                 future.result(self._timeout_s + _GIVE_UP_S)
             except KafkaException as exc:
@@ -387,7 +413,9 @@ class KafkaLog:
                 continue
             try:
                 _, high = self._probe.consumer.get_watermark_offsets(
-                    TopicPartition(stream, p), timeout=self._timeout_s, cached=False
+                    TopicPartition(self.settings.topic(stream), p),
+                    timeout=self._timeout_s,
+                    cached=False,
                 )
             except KafkaException as exc:
                 raise LogError(f"cannot reach Kafka at {self.settings.bootstrap}: {exc}") from exc
@@ -400,9 +428,11 @@ class KafkaLog:
         except KafkaException as exc:
             raise LogError(f"cannot reach Kafka at {self.settings.bootstrap}: {exc}") from exc
         topics = {
-            name: len(t.partitions)
+            stream: len(t.partitions)
             for name, t in metadata.topics.items()
-            if not name.startswith("__") and t.error is None
+            if not name.startswith("__")
+            and t.error is None
+            and (stream := self.settings.stream(name)) is not None
         }
         with self._lock:
             self._topics = topics
@@ -431,7 +461,9 @@ class KafkaLog:
             return []
         reader = self._reader(stream, partition)
         with reader.lock:
-            messages = reader.read(stream, partition, start, limit, self._idle_s, self._give_up_s)
+            messages = reader.read(
+                self.settings.topic(stream), partition, start, limit, self._idle_s, self._give_up_s
+            )
         if messages is None:
             self._refresh_topics()  # raises LogError when the brokers cannot be reached
             return []
@@ -445,7 +477,9 @@ class KafkaLog:
         known = self._ends.get((stream, partition), 0)
         try:
             _, high = self._probe.consumer.get_watermark_offsets(
-                TopicPartition(stream, partition), timeout=self._timeout_s, cached=False
+                TopicPartition(self.settings.topic(stream), partition),
+                timeout=self._timeout_s,
+                cached=False,
             )
         except KafkaException as exc:
             raise LogError(f"cannot reach Kafka at {self.settings.bootstrap}: {exc}") from exc
@@ -461,8 +495,9 @@ class KafkaLog:
         last = None
         with self._probe.lock:
             while True:
+                topic = self.settings.topic(stream)
                 batch = self._probe.read(
-                    stream, partition, start, _SCAN, self._idle_s, self._give_up_s
+                    topic, partition, start, _SCAN, self._idle_s, self._give_up_s
                 )
                 if batch is None:
                     self._refresh_topics()  # raises LogError when the brokers are unreachable
@@ -519,7 +554,7 @@ class KafkaLog:
         consumer = Consumer(
             {
                 **self._client_config(),
-                "group.id": group,
+                "group.id": self.settings.prefix + group,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "session.timeout.ms": SESSION_TIMEOUT_MS,
@@ -530,7 +565,7 @@ class KafkaLog:
                 "topic.metadata.refresh.interval.ms": 10_000,  # new partitions join in time
             }
         )
-        return GroupMember(consumer, list(streams), SESSION_TIMEOUT_MS / 1000)
+        return GroupMember(consumer, list(streams), SESSION_TIMEOUT_MS / 1000, self.settings)
 
     def close(self) -> None:
         with self._lock:
@@ -556,30 +591,47 @@ class GroupMember:
     ``poll``, on the caller's thread, so a revocation is seen between two of its batches.
     """
 
-    def __init__(self, consumer: Consumer, topics: list[str], session_seconds: float) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        streams: list[str],
+        session_seconds: float,
+        settings: KafkaSettings,
+    ) -> None:
         self.session_seconds = session_seconds
         self._consumer = consumer
+        self._settings = settings
         self._revoked: set[StreamPartition] = set()
         self._assigned: set[StreamPartition] = set()
         self._share: frozenset[StreamPartition] = frozenset()
         consumer.subscribe(
-            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            [settings.topic(s) for s in streams],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
         )
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
         if partitions:
             consumer.pause(partitions)
-        given = {(tp.topic, tp.partition) for tp in partitions}
+        given = self._streams(partitions)
         self._assigned |= given
         self._revoked -= given
         self._share |= given
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        taken = {(tp.topic, tp.partition) for tp in partitions}
+        taken = self._streams(partitions)
         self._revoked |= taken - self._assigned  # given and taken back before a poll: no news
         self._assigned -= taken
         self._share -= taken
+
+    def _streams(self, partitions: list[TopicPartition]) -> set[StreamPartition]:
+        return {
+            (stream, tp.partition)
+            for tp in partitions
+            if (stream := self._settings.stream(tp.topic)) is not None
+        }
 
     def poll(self) -> Rebalance:
         try:

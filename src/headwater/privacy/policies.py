@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,11 +61,28 @@ class PiiSecret:
         return hmac.new(self._derive(b"pseudonymize"), digestmod=hashlib.sha256)
 
 
-def load_secret(environ: Mapping[str, str], secret_file: Path | None) -> PiiSecret | None:
-    """The PII secret from ``$HEADWATER_PII_SECRET`` or from ``secret_file`` (which must be a
-    file of its owner only: mode 600); None when neither is given."""
-    text = environ.get(SECRET_ENV)
-    origin = f"${SECRET_ENV}"
+def secret_variable(environment: str | None) -> str:
+    """The variable holding the PII secret of one environment only.
+
+    >>> secret_variable("staging-eu")
+    'HEADWATER_PII_SECRET_STAGING_EU'
+    """
+    if not environment:
+        return SECRET_ENV
+    return f"{SECRET_ENV}_{re.sub(r'[^A-Z0-9]', '_', environment.upper())}"
+
+
+def load_secret(
+    environ: Mapping[str, str], secret_file: Path | None, environment: str | None = None
+) -> PiiSecret | None:
+    """The PII secret of ``environment`` from ``$HEADWATER_PII_SECRET_<ENVIRONMENT>``, else
+    ``$HEADWATER_PII_SECRET``, else ``secret_file`` (which must be a file of its owner only:
+    mode 600); None when none is given."""
+    origin = secret_variable(environment)
+    text = environ.get(origin)
+    if text is None:
+        origin, text = SECRET_ENV, environ.get(SECRET_ENV)
+    origin = f"${origin}"
     if text is None and secret_file is not None:
         origin = str(secret_file)
         try:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from headwater.definitions.windows import parse_duration
 from headwater.errors import HeadwaterError
 from headwater.history.engines.spark import SparkSettings
 from headwater.privacy.policies import create_secret_file
+from headwater.stores.urls import namespaced
 
 CONFIG_FILE = "headwater.toml"
 DEFAULT_STORES = {
@@ -90,6 +94,29 @@ class MonitorSettings:
     min_sample: int = 100  # fewer rows in a window: drift is measured, never alerted
 
 
+ENV_VARIABLE = "HEADWATER_ENV"
+DEFAULT_ENVIRONMENT = "default"  # a project that declares no environments has this one
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+_NAMESPACE = re.compile(r"([a-z][a-z0-9_]{0,59})?")
+# What an environment's table may set; its stores and server override the shared ones.
+_ENVIRONMENT_KEYS = {"namespace", "stores", "server", "pii", "tracking"}
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The environment a project was opened in: its name, and the namespace its shared stores
+    are moved into (``""``: the stores as ``[stores]`` names them). ``declared``: the project
+    declares environments (otherwise this is the implicit ``default``)."""
+
+    name: str = DEFAULT_ENVIRONMENT
+    namespace: str = ""
+    declared: bool = False
+
+    def label(self, project: str) -> str:
+        """How headers name it, e.g. ``shop · staging``."""
+        return f"{project} · {self.name}" if self.declared else project
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path
@@ -103,6 +130,8 @@ class Settings:
     monitor: MonitorSettings = MonitorSettings()
     # The PII secret's file (mode 600); never the secret itself, which is not configuration.
     pii_secret_file: Path | None = None
+    environment: Environment = Environment()
+    environments: tuple[str, ...] = ()  # the environments the project declares
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -112,8 +141,11 @@ def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def load_settings(root: str | Path) -> Settings:
-    """Read ``headwater.toml`` in a project folder."""
+def load_settings(
+    root: str | Path, env: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``headwater.toml`` in a project folder, for the environment ``env`` (by default
+    ``$HEADWATER_ENV``, else ``[project] default_environment``, else the only one declared)."""
     root = Path(root).resolve()
     path = root / CONFIG_FILE
     if not path.is_file():
@@ -130,31 +162,141 @@ def load_settings(root: str | Path) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     project = _table(data, "project")
-    stores = {**DEFAULT_STORES, **_table(data, "stores")}
-    unknown = set(stores) - set(DEFAULT_STORES)
-    if unknown:
-        raise ConfigError(f"unknown store(s) {sorted(unknown)} in [stores] of {path}")
+    name = str(project.get("name", root.name))
+    declared = _table(data, "environments")
+    environ = os.environ if environ is None else environ
+    chosen = _choose_environment(path, project, declared, env or environ.get(ENV_VARIABLE))
+    environment = Environment()
+    own: dict[str, Any] = {}
+    if chosen is not None:
+        own = _environment_table(declared, chosen)
+        environment = Environment(chosen, _namespace(name, chosen, own), True)
+    stores = _stores(path, data, declared, name)[environment.name]
     ingest = _table(data, "ingest")
-    server = _table(data, "server")
+    server = {**_table(data, "server"), **_table(own, "server")}
+    tracking = {**_table(data, "tracking"), **_table(own, "tracking")}
+    pii = _table(own, "pii") if "pii" in own else _table(data, "pii")
     try:
         return Settings(
             root=root,
-            name=str(project.get("name", root.name)),
+            name=name,
             definitions=tuple(project.get("definitions", ["definitions.py"])),
-            stores=StoreUrls(**{k: str(v) for k, v in stores.items()}),
+            stores=stores,
             ingest=IngestSettings(
                 max_request_bytes=int(ingest.get("max_request_bytes", 16 * 1024 * 1024)),
                 max_events_per_request=int(ingest.get("max_events_per_request", 100_000)),
                 max_future_us=parse_duration(ingest.get("max_future", "5m")),
             ),
             server=_server_settings(server),
-            tracking=TrackingSettings(mlflow_uri=_table(data, "tracking").get("mlflow_uri")),
+            tracking=TrackingSettings(mlflow_uri=tracking.get("mlflow_uri")),
             offline=_offline_settings(_table(data, "offline")),
             monitor=_monitor_settings(_table(data, "monitor")),
-            pii_secret_file=_pii_secret_file(root, _table(data, "pii")),
+            pii_secret_file=_pii_secret_file(root, pii),
+            environment=environment,
+            environments=tuple(declared),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting in {path}: {exc}") from None
+
+
+def _choose_environment(
+    path: Path, project: dict[str, Any], declared: dict[str, Any], env: str | None
+) -> str | None:
+    """The declared environment to open (None: the project declares none)."""
+    names = ", ".join(declared) or "none"
+    if not declared:
+        if env not in (None, "", DEFAULT_ENVIRONMENT):
+            raise ConfigError(
+                f"{path} declares no environments, so there is no {env!r}; declare it as "
+                f"[environments.{env}] (its stores, or a namespace on the shared ones)"
+            )
+        if "default_environment" in project:
+            raise ConfigError(f"[project] default_environment in {path}: no environments declared")
+        return None
+    for name in declared:
+        if not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"[environments.{name}] in {path}: an environment's name is lowercase letters, "
+                "digits, '_' and '-', starting with a letter (at most 40)"
+            )
+    env = env or project.get("default_environment")
+    if env is None:
+        if len(declared) == 1:
+            return next(iter(declared))
+        raise ConfigError(
+            f"{path} declares the environments {names}: choose one with --env NAME (or "
+            f"${ENV_VARIABLE}), or name the usual one in [project] default_environment"
+        )
+    if env not in declared:
+        raise ConfigError(f"no environment {env!r} in {path} (it declares {names})")
+    return str(env)
+
+
+def _environment_table(declared: dict[str, Any], name: str) -> dict[str, Any]:
+    own = _table(declared, name)
+    unknown = set(own) - _ENVIRONMENT_KEYS
+    if unknown:
+        raise ConfigError(
+            f"[environments.{name}] has no setting {sorted(unknown)[0]!r} (it may set "
+            f"{', '.join(sorted(_ENVIRONMENT_KEYS))})"
+        )
+    return own
+
+
+def _namespace(project: str, env: str, own: dict[str, Any]) -> str:
+    """The namespace of an environment on the shared stores: ``namespace`` as set (``""``:
+    none), by default ``PROJECT_ENV`` in lowercase letters, digits and '_'."""
+    value = own.get("namespace")
+    if value is None:
+        value = re.sub(r"[^a-z0-9_]+", "_", f"{project}_{env}".lower()).strip("_")
+        return value if value[:1].isalpha() else f"hw_{value}"
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        raise ConfigError(
+            f"[environments.{env}] namespace must be lowercase letters, digits and '_', "
+            f'starting with a letter (at most 60), or "" for none; not {value!r}'
+        )
+    return value
+
+
+def _stores(
+    path: Path, data: dict[str, Any], declared: dict[str, Any], project: str
+) -> dict[str, StoreUrls]:
+    """The stores of every environment: its own (``[environments.NAME.stores]``) as written,
+    the shared ones (``[stores]``) in its namespace. Two environments that would share a store
+    are refused, so that none ever sees another's data."""
+    shared = _table(data, "stores")
+    unknown = set(shared) - set(DEFAULT_STORES)
+    if unknown:
+        raise ConfigError(f"unknown store(s) {sorted(unknown)} in [stores] of {path}")
+    if not declared:
+        urls = {**DEFAULT_STORES, **shared}
+        return {DEFAULT_ENVIRONMENT: StoreUrls(**{k: str(v) for k, v in urls.items()})}
+    result: dict[str, StoreUrls] = {}
+    owner: dict[tuple[str, str], str] = {}
+    for env in declared:
+        own = _environment_table(declared, env)
+        mine = _table(own, "stores")
+        unknown = set(mine) - set(DEFAULT_STORES)
+        if unknown:
+            raise ConfigError(
+                f"unknown store(s) {sorted(unknown)} in [environments.{env}.stores] of {path}"
+            )
+        namespace = _namespace(project, env, own)
+        urls = {
+            port: str(mine[port])
+            if port in mine
+            else namespaced(port, str(shared.get(port, default)), namespace)
+            for port, default in DEFAULT_STORES.items()
+        }
+        for port, url in urls.items():
+            other = owner.setdefault((port, url), env)
+            if other != env:
+                raise ConfigError(
+                    f"the environments {other!r} and {env!r} of {path} would share the {port} "
+                    "store: give each its own stores, or a different namespace"
+                )
+        result[env] = StoreUrls(**urls)
+    return result
 
 
 def _server_settings(server: dict[str, Any]) -> ServerSettings:
@@ -243,22 +385,33 @@ def _spark_value(value: Any) -> str:
 DEFAULT_PII_SECRET_FILE = ".headwater/pii.secret"
 
 
-def add_pii_secret(root: Path, file: str = DEFAULT_PII_SECRET_FILE) -> Path:
+def add_pii_secret(root: Path, file: str | None = None, env: str | None = None) -> Path:
     """Create a random PII secret (mode 600) at ``file`` (relative to the project folder, or
-    absolute) and name it in the project's ``headwater.toml`` (``[pii] secret_file``). A
-    configured or existing secret is never replaced: pseudonyms made with it would no longer
-    match. Returns the secret's path."""
-    settings = load_settings(root)
-    if settings.pii_secret_file is not None:
-        raise ConfigError(f"{CONFIG_FILE} already names {settings.pii_secret_file}")
-    path = Path(file).expanduser()
+    absolute) and name it in the project's ``headwater.toml``: ``[pii] secret_file``, or
+    ``[environments.ENV.pii] secret_file`` in a project that declares environments (each its
+    own secret: a pseudonym of one says nothing in another). A configured or existing secret
+    is never replaced: pseudonyms made with it would no longer match. Returns the path."""
+    settings = load_settings(root, env)
+    environment = settings.environment
+    config = settings.root / CONFIG_FILE
+    data = tomllib.loads(config.read_text())
+    if environment.declared:
+        section = f"environments.{environment.name}.pii"
+        own = _table(_table(_table(data, "environments"), environment.name), "pii")
+        default = f".headwater/{environment.name}.pii.secret"
+    else:
+        section, own, default = "pii", _table(data, "pii"), DEFAULT_PII_SECRET_FILE
+    if "secret_file" in own:
+        raise ConfigError(f"[{section}] in {CONFIG_FILE} already names {own['secret_file']}")
+    if own:
+        raise ConfigError(f"[{section}] is in {CONFIG_FILE} already: add secret_file to it")
+    path = Path(file or default).expanduser()
     target = path if path.is_absolute() else settings.root / path
     if target.exists():
         raise ConfigError(f"{target} exists; it is never replaced")
     create_secret_file(target)
-    config = settings.root / CONFIG_FILE
     text = config.read_text()
     # A JSON string is a TOML basic string (the same quotes and escapes).
-    section = f"\n[pii]\nsecret_file = {json.dumps(str(path))}\n"
-    config.write_text(text + ("" if text.endswith("\n") else "\n") + section)
+    addition = f"\n[{section}]\nsecret_file = {json.dumps(str(path))}\n"
+    config.write_text(text + ("" if text.endswith("\n") else "\n") + addition)
     return target

@@ -30,10 +30,12 @@ from headwater.streaming.workers import run_workers
 from headwater.training.sets import to_arrow
 
 if TYPE_CHECKING:
+    from headwater.environments.replay import Replay, ReplayOptions
     from headwater.monitoring.alerts import Alerts
     from headwater.monitoring.context import MonitorContext
     from headwater.monitoring.ledger import Progress
     from headwater.monitoring.service import MonitorRun
+    from headwater.project.replaying import Side
     from headwater.serving.http.app import App
     from headwater.serving.runtime import Serving
     from headwater.sources.runner import SourceRunner
@@ -68,8 +70,11 @@ class Project:
     {}
     """
 
-    def __init__(self, path: str | Path = ".", *, clock: Clock | None = None) -> None:
-        self.settings: Settings = load_settings(path)
+    def __init__(
+        self, path: str | Path = ".", *, env: str | None = None, clock: Clock | None = None
+    ) -> None:
+        self.settings: Settings = load_settings(path, env)
+        self.environment = self.settings.environment
         self.root = self.settings.root
         self._clock_source = clock
         self.definitions: Definitions = load_definitions(self.root, self.settings.definitions)
@@ -209,7 +214,7 @@ class Project:
         stop = stop or threading.Event()
         group = group or f"headwater.{self.settings.name}.processor"
         if workers > 1:
-            args = (str(self.root), group, self.processor.settings())
+            args = (str(self.root), self.environment.name, group, self.processor.settings())
             return run_workers(_process_in_worker, args, workers, stop)
         streams = self.processor.streams
         log = self.log
@@ -218,6 +223,36 @@ class Project:
             return self.processor.run_forever(stop, membership=member)
         finally:
             member.close()
+
+    def replay_into(
+        self,
+        target: Project,
+        *,
+        streams: Sequence[str] | None = None,
+        include_internal: bool = False,
+        options: ReplayOptions | None = None,
+        append: bool = False,
+    ) -> Replay:
+        """A replay of this environment's log into ``target``'s (another environment of this
+        project, or of a project with the same streams); refusals come here, before anything
+        is written. ``run()`` copies what the log holds, ``follow(stop)`` keeps copying."""
+        from headwater.environments.replay import ReplayOptions
+        from headwater.project.replaying import open_replay
+
+        return open_replay(
+            self._side(),
+            target._side(),
+            streams=streams,
+            include_internal=include_internal,
+            options=options or ReplayOptions(),
+            append=append,
+        )
+
+    def _side(self) -> Side:
+        from headwater.project.replaying import Side
+
+        streams = self.definitions.streams
+        return Side(self.settings, streams, self.log, self.metadata, self.now)
 
     def clear_online(self) -> None:
         """Forget the feature sets' online state and checkpoints: the next ``process``
@@ -657,9 +692,9 @@ class Project:
 
 
 def _process_in_worker(
-    stop: threading.Event, root: str, group: str, settings: dict[str, float]
+    stop: threading.Event, root: str, env: str, group: str, settings: dict[str, float]
 ) -> ProcessStats:
     """What each worker process of ``Project.process(workers=N)`` runs."""
-    with Project(root) as project:
+    with Project(root, env=env) as project:
         project.processor.configure(settings)
         return project.process(forever=True, group=group, stop=stop)

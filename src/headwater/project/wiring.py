@@ -94,10 +94,18 @@ class Core:
 
 
 def build_protector(settings: Settings) -> Protector:
-    """The PII policies under the secret of ``$HEADWATER_PII_SECRET`` or ``[pii] secret_file``
+    """The PII policies under the secret of ``$HEADWATER_PII_SECRET_<ENV>``,
+    ``$HEADWATER_PII_SECRET`` or ``[pii] secret_file``
     (read when the project opens; a bad file refuses to open it, a missing one refuses the
     PII streams' events)."""
-    return Protector(load_secret(os.environ, settings.pii_secret_file))
+    environment = settings.environment
+    return Protector(
+        load_secret(
+            os.environ,
+            settings.pii_secret_file,
+            environment.name if environment.declared else None,
+        )
+    )
 
 
 def build_core(
@@ -186,6 +194,7 @@ def build_trainer(
         clock=clock,
         root=settings.root,
         log=log,
+        cache=settings.root / ".headwater" / "cache" / settings.environment.namespace,
     )
 
 
@@ -274,6 +283,7 @@ def build_app(
     return create_app(
         HttpServices(
             name=settings.name,
+            environment=settings.environment.name,
             max_request_bytes=settings.ingest.max_request_bytes,
             max_events_per_request=settings.ingest.max_events_per_request,
             ingestor=core.ingestor,

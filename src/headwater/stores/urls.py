@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from headwater.definitions.source import redact_url
 from headwater.errors import HeadwaterError
+from headwater.stores.params import split_param, with_param
 
 if TYPE_CHECKING:
     from headwater.stores.artifacts.base import ArtifactStore
@@ -36,6 +37,48 @@ def local_path(url: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
+# The defaults that a namespace extends, per store URL scheme and port.
+_PG_SCHEMAS = {"metadata": "headwater", "monitor": "headwater_monitor"}
+_REDIS_NAMESPACE = "hw"
+
+
+def namespaced(port: str, url: str, namespace: str) -> str:
+    """``url`` moved into ``namespace``, so that stores of several environments or projects
+    can share one server, bucket or folder without seeing each other's data: a Kafka log's
+    topics and consumer groups get the prefix ``NAMESPACE.``, Redis keys ``hw:NAMESPACE:``,
+    PostgreSQL tables the schema ``headwater_NAMESPACE`` (or ``SCHEMA_NAMESPACE`` when the URL
+    names one), a SQLite or DuckDB file a folder ``NAMESPACE`` beside it, and a folder of
+    files (``file://``, ``s3://``...) the subfolder ``NAMESPACE``. An empty namespace leaves the
+    URL as it is.
+
+    >>> namespaced("log", "kafka://k:9092?partitions=4", "shop_staging")
+    'kafka://k:9092?partitions=4&prefix=shop_staging.'
+    >>> namespaced("online", "sqlite:///.headwater/online.db", "shop_staging")
+    'sqlite:///.headwater/shop_staging/online.db'
+    >>> namespaced("offline", "s3://bucket/hw/", "shop_staging")
+    's3://bucket/hw/shop_staging'
+    >>> namespaced("metadata", "postgresql://u@db/prod", "shop_staging")
+    'postgresql://u@db/prod?schema=headwater_shop_staging'
+    """
+    if not namespace:
+        return url
+    scheme = urlparse(url).scheme
+    if scheme == "kafka":
+        _, prefix = split_param(url, "prefix")
+        return with_param(url, "prefix", f"{prefix or ''}{namespace}.")
+    if scheme in ("redis", "rediss", "unix"):
+        _, current = split_param(url, "namespace")
+        return with_param(url, "namespace", f"{current or _REDIS_NAMESPACE}:{namespace}")
+    if scheme in ("postgresql", "postgres"):
+        _, schema = split_param(url, "schema")
+        return with_param(url, "schema", f"{schema or _PG_SCHEMAS[port]}_{namespace}")
+    base, sep, query = url.partition("?")
+    if scheme in ("sqlite", "duckdb"):
+        folder, slash, name = base.rpartition("/")
+        return f"{folder}{slash}{namespace}/{name}{sep}{query}"
+    return f"{base.rstrip('/')}/{namespace}{sep}{query}"
+
+
 def open_url(kind: str, factories: Mapping[str, Factory[T]], url: str, root: Path) -> T:
     """The adapter ``factories`` holds for ``url``'s scheme; a clear error (the URL's password
     redacted) listing the known schemes otherwise."""
@@ -55,7 +98,8 @@ def _sqlite_online(url: str, root: Path) -> OnlineStore:
 def _redis_online(url: str, root: Path) -> OnlineStore:
     from headwater.stores.online.redis import RedisOnlineStore
 
-    return RedisOnlineStore(url)
+    base, namespace = split_param(url, "namespace")
+    return RedisOnlineStore(base, namespace or _REDIS_NAMESPACE)
 
 
 def _parquet_offline(url: str, root: Path) -> OfflineStore:

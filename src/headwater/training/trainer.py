@@ -96,7 +96,8 @@ class Trainer:
     """Runs a model's training pipeline: training data from the log's history, the fit, its
     evaluation, and a new version in ``registry`` (model files in its artifacts folder).
     ``root`` is the project folder (its git commit is part of the lineage; step outputs are
-    cached under its ``.headwater/cache``); ``log`` receives progress lines."""
+    cached under ``cache``, by default its ``.headwater/cache``); ``log`` receives progress
+    lines."""
 
     def __init__(
         self,
@@ -110,11 +111,13 @@ class Trainer:
         clock: Callable[[], int],
         root: Path,
         log: Callable[[str], None],
+        cache: Path | None = None,
     ) -> None:
         self.registry, self.log = registry, log
         self._training, self._catalog, self._stream_defs = training, catalog, streams
         self._event_log, self._archiver = event_log, archiver
         self._now, self._root = clock, root
+        self._cache = cache or root / ".headwater" / "cache"
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -123,7 +126,7 @@ class Trainer:
         started = self._now()
         snapshot = self._snapshot(model, reproduce)
         pipeline = Pipeline(
-            self._root / ".headwater" / "cache" / model.name,
+            self._cache / model.name,
             model.retries,
             f"fix the cause, then run `headwater train {model.name}` again; "
             "finished steps are reused",

@@ -48,6 +48,7 @@ class HttpServices:
     access: AccessControl | None = None
     feature_definitions: Mapping[str, str] | None = None
     max_entities: int = 1000
+    environment: str = "default"  # the environment served (on /readyz and in the UI)
 
     @property
     def serving(self) -> Serving:

@@ -9,11 +9,11 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
-from urllib.parse import unquote
 
 from headwater.definitions.source import redact_url
 from headwater.errors import HeadwaterError, StoreUnavailable
 from headwater.stores.metadata.base import RegisteredDefinition
+from headwater.stores.params import split_param
 
 if TYPE_CHECKING:
     import psycopg
@@ -254,18 +254,7 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     >>> _split_schema("postgresql://u@h/db")
     ('postgresql://u@h/db', None)
     """
-    base, sep, query = url.partition("?")
-    if not sep:
-        return url, None
-    schema = None
-    kept = []
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if unquote(key) == "schema":
-            schema = unquote(value)
-        elif part:
-            kept.append(part)
-    return (base + "?" + "&".join(kept) if kept else base), schema
+    return split_param(url, "schema")
 
 
 def _lock_key(schema: str) -> int:

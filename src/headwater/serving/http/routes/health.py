@@ -43,6 +43,8 @@ async def readyz(request: Request) -> Any:
 
     def check() -> dict[str, Any]:
         details: dict[str, Any] = {
+            "project": services.name,
+            "environment": services.environment,
             "log_streams": len(services.log.streams()),
             "processor_lag": services.processor.lag(),
             "services": {},
@@ -58,5 +60,13 @@ async def readyz(request: Request) -> Any:
     try:
         details = await run_in_threadpool(check)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        return JSONResponse({"status": "unavailable", "reason": repr(exc)}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "reason": repr(exc),
+                "project": services.name,
+                "environment": services.environment,
+            },
+            status_code=503,
+        )
     return {"status": "ready", **details}
