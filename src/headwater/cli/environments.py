@@ -23,17 +23,16 @@ from headwater.cli.common import (
 )
 from headwater.definitions.source import redact_url
 from headwater.environments.replay import ReplayOptions, ReplayStats
-from headwater.project.config import load_settings
+from headwater.project.config import declared_environments, load_settings
 
 
 @app.command()
 def environments(project: ProjectOpt = Path(".")) -> None:
     """The project's environments: namespace and stores of each."""
-    settings = load_settings(project, environ={})  # every one, not $HEADWATER_ENV's
-    names = settings.environments or ("default",)
+    declared = declared_environments(project)
     table = Table("environment", "namespace", "store", "url")
-    for name in names:
-        s = load_settings(project, name if settings.environments else None, environ={})
+    for name in declared or ("default",):
+        s = load_settings(project, name if declared else None, environ={})
         for i, (port, url) in enumerate(vars(s.stores).items()):
             first = i == 0
             table.add_row(
@@ -93,6 +92,9 @@ def replay(
     follow: Annotated[
         bool, typer.Option(help="Keep copying new events until stopped (Ctrl-C)")
     ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="Events read, appended and checkpointed at a time")
+    ] = 5000,
     to_project: Annotated[
         Path | None,
         typer.Option(help="The target's project folder, when it is another project"),
@@ -118,6 +120,7 @@ def replay(
             include_internal=include_internal,
             options=options,
             append=append,
+            batch=batch_size,
         )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

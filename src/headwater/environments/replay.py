@@ -97,6 +97,8 @@ class Replay:
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
         batch: int = BATCH,
     ) -> None:
+        if batch < 1:
+            raise ReplayError(f"the batch size must be at least 1, not {batch}")
         if options.rekey and target_secret is None:
             raise ReplayError("--rekey needs the target environment's PII secret")
         self.source, self.target, self._meta = source, target, checkpoints

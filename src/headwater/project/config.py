@@ -199,6 +199,19 @@ def load_settings(
         raise ConfigError(f"invalid setting in {path}: {exc}") from None
 
 
+def declared_environments(root: str | Path) -> tuple[str, ...]:
+    """The environments a project's ``headwater.toml`` declares, in order (none: ``()``)."""
+    path = Path(root).resolve() / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        load_settings(root)  # raises the error naming what to do
+        raise
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return tuple(_table(data, "environments"))
+
+
 def _choose_environment(
     path: Path, project: dict[str, Any], declared: dict[str, Any], env: str | None
 ) -> str | None:

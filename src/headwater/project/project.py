@@ -232,6 +232,7 @@ class Project:
         include_internal: bool = False,
         options: ReplayOptions | None = None,
         append: bool = False,
+        batch: int = 5000,
     ) -> Replay:
         """A replay of this environment's log into ``target``'s (another environment of this
         project, or of a project with the same streams); refusals come here, before anything
@@ -246,6 +247,7 @@ class Project:
             include_internal=include_internal,
             options=options or ReplayOptions(),
             append=append,
+            batch=batch,
         )
 
     def _side(self) -> Side:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from headwater.definitions import Stream
-from headwater.environments.replay import Replay, ReplayError, ReplayOptions
+from headwater.environments.replay import BATCH, Replay, ReplayError, ReplayOptions
 from headwater.log.base import Log
 from headwater.privacy.policies import load_secret, secret_variable
 from headwater.project.config import Settings
@@ -50,6 +50,7 @@ def open_replay(
     include_internal: bool = False,
     options: ReplayOptions | None = None,
     append: bool = False,
+    batch: int = BATCH,
 ) -> Replay:
     """The replay of ``source``'s log into ``target``'s: the declared streams (or
     ``streams``), and with ``include_internal`` the platform's own (predictions, alerts, ...).
@@ -106,6 +107,7 @@ def open_replay(
         options=options,
         target_secret=secret,
         clock=target.clock,
+        batch=batch,
     )
     replay.check(append)
     return replay

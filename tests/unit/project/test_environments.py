@@ -176,6 +176,15 @@ def test_the_cli_takes_env_and_names_the_environment_on_every_command(tmp_path):
     bad = run("plan", "--env", "prod")
     assert bad.returncode != 0 and "no environment 'prod'" in bad.stderr
     assert "Traceback" not in bad.stderr
+    listed = run("environments").stdout
+    assert "test_production" in listed and "test_staging" in listed
+    assert ".headwater/test_staging/log.db" in listed
+    itself = run("replay", "--from", "staging", "--to", "staging")
+    assert itself.returncode == 1 and "the source and the target are the same log" in (
+        itself.stderr
+    )
+    bad_share = run("replay", "--from", "staging", "--to", "production", "--sample-entities", "x")
+    assert bad_share.returncode == 2 and "write 10% or 0.1" in bad_share.stderr
 
 
 def test_a_kafka_prefix_holds_only_topic_characters():
