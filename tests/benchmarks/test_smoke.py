@@ -223,3 +223,26 @@ def test_streams_benchmark_runs_and_every_system_agrees():
         assert _figure(proc.stdout, f"{system}: values differing from the reference") == ["0"] * 3
     for system in systems[1:]:
         _ratio(proc.stdout, f"{system} / headwater, Kafka log -> SQLite (seconds)")
+
+
+def test_replay_benchmark_runs_and_follows():
+    proc = _run(
+        "replay.py",
+        "--events",
+        "3000",
+        "--users",
+        "100",
+        "--rate",
+        "500",
+        "--follow-seconds",
+        "1",
+        "--runs",
+        "2",
+        timeout=600,
+    )
+    assert "2 runs on the same data:" in proc.stdout
+    for figure in ("replay: events/s", "bare copy of the log: events/s", "follow: lag p99"):
+        _figure(proc.stdout, figure)
+    assert "replay / bare copy of the log (events/s)" in _ratio(
+        proc.stdout, "replay / bare copy of the log (events/s)"
+    )

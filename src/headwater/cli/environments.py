@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from headwater.cli.common import (
+    EnvOpt,
     ProjectOpt,
     app,
     console,
@@ -23,6 +24,7 @@ from headwater.cli.common import (
 )
 from headwater.definitions.source import redact_url
 from headwater.environments.replay import ReplayOptions, ReplayStats
+from headwater.ingestion.files import write_events
 from headwater.project.config import declared_environments, load_settings
 
 
@@ -161,3 +163,58 @@ def replay(
         console.print("interrupted: run the same command again to resume")
     else:
         console.print(f"next: headwater process --env {target} (builds its online state)")
+
+
+@app.command()
+def mock(
+    stream: Annotated[str, typer.Argument(help="The stream")],
+    rows: Annotated[int, typer.Option("--rows", "-n", min=1, help="How many events")] = 1000,
+    like: Annotated[
+        str | None,
+        typer.Option(help="Draw values as observed in this environment (default: this one)"),
+    ] = None,
+    entities: Annotated[
+        int | None, typer.Option(min=1, help="Distinct entities (default: as observed)")
+    ] = None,
+    days: Annotated[
+        float | None, typer.Option(help="Days the events span, ending now (default: as observed)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same events")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Write them to this .jsonl, .csv or .parquet file")
+    ] = None,
+    ingest: Annotated[
+        bool, typer.Option(help="Ingest them into this environment (validated, PII protected)")
+    ] = False,
+    project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
+) -> None:
+    """Realistic events of a stream for an environment with no production data: numbers and
+    categories as observed (in --like, or here), PII fields as realistic fakes, keys
+    mock-000001...; nothing of a real person."""
+    with open_project(project, env) as p:
+        if like is not None:
+            with open_project(project, like) as source:
+                events = p.mock_events(
+                    stream, rows, like=source, entities=entities, days=days, seed=seed
+                )
+        else:
+            events = p.mock_events(stream, rows, entities=entities, days=days, seed=seed)
+        if out is not None:
+            write_events(events, out)
+            console.print(f"wrote {len(events)} mock events of {stream} to {out}")
+        if ingest:
+            result = p.ingest(stream, events)
+            console.print(
+                f"ingested {result.accepted} mock events into {stream} "
+                f"({result.duplicates} duplicates, {len(result.rejected)} rejected)"
+            )
+        if out is None and not ingest:
+            table = Table(*events[0])
+            for event in events[:20]:
+                table.add_row(*("" if v is None else str(v) for v in event.values()))
+            console.print(table)
+            console.print(
+                f"{len(events)} mock events (the first {min(20, len(events))} shown); write "
+                "them with --out FILE or ingest them with --ingest"
+            )

@@ -8,11 +8,23 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
+from rich.table import Table
 
-from headwater.cli.common import EnvOpt, ProjectOpt, app, console, err, open_project, progress_bar
+from headwater.cli.common import (
+    EnvOpt,
+    ProjectOpt,
+    app,
+    console,
+    err,
+    iso,
+    open_project,
+    progress_bar,
+)
 from headwater.errors import HeadwaterError
 from headwater.ingestion.files import count_events, file_format, read_batches
+from headwater.privacy.mock import MOCK_SUFFIX
 
 
 @app.command()
@@ -127,3 +139,44 @@ def process(
             )
         seconds = time.perf_counter() - start
         console.print(f"processed {stats.events} events in {seconds:.2f}s")
+
+
+@app.command()
+def sample(
+    stream: Annotated[str, typer.Argument(help="The stream")],
+    n: Annotated[int, typer.Option("-n", min=1, max=1000, help="How many events")] = 10,
+    pseudonyms: Annotated[
+        bool, typer.Option(help="Show PII fields as stored (pseudonyms), not as mock values")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
+) -> None:
+    """The latest events of a stream as its log holds them; pseudonymized PII fields show
+    realistic fakes, stable per pseudonym and marked (mock)."""
+    with open_project(project, env) as p:
+        events = p.sample_events(stream, n, mock=not pseudonyms)
+        fields = p.definitions.streams[stream].fields
+        id_field = p.definitions.streams[stream].id_field
+    if as_json:
+        for event in events:
+            print(orjson.dumps(event).decode())
+        return
+    if not events:
+        console.print(f"stream {stream} has no events")
+        return
+    times = {f for f, spec in fields.items() if spec.dtype.value == "timestamp"}
+    hidden = ("_event_id", "_event_time", "_mock", id_field)  # the id is the first column
+    names = list(dict.fromkeys(k for e in events for k in e if k not in hidden))
+    table = Table("event id", *names)
+    for event in events:
+        mocked = set(event.get("_mock", ()))
+        cells = []
+        for name in names:
+            value = event.get(name)
+            if name in times and isinstance(value, int):
+                value = iso(value)
+            text = "" if value is None else str(value)
+            cells.append(text + (MOCK_SUFFIX if name in mocked else ""))
+        table.add_row(event["_event_id"], *cells)
+    console.print(table)

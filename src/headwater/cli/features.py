@@ -28,6 +28,7 @@ from headwater.cli.common import (
 )
 from headwater.definitions.types import from_micros, to_micros
 from headwater.history.describe import describe_values, histogram
+from headwater.privacy.mock import MOCK_SUFFIX
 
 RECENT_US = 5 * 60 * 1_000_000  # --at: how far from now online values are asked for
 
@@ -158,9 +159,24 @@ def describe(
             found = p.describe_stream(name)
             console.print(f"stream {name} (owner {found.stream.owner}): {found.stream.description}")
             fields = Table(
-                "field", "type", "pii", "count", "null rate", "distinct", "min", "max", "mean"
+                "field",
+                "type",
+                "pii",
+                "count",
+                "null rate",
+                "distinct",
+                "min",
+                "max",
+                "mean",
+                "latest",
             )
+            example = found.example or {}
+            mocked = set(example.get("_mock", ()))
             for row in found.fields.itertuples(index=False):
+                value = example.get(row.field)
+                if row.type == "timestamp" and isinstance(value, int):
+                    value = iso(value)
+                latest = "" if value is None else str(value)
                 fields.add_row(
                     row.field,
                     row.type,
@@ -171,6 +187,7 @@ def describe(
                     _human(row.min),
                     _human(row.max),
                     _human(row.mean),
+                    latest + (MOCK_SUFFIX if row.field in mocked else ""),
                 )
             console.print(fields)
             for line in found.copies:

@@ -80,3 +80,19 @@ class InvalidLine(str):
 
     def __new__(cls, number: int, reason: str) -> InvalidLine:
         return super().__new__(cls, f"line {number} is not valid JSON: {reason}")
+
+
+def write_events(events: list[dict[str, Any]], path: Path) -> None:
+    """Write events to a file that ``headwater ingest`` reads back (by its suffix)."""
+    fmt = file_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        with path.open("wb") as fh:
+            for event in events:
+                fh.write(orjson.dumps(event) + b"\n")
+        return
+    table = pa.Table.from_pylist(events)
+    if fmt == "csv":
+        pcsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from headwater.definitions import Stream
-from headwater.privacy.policies import SECRET_ENV, PiiSecret, PiiSecretError
+from headwater.privacy.policies import SECRET_ENV, PiiSecret, PiiSecretError, secret_variable
 
 WITHHELD = "withheld: the stream has PII fields and the event is not an object"
 
@@ -16,14 +16,15 @@ class Protector:
     """Each stream's PII policies, under one secret (None: no secret configured, so any
     stream with PII fields refuses its events with what to do)."""
 
-    def __init__(self, secret: PiiSecret | None) -> None:
+    def __init__(self, secret: PiiSecret | None, environment: str | None = None) -> None:
         self._secret = secret
+        self._environment = environment  # a declared environment, named in refusals
 
     def check(self, streams: Mapping[str, Stream]) -> None:
         """Refuse to start (a server, an ingest) without the secret that PII streams need."""
         needing = sorted(name for name, s in streams.items() if s.pii_policies)
         if needing and self._secret is None:
-            raise missing_secret(needing)
+            raise missing_secret(needing, self._environment)
 
     def fields(self, stream: Stream, fields: dict[str, Any]) -> dict[str, Any]:
         """The fields of a valid event as they may be stored (changed in place)."""
@@ -49,13 +50,20 @@ class Protector:
 
     def _pseudonym(self, stream: Stream, value: Any) -> str:
         if self._secret is None:
-            raise missing_secret([stream.name])
+            raise missing_secret([stream.name], self._environment)
         return self._secret.pseudonym(value)
 
 
-def missing_secret(streams: list[str]) -> PiiSecretError:
+def missing_secret(streams: list[str], environment: str | None = None) -> PiiSecretError:
+    if environment is None:
+        return PiiSecretError(
+            f"stream(s) {', '.join(streams)} have PII fields and no PII secret is set: set "
+            f"${SECRET_ENV} (32 bytes or more), or name a file of mode 600 holding it with "
+            '[pii] secret_file = "PATH" in headwater.toml; `headwater pii init-secret` '
+            "creates one"
+        )
     return PiiSecretError(
-        f"stream(s) {', '.join(streams)} have PII fields and no PII secret is set: set "
-        f"${SECRET_ENV} (32 bytes or more), or name a file of mode 600 holding it with "
-        '[pii] secret_file = "PATH" in headwater.toml; `headwater pii init-secret` creates one'
+        f"stream(s) {', '.join(streams)} have PII fields and the environment {environment!r} "
+        f"has no PII secret: set ${secret_variable(environment)} (32 bytes or more), or "
+        f"create one with `headwater pii init-secret --env {environment}`"
     )

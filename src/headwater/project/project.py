@@ -58,6 +58,7 @@ class StreamDescription:
     stream: Stream
     fields: Any  # a pandas DataFrame
     copies: list[str]
+    example: dict[str, Any] | None = None  # the latest event, PII as mock values (``_mock``)
 
 
 class Project:
@@ -509,10 +510,87 @@ class Project:
 
         stream = self.definitions.streams[name]
         self.archiver.catch_up(stream)
+        latest = self.sample_events(name, 1)
         return StreamDescription(
             stream,
             describe_stream(stream, self.training.engine),
             describe_copies(self.offline_store, stream, self.archiver.sorted_keys(stream)),
+            latest[0] if latest else None,
+        )
+
+    def sample_events(self, stream: str, n: int = 10, *, mock: bool = True) -> list[dict]:
+        """The latest ``n`` events of a stream as its log holds them (oldest first), each with
+        ``_event_id`` and ``_event_time``; with ``mock``, a pseudonymized PII field shows a
+        realistic fake stable per pseudonym instead, named in the event's ``_mock``."""
+        import orjson
+
+        from headwater.privacy.mock import mock_value
+
+        definition = self.definitions.streams[stream]
+        found = []
+        for p in range(self.log.partitions(stream)):
+            end = self.log.end_offset(stream, p)
+            found += self.log.read(stream, max(0, end - n), n, p)
+        found.sort(key=lambda r: (r.ingest_time, r.event_time))
+        events = []
+        for record in found[-n:]:
+            event = {"_event_id": record.event_id, "_event_time": record.event_time}
+            event.update(orjson.loads(record.payload))
+            if mock:
+                masked = [
+                    name
+                    for name, policy in definition.pii_policies.items()
+                    if policy == "pseudonymize" and event.get(name) is not None
+                ]
+                for name in masked:
+                    event[name] = mock_value(name, event[name])
+                event["_mock"] = masked
+            events.append(event)
+        return events
+
+    def mock_events(
+        self,
+        stream: str,
+        rows: int,
+        *,
+        like: Project | None = None,
+        entities: int | None = None,
+        days: float | None = None,
+        seed: int = 0,
+    ) -> list[dict]:
+        """``rows`` realistic events of a stream, for an environment with no production data:
+        numbers and categories drawn as observed in the history of ``like`` (another
+        environment; by default this one; plausible defaults where none was observed), PII
+        fields as Faker fakes, keys ``mock-000001``..., ending now. Ingest them to use them."""
+        from headwater.privacy.mock import OBSERVED, mock_events, profile
+
+        definition = self.definitions.streams[stream]
+        source = like or self
+        observed = None
+        seen = source.definitions.streams.get(stream)
+        if like is not None and (seen is None or seen.version != definition.version):
+            raise DefinitionError(
+                f"the stream {stream!r} is defined differently where its distributions would "
+                "come from; profile an environment with the same definitions"
+            )
+        if seen is not None:
+            source.archiver.catch_up(seen)
+            history = source.training.history(seen)
+            if history.num_rows:
+                import numpy as np
+
+                rng = np.random.default_rng(seed)
+                take = min(history.num_rows, OBSERVED)
+                rows_at = np.sort(rng.choice(history.num_rows, take, replace=False))
+                observed = profile(definition, history.take(rows_at).to_pandas())
+        return mock_events(
+            definition,
+            rows,
+            now_us=self.now(),
+            observed=observed,
+            entities=entities,
+            days=days,
+            seed=seed,
         )
 
     def score_entities(

@@ -99,13 +99,8 @@ def build_protector(settings: Settings) -> Protector:
     (read when the project opens; a bad file refuses to open it, a missing one refuses the
     PII streams' events)."""
     environment = settings.environment
-    return Protector(
-        load_secret(
-            os.environ,
-            settings.pii_secret_file,
-            environment.name if environment.declared else None,
-        )
-    )
+    name = environment.name if environment.declared else None
+    return Protector(load_secret(os.environ, settings.pii_secret_file, name), name)
 
 
 def build_core(
