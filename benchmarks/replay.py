@@ -2,14 +2,15 @@
 (the ceiling), its peak memory, and the lag of `--follow` under a steady ingest.
 
 The project (core.py's purchases stream and 12 features) declares the environments
-``production``, ``staging`` and ``follow`` on the embedded stores. Set-up, once: ``--events``
+``production`` and ``staging`` on the embedded stores. Set-up, once: ``--events``
 purchases are ingested into production. Each of ``--runs`` runs then, into emptied targets:
   replay         `headwater replay --from production --to staging` in its own process
                  (ids, event times, per-key order, checkpoints after every batch);
                  events/s from its own summary, its peak RSS from the OS
   bare copy      every record read from production's log and appended as it is to a scratch
                  log (no parsing, no checkpoints): what the log itself allows
-  follow lag     `headwater replay --follow` running while this process ingests
+  follow lag     `headwater replay --follow` into staging (resuming where the replay ended)
+                 running while this process ingests
                  ``--rate`` events/s for ``--follow-seconds``; the lag of a batch is the time
                  from its ingest's acknowledgement until the target's log holds it (p50, p99)
 Figures are printed as min / median / max over the runs.
@@ -50,7 +51,6 @@ definitions = ["definitions.py"]
 
 [environments.production]
 [environments.staging]
-[environments.follow]
 """
 _RATE = re.compile(r"copied (\d+) events in [\d.]+s \(([\d,]+) events/s\)")
 
@@ -71,15 +71,17 @@ def _empty(folder: Path, env: str) -> None:
         shutil.rmtree(path)
 
 
-# `headwater replay ...`, printing its own peak RSS on stderr when it ends
+# `headwater replay ...`, printing its own peak RSS on stderr when it ends: VmHWM, the high
+# water mark of this program's memory (ru_maxrss would count the parent's pages at the fork)
 _WRAPPER = """
-import resource, sys
+import re, sys
 from headwater.cli import main
 sys.argv = ["headwater", *sys.argv[1:]]
 try:
     main()
 finally:
-    print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    status = open("/proc/self/status").read()
+    print("peak_rss_kb", re.search(r"VmHWM:\\s+(\\d+)", status).group(1), file=sys.stderr)
 """
 
 
@@ -126,11 +128,12 @@ def bare_copy(source: Project, folder: Path, figures: Figures) -> None:
 
 
 def follow(folder: Path, source: Project, args: argparse.Namespace, figures: Figures) -> None:
-    _empty(folder, "follow")
+    """Follow into staging, which the replay of this run filled: it resumes from its
+    checkpoints, caught up at once, as one follows after a first replay."""
     base = source.log.end_offset("purchases")
-    proc = _cli(folder, "--from", "production", "--to", "follow", "--follow")
+    proc = _cli(folder, "--from", "production", "--to", "staging", "--follow")
     lags: list[float] = []
-    with Project(folder, env="follow", clock=_clock) as target:
+    with Project(folder, env="staging", clock=_clock) as target:
         try:
             deadline = time.monotonic() + 600
             while target.log.end_offset("purchases") < base and time.monotonic() < deadline:

@@ -341,6 +341,51 @@ def test_two_stores_see_each_others_records(backend: Backend) -> None:
     assert list(first.get_records("runs")) == ["r1", "r2"]
 
 
+def test_records_can_be_read_by_id(store: MetadataStore) -> None:
+    store.put_records([("keys", f"k{i}", {"n": i}) for i in range(1200)])
+    wanted = ["k1199", "k3", "nope", "k3"]
+    assert store.get_records("keys", wanted) == {"k3": {"n": 3}, "k1199": {"n": 1199}}
+    assert store.get_records("keys", []) == {}
+    assert len(store.get_records("keys", [f"k{i}" for i in range(1200)])) == 1200
+    assert store.get_records("other", ["k3"]) == {}
+
+
+def test_add_keeps_the_first_document_of_an_id(store: MetadataStore) -> None:
+    first = store.add_records("keys", [("a", {"v": 1}), ("b", {"v": 2})])
+    assert first == {"a": {"v": 1}, "b": {"v": 2}}
+    again = store.add_records("keys", [("a", {"v": 10}), ("c", {"v": 3})])
+    assert again == {"a": {"v": 1}, "c": {"v": 3}}  # a is kept as first written
+    assert store.get_records("keys") == {"a": {"v": 1}, "b": {"v": 2}, "c": {"v": 3}}
+
+
+def test_concurrent_adds_of_one_id_all_answer_the_same_document(backend: Backend) -> None:
+    stores = [backend.store() for _ in range(4)]
+    answers: list[dict[str, Any]] = []
+    barrier = threading.Barrier(len(stores))
+
+    def add(store: MetadataStore, n: int) -> None:
+        barrier.wait()
+        answers.append(store.add_records("keys", [("entity-1", {"writer": n})])["entity-1"])
+
+    threads = [threading.Thread(target=add, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 4 and all(a == answers[0] for a in answers)
+    assert stores[0].get_records("keys") == {"entity-1": answers[0]}
+
+
+def test_delete_removes_records_and_counts_them(store: MetadataStore) -> None:
+    store.put_records([("keys", "a", {}), ("keys", "b", {}), ("runs", "a", {"kept": True})])
+    assert store.delete_records("keys", ["a", "zzz", "a"]) == 1
+    assert store.get_records("keys") == {"b": {}}
+    assert store.get_records("runs") == {"a": {"kept": True}}
+    assert store.delete_records("keys", []) == 0
+    # a deleted id can be added anew
+    assert store.add_records("keys", [("a", {"new": 1})]) == {"a": {"new": 1}}
+
+
 # -- PostgreSQL only: migrations, URLs, server-side failures --------------------------------
 
 

@@ -126,6 +126,20 @@ def test_feature_sets_do_not_share_keys(store):
     assert store.get_many("user@other#000000000000", ["a"]) == [None]
 
 
+def test_delete_removes_just_those_states_and_counts_them(store):
+    store.write({FS: {"a": b"1", "b": b"2", "a:b": b"3"}, OTHER_FS: {"a": b"x"}}, {FS: 7})
+    assert store.delete({FS: ["a", "missing", "a"], "nothing#0": ["a"]}) == 1
+    assert store.get_many(FS, ["a", "b", "a:b"]) == [None, b"2", b"3"]
+    assert store.get_many(OTHER_FS, ["a"]) == [b"x"]  # another feature set keeps its state
+    assert store.checkpoints([FS]) == {FS: 7}  # checkpoints stay
+    assert store.delete({FS: ["b", "a:b"], OTHER_FS: ["a"]}) == 3
+    assert store.get_sets({FS: ["b", "a:b"], OTHER_FS: ["a"]}) == {
+        FS: [None, None],
+        OTHER_FS: [None],
+    }
+    assert store.delete({}) == 0
+
+
 def test_keys_may_hold_any_character(store):
     keys = ["", " ", "a b", "a:b", "::", "é ü 中文 🙂", "a\x1fb", "x\x1f", "\n\t", "{tag}", "*?[]"]
     store.write({FS: {k: f"v{i}".encode() for i, k in enumerate(keys)}}, {})

@@ -321,6 +321,81 @@ def test_no_clear_email_is_in_any_file_the_demo_wrote(demo):
     assert all(e.startswith("pii_") for e in emails)
 
 
+STAGING_SECRET = "staging-" + "s" * 40
+
+
+def test_the_shop_replayed_into_staging_gives_production_quality_results(
+    demo, tmp_path, monkeypatch
+):
+    """The demo's project declares environments afterwards: production keeps its stores as
+    they are (namespace ""), staging gets a namespace and a secret of its own. The whole log
+    replayed, re-keyed, into staging gives the same online features, training sets, model
+    metrics and predictions there."""
+    import shutil
+
+    from headwater.privacy.policies import PiiSecret
+    from tests.environments_shop import same_frame, same_metrics
+
+    folder = tmp_path / "shop"
+    shutil.copytree(demo.folder, folder)
+    config = folder / "headwater.toml"
+    config.write_text(
+        config.read_text() + '\n[environments.production]\nnamespace = ""\n[environments.staging]\n'
+    )
+    env = {**ENV, "HEADWATER_PII_SECRET_STAGING": STAGING_SECRET}
+    replay = subprocess.run(
+        [sys.executable, "-m", "headwater", "replay", "--from", "production", "--to", "staging"]
+        + ["--rekey", "-p", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "next: headwater process --env staging" in replay.stdout
+    monkeypatch.delenv(SECRET_ENV)
+    monkeypatch.setenv("HEADWATER_PII_SECRET_STAGING", STAGING_SECRET)
+    now = to_micros(pd.Timestamp.now(tz="UTC").floor("s"))
+    with (
+        Project(folder, env="production", clock=lambda: now) as production,
+        Project(folder, env="staging", clock=lambda: now) as staging,
+    ):
+        staging.process()
+        secret = PiiSecret(STAGING_SECRET.encode())
+        source = [orjson.loads(r.payload) for r in production.log.read("signups", 0, 10**6)]
+        copied = [orjson.loads(r.payload) for r in staging.log.read("signups", 0, 10**6)]
+        assert [c["email"] for c in copied] == [secret.pseudonym(s["email"]) for s in source]
+        users = sorted({s["user_id"] for s in source})
+        keys = [{"user_id": u} for u in users]
+        assert staging.online_features(keys, NUMERIC) == production.online_features(keys, NUMERIC)
+        days = [now - d * 86_400_000_000 for d in (0, 7, 20)]
+        spine = pd.DataFrame(
+            [
+                {"user_id": u, "timestamp": pd.Timestamp(t, unit="us", tz="UTC")}
+                for u in users
+                for t in days
+            ]
+        )
+        same_frame(
+            staging.training_set(spine, NUMERIC),
+            production.training_set(spine, NUMERIC),
+            ["user_id"],
+        )
+        versions = []
+        for p in (production, staging):
+            trained = p.train("churn")
+            p.promote("churn", trained.version)
+            versions.append(p.registry.versions("churn")[-1])
+        same_metrics(versions[0]["metrics"], versions[1]["metrics"])
+        rows = [v["lineage"]["snapshot"]["rows"] for v in versions]
+        assert rows[0] == rows[1]
+        scores = [
+            [x.score for x in p.serving.predict("retention", keys[:50], "test")]
+            for p in (production, staging)
+        ]
+        assert scores[0] == pytest.approx(scores[1], rel=1e-9)
+
+
 def test_a_second_run_replaces_the_folder_it_made(demo):
     # last in this module: it replaces the demo's project
     again = quickstart(demo.folder, 300, 25, "--no-loop")

@@ -44,6 +44,7 @@ MODELS = ("churn", "purchase_propensity")
 
 @dataclass
 class Run:
+    folder: Path
     out: str  # what the quickstart printed
     log: dict[str, list[dict[str, Any]]]  # each stream's records, in a canonical order
     lag: dict[str, int]
@@ -113,6 +114,7 @@ def _run(folder: Path, *stores: str) -> Run:
             }
         )
         return Run(
+            folder=folder,
             out=proc.stdout,
             log=log,
             lag=p.processor.lag(),
@@ -229,6 +231,57 @@ def test_the_same_monitoring_alerts_and_retraining(runs):
     # Within a tolerance: the statistics compare with reference profiles (see the models).
     assert _close(alerts[0], alerts[1])
     assert _close(embedded.aliases, scaled.aliases)  # the reasons recorded, word for word
+
+
+EMAIL = re.compile(rb"u-\d{6}@mail\.example")  # the simulator's clear emails
+
+
+def test_no_clear_email_is_in_kafka_redis_postgresql_or_any_file(runs, stores):
+    """The shop's emails are pseudonymized at ingest: not one clear email in any Kafka topic,
+    any Redis key or value, any row of the PostgreSQL schema, or any file of the project
+    (Parquet read column by column)."""
+    import pyarrow.parquet as pq
+
+    scaled = runs["scaled"]
+    assert len(scaled.log["signups"]) == USERS
+    assert all(r["payload"]["email"].startswith("pii_") for r in scaled.log["signups"])
+    assert not EMAIL.search(orjson.dumps(scaled.log))  # every record of every topic
+    client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}")
+    seen = 0
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"string":
+            values = [client.get(key) or b""]
+        elif kind == b"hash":
+            values = [k + b"=" + v for k, v in client.hgetall(key).items()]
+        else:
+            values = [client.dump(key) or b""]
+        for value in [key, *values]:
+            assert not EMAIL.search(value), key
+        seen += 1
+    assert seen > USERS  # the online states of every user at least
+    schema = stores[-1].split("schema=")[1]
+    with psycopg.connect(PG) as conn:
+        tables = [
+            t
+            for (t,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (schema,),
+            ).fetchall()
+        ]
+        assert "records" in tables
+        for table in tables:
+            rows = conn.execute(f'SELECT t::text FROM "{schema}"."{table}" t').fetchall()
+            for (row,) in rows:
+                assert not EMAIL.search(row.encode()), (table, row[:80])
+    files = [f for f in scaled.folder.rglob("*") if f.is_file()]
+    for path in files:
+        assert not EMAIL.search(path.read_bytes()), path
+    for path in (f for f in files if f.suffix == ".parquet"):
+        table = pq.read_table(path)
+        for column in table.column_names:
+            text = "\n".join(map(str, table.column(column).to_pylist())).encode()
+            assert not EMAIL.search(text), (path, column)
 
 
 def test_stores_an_earlier_quickstart_used_are_refused(tmp_path, runs, stores):

@@ -13,7 +13,7 @@ from headwater.errors import DefinitionError, did_you_mean
 
 UNKNOWN_FIELD_POLICIES = ("reject", "keep", "drop")
 # What happens to a PII field's value at ingest (privacy/policies.py applies them).
-PII_POLICIES = ("pseudonymize", "drop")
+PII_POLICIES = ("pseudonymize", "encrypt", "drop")
 DEFAULT_PII_POLICY = "pseudonymize"
 
 
@@ -82,6 +82,12 @@ class Stream(Definition):
                 raise DefinitionError(
                     f"stream {name!r}: PII field {f!r} is a key, the time or the id; keys "
                     "that are PII (read paths pseudonymizing clear ids) are not supported yet"
+                )
+        for f, policy in policies.items():
+            if policy != "drop" and types[f] is not DType.STRING:
+                raise DefinitionError(
+                    f"stream {name!r}: PII field {f!r} is a {types[f].value}; {policy} stores "
+                    "text, so it needs a string field (or the policy drop)"
                 )
         not_null = set(keys) | {time} | set(required)
         self.fields: dict[str, Field] = {

@@ -92,6 +92,8 @@ class Ingestor:
         now = self._clock()
         batch = _Batch(stream_name, now, self._protector)
         policy = TimePolicy(now, self._max_future_us)
+        events = events if isinstance(events, list) else list(events)
+        self._protector.prepare(stream, events)
         for i, raw in enumerate(events):
             batch.add_row(stream, i, raw, policy)
         return self._commit(batch)
@@ -106,6 +108,7 @@ class Ingestor:
         if checked is None:
             return self.ingest(stream_name, table.to_pylist())
         batch = _Batch(stream_name, now, self._protector, table.num_rows)
+        self._protector.prepare(stream, checked.rows)
         for position, row, event_id, event_time in zip(
             checked.indices.tolist(),
             checked.rows,

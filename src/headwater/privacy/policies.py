@@ -2,13 +2,17 @@
 
 - ``pseudonymize``: HMAC-SHA256 of the value under the PII secret. Deterministic, so keys,
   joins and ``count_distinct`` still work; the clear value cannot be recovered from it.
+- ``encrypt``: AES-SIV (deterministic authenticated encryption) under a data key of the
+  event's entity (its stream's first key value), so ``count_distinct`` per entity still works;
+  recoverable with the secret (``headwater pii reveal``). Each data key is stored wrapped
+  (AES-GCM under a key derived from the secret) by an id derived from the entity key; deleting
+  it (``headwater pii erase``) makes every encrypted value of the entity unreadable for good.
 - ``drop``: the field is not stored at all.
-
-(``encrypt``, recoverable with the secret and erasable per entity, is not built yet.)
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -21,14 +25,21 @@ from pathlib import Path
 
 from headwater.errors import HeadwaterError
 
-POLICIES = ("pseudonymize", "drop")
+POLICIES = ("pseudonymize", "encrypt", "drop")
 SECRET_ENV = "HEADWATER_PII_SECRET"
 PSEUDONYM_PREFIX = "pii_"
+ENCRYPTED_PREFIX = "enc_"
+KEY_ID_PREFIX = "dk_"
 MIN_SECRET_BYTES = 32
 
 
 class PiiSecretError(HeadwaterError):
     """The PII secret is missing, too short, or kept where others can read it."""
+
+
+class UnreadableValue(HeadwaterError):
+    """An encrypted value cannot be decrypted: its data key was erased, or it was made under
+    another secret, or it was altered."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -55,6 +66,37 @@ class PiiSecret:
         mac = self._pseudonym_mac.copy()  # the keyed state, copied: 2x faster than a new one
         mac.update(str(value).encode())
         return PSEUDONYM_PREFIX + mac.digest()[:16].hex()
+
+    def key_id(self, field: str, value: object) -> str:
+        """The id of the data key of the entity whose key ``field`` is ``value``: derived from
+        the secret, so the store of data keys holds no clear key value.
+
+        >>> PiiSecret(b"s" * 32).key_id("user_id", "u1").startswith("dk_")
+        True
+        """
+        mac = hmac.new(self._derive(b"data-key-id"), digestmod=hashlib.sha256)
+        mac.update(f"{field}\x00{value}".encode())
+        return KEY_ID_PREFIX + mac.digest()[:16].hex()
+
+    def wrap(self, key_id: str, data_key: bytes) -> str:
+        """``data_key`` encrypted (AES-GCM, bound to its id) under the secret's wrapping key."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = os.urandom(12)
+        sealed = AESGCM(self._derive(b"wrap")).encrypt(nonce, data_key, key_id.encode())
+        return base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    def unwrap(self, key_id: str, wrapped: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        raw = base64.urlsafe_b64decode(wrapped)
+        try:
+            return AESGCM(self._derive(b"wrap")).decrypt(raw[:12], raw[12:], key_id.encode())
+        except InvalidTag:
+            raise UnreadableValue(
+                f"the data key {key_id} was wrapped under another PII secret"
+            ) from None
 
     @cached_property
     def _pseudonym_mac(self) -> hmac.HMAC:
@@ -119,3 +161,37 @@ def create_secret_file(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
+
+
+def new_data_key() -> bytes:
+    """A random AES-256-SIV key (64 bytes)."""
+    return os.urandom(64)
+
+
+def encrypt_value(data_key: bytes, value: object, context: str) -> str:
+    """``value`` (as text) encrypted under ``data_key``, bound to ``context`` (stream and
+    field): deterministic, so one entity's equal values are equal ciphertexts.
+
+    >>> key = new_data_key()
+    >>> token = encrypt_value(key, "ada@mail.example", "signups.email")
+    >>> token == encrypt_value(key, "ada@mail.example", "signups.email"), token[:4]
+    (True, 'enc_')
+    >>> decrypt_value(key, token, "signups.email")
+    'ada@mail.example'
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    sealed = AESSIV(data_key).encrypt(str(value).encode(), [context.encode()])
+    return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+
+def decrypt_value(data_key: bytes, token: str, context: str) -> str:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+    body = token.removeprefix(ENCRYPTED_PREFIX)
+    try:
+        sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        return AESSIV(data_key).decrypt(sealed, [context.encode()]).decode()
+    except (InvalidTag, ValueError):
+        raise UnreadableValue(f"{token[:16]}... does not decrypt under this entity's key") from None

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from headwater.definitions import DefinitionError, Model, Stream
 from headwater.definitions.types import to_micros
+from headwater.errors import did_you_mean
 from headwater.features.catalog import FeatureCatalog, UnknownFeatureError
 from headwater.ingestion.service import IngestResult
 from headwater.log.base import GroupLog, SoleMember
@@ -49,6 +50,34 @@ _LOGGER = logging.getLogger("headwater.project")
 
 def system_clock() -> int:
     return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What ``Project.erase`` did, and what the log keeps."""
+
+    entity: str
+    field: str
+    streams: list[str]  # whose encrypted fields of the entity are unreadable now
+    data_keys: int  # data keys deleted (0: the entity had none)
+    states: int  # online states deleted
+    composite: list[str]  # feature sets of composite entities with this key: not looked up
+    log: str  # the log's URL
+
+    def retained(self) -> str:
+        """What the log still holds after the erasure."""
+        kafka = self.log.startswith("kafka://")
+        where = (
+            "the Kafka topics keep the entity's records until their retention (retention.ms)"
+            if kafka
+            else "the embedded log file keeps the entity's events"
+        )
+        return (
+            f"{where}, as does the history; in them the encrypted fields are ciphertext no key "
+            f"can read now, but the key ({self.field}) and fields that are not encrypted stay, "
+            "and `headwater process --rebuild` would compute the entity's features from them "
+            "again"
+        )
 
 
 @dataclass(frozen=True)
@@ -547,6 +576,76 @@ class Project:
                 event["_mock"] = masked
             events.append(event)
         return events
+
+    def reveal(self, stream: str, key: Any, limit: int = 20) -> list[dict]:
+        """The latest ``limit`` events of one entity (its key value in the stream's first key
+        field) with their encrypted fields decrypted under the PII secret (None where the
+        entity's data key was erased). Recorded in the audit stream."""
+        definition = self.ingestor.stream(stream)
+        if "encrypt" not in definition.pii_policies.values():
+            raise DefinitionError(
+                f"stream {stream!r} has no encrypted fields; its PII fields are "
+                f"{', '.join(definition.pii_policies) or 'none'} "
+                f"({', '.join(sorted(set(definition.pii_policies.values()))) or '-'})"
+            )
+        import pyarrow.compute as pc
+
+        first = definition.keys[0]
+        value = int(key) if definition.fields[first].dtype.value == "int" else str(key)
+        self.archiver.catch_up(definition)
+        history = self.training.history(definition)
+        rows = history.filter(pc.equal(history[first], value)).to_pylist()
+        rows.sort(key=lambda r: (r["_event_time"], r["_offset"]))
+        events = []
+        for row in rows[-limit:]:
+            event = {"_event_id": row["_event_id"], "_event_time": row["_event_time"]}
+            event.update({f: row.get(f) for f in definition.fields})
+            events.append(self.core.protector.reveal(definition, event))
+        self.audit_log.record(
+            "local", "-", "pii.reveal", f"{stream}/{first}", "ok", {"events": len(events)}
+        )
+        return events
+
+    def erase(self, entity: str, key: Any) -> Erasure:
+        """Erase an entity: delete its data keys (every encrypted value of it, in the log, the
+        history and the dead letters, becomes unreadable for good) and its online state.
+        What the log keeps is said in the answer."""
+        from headwater.ingestion.protect import DataKeys, missing_secret
+
+        found = self.definitions.entities.get(entity)
+        if found is None:
+            raise DefinitionError(
+                f"no entity {entity!r}" + did_you_mean(entity, list(self.definitions.entities))
+            )
+        if len(found.keys) != 1:
+            raise DefinitionError(
+                f"entity {entity!r} has the keys {list(found.keys)}; erase the entities of one "
+                "key each (e.g. the user), whose data keys encrypt their fields"
+            )
+        (field,) = found.keys
+        streams = [
+            s.name
+            for s in self.definitions.streams.values()
+            if s.keys[0] == field and "encrypt" in s.pii_policies.values()
+        ]
+        keys_erased = 0
+        if streams:
+            secret = self.core.protector.secret
+            if secret is None:
+                raise missing_secret(
+                    streams, self.environment.name if self.environment.declared else None
+                )
+            keys_erased = DataKeys(self.metadata, secret).erase([secret.key_id(field, key)])
+            self.core.protector.forget(secret.key_id(field, key))
+        sets = {p.id: [str(key)] for p in self.catalog.plans if p.entity.name == entity}
+        states = self.online_store.delete(sets)
+        kept = [
+            p.id for p in self.catalog.plans if field in p.entity.keys and len(p.entity.keys) > 1
+        ]
+        self.audit_log.record(
+            "local", "-", "pii.erase", entity, "ok", {"data_keys": keys_erased, "states": states}
+        )
+        return Erasure(entity, field, streams, keys_erased, states, kept, self.settings.stores.log)
 
     def mock_events(
         self,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from headwater.definitions.collection import Definitions
 from headwater.features.catalog import FeatureCatalog
 from headwater.history.archiver import Archiver
-from headwater.ingestion.protect import Protector
+from headwater.ingestion.protect import DataKeys, Protector
 from headwater.ingestion.service import Ingestor
 from headwater.log.base import Log
 from headwater.log.urls import open_log
@@ -91,16 +91,19 @@ class Core:
     online: OnlineFeatures
     training: TrainingSets
     registry: Registry
+    protector: Protector
 
 
-def build_protector(settings: Settings) -> Protector:
+def build_protector(settings: Settings, metadata: MetadataStore) -> Protector:
     """The PII policies under the secret of ``$HEADWATER_PII_SECRET_<ENV>``,
     ``$HEADWATER_PII_SECRET`` or ``[pii] secret_file``
     (read when the project opens; a bad file refuses to open it, a missing one refuses the
     PII streams' events)."""
     environment = settings.environment
     name = environment.name if environment.declared else None
-    return Protector(load_secret(os.environ, settings.pii_secret_file, name), name)
+    secret = load_secret(os.environ, settings.pii_secret_file, name)
+    keys = None if secret is None else DataKeys(metadata, secret)
+    return Protector(secret, name, keys)
 
 
 def build_core(
@@ -111,6 +114,7 @@ def build_core(
     clock: Clock,
 ) -> Core:
     offline = settings.offline
+    protector = build_protector(settings, stores.metadata)
     archiver = Archiver(
         stores.log,
         stores.offline,
@@ -123,7 +127,7 @@ def build_core(
             definitions.streams,
             clock,
             settings.ingest.max_future_us,
-            build_protector(settings),
+            protector,
         ),
         processor=Processor(stores.log, stores.online, catalog.plans, clock),
         archiver=archiver,
@@ -141,6 +145,7 @@ def build_core(
         registry=Registry(
             stores.metadata, stores.artifacts, settings.root / ".headwater" / "artifacts"
         ),
+        protector=protector,
     )
 
 

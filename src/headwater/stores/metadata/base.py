@@ -23,7 +23,11 @@ class MetadataStore(Protocol):
     """Registered definitions; ``apply`` is atomic, and every version ever applied is kept.
 
     Records are JSON documents by (collection, id) for everything else the platform keeps
-    (runs, model versions, aliases); ``put_records`` writes all of its records atomically.
+    (runs, model versions, aliases, wrapped data keys); ``put_records`` writes all of its
+    records atomically (replacing documents of the same ids), ``add_records`` adds those whose
+    id is new and answers the document each id holds (the first writer's, when two race), and
+    ``delete_records`` removes documents and answers how many there were. ``get_records`` with
+    ``ids`` reads just those (the ones that exist).
     """
 
     def definitions(self) -> list[RegisteredDefinition]: ...
@@ -34,8 +38,16 @@ class MetadataStore(Protocol):
 
     def history(self, kind: str, name: str) -> list[RegisteredDefinition]: ...
 
-    def get_records(self, collection: str) -> dict[str, dict[str, Any]]: ...
+    def get_records(
+        self, collection: str, ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]: ...
 
     def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None: ...
+
+    def add_records(
+        self, collection: str, records: Sequence[tuple[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]: ...
+
+    def delete_records(self, collection: str, ids: Sequence[str]) -> int: ...
 
     def close(self) -> None: ...

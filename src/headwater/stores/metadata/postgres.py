@@ -97,6 +97,14 @@ _SELECT_HISTORY = (
     "WHERE kind = %s AND name = %s AND action = 'apply' ORDER BY id"
 )
 _SELECT_RECORDS = "SELECT id, doc FROM {schema}.records WHERE collection = %s ORDER BY seq"
+_SELECT_SOME_RECORDS = (
+    "SELECT id, doc FROM {schema}.records WHERE collection = %s AND id = ANY(%s) ORDER BY seq"
+)
+_ADD_RECORD = (
+    "INSERT INTO {schema}.records (collection, id, doc) VALUES (%s, %s, %s::json) "
+    "ON CONFLICT (collection, id) DO NOTHING"
+)
+_DELETE_RECORDS = "DELETE FROM {schema}.records WHERE collection = %s AND id = ANY(%s)"
 _UPSERT_RECORD = (
     "INSERT INTO {schema}.records (collection, id, doc) VALUES (%s, %s, %s::json) "
     "ON CONFLICT (collection, id) DO UPDATE SET doc = EXCLUDED.doc"
@@ -154,6 +162,9 @@ class PostgresMetadataStore:
             self._history,
             self._select_records,
             self._upsert_record,
+            self._select_some_records,
+            self._add_record,
+            self._delete_records,
         ) = (
             sql.SQL(text).format(schema=ident)
             for text in (
@@ -164,6 +175,9 @@ class PostgresMetadataStore:
                 _SELECT_HISTORY,
                 _SELECT_RECORDS,
                 _UPSERT_RECORD,
+                _SELECT_SOME_RECORDS,
+                _ADD_RECORD,
+                _DELETE_RECORDS,
             )
         )
         self._lock = threading.Lock()
@@ -224,11 +238,39 @@ class PostgresMetadataStore:
         return [RegisteredDefinition(*row) for row in rows]
 
     @_reachable
-    def get_records(self, collection: str) -> dict[str, dict[str, Any]]:
+    def get_records(
+        self, collection: str, ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
         with self._lock:
-            rows = self._connection().execute(self._select_records, (collection,)).fetchall()
+            if ids is None:
+                rows = self._connection().execute(self._select_records, (collection,)).fetchall()
+            else:
+                wanted = list(dict.fromkeys(ids))
+                rows = (
+                    self._connection()
+                    .execute(self._select_some_records, (collection, wanted))
+                    .fetchall()
+                )
         # psycopg decodes json into Python objects
         return {record_id: doc for record_id, doc in rows}
+
+    @_reachable
+    def add_records(
+        self, collection: str, records: Sequence[tuple[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        rows = [(collection, record_id, json.dumps(doc)) for record_id, doc in records]
+        if rows:
+            with self._lock:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(self._add_record, rows)
+        return self.get_records(collection, [record_id for record_id, _ in records])
+
+    @_reachable
+    def delete_records(self, collection: str, ids: Sequence[str]) -> int:
+        with self._lock:
+            cur = self._connection().execute(self._delete_records, (collection, list(ids)))
+            return cur.rowcount
 
     @_reachable
     def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None:

@@ -85,12 +85,58 @@ class SqliteMetadataStore:
             ).fetchall()
         return [_row(r) for r in rows]
 
-    def get_records(self, collection: str) -> dict[str, dict[str, Any]]:
+    def get_records(
+        self, collection: str, ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, doc FROM records WHERE collection = ? ORDER BY rowid", (collection,)
-            ).fetchall()
+            if ids is None:
+                rows = self._db.execute(
+                    "SELECT id, doc FROM records WHERE collection = ? ORDER BY rowid",
+                    (collection,),
+                ).fetchall()
+            else:
+                rows = []
+                wanted = list(dict.fromkeys(ids))
+                for i in range(0, len(wanted), 500):
+                    chunk = wanted[i : i + 500]
+                    rows += self._db.execute(
+                        f"SELECT id, doc FROM records WHERE collection = ? AND id IN "
+                        f"({','.join('?' * len(chunk))}) ORDER BY rowid",
+                        (collection, *chunk),
+                    ).fetchall()
         return {i: json.loads(doc) for i, doc in rows}
+
+    def add_records(
+        self, collection: str, records: Sequence[tuple[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        rows = [(collection, i, json.dumps(doc)) for i, doc in records]  # fails before writing
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return self.get_records(collection, [i for i, _ in records])
+
+    def delete_records(self, collection: str, ids: Sequence[str]) -> int:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = sum(
+                    db.execute(
+                        "DELETE FROM records WHERE collection = ? AND id = ?", (collection, i)
+                    ).rowcount
+                    for i in dict.fromkeys(ids)
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return gone
 
     def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         rows = [(c, i, json.dumps(doc)) for c, i, doc in records]  # fails before writing

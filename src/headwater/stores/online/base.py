@@ -50,6 +50,11 @@ class OnlineStore(Protocol):
 
     def clear(self, feature_sets: Sequence[str]) -> None: ...
 
+    def delete(self, states: Mapping[str, Sequence[str]]) -> int:
+        """Remove the states of these (feature set -> entity keys) in one atomic step (an
+        entity's erasure); answers how many there were. Checkpoints stay."""
+        ...
+
     def close(self) -> None: ...
 
 

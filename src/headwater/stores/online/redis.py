@@ -196,6 +196,11 @@ class RedisOnlineStore:
         )
 
     @_reachable
+    def delete(self, states: Mapping[str, Sequence[str]]) -> int:
+        keys = [self._key(fs, k) for fs, ks in states.items() for k in dict.fromkeys(ks)]
+        return int(self._client.delete(*keys)) if keys else 0  # DEL of several keys is atomic
+
+    @_reachable
     def checkpoints(self, names: Sequence[str]) -> dict[str, int]:
         if not names:
             return {}

@@ -101,6 +101,14 @@ class SqliteOnlineStore:
                     [(n,) for n in names if owned_by(n, feature_sets)],
                 )
 
+    def delete(self, states: Mapping[str, Sequence[str]]) -> int:
+        pairs = [(fs, k) for fs, keys in states.items() for k in dict.fromkeys(keys)]
+        with self._transaction() as db:
+            return sum(
+                db.execute("DELETE FROM states WHERE feature_set = ? AND key = ?", pair).rowcount
+                for pair in pairs
+            )
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; ``BEGIN IMMEDIATE`` takes the file's write lock at once, so
