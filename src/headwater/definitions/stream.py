@@ -77,11 +77,15 @@ class Stream(Definition):
             raise DefinitionError(
                 f"stream {name!r}: unknown_fields must be one of {UNKNOWN_FIELD_POLICIES}"
             )
-        for f in policies:
-            if f in (*keys, time, id_field):
+        for f, policy in policies.items():
+            if f in (time, id_field):
                 raise DefinitionError(
-                    f"stream {name!r}: PII field {f!r} is a key, the time or the id; keys "
-                    "that are PII (read paths pseudonymizing clear ids) are not supported yet"
+                    f"stream {name!r}: PII field {f!r} is the time or the id, which cannot be PII"
+                )
+            if f in keys and policy != "pseudonymize":
+                raise DefinitionError(
+                    f"stream {name!r}: key {f!r} can only be pseudonymized (the same id must "
+                    f"give the same key everywhere), not {policy}"
                 )
         for f, policy in policies.items():
             if policy != "drop" and types[f] is not DType.STRING:

@@ -237,8 +237,7 @@ class Replay:
         if definition is None:  # an internal stream: copied whole, as it is
             return NewRecord(record.event_id, record.event_time, record.payload)
         fields = orjson.loads(record.payload)
-        keys = [fields.get(k) for k in definition.keys]
-        if o.sample is not None and not sampled(keys[0], o.sample):
+        if o.sample is not None and not sampled(fields.get(definition.keys[0]), o.sample):
             return None
         payload = record.payload
         if o.rekey and self._secret is not None:
@@ -250,6 +249,8 @@ class Replay:
                     changed = True
             if changed:
                 payload = orjson.dumps(fields)
+        # after re-keying: a key that is PII is partitioned by its new pseudonym
+        keys = [fields.get(k) for k in definition.keys]
         return NewRecord(record.event_id, record.event_time, payload, key=entity_key(keys))
 
     def follow(

@@ -17,6 +17,7 @@ from headwater.privacy.policies import (
     UnreadableValue,
     decrypt_value,
     encrypt_value,
+    is_pseudonym,
     new_data_key,
     secret_variable,
 )
@@ -93,6 +94,10 @@ class Protector:
     def secret(self) -> PiiSecret | None:
         return self._secret
 
+    @property
+    def environment(self) -> str | None:
+        return self._environment
+
     def forget(self, key_id: str) -> None:
         """Drop a data key from the memory of this process (after its erasure)."""
         if self._keys is not None:
@@ -110,9 +115,11 @@ class Protector:
             return
         first = stream.keys[0]
         ids = [
-            self._keys.key_id(first, row[first])
+            self._keys.key_id(first, self.owner(stream, row))
             for row in rows
-            if isinstance(row, Mapping) and row.get(first) is not None
+            if isinstance(row, Mapping)
+            and row.get(first) is not None
+            and not isinstance(row.get(first), (dict, list))
         ]
         if ids:
             self._keys.get(ids)
@@ -128,6 +135,8 @@ class Protector:
                 continue
             elif policy == "encrypt":
                 fields[name] = self._encrypt(stream, name, fields)
+            elif name in stream.keys and is_pseudonym(fields[name]):
+                continue  # a key given as its pseudonym already, as read paths accept it
             else:
                 fields[name] = self._pseudonym(stream, fields[name])
         return fields
@@ -153,7 +162,7 @@ class Protector:
             token = fields.get(name)
             if policy != "encrypt" or not isinstance(token, str):
                 continue
-            key_id = self._keys.key_id(first, fields.get(first))
+            key_id = self._keys.key_id(first, self.owner(stream, fields))
             key = self._keys.get([key_id], create=False).get(key_id)
             try:
                 fields[name] = (
@@ -166,13 +175,20 @@ class Protector:
     def _encrypt(self, stream: Stream, name: str, fields: Mapping[str, Any]) -> str:
         if self._keys is None:
             raise missing_secret([stream.name], self._environment)
-        first = stream.keys[0]
-        owner = fields.get(first)
+        owner = self.owner(stream, fields)
         if owner is None or isinstance(owner, (dict, list)):
             return NO_KEY  # only a rejected event lacks its key: its dead letter keeps this
-        key_id = self._keys.key_id(first, owner)
+        key_id = self._keys.key_id(stream.keys[0], owner)
         key = self._keys.get([key_id])[key_id]
         return encrypt_value(key, fields[name], f"{stream.name}.{name}")
+
+    def owner(self, stream: Stream, fields: Mapping[str, Any]) -> Any:
+        """The key value an event's data key belongs to: the stream's first key, as stored
+        (its pseudonym when the key is PII, whichever policy ran first)."""
+        value = fields.get(stream.keys[0])
+        if value is None or stream.pii_policies.get(stream.keys[0]) != "pseudonymize":
+            return value
+        return value if is_pseudonym(value) else self._pseudonym(stream, value)
 
     def _pseudonym(self, stream: Stream, value: Any) -> str:
         if self._secret is None:

@@ -120,8 +120,8 @@ class Ingestor:
                 position,
                 event_id,
                 event_time,
-                orjson.dumps(self._protector.fields(stream, row)),
-                _key(stream, row),
+                orjson.dumps(self._protector.fields(stream, row)),  # first: PII keys become
+                _key(stream, row),  # pseudonyms, by which the log partitions
                 checked.fresh_ids,
             )
         if len(checked.fallback):
@@ -176,8 +176,9 @@ class _Batch:
             self.result.offsets.extend([None] * (position + 1 - len(self.result.offsets)))
         try:
             event = validate(stream, raw, policy)
-            key = _key(stream, event.fields)  # keys are never PII fields
+            # protected first: a key that is PII is partitioned by its pseudonym
             payload = orjson.dumps(self.protector.fields(stream, event.fields))
+            key = _key(stream, event.fields)
         except (Rejected, TypeError, orjson.JSONEncodeError) as exc:
             self.result.rejected.append(Rejection(position, str(exc)))
             kept = self.protector.rejected(stream, raw)

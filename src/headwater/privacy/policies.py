@@ -18,10 +18,11 @@ import hmac
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from headwater.errors import HeadwaterError
 
@@ -161,6 +162,57 @@ def create_secret_file(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
+
+
+_PSEUDONYM = re.compile(r"pii_[0-9a-f]{32}")
+
+
+def is_pseudonym(value: object) -> bool:
+    """Whether ``value`` is a pseudonym (``pii_`` and 32 hex digits)."""
+    return isinstance(value, str) and _PSEUDONYM.fullmatch(value) is not None
+
+
+class KeyPseudonyms:
+    """Entity keys that are PII, where clear ids enter a read path (online features,
+    predictions, training sets, batch scoring): each value of a PII key field becomes the
+    pseudonym the stores hold. Idempotent: a pseudonym stays as it is, so a path that is
+    handed stored keys (the trainer's, a stream's) is unchanged. Without PII keys, rows pass
+    through untouched; without a secret, a read that needs one raises ``refusal()``."""
+
+    def __init__(
+        self,
+        fields: frozenset[str] = frozenset(),
+        secret: PiiSecret | None = None,
+        refusal: Callable[[], Exception] | None = None,
+    ) -> None:
+        self.fields, self._secret, self._refusal = fields, secret, refusal
+
+    def value(self, value: object) -> object:
+        if value is None or is_pseudonym(value):
+            return value
+        if self._secret is None:
+            raise (self._refusal or _no_secret)()
+        return self._secret.pseudonym(value)
+
+    def rows(self, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        if not self.fields:
+            return rows
+        out: list[Mapping[str, Any]] = []
+        for row in rows:
+            present = [f for f in self.fields if isinstance(row, Mapping) and f in row]
+            if present:
+                row = dict(row)
+                for f in present:
+                    row[f] = self.value(row[f])
+            out.append(row)
+        return out
+
+    def values(self, values: Sequence[object]) -> list[object]:
+        return [self.value(v) for v in values]
+
+
+def _no_secret() -> Exception:
+    return PiiSecretError("entity keys are PII and no PII secret is set")
 
 
 def new_data_key() -> bytes:

@@ -592,6 +592,8 @@ class Project:
 
         first = definition.keys[0]
         value = int(key) if definition.fields[first].dtype.value == "int" else str(key)
+        if first in self.online.entity_keys.fields:
+            value = str(self.online.entity_keys.value(value))  # stored as its pseudonym
         self.archiver.catch_up(definition)
         history = self.training.history(definition)
         rows = history.filter(pc.equal(history[first], value)).to_pylist()
@@ -623,6 +625,8 @@ class Project:
                 "key each (e.g. the user), whose data keys encrypt their fields"
             )
         (field,) = found.keys
+        if field in self.online.entity_keys.fields:
+            key = self.online.entity_keys.value(str(key))  # stored as its pseudonym
         streams = [
             s.name
             for s in self.definitions.streams.values()

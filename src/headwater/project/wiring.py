@@ -9,14 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from headwater.definitions import DefinitionError
 from headwater.definitions.collection import Definitions
 from headwater.features.catalog import FeatureCatalog
 from headwater.history.archiver import Archiver
-from headwater.ingestion.protect import DataKeys, Protector
+from headwater.ingestion.protect import DataKeys, Protector, missing_secret
 from headwater.ingestion.service import Ingestor
 from headwater.log.base import Log
 from headwater.log.urls import open_log
-from headwater.privacy.policies import load_secret
+from headwater.privacy.policies import KeyPseudonyms, load_secret
 from headwater.project.config import Settings
 from headwater.registry.registry import Registry
 from headwater.security.access import AccessControl
@@ -115,6 +116,11 @@ def build_core(
 ) -> Core:
     offline = settings.offline
     protector = build_protector(settings, stores.metadata)
+    keys = KeyPseudonyms(
+        pii_keys(definitions),
+        protector.secret,
+        lambda: missing_secret(sorted(definitions.streams), protector.environment),
+    )
     archiver = Archiver(
         stores.log,
         stores.offline,
@@ -131,7 +137,7 @@ def build_core(
         ),
         processor=Processor(stores.log, stores.online, catalog.plans, clock),
         archiver=archiver,
-        online=OnlineFeatures(stores.online, catalog, clock),
+        online=OnlineFeatures(stores.online, catalog, clock, keys=keys),
         training=TrainingSets.over(
             catalog,
             stores.offline,
@@ -140,6 +146,7 @@ def build_core(
             engine=offline.engine,
             sorted_history=offline.sorted_history,
             spark=offline.spark,
+            keys=keys,
         ),
         # versions written by 0.1.0 recorded absolute paths under the project's folder
         registry=Registry(
@@ -147,6 +154,30 @@ def build_core(
         ),
         protector=protector,
     )
+
+
+def pii_keys(definitions: Definitions) -> frozenset[str]:
+    """The entity key fields that are PII (pseudonymized). A key field is PII in every
+    stream that has it or in none: its values must be the same pseudonyms wherever entities
+    are looked up by it."""
+    found = set()
+    for field in sorted({k for e in definitions.entities.values() for k in e.keys}):
+        policies = {
+            name: s.pii_policies.get(field)
+            for name, s in definitions.streams.items()
+            if field in s.fields
+        }
+        if len(set(policies.values())) > 1:
+            pii = sorted(n for n, p in policies.items() if p)
+            clear = sorted(n for n, p in policies.items() if not p)
+            raise DefinitionError(
+                f"the entity key {field!r} is PII in {', '.join(pii)} but not in "
+                f"{', '.join(clear)}: declare it PII in every stream that has it (entities are "
+                "looked up by the same pseudonyms everywhere)"
+            )
+        if "pseudonymize" in policies.values():
+            found.add(field)
+    return frozenset(found)
 
 
 def sorted_keys(catalog: FeatureCatalog) -> dict[str, list[tuple[str, ...]]]:

@@ -164,6 +164,7 @@ class Predictor:
     ) -> list[Prediction]:
         """Online: features from the online store at now (or ``at_us``)."""
         _check_keys(rows, self.service.entity.keys)
+        rows = self._online.entity_keys.rows(rows)  # PII keys: logged as their pseudonyms
         chosen = self._route(rows)
         needed = list(dict.fromkeys(chosen))
         start = time.perf_counter()

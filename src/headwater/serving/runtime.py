@@ -103,7 +103,8 @@ class Serving:
         predictor = self.predictor(service)
         s = predictor.service
         features = predictor.features_of(list(s.variants))
-        table = self._training.build(spine, features, time_column).to_pandas()
+        table = self._training.build(spine, features, time_column).to_pandas()  # PII keys
+        # come back as their pseudonyms: logged so
         rows = table.to_dict("records")
         values = [{f: _plain(r[f]) for f in features} for r in rows]
         known = [True] * len(rows)

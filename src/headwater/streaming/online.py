@@ -17,6 +17,7 @@ from headwater.features.catalog import (
     to_python,
 )
 from headwater.features.plan import FeatureSetPlan, entity_key
+from headwater.privacy.policies import KeyPseudonyms
 from headwater.stores.online.base import OnlineStore
 
 _UNFREEZE_AT_EXIT: list[bool] = []
@@ -56,8 +57,11 @@ class OnlineFeatures:
         catalog: FeatureCatalog,
         clock: Callable[[], int],
         cache_size: int = 50_000,
+        keys: KeyPseudonyms | None = None,
     ) -> None:
         self._online, self._catalog, self._clock = online, catalog, clock
+        # clear ids of PII keys, as the pseudonyms the store holds
+        self.entity_keys = keys or KeyPseudonyms()
         self._plans: dict[tuple[str, ...], _ReadPlan] = {}
         self._decoded: dict[str, dict[str, tuple[bytes, dict[str, Any]]]] = {}
         self._cache_size = cache_size
@@ -76,6 +80,7 @@ class OnlineFeatures:
 
         Values are those at ``at_us`` (default: now) under the design's time semantics.
         """
+        rows = self.entity_keys.rows(rows)
         return self.get_with_presence(rows, features, at_us)[0]
 
     def _read_plan(self, features: Sequence[str]) -> _ReadPlan:
@@ -115,6 +120,7 @@ class OnlineFeatures:
         at_us: int | None = None,
     ) -> tuple[list[dict[str, Any]], list[bool]]:
         """``get``, plus for each row whether the store holds any state of its entity."""
+        rows = self.entity_keys.rows(rows)
         out, by_entity = self.get_with_entities(rows, features, at_us)
         return out, any_known(by_entity, len(rows))
 

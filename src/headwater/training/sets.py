@@ -15,6 +15,7 @@ from headwater.history.archiver import Archiver
 from headwater.history.engines.base import QueryEngine
 from headwater.history.engines.duckdb import DuckDBEngine
 from headwater.history.engines.spark import SparkEngine, SparkSettings, check_supported
+from headwater.privacy.policies import KeyPseudonyms
 from headwater.stores.offline.base import OfflineStore
 
 ENGINES = ("duckdb", "spark")
@@ -74,9 +75,12 @@ class TrainingSets:
         streams: dict[str, Stream],
         engines: Mapping[str, QueryEngine],
         engine: str = "duckdb",
+        keys: KeyPseudonyms | None = None,
     ) -> None:
-        """``engines`` by name (``duckdb``, ``spark``); ``engine`` names the default one."""
+        """``engines`` by name (``duckdb``, ``spark``); ``engine`` names the default one;
+        ``keys`` turns a spine's clear ids of PII keys into the pseudonyms the history holds."""
         self._catalog, self._archiver, self._streams = catalog, archiver, streams
+        self.entity_keys = keys or KeyPseudonyms()
         self._engines = engines
         self._engine = _check_engine(engine)
 
@@ -92,6 +96,7 @@ class TrainingSets:
         threads: int | None = None,
         sorted_history: bool = True,
         spark: SparkSettings | None = None,
+        keys: KeyPseudonyms | None = None,
     ) -> TrainingSets:
         """Training sets over ``offline`` with both engines: DuckDB (``threads`` per query,
         reading the sorted copies if ``sorted_history``) and Spark (started at its first
@@ -100,7 +105,7 @@ class TrainingSets:
             "duckdb": DuckDBEngine(offline, threads, sorted_history),
             "spark": SparkEngine(offline, spark or SparkSettings()),
         }
-        return cls(catalog, archiver, streams, engines, engine)
+        return cls(catalog, archiver, streams, engines, engine, keys)
 
     @property
     def engine(self) -> QueryEngine:
@@ -141,6 +146,12 @@ class TrainingSets:
         ``engine`` (``"duckdb"`` or ``"spark"``, by default the project's) computes them."""
         engine = self._engine if engine is None else _check_engine(engine)
         table = to_arrow(spine)
+        for name in self.entity_keys.fields & set(table.column_names):
+            index = table.column_names.index(name)
+            clear = table.column(index).to_pylist()
+            table = table.set_column(
+                index, name, pa.array(self.entity_keys.values(clear), pa.string())
+            )
         res = self._catalog.resolve(features)
         times = spine_times(table, time_column)
         for name in res.context:

@@ -166,8 +166,11 @@ def test_pii_on_keys_and_unknown_policies_are_refused():
         owner="growth",
         description="d",
     )
-    with pytest.raises(DefinitionError, match="not supported yet"):
-        Stream("s", pii=["user_id"], **base)
+    with pytest.raises(DefinitionError, match="key 'user_id' can only be pseudonymized"):
+        Stream("s", pii={"user_id": "encrypt"}, **base)
+    with pytest.raises(DefinitionError, match="'ts' is the time or the id"):
+        Stream("s", pii=["ts"], **base)
+    assert Stream("s", pii=["user_id"], **base).pii_policies == {"user_id": "pseudonymize"}
     with pytest.raises(DefinitionError, match="did you mean 'pseudonymize'"):
         Stream("s", pii={"email": "pseudonymise"}, **base)
     with pytest.raises(DefinitionError, match="not one of pseudonymize, encrypt, drop"):
