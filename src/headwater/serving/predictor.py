@@ -204,6 +204,7 @@ class Predictor:
                 f"({service.max_candidates})"
             )
         _check_keys([request], service.request_keys, what="request")
+        request = self._online.entity_keys.rows([request])[0]  # PII keys: as stored
         cand_keys = service.candidates.keys
         rows = []
         for i, c in enumerate(candidates):
@@ -215,23 +216,30 @@ class Predictor:
                 raise MissingKeyError(f"candidate {i} must be an object with keys {cand_keys}")
             rows.append({**request, **fields})
         _check_keys(rows, service.entity.keys, what="candidate")
+        keyed = self._online.entity_keys.rows(rows)  # PII candidate keys: as stored
         ranking_id = uuid.uuid4().hex
         variant = self._route([request])[0]
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us
         names = self.features_of([variant], self.router.shadows())
-        values, by_entity = self._online.get_with_entities(rows, names, t)
+        values, by_entity = self._online.get_with_entities(keyed, names, t)
         # a candidate is unknown when its own entity has no state (a new item), whatever is
         # known of the user or of the pair; without candidate features, when nothing is
         candidate = by_entity.get(service.candidates.name)
-        known = candidate if candidate is not None else any_known(by_entity, len(rows))
+        known = candidate if candidate is not None else any_known(by_entity, len(keyed))
         self.last_timings.features_s = time.perf_counter() - start
         scored = self.score(
-            rows, values, known, [variant] * len(rows), path, features_at=t, ranking=(ranking_id, k)
+            keyed,
+            values,
+            known,
+            [variant] * len(keyed),
+            path,
+            features_at=t,
+            ranking=(ranking_id, k),
         )
         # score() ranked every candidate: only the k returned ones need ordering here
         top = sorted((p for p in scored if p.ranked["returned"]), key=lambda p: p.ranked["rank"])
-        return Ranking(ranking_id, variant.name, top, len(rows))
+        return Ranking(ranking_id, variant.name, top, len(keyed))
 
     def _route(self, rows: Sequence[Mapping[str, Any]]) -> list[Variant]:
         keys = self.service.request_keys

@@ -132,6 +132,7 @@ class OnlineFeatures:
     ) -> tuple[list[dict[str, Any]], dict[str, list[bool]]]:
         """``get``, plus per entity of the features read (a user-item row reads user, item
         and pair features), for each row whether the store holds any state of it."""
+        rows = self.entity_keys.rows(rows)
         rp = self._read_plan(features)
         known: dict[str, list[bool]] = {}
         t = self._clock() if at_us is None else at_us

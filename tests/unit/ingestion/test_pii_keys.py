@@ -144,3 +144,30 @@ def test_a_rekeyed_replay_keeps_every_entitys_results_under_the_mapped_pseudonym
         assert shop.training_set(spine_a, NUMERIC)[NUMERIC].equals(
             staging.training_set(spine_b, NUMERIC)[NUMERIC]
         )
+
+
+def test_a_ranking_takes_the_clear_request_id(tmp_path):
+    from tests.unit.serving.test_ranking import DEFINITIONS as RANKING
+    from tests.unit.serving.test_ranking import ITEMS, clicks
+
+    source = RANKING.replace(
+        'key="user_id", time="ts",', 'key="user_id", time="ts", pii=["user_id"],'
+    )
+    assert source != RANKING
+    folder = write_project(tmp_path / "rank", source)
+    from tests.unit.serving.test_ranking import NOW as RANK_NOW
+
+    with Project(folder, clock=lambda: RANK_NOW) as p:
+        p.ingest("clicks", clicks())
+        p.process()
+        p.promote("affinity", p.train("affinity").version)
+        hidden = _pseudonym(p, "u3")
+        clear = p.rank("recommend", {"user_id": "u3"}, ITEMS)
+        stored = p.rank("recommend", {"user_id": hidden}, ITEMS)
+        assert [(i["item_id"], i["score"]) for i in clear["items"]] == [
+            (i["item_id"], i["score"]) for i in stored["items"]
+        ]
+        assert {i["item_id"] for i in clear["items"]} <= set(ITEMS)  # items are not PII
+        p.serving.logger.flush()
+        logged = [orjson.loads(r.payload) for r in p.log.read("predictions", 0, 10**6)]
+        assert {x["entity"]["user_id"] for x in logged} == {hidden}
