@@ -19,6 +19,7 @@ for script in (
     "feast_online.py",
     "monitoring.py",
     "backends.py",
+    "replay.py",
     "streams.py",
 ):
     print(f"== {script}", flush=True)
