@@ -27,6 +27,8 @@ services = [Service("risk", model=models[0], owner="growth", description="Churn 
 """
 )
 FEATURES = ["visits_1d", "visits_7d", "visits_30d", "device_lifetime"]
+REDIS = "redis://127.0.0.1:6379/12"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def write(folder: Path, stores: str, environments: Sequence[str], name: str = "shop") -> Path:
@@ -120,6 +122,22 @@ def same_results(production: Project, staging: Project, ids: Sequence[str]) -> N
     scores_a = [x.score for x in production.serving.predict("risk", keys, "test")]
     scores_b = [x.score for x in staging.serving.predict("risk", keys, "test")]
     assert scores_a == pytest.approx(scores_b, rel=1e-9)
+
+
+def drop_namespaces(part: str) -> None:
+    """Delete what namespaces containing ``part`` left in the shared Redis and PostgreSQL."""
+    import psycopg
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    for key in client.scan_iter(match=f"hw:*{part}*"):
+        client.delete(key)
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        for (schema,) in conn.execute(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s",
+            (f"%{part}%",),
+        ).fetchall():
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def micros(at: datetime) -> int:

@@ -17,23 +17,10 @@ import redis
 from headwater import Project
 from headwater.log.base import NewRecord
 from tests.conftest import write_project
-from tests.unit.training.conftest import DEFINITIONS, NOW, visits
+from tests.environments_shop import POSTGRES, REDIS, SOURCE, drop_namespaces, payloads
+from tests.unit.training.conftest import NOW, visits
 
-REDIS = "redis://127.0.0.1:6379/12"
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 ENVIRONMENTS = ("production", "staging")
-
-SOURCE = (
-    DEFINITIONS
-    + """
-from headwater import Service
-
-signups = Stream("signups", fields={"user_id": "string", "email": "string", "ts": "timestamp"},
-                 key="user_id", time="ts", pii={"email": "pseudonymize"}, owner="growth",
-                 description="Sign-ups")
-services = [Service("risk", model=models[0], owner="growth", description="Churn risk")]
-"""
-)
 
 
 def _config(name: str, kafka: str, shared: Path) -> str:
@@ -105,22 +92,7 @@ def environments(tmp_path_factory, kafka_broker):
                 }
     yield folders, done, shared
     mp.undo()
-    client = redis.Redis.from_url(REDIS)
-    for key in client.scan_iter(match=f"hw:iso{tag}*"):
-        client.delete(key)
-    with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        for (schema,) in conn.execute(
-            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s",
-            (f"%iso{tag}%",),
-        ).fetchall():
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-def _payloads(p: Project, stream: str) -> list[dict]:
-    out = []
-    for partition in range(p.log.partitions(stream)):
-        out += [orjson.loads(r.payload) for r in p.log.read(stream, 0, 10**6, partition)]
-    return out
+    drop_namespaces(f"iso{tag}")
 
 
 @pytest.mark.parametrize("letter", "ab")
@@ -135,7 +107,7 @@ def test_each_environment_sees_only_its_own_data(environments, letter, env):
         assert p.environment.name == env
         assert p.environment.namespace == f"{folders[letter].name}_{env}"
         # events: exactly its own, in the log and in the history
-        visits_seen = _payloads(p, "visits")
+        visits_seen = payloads(p, "visits")
         assert len(visits_seen) == mine["events"]
         assert {v["user_id"].split("-")[0] for v in visits_seen} == {who}
         spine = pd.DataFrame({"user_id": probes, "ts": NOW})
@@ -150,12 +122,12 @@ def test_each_environment_sees_only_its_own_data(environments, letter, env):
         versions = p.registry.versions("churn")
         assert [v["version"] for v in versions] == [mine["version"]] == [1]
         # predictions, the monitor's ledger, alerts: its own only
-        logged = _payloads(p, "predictions")
+        logged = payloads(p, "predictions")
         assert sorted(r["prediction_id"] for r in logged) == sorted(mine["predictions"])
         assert mine["monitored"] == len(mine["predictions"])
         assert [a.body for a in p.alerts.list()] == [{"who": who}]
         # PII: pseudonymized with this environment's own secret
-        (signup,) = _payloads(p, "signups")
+        (signup,) = payloads(p, "signups")
         assert signup["email"].startswith("pii_") and "@" not in signup["email"]
         secret = f"{env}-secret-".encode() + (b"p" if env == "production" else b"s") * 32
         from headwater.privacy.policies import PiiSecret

@@ -24,7 +24,7 @@ from headwater.definitions import Stream
 from headwater.errors import HeadwaterError
 from headwater.features.plan import entity_key
 from headwater.log.base import Log, NewRecord, Record
-from headwater.privacy.policies import PSEUDONYM_PREFIX, PiiSecret
+from headwater.privacy.policies import PiiSecret
 from headwater.stores.metadata.base import MetadataStore
 
 CHECKPOINTS = "replay_checkpoints"  # the target metadata collection
@@ -52,7 +52,8 @@ class ReplayOptions:
             raise ReplayError(
                 f"the entity sample must be above 0% and at most 100%, not {self.sample}"
             )
-        if None not in (self.since_us, self.until_us) and self.since_us >= self.until_us:  # type: ignore[operator]
+        since, until = self.since_us, self.until_us
+        if since is not None and until is not None and since >= until:
             raise ReplayError("--since must be before --until")
 
 
@@ -67,6 +68,14 @@ class ReplayStats:
     @property
     def rate(self) -> float:
         return self.copied / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, other: ReplayStats) -> None:
+        self.copied += other.copied
+        self.filtered += other.filtered
+        self.resumed += other.resumed
+        self.seconds += other.seconds
+        for stream, n in other.streams.items():
+            self.streams[stream] = self.streams.get(stream, 0) + n
 
 
 def sampled(value: Any, share: float) -> bool:
@@ -264,12 +273,7 @@ class Replay:
         total = ReplayStats()
         while not stop.is_set():
             stats = self.run(progress, stop)
-            total.copied += stats.copied
-            total.filtered += stats.filtered
-            total.resumed += stats.resumed
-            total.seconds += stats.seconds
-            for s, n in stats.streams.items():
-                total.streams[s] = total.streams.get(s, 0) + n
+            total.add(stats)
             if on_pass is not None:
                 on_pass(stats)
             if stats.copied == 0 and stats.filtered == 0:
@@ -296,8 +300,3 @@ def _holds(log: Log, stream: str) -> bool:
 def _describe(options: Mapping[str, Any]) -> str:
     shown = [f"{k}={v}" for k, v in options.items() if v not in (None, False)]
     return ", ".join(shown) or "everything, as it is"
-
-
-def pseudonym_map(secret: PiiSecret, pseudonyms: Sequence[str]) -> dict[str, str]:
-    """Source pseudonyms -> the target's, as ``--rekey`` maps them (for checks and joins)."""
-    return {p: secret.pseudonym(p) for p in pseudonyms if p.startswith(PSEUDONYM_PREFIX)}

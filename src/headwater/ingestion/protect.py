@@ -63,10 +63,6 @@ class DataKeys:
             found.update(unwrapped)
         return found
 
-    def erase_cached(self, key_id: str) -> None:
-        with self._lock:
-            self._cache.pop(key_id, None)
-
     def erase(self, key_ids: Sequence[str]) -> int:
         """Delete data keys for good; answers how many there were."""
         with self._lock:
@@ -98,10 +94,13 @@ class Protector:
     def environment(self) -> str | None:
         return self._environment
 
-    def forget(self, key_id: str) -> None:
-        """Drop a data key from the memory of this process (after its erasure)."""
-        if self._keys is not None:
-            self._keys.erase_cached(key_id)
+    def erase(self, field: str, value: object, streams: Sequence[str]) -> int:
+        """Delete for good the data key of the entity whose key ``field`` holds ``value`` (as
+        stored), so its values in ``streams`` cannot be decrypted; answers 1, or 0 when it had
+        none."""
+        if self._keys is None:
+            raise missing_secret(list(streams), self._environment)
+        return self._keys.erase([self._keys.key_id(field, value)])
 
     def check(self, streams: Mapping[str, Stream]) -> None:
         """Refuse to start (a server, an ingest) without the secret that PII streams need."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -88,16 +88,6 @@ def mock_value(field: str, token: object, locale: str = "en_US") -> str:
         return str(fake.bothify("????-####"))
     value = getattr(fake, provider)()
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-def masker(field: str, locale: str = "en_US") -> Callable[[Any], Any]:
-    """The function that shows a stored value of ``field`` to a person: its mock value (None
-    stays None)."""
-
-    def show(value: Any) -> Any:
-        return None if value is None else mock_value(field, value, locale)
-
-    return show
 
 
 # -- mock events ------------------------------------------------------------------------------

@@ -112,9 +112,11 @@ class Environment:
     namespace: str = ""
     declared: bool = False
 
-    def label(self, project: str) -> str:
-        """How headers name it, e.g. ``shop · staging``."""
-        return f"{project} · {self.name}" if self.declared else project
+    @property
+    def own(self) -> str | None:
+        """The name of a declared environment; None for the implicit default (what the PII
+        secret's own variable and the refusals name)."""
+        return self.name if self.declared else None
 
 
 @dataclass(frozen=True)

@@ -594,8 +594,7 @@ class Project:
         value = int(key) if definition.fields[first].dtype.value == "int" else str(key)
         if first in self.online.entity_keys.fields:
             value = str(self.online.entity_keys.value(value))  # stored as its pseudonym
-        self.archiver.catch_up(definition)
-        history = self.training.history(definition)
+        history = self.training.history(definition)  # brought up to date first
         rows = history.filter(pc.equal(history[first], value)).to_pylist()
         rows.sort(key=lambda r: (r["_event_time"], r["_offset"]))
         events = []
@@ -612,8 +611,6 @@ class Project:
         """Erase an entity: delete its data keys (every encrypted value of it, in the log, the
         history and the dead letters, becomes unreadable for good) and its online state.
         What the log keeps is said in the answer."""
-        from headwater.ingestion.protect import DataKeys, missing_secret
-
         found = self.definitions.entities.get(entity)
         if found is None:
             raise DefinitionError(
@@ -632,15 +629,7 @@ class Project:
             for s in self.definitions.streams.values()
             if s.keys[0] == field and "encrypt" in s.pii_policies.values()
         ]
-        keys_erased = 0
-        if streams:
-            secret = self.core.protector.secret
-            if secret is None:
-                raise missing_secret(
-                    streams, self.environment.name if self.environment.declared else None
-                )
-            keys_erased = DataKeys(self.metadata, secret).erase([secret.key_id(field, key)])
-            self.core.protector.forget(secret.key_id(field, key))
+        keys_erased = self.core.protector.erase(field, key, streams) if streams else 0
         sets = {p.id: [str(key)] for p in self.catalog.plans if p.entity.name == entity}
         states = self.online_store.delete(sets)
         kept = [
@@ -677,8 +666,7 @@ class Project:
                 "come from; profile an environment with the same definitions"
             )
         if seen is not None:
-            source.archiver.catch_up(seen)
-            history = source.training.history(seen)
+            history = source.training.history(seen)  # brought up to date first
             if history.num_rows:
                 import numpy as np
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from headwater.definitions import Stream
 from headwater.environments.replay import BATCH, Replay, ReplayError, ReplayOptions
 from headwater.log.base import Log
-from headwater.privacy.policies import load_secret, secret_variable
+from headwater.privacy.policies import PiiSecret, load_secret, secret_variable
 from headwater.project.config import Settings
 from headwater.stores.metadata.base import MetadataStore
 from headwater.stores.urls import local_path
@@ -37,9 +37,9 @@ def _where(settings: Settings) -> str:
     return url
 
 
-def _secret_of(settings: Settings):  # type: ignore[no-untyped-def]
-    env = settings.environment
-    return load_secret(os.environ, settings.pii_secret_file, env.name if env.declared else None)
+def _secret_of(settings: Settings) -> PiiSecret | None:
+    """The target environment's PII secret as it is now (read when the replay opens)."""
+    return load_secret(os.environ, settings.pii_secret_file, settings.environment.own)
 
 
 def open_replay(
@@ -92,7 +92,7 @@ def open_replay(
     needing = sorted(n for n, s in copied.items() if s is not None and s.pii_policies)
     if secret is None and (options.rekey or needing):
         env = target.settings.environment
-        variable = secret_variable(env.name if env.declared else None)
+        variable = secret_variable(env.own)
         what = "--rekey" if options.rekey else f"the PII streams {', '.join(needing)}"
         raise ReplayError(
             f"{what} need the target's PII secret: set ${variable}, or create one with "

@@ -100,8 +100,7 @@ def build_protector(settings: Settings, metadata: MetadataStore) -> Protector:
     ``$HEADWATER_PII_SECRET`` or ``[pii] secret_file``
     (read when the project opens; a bad file refuses to open it, a missing one refuses the
     PII streams' events)."""
-    environment = settings.environment
-    name = environment.name if environment.declared else None
+    name = settings.environment.own
     secret = load_secret(os.environ, settings.pii_secret_file, name)
     keys = None if secret is None else DataKeys(metadata, secret)
     return Protector(secret, name, keys)
