@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean chromium
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
@@ -29,8 +29,15 @@ $(BIN)/.installed: pyproject.toml | $(BIN)/python
 demo: $(BIN)/.demo
 	$(BIN)/headwater quickstart --dir headwater-shop
 
-test: $(BIN)/.installed lint
+test: $(BIN)/.installed lint chromium
 	$(BIN)/pytest -q
+
+# The web UI's browser tests drive Debian's chromium (Playwright downloads no browser here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

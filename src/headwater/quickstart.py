@@ -394,9 +394,10 @@ def next_steps(project: Project, folder: Path, user: str) -> list[str]:
     if hw != "headwater":
         activate = Path(hw).parent / "activate"
         lines.append(f"Run headwater as {hw}, or `source {activate}` first.")
+    lines.append(f"The web UI will be at {url}/ui (`{hw} ui{where}` starts the server).")
     lines += [
         "Try:",
-        f"  {hw} serve{where}        # API {url}, docs {url}/docs, metrics {url}/metrics",
+        f"  {hw} serve{where}        # API {url}, UI {url}/ui, docs {url}/docs",
         f"  curl -s -X POST {url}/v1/predict/retention -H 'content-type: application/json'"
         f' -d \'{{"entity": {{"user_id": "{user}"}}}}\'',
         f"  {hw} features user_id={user} -f sessions_7d -f spend_30d{where}",

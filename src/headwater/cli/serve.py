@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import errno
+import html
 import logging
+import re
 import socket
+import webbrowser
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
 from headwater.cli.common import EnvOpt, ProjectOpt, app, err, open_project
@@ -56,6 +60,7 @@ def serve(
                 where += f", environment {p.environment.name!r}"
             err.print(f"headwater serving {where} from {p.root}")
             err.print(f"  API      {url}   (docs {url}/docs, metrics {url}/metrics)")
+            err.print(f"  UI       {url}/ui")
             err.print(f"  auth     {auth}; hosts {', '.join(server.allowed_hosts)}")
             stores = vars(p.settings.stores)
             err.print(
@@ -95,6 +100,55 @@ def serve(
             tls=tls,
             announce=announce,
         )
+
+
+@app.command()
+def ui(
+    port: Annotated[int | None, typer.Option(help="Default: from headwater.toml, 8800")] = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Also open the UI in this machine's browser")
+    ] = False,
+    project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
+) -> None:
+    """Print the web UI's URL, starting the server when none runs on the configured port."""
+    with open_project(project, env) as p:
+        server = p.settings.server
+        host, port = server.host, port or server.port
+        name = f"[{host}]" if ":" in host else host
+        scheme = "https" if server.tls_cert else "http"
+        url = f"{scheme}://{name}:{port}/ui"
+        running = _serving_project(url)
+        if running == p.settings.name:
+            typer.echo(url)
+            if open_browser:
+                webbrowser.open(url)
+            return
+        if running is not None:
+            raise HeadwaterError(
+                f"{host}:{port} serves another headwater project ({running!r}): pass --port"
+            )
+        _check_free(host, port)
+
+        def announce(base: str) -> None:
+            err.print(f"headwater serving project {p.settings.name!r} from {p.root}")
+            typer.echo(f"{base}/ui")
+            err.print("ready (Ctrl+C to stop)")
+            if open_browser:
+                webbrowser.open(f"{base}/ui")
+
+        p.serve(None, port, announce=announce)
+
+
+def _serving_project(url: str) -> str | None:
+    """The name of the headwater project the UI at ``url`` belongs to, None if nothing
+    headwater answers there."""
+    try:
+        answer = httpx.get(url.removesuffix("/ui") + "/ui/login", timeout=2, verify=False)
+    except httpx.HTTPError:
+        return None
+    found = re.search(r'<span class="project">(.*?) · environment', answer.text)
+    return html.unescape(found.group(1)) if answer.status_code == 200 and found else None
 
 
 def _check_free(host: str, port: int) -> None:

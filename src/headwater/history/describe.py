@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from headwater.definitions import Stream
 from headwater.definitions.types import from_micros
 from headwater.history.engines.base import QueryEngine
 from headwater.history.engines.sorted_history import copy_name
+from headwater.log.base import Log
+from headwater.privacy.mock import mock_value
 from headwater.stores.offline.base import OfflineStore
+
+ENCRYPTED = "ENCRYPTED"  # what a person sees of an encrypted PII field (`pii reveal` decrypts)
 
 
 def describe_stream(stream: Stream, engine: QueryEngine) -> pd.DataFrame:
@@ -84,3 +89,36 @@ def describe_values(values: pd.Series) -> dict[str, Any]:
         "max": values.max() if numeric and values.notna().any() else None,
         "mean": float(values.mean()) if numeric and values.notna().any() else None,
     }
+
+
+def latest_events(log: Log, stream: Stream, n: int = 10, *, mock: bool = True) -> list[dict]:
+    """The latest ``n`` events of a stream as its log holds them (oldest first), each with
+    ``_event_id`` and ``_event_time``. With ``mock``, a pseudonymized PII field shows a
+    realistic fake stable per pseudonym instead (named in the event's ``_mock``) and an
+    encrypted one shows ``ENCRYPTED`` (named in ``_masked``): what a person may look at."""
+    found = []
+    for p in range(log.partitions(stream.name)):
+        end = log.end_offset(stream.name, p)
+        found += log.read(stream.name, max(0, end - n), n, p)
+    found.sort(key=lambda r: (r.ingest_time, r.event_time))
+    events = []
+    for record in found[-n:]:
+        event: dict[str, Any] = {"_event_id": record.event_id, "_event_time": record.event_time}
+        event.update(orjson.loads(record.payload))
+        if mock:
+            present = {
+                name: policy
+                for name, policy in stream.pii_policies.items()
+                if event.get(name) is not None
+            }
+            masked = [name for name, policy in present.items() if policy == "pseudonymize"]
+            for name in masked:
+                event[name] = mock_value(name, event[name])
+            event["_mock"] = masked
+            hidden = [name for name, policy in present.items() if policy != "pseudonymize"]
+            for name in hidden:
+                event[name] = ENCRYPTED
+            if hidden:
+                event["_masked"] = hidden
+        events.append(event)
+    return events

@@ -442,6 +442,23 @@ class Project:
             self.ingest,
             self.now,
             self.access,
+            self._monitor_for_pages,
+            lambda: self.source_runner().status() if self.definitions.sources else [],
+        )
+
+    def _monitor_for_pages(self) -> MonitorContext:
+        """The monitor's context for the UI: it writes the predictions this process logged
+        (when it serves any) before reading, and never trains."""
+
+        def flush() -> None:
+            if self._serving is not None:
+                self._serving.logger.flush()
+
+        def refuse(model: str) -> int:
+            raise DefinitionError("the web UI does not train models")
+
+        return wiring.monitor_context(
+            self.settings, self.definitions, self.stores, self.core, self.now, flush, refuse
         )
 
     # -- keys and audit ------------------------------------------------------------------
@@ -551,31 +568,9 @@ class Project:
         """The latest ``n`` events of a stream as its log holds them (oldest first), each with
         ``_event_id`` and ``_event_time``; with ``mock``, a pseudonymized PII field shows a
         realistic fake stable per pseudonym instead, named in the event's ``_mock``."""
-        import orjson
+        from headwater.history.describe import latest_events
 
-        from headwater.privacy.mock import mock_value
-
-        definition = self.definitions.streams[stream]
-        found = []
-        for p in range(self.log.partitions(stream)):
-            end = self.log.end_offset(stream, p)
-            found += self.log.read(stream, max(0, end - n), n, p)
-        found.sort(key=lambda r: (r.ingest_time, r.event_time))
-        events = []
-        for record in found[-n:]:
-            event = {"_event_id": record.event_id, "_event_time": record.event_time}
-            event.update(orjson.loads(record.payload))
-            if mock:
-                masked = [
-                    name
-                    for name, policy in definition.pii_policies.items()
-                    if policy == "pseudonymize" and event.get(name) is not None
-                ]
-                for name in masked:
-                    event[name] = mock_value(name, event[name])
-                event["_mock"] = masked
-            events.append(event)
-        return events
+        return latest_events(self.log, self.definitions.streams[stream], n, mock=mock)
 
     def reveal(self, stream: str, key: Any, limit: int = 20) -> list[dict]:
         """The latest ``limit`` events of one entity (its key value in the stream's first key

@@ -290,14 +290,18 @@ def build_app(
     ingest: Ingest,
     clock: Clock,
     access: AccessControl,
+    monitor: Callable[[], MonitorContext],
+    source_status: Callable[[], list[dict[str, Any]]],
 ) -> App:
-    """The HTTP API of the project (see ``serving/http``), behind the guards ``[server]``
-    configures."""
+    """The HTTP API of the project (see ``serving/http``) with the web UI at ``/ui``, behind
+    the guards ``[server]`` configures."""
     from headwater.monitoring.alerts import Alerts
     from headwater.security.limits import RateLimits
     from headwater.serving.http.app import create_app
     from headwater.serving.http.guards import GuardSettings
     from headwater.serving.http.services import HttpServices
+    from headwater.ui import app as ui
+    from headwater.ui.sources import UiSources
 
     server = settings.server
     alerts = Alerts(stores.log, stores.metadata, clock)
@@ -310,7 +314,7 @@ def build_app(
         limits = RateLimits(server.rate_limit, server.rate_burst or 2 * server.rate_limit)
     owned_by = {name: column.feature.name for name, column in catalog.columns.items()}
     owned_by.update({name: name for name in catalog.derived})
-    return create_app(
+    app = create_app(
         HttpServices(
             name=settings.name,
             environment=settings.environment.name,
@@ -339,3 +343,25 @@ def build_app(
             rate_limits=limits,
         ),
     )
+    ui.mount(
+        app,
+        UiSources(
+            name=settings.name,
+            environment=settings.environment.name,
+            clock=clock,
+            definitions=definitions,
+            catalog=catalog,
+            log=stores.log,
+            metadata=stores.metadata,
+            offline=stores.offline,
+            registry=core.registry,
+            alerts=alerts,
+            training=core.training,
+            archiver=core.archiver,
+            monitor=monitor,
+            lag=core.processor.lag,
+            source_status=source_status,
+            access=access if server.auth == "keys" else None,
+        ),
+    )
+    return app

@@ -3,7 +3,10 @@ header, the ``Origin`` of browser requests, the content type of writes, the API 
 scope, and the key's rate limit. Each refusal is a JSON ``{"detail", "error"}`` answer.
 
 Public without a key: ``PUBLIC_PATHS`` and anything under ``PUBLIC_PREFIXES`` (the docs and
-their assets, the UI's shell and static files); ``/metrics`` too when ``metrics_public``.
+their assets, the UI's login page and static files); ``/metrics`` too when ``metrics_public``.
+A browser carries its key in the UI's session cookie (``UI_COOKIE``, set by ``/ui/session``);
+a write authenticated by that cookie must come from a page of this server (an ``Origin``
+header naming it), so no other site can make a browser promote a model.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -19,8 +23,12 @@ from headwater.security.keys import ApiKey, Unauthenticated
 from headwater.security.limits import RateLimits
 from headwater.security.scopes import Permission, may_use_some
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/ui"})
-PUBLIC_PREFIXES = ("/assets/", "/ui/")
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"}
+    | {"/ui/login", "/ui/session", "/ui/logout"}
+)
+PUBLIC_PREFIXES = ("/assets/", "/ui/assets/")
+UI_COOKIE = "headwater_key"  # the API key of a browser session (HttpOnly, SameSite=Strict)
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ANY_KEY = Permission("any")  # any valid key will do (listing models, metrics, unknown routes)
 
@@ -114,14 +122,22 @@ class Guards:
         path: str,
     ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
         challenge = [(b"www-authenticate", b'Bearer realm="headwater"')]
-        token = _token(headers)
+        token, from_cookie = _token(headers)
+        page = method == "GET" and (path == "/ui" or path.startswith("/ui/"))
         if token is None:
+            if page:  # a person at a browser: ask for the key
+                return 303, "Unauthenticated", "sign in", [(b"location", _login(scope))]
             reason = "an API key is required: send the header authorization: Bearer <key>"
             return 401, "Unauthenticated", reason, challenge
         try:
             key = access.authenticate(token)
         except Unauthenticated as exc:
+            if page:
+                return 303, "Unauthenticated", str(exc), [(b"location", _login(scope))]
             return 401, "Unauthenticated", str(exc), challenge
+        if from_cookie and method in WRITE_METHODS and "origin" not in headers:
+            reason = "a write signed in by the UI's cookie must come from the UI (no Origin)"
+            return 403, "OriginNotAllowed", reason, []
         permission = permission_of(method, path)
         if not _allowed(access, key, permission):
             return 403, "Forbidden", _forbidden(key, permission), []
@@ -165,12 +181,37 @@ def _forbidden(key: ApiKey, permission: Permission) -> str:
     return f"key {key.id} of team {key.team!r} lacks the scope {need}"
 
 
-def _token(headers: dict[str, str]) -> str | None:
+def _token(headers: dict[str, str]) -> tuple[str | None, bool]:
+    """The request's key, and whether it came from the UI's cookie."""
     value = headers.get("authorization")
     if value is not None:
         scheme, _, token = value.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return headers.get("x-api-key")
+        return (token.strip() if scheme.lower() == "bearer" and token.strip() else None), False
+    if "x-api-key" in headers:
+        return headers["x-api-key"], False
+    cookie = ui_cookie(headers.get("cookie", ""))
+    return cookie, cookie is not None
+
+
+def ui_cookie(header: str) -> str | None:
+    """The UI's key in a ``Cookie`` header.
+
+    >>> ui_cookie("a=1; headwater_key=hw_abc; b=2"), ui_cookie("a=1")
+    ('hw_abc', None)
+    """
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == UI_COOKIE and value:
+            return value
+    return None
+
+
+def _login(scope: Any) -> bytes:
+    """Where a browser without a key goes: the login page, then back to the page it asked."""
+    target = scope.get("path", "/ui")
+    if scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("latin-1")
+    return ("/ui/login?next=" + quote(target, safe="")).encode("latin-1")
 
 
 def _headers(scope: Any) -> dict[str, str]:

@@ -1,0 +1,377 @@
+"""Models: every model with its champion; one model's versions with their metrics against the
+baseline and the champion, its aliases and their history (who, why), each version's lineage,
+importance, calibration and the steps of the run that made it; two versions side by side;
+promotion and rollback where the key allows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headwater.definitions import Model
+from headwater.ui.charts import bar_chart, hbar_chart, line_chart
+from headwater.ui.html import Safe, badge, esc, join, link, number, path, table, tag, when
+from headwater.ui.page import DIALOG, Drawn, NotFound, Page, Panel, action_button, panels
+
+
+def models(page: Page) -> Drawn:
+    s = page.sources
+    rows = []
+    for name, model in sorted(s.definitions.models.items()):
+        versions = s.registry.versions(name)
+        aliases = s.registry.aliases(name)
+        champion = aliases.get("champion", {}).get("version")
+        metric = model.promotion.metric
+        doc = next((v for v in versions if v["version"] == champion), None)
+        baseline = (doc or {}).get("comparison", {}).get("baseline", {}).get("metrics", {})
+        rows.append(
+            [
+                link(name, path("models", name)),
+                model.owner,
+                model.task,
+                f"v{champion}" if champion else "none",
+                join(badge(f"{a} v{d['version']}", "alias") for a, d in sorted(aliases.items())),
+                number(len(versions)),
+                f"{metric} {number((doc or {}).get('metrics', {}).get(metric))}",
+                number(baseline.get(metric)),
+            ]
+        )
+    head = ["Model", "Owner", "Task", "Champion", "Aliases", "Versions", "Champion's", "Baseline"]
+    return "Models", table(head, rows), []
+
+
+def model(page: Page, name: str) -> Drawn:
+    found = page.sources.definitions.models.get(name)
+    if found is None:
+        raise NotFound(f"no model is named {name!r}")
+    return name, join([panels(page, PANELS, found), DIALOG]), [("Models", "/ui/models")]
+
+
+def about(page: Page, model: Model) -> Safe:
+    policy = model.promotion
+    facts = [
+        ("Owner", model.owner),
+        ("Description", model.description),
+        ("Task", model.task),
+        ("Label", f"{model.label.name} (stream {model.label.stream.name})"),
+        ("Features", ", ".join(model.features)),
+        (
+            "Promotion policy",
+            f"{policy.metric} {'≥' if policy.higher_is_better else '≤'} the champion's "
+            f"{'-' if policy.higher_is_better else '+'} {policy.max_regression:g}"
+            + (f", and at least {policy.minimum:g}" if policy.minimum is not None else ""),
+        ),
+    ]
+    return Safe(
+        '<dl class="facts">'
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+        + "</dl>"
+    )
+
+
+def versions(page: Page, model: Model) -> Safe:
+    s = page.sources
+    docs = s.registry.versions(model.name)
+    aliases = s.registry.aliases(model.name)
+    by_version: dict[int, list[str]] = {}
+    for alias, doc in aliases.items():
+        by_version.setdefault(int(doc["version"]), []).append(alias)
+    metric = model.promotion.metric
+    may = page.may("models:promote", model.name)
+    rows = []
+    for doc in reversed(docs):
+        v = int(doc["version"])
+        comparison = doc.get("comparison", {})
+        champion = comparison.get("champion", {})
+        rows.append(
+            [
+                Safe(f'<span id="v{v}">v{v}</span>'),
+                when(doc.get("created_us")),
+                join(badge(a, "alias") for a in sorted(by_version.get(v, []))),
+                number(doc.get("metrics", {}).get(metric)),
+                number(comparison.get("baseline", {}).get("metrics", {}).get(metric)),
+                (
+                    f"v{champion['version']}: {number(champion.get('metrics', {}).get(metric))}"
+                    if champion
+                    else "–"
+                ),
+                number(doc.get("rows", {}).get("train")),
+                _promote(model, v, by_version.get(v, [])) if may else "",
+            ]
+        )
+    head = [
+        "Version",
+        "Registered",
+        "Aliases",
+        metric,
+        f"Baseline {metric}",
+        f"Champion's {metric} on the same rows",
+        "Training rows",
+        "",
+    ]
+    compare = _compare_form(model, docs)
+    return join([table(head, rows), compare])
+
+
+def _promote(model: Model, version: int, aliases: list[str]) -> Safe:
+    if "champion" in aliases:
+        return Safe("")
+    url = f"/v1/models/{model.name}/aliases/champion"
+    return action_button(
+        "Promote to champion",
+        f"Promote {model.name} v{version} to champion",
+        url,
+        {"version": version},
+    )
+
+
+def _compare_form(model: Model, docs: list[dict[str, Any]]) -> Safe:
+    if len(docs) < 2:
+        return Safe("")
+    numbers = [int(d["version"]) for d in docs]
+
+    def options(chosen: int) -> str:
+        return "".join(
+            f'<option value="{n}"{" selected" if n == chosen else ""}>v{n}</option>'
+            for n in numbers
+        )
+
+    return Safe(
+        f'<form class="filters" method="get" action="{esc(path("models", model.name, "compare"))}">'
+        f'<div><label for="a">Compare</label><br><select id="a" name="a">{options(numbers[-2])}'
+        f'</select></div><div><label for="b">with</label><br><select id="b" name="b">'
+        f"{options(numbers[-1])}</select></div>"
+        '<div><button type="submit">Side by side</button></div></form>'
+    )
+
+
+def aliases(page: Page, model: Model) -> Safe:
+    found = page.sources.registry.aliases(model.name)
+    may = page.may("models:promote", model.name)
+    current = [
+        [
+            badge(alias, "alias"),
+            f"v{doc['version']}",
+            _rollback(model, alias) if may and len(doc.get("history", [])) > 1 else "",
+        ]
+        for alias, doc in sorted(found.items())
+    ]
+    history = [
+        [
+            when(h.get("at_us")),
+            badge(alias, "alias"),
+            h.get("action", ""),
+            f"v{h['previous']} → v{h['version']}" if h.get("previous") else f"v{h['version']}",
+            h.get("by", ""),
+            h.get("reason", ""),
+        ]
+        for alias, doc in found.items()
+        for h in doc.get("history", [])
+    ]
+    history.sort(key=lambda r: str(r[0]), reverse=True)
+    return join(
+        [
+            table(["Alias", "Version", ""], current),
+            Safe("<h3>History</h3>"),
+            table(["When", "Alias", "Action", "Version", "By", "Why"], history),
+        ]
+    )
+
+
+def _rollback(model: Model, alias: str) -> Safe:
+    return action_button(
+        f"Roll back {alias}",
+        f"Roll {model.name}'s {alias} back to its previous version",
+        f"/v1/models/{model.name}/aliases/{alias}",
+        {"rollback": True},
+    )
+
+
+def latest(page: Page, model: Model) -> Safe:
+    """The chosen version's lineage, importance, calibration and run (the champion's, or the
+    newest version's)."""
+    s = page.sources
+    docs = s.registry.versions(model.name)
+    if not docs:
+        return Safe("<p>No version yet: <code>headwater train " + esc(model.name) + "</code>.</p>")
+    champion = s.registry.alias(model.name, "champion")
+    doc = next((d for d in docs if d["version"] == champion), docs[-1])
+    return join([tag("p", f"Version v{doc['version']}", class_="muted"), version_detail(page, doc)])
+
+
+def version_detail(page: Page, doc: dict[str, Any]) -> Safe:
+    return join(
+        [
+            Safe("<h3>Lineage</h3>"),
+            _lineage(doc),
+            Safe("<h3>Importance</h3>"),
+            _importance(doc),
+            Safe("<h3>Calibration</h3>"),
+            _calibration(doc),
+            Safe("<h3>The run's steps</h3>"),
+            _steps(page, doc),
+        ]
+    )
+
+
+def _lineage(doc: dict[str, Any]) -> Safe:
+    lineage = doc.get("lineage", {})
+    snapshot = lineage.get("snapshot", {})
+    offsets = snapshot.get("log", {}).get("offsets", {})
+    facts = [
+        ("Definition version", lineage.get("definition_version", "–")),
+        (
+            "Label",
+            f"{lineage.get('label', {}).get('name', '–')} "
+            f"({lineage.get('label', {}).get('version', '–')})",
+        ),
+        (
+            "Training data",
+            f"{number(snapshot.get('rows'))} rows, hash {snapshot.get('data_hash', '–')}",
+        ),
+        ("Log snapshot", ", ".join(f"{k} < {v:,}" for k, v in sorted(offsets.items())) or "–"),
+        ("As of", when(snapshot.get("log", {}).get("as_of_us"))),
+        ("Code", lineage.get("code", {}).get("git_commit") or "not in a git repository"),
+        ("Packages", ", ".join(f"{k} {v}" for k, v in sorted(lineage.get("packages", {}).items()))),
+    ]
+    features = table(["Feature", "Version"], sorted(lineage.get("features", {}).items()))
+    return join(
+        [
+            Safe(
+                '<dl class="facts">'
+                + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+                + "</dl>"
+            ),
+            Safe("<details><summary>Feature versions</summary>"),
+            features,
+            Safe("</details>"),
+        ]
+    )
+
+
+def _importance(doc: dict[str, Any]) -> Safe:
+    found = sorted(doc.get("importance", {}).items(), key=lambda kv: -kv[1])[:15]
+    return hbar_chart(
+        [(k, float(v)) for k, v in found],
+        caption=f"v{doc['version']}: the 15 most important features (share of split gain)",
+        x_label="importance",
+    )
+
+
+def _calibration(doc: dict[str, Any]) -> Safe:
+    bins = doc.get("calibration") or []
+    if not bins:
+        return Safe("<p>Not a classifier: no calibration.</p>")
+    labels = [f"{b['predicted']:.3f}" for b in bins]
+    return line_chart(
+        {
+            "observed rate": list(zip(labels, [b["observed"] for b in bins], strict=True)),
+            "perfect": list(zip(labels, [b["predicted"] for b in bins], strict=True)),
+        },
+        caption=f"v{doc['version']}: observed positive rate per bin of predicted probability "
+        "(held-out rows); on the diagonal is perfect",
+        y_label="observed",
+    )
+
+
+def _steps(page: Page, doc: dict[str, Any]) -> Safe:
+    runs = page.sources.registry.runs(doc["model"])
+    run = next((r for r in runs if r.get("version") == doc["version"]), None)
+    if run is None:
+        return Safe("<p>No run recorded.</p>")
+    steps = run.get("steps", [])
+    rows = [
+        [st["name"], st.get("status", ""), f"{st.get('seconds', 0):.3f} s", st.get("attempts", 1)]
+        for st in steps
+    ]
+    chart = bar_chart(
+        {"seconds": [float(st.get("seconds", 0)) for st in steps]},
+        [st["name"] for st in steps],
+        caption=f"Run {run.get('id', '')}: seconds per step",
+        y_label="seconds",
+        width=520,
+        height=200,
+    )
+    return join([table(["Step", "Status", "Duration", "Attempts"], rows), chart])
+
+
+def compare(page: Page, name: str) -> Drawn:
+    s = page.sources
+    model = s.definitions.models.get(name)
+    if model is None:
+        raise NotFound(f"no model is named {name!r}")
+    docs = {int(d["version"]): d for d in s.registry.versions(name)}
+    try:
+        a, b = int(page.query.get("a", "0")), int(page.query.get("b", "0"))
+    except ValueError as exc:
+        raise NotFound("give two version numbers: ?a=1&b=2") from exc
+    if a not in docs or b not in docs:
+        raise NotFound(f"model {name!r} has versions {sorted(docs)}; pick two of them")
+    left, right = docs[a], docs[b]
+    metrics = sorted(set(left.get("metrics", {})) | set(right.get("metrics", {})))
+    rows = [
+        [
+            m,
+            number(left["metrics"].get(m)),
+            number(right["metrics"].get(m)),
+            _delta(left["metrics"].get(m), right["metrics"].get(m)),
+        ]
+        for m in metrics
+    ]
+    feats_a, feats_b = (
+        left.get("lineage", {}).get("features", {}),
+        right.get("lineage", {}).get("features", {}),
+    )
+    changed = [
+        [f, feats_a.get(f, "–"), feats_b.get(f, "–")]
+        for f in sorted(set(feats_a) | set(feats_b))
+        if feats_a.get(f) != feats_b.get(f)
+    ]
+    facts = [
+        ["Registered", when(left.get("created_us")), when(right.get("created_us")), ""],
+        [
+            "Training rows",
+            number(left.get("rows", {}).get("train")),
+            number(right.get("rows", {}).get("train")),
+            "",
+        ],
+        [
+            "Data hash",
+            left.get("lineage", {}).get("snapshot", {}).get("data_hash", "–"),
+            right.get("lineage", {}).get("snapshot", {}).get("data_hash", "–"),
+            "",
+        ],
+    ]
+    body = join(
+        [
+            table(
+                ["", f"v{a}", f"v{b}", "Change"],
+                facts + rows,
+                caption="Metrics on each version's held-out rows",
+            ),
+            Safe("<h2>Feature versions that differ</h2>"),
+            table(["Feature", f"v{a}", f"v{b}"], changed)
+            if changed
+            else Safe("<p>The same feature definitions.</p>"),
+            Safe(f'<div class="grid2"><div><h2>v{a}</h2>'),
+            _importance(left),
+            Safe(f"</div><div><h2>v{b}</h2>"),
+            _importance(right),
+            Safe("</div></div>"),
+        ]
+    )
+    crumbs = [("Models", "/ui/models"), (name, path("models", name))]
+    return f"{name}: v{a} and v{b}", body, crumbs
+
+
+def _delta(a: Any, b: Any) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float):
+        return ""
+    return f"{b - a:+.4g}"
+
+
+PANELS = [
+    Panel("About", about),
+    Panel("Versions", versions),
+    Panel("Aliases", aliases),
+    Panel("The champion in detail", latest),
+]
