@@ -20,6 +20,7 @@ for script in (
     "monitoring.py",
     "backends.py",
     "replay.py",
+    "ui.py",
     "streams.py",
 ):
     print(f"== {script}", flush=True)

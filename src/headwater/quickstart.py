@@ -220,7 +220,7 @@ def run_quickstart(
     except HeadwaterError:
         project.close()
         raise
-    plan = project.apply()
+    plan = project.apply(by="quickstart")
     remote = TeamGateway(project) if auth else None
     try:
         _run(project, folder, plan, clock, remote, console, users, days, loop, stores, started)

@@ -246,3 +246,11 @@ def test_replay_benchmark_runs_and_follows():
     assert "replay / bare copy of the log (events/s)" in _ratio(
         proc.stdout, "replay / bare copy of the log (events/s)"
     )
+
+
+def test_ui_benchmark_times_every_page():
+    proc = _run("ui.py", "--users", "150", "--days", "30", "--runs", "1", timeout=600)
+    for page in ("overview", "stream (page_views)", "monitoring (churn)"):
+        for kind in ("cold", "warm"):
+            assert float(_figure(proc.stdout, f"{page}: {kind}")[1]) > 0
+    assert "pages over the 300 ms aim" in proc.stdout

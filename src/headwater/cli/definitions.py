@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,9 +58,17 @@ def plan(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
 
 @app.command()
 def apply(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
-    """Register the definitions in the metadata store, with content-hash versions."""
+    """Register the definitions in the metadata store, with content-hash versions (and who
+    applied them: this machine's user)."""
     with open_project(project, env) as p:
-        _print_plan(p.apply(), "applied")
+        _print_plan(p.apply(by=_user()), "applied")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        return f"uid {os.getuid()}"
 
 
 KINDS = ("streams", "features", "labels", "models", "services")

@@ -203,6 +203,8 @@ def _groups(outcomes: pd.DataFrame, variant_col: str, outcome_col: str) -> dict[
         values = frame[outcome_col].to_numpy(dtype="float64")
     except (TypeError, ValueError) as exc:
         raise ExperimentError(f"outcome column '{outcome_col}' must be numeric or 0/1") from exc
+    if frame.empty:
+        raise ExperimentError("an experiment needs at least two variants with outcomes; found none")
     names = frame[variant_col].astype(str).to_numpy(dtype=object)
     order = np.argsort(names, kind="stable")
     labels, starts = np.unique(names[order], return_index=True)

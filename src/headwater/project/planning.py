@@ -38,6 +38,13 @@ class Plan:
         return out
 
 
+APPLIED_BY = "applied_by"  # kept in a registered definition's meta: who applied that version
+
+
+def _meta(registered: RegisteredDefinition) -> dict[str, object]:
+    return {k: v for k, v in registered.meta.items() if k != APPLIED_BY}
+
+
 def make_plan(definitions: list[Definition], store: MetadataStore) -> Plan:
     registered = {(d.kind, d.name): d for d in store.definitions()}
     plan = Plan()
@@ -61,7 +68,7 @@ def make_plan(definitions: list[Definition], store: MetadataStore) -> Plan:
             )
         elif d.deprecated and not old.meta.get("deprecated"):
             plan.changes.append(Change("deprecated", d.kind, d.name, old.version, d.version))
-        elif d.meta() != old.meta:
+        elif d.meta() != _meta(old):
             fields = sorted(k for k in d.meta() if d.meta()[k] != old.meta.get(k))
             plan.changes.append(
                 Change(
@@ -87,7 +94,10 @@ def make_plan(definitions: list[Definition], store: MetadataStore) -> Plan:
     return plan
 
 
-def apply_plan(definitions: list[Definition], store: MetadataStore, now_us: int) -> Plan:
+def apply_plan(
+    definitions: list[Definition], store: MetadataStore, now_us: int, by: str = "sdk"
+) -> Plan:
+    """Register what the plan adds, changes or updates, each recorded with who applied it."""
     plan = make_plan(definitions, store)
     if plan.refused:
         raise PlanRefused("apply refused:\n  " + "\n  ".join(plan.refused))
@@ -98,7 +108,7 @@ def apply_plan(definitions: list[Definition], store: MetadataStore, now_us: int)
             c.name,
             by_key[(c.kind, c.name)].version,
             by_key[(c.kind, c.name)].spec(),
-            by_key[(c.kind, c.name)].meta(),
+            {**by_key[(c.kind, c.name)].meta(), APPLIED_BY: by},
             now_us,
         )
         for c in plan.pending

@@ -163,9 +163,10 @@ class Project:
         """What ``apply`` would change in the metadata store."""
         return make_plan(self.definitions.all(), self.metadata)
 
-    def apply(self) -> Plan:
-        """Register the definitions (content-hash versions); refuses unsafe removals."""
-        return apply_plan(self.definitions.all(), self.metadata, self.now())
+    def apply(self, *, by: str = "sdk") -> Plan:
+        """Register the definitions (content-hash versions), recording ``by`` as who applied
+        them; refuses unsafe removals."""
+        return apply_plan(self.definitions.all(), self.metadata, self.now(), by)
 
     # -- events --------------------------------------------------------------------------
 

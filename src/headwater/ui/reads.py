@@ -6,6 +6,7 @@ day. Each is kept in the sources' memo under the log offsets it read."""
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 
 from headwater.definitions import Stream
 from headwater.history.describe import describe_stream
-from headwater.log.base import DEAD_LETTER_STREAM, Log
+from headwater.log.base import DEAD_LETTER_STREAM, Log, Record
 from headwater.monitoring.monitor import PREDICTIONS, logged_predictions
 from headwater.ui.html import DAY_US
 from headwater.ui.sources import UiSources
@@ -28,6 +29,17 @@ def offsets(log: Log, stream: str) -> tuple[int, ...]:
     if stream not in log.streams():
         return (0,)
     return tuple(log.end_offset(stream, p) for p in range(log.partitions(stream)))
+
+
+def latest_record(log: Log, stream: str) -> Record | None:
+    """The record appended last to a stream (over its partitions, by ingest time)."""
+    latest = None
+    for partition, end in enumerate(offsets(log, stream)):
+        if end:
+            found = log.read(stream, end - 1, 1, partition)
+            if found and (latest is None or found[0].ingest_time > latest.ingest_time):
+                latest = found[0]
+    return latest
 
 
 def ingested_since(log: Log, stream: str, since_us: int) -> int:
@@ -130,23 +142,29 @@ def stream_figures(sources: UiSources, stream: Stream) -> StreamFigures:
 
 
 def _stream(sources: UiSources, stream: Stream) -> StreamFigures:
-    table = history(sources, stream)
+    table = history(sources, stream)  # brings the archive up to date first
+    with ThreadPoolExecutor(1) as beside:  # DuckDB's summary while numpy and Arrow count
+        described = beside.submit(describe_stream, stream, sources.training.engine)
+        figures = _from_history(stream, table)
+        fields = described.result()
+    return StreamFigures(fields=fields, **figures)
+
+
+def _from_history(stream: Stream, table: pa.Table) -> dict[str, Any]:
     times = table.column("_event_time").to_numpy() if table.num_rows else np.array([])
     ingests = table.column("_ingest_time") if table.num_rows else None
-    fields = describe_stream(stream, sources.training.engine)
     values = {}
     for name, spec in stream.fields.items():
         if spec.pii or name == stream.time or name not in table.column_names:
             continue  # a PII field's values are never shown, not even as pseudonyms
         values[name] = distribution(table.column(name), spec.dtype.name)
-    return StreamFigures(
-        events=table.num_rows,
-        per_day=per_day(times),
-        last_event_us=int(times.max()) if len(times) else None,
-        last_ingest_us=int(pc.max(ingests).as_py()) if ingests is not None else None,
-        fields=fields,
-        values=values,
-    )
+    return {
+        "events": table.num_rows,
+        "per_day": per_day(times),
+        "last_event_us": int(times.max()) if len(times) else None,
+        "last_ingest_us": int(pc.max(ingests).as_py()) if ingests is not None else None,
+        "values": values,
+    }
 
 
 def distribution(column: Any, dtype: str) -> tuple[list[str], list[float]]:
@@ -160,10 +178,12 @@ def distribution(column: Any, dtype: str) -> tuple[list[str], list[float]]:
         labels = [f"{edges[i]:.3g}–{edges[i + 1]:.3g}" for i in range(len(counts))]
         return labels, [float(c) for c in counts]
     counted = pc.value_counts(pc.drop_null(pc.cast(column, pa.string())))
-    pairs = sorted(
-        ((v["values"].as_py(), v["counts"].as_py()) for v in counted), key=lambda p: -p[1]
-    )[:10]
-    return [str(v) for v, _ in pairs], [float(n) for _, n in pairs]
+    if len(counted) == 0:
+        return [], []
+    counts = counted.field("counts").to_numpy()
+    top = np.argsort(-counts, kind="stable")[:10]  # in numpy: a field may have 1M values
+    values = counted.field("values").take(pa.array(top)).to_pylist()
+    return [str(v) for v in values], [float(counts[i]) for i in top]
 
 
 def predictions(sources: UiSources) -> pd.DataFrame:

@@ -180,6 +180,8 @@ def test_missing_outcomes_are_dropped_and_bad_input_is_refused():
     assert per_variant[0].n == 100
     with pytest.raises(ExperimentError, match="at least two variants"):
         analyze(outcomes[outcomes["variant"] == "a"])
+    with pytest.raises(ExperimentError, match="found none"):  # no outcome at all yet
+        analyze(outcomes.iloc[:0])
     with pytest.raises(ExperimentError, match="no column"):
         analyze(outcomes, outcome_col="converted")
     with pytest.raises(ExperimentError, match="alpha"):

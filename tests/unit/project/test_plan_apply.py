@@ -18,9 +18,11 @@ def test_first_apply_adds_everything_then_nothing_changes(small_project):
         plan = p.plan()
         assert plan.summary() == {"added": 5}
         assert _actions(plan)[("feature", "spend")] == "added"
-        p.apply()
+        p.apply(by="alice")
         assert p.plan().pending == []
         assert p.plan().summary() == {"unchanged": 5}
+        (spend,) = p.metadata.history("feature", "spend")
+        assert spend.meta["applied_by"] == "alice"  # who applied it, not a metadata change
 
 
 def test_changing_meaning_makes_a_new_version_and_metadata_does_not(project_factory):

@@ -132,6 +132,7 @@ def versions(page: Page, feature: Any) -> Safe:
             d.version,
             badge("current", "ok") if d.version == current else "",
             badge("deprecated", "warn") if d.meta.get("deprecated") else "",
+            d.meta.get("applied_by", "–"),
             d.meta.get("owner", ""),
         ]
         for d in reversed(found)
@@ -140,7 +141,7 @@ def versions(page: Page, feature: Any) -> Safe:
         '<p class="muted">Each version is the hash of the definition\'s content; '
         "<code>headwater apply</code> records a new one when the definition changes.</p>"
     )
-    return join([note, table(["Applied", "Content hash", "", "", "Owner"], rows)])
+    return join([note, table(["Applied", "Content hash", "", "", "Applied by", "Owner"], rows)])
 
 
 def over_time(page: Page, feature: Feature) -> Safe:

@@ -3,6 +3,7 @@ and archive lag), what is wrong (open alerts) and what serves (services, champio
 
 from __future__ import annotations
 
+from headwater.log.base import Log
 from headwater.ui import reads
 from headwater.ui.html import DAY_US, HOUR_US, Safe, ago, badge, join, link, number, path, table
 from headwater.ui.page import Drawn, Page, Panel, panels
@@ -41,7 +42,7 @@ def ingest(page: Page) -> Safe:
                 number(sum(reads.offsets(s.log, name))),
                 number(reads.ingested_since(s.log, name, page.now - HOUR_US)),
                 number(reads.ingested_since(s.log, name, page.now - DAY_US)),
-                ago(_last_ingest(s, name), page.now),
+                ago(_ingested(s.log, name), page.now),
                 _dead(dead.count(name), name),
             ]
         )
@@ -55,15 +56,9 @@ def _dead(count: int, stream: str) -> Safe:
     return link(badge(f"{count:,}", "alert"), path("streams", stream) + "#h-dead-letters")
 
 
-def _last_ingest(sources: object, stream: str) -> int | None:
-    log = sources.log  # type: ignore[attr-defined]
-    latest = None
-    for partition, end in enumerate(reads.offsets(log, stream)):
-        if end:
-            found = log.read(stream, end - 1, 1, partition)
-            if found and (latest is None or found[0].ingest_time > latest):
-                latest = found[0].ingest_time
-    return latest
+def _ingested(log: Log, stream: str) -> int | None:
+    latest = reads.latest_record(log, stream)
+    return latest.ingest_time if latest else None
 
 
 def lag(page: Page) -> Safe:

@@ -31,7 +31,7 @@ def streams(page: Page) -> Drawn:
     dead = reads.dead_letters(s)
     rows = []
     for name, stream in sorted(s.definitions.streams.items()):
-        figures = reads.stream_figures(s, stream)
+        latest = reads.latest_record(s.log, name)
         rows.append(
             [
                 link(name, path("streams", name)),
@@ -39,12 +39,13 @@ def streams(page: Page) -> Drawn:
                 stream.description,
                 ", ".join(stream.keys),
                 join(badge(f, "pii") for f in stream.pii_fields) if stream.pii_fields else "",
-                number(figures.events),
-                ago(figures.last_event_us, page.now),
+                number(sum(reads.offsets(s.log, name))),
+                ago(latest.event_time if latest else None, page.now),
                 number(dead.count(name)),
             ]
         )
     head = ["Stream", "Owner", "Description", "Keys", "PII", "Events", "Latest event", "Dead"]
+    # from the log alone (a read of its last records): the list stays fast however long it is
     return "Streams", table(head, rows), []
 
 
