@@ -506,7 +506,7 @@ def test_plan_apply_plan_against_postgres(small_project: Path, pg_schema: str) -
     try:
         first = make_plan(definitions, store)
         assert first.summary() == {"added": len(definitions)}
-        applied = apply_plan(definitions, store, now_us=1_700_000_000_000_000)
+        applied = apply_plan(definitions, store, now_us=1_700_000_000_000_000, by="alice")
         assert applied.pending == first.pending
         after = make_plan(definitions, store)
         assert after.pending == []
@@ -514,6 +514,6 @@ def test_plan_apply_plan_against_postgres(small_project: Path, pg_schema: str) -
         registered = {(d.kind, d.name): d for d in store.definitions()}
         for d in definitions:
             assert registered[(d.kind, d.name)].spec == d.spec()
-            assert registered[(d.kind, d.name)].meta == d.meta()
+            assert registered[(d.kind, d.name)].meta == {**d.meta(), "applied_by": "alice"}
     finally:
         store.close()

@@ -121,7 +121,17 @@ class Watch:
             self.problems.append(f"{response.status} {response.url}")
 
 
-def test_every_page_loads_clean_fits_the_screen_passes_axe_and_shows_no_pii(browser, shop):
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where every page's screenshot goes: ``$HEADWATER_SCREENSHOTS`` (docs/screenshots/ holds
+    the ones made so), else a temporary folder."""
+    chosen = os.environ.get("HEADWATER_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_every_page_loads_clean_fits_the_screen_passes_axe_and_shows_no_pii(browser, shop, shots):
     context = signed_in(browser, shop, "admin")
     page = context.new_page()
     watch = Watch(page)
@@ -141,10 +151,9 @@ def test_every_page_loads_clean_fits_the_screen_passes_axe_and_shows_no_pii(brow
         )
         serious = [v for v in found if v["impact"] in ("critical", "serious")]
         assert serious == [], (name, serious)
-        if SHOTS is not None:
-            SHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+        page.screenshot(path=str(shots / f"{name}.png"))
     assert watch.problems == []
+    assert sorted(p.stem for p in shots.glob("*.png")) == sorted(PAGES)
     context.close()
 
 
