@@ -295,7 +295,9 @@ def build_app(
 ) -> App:
     """The HTTP API of the project (see ``serving/http``) with the web UI at ``/ui``, behind
     the guards ``[server]`` configures."""
+    from headwater.definitions.source import redact_url
     from headwater.monitoring.alerts import Alerts
+    from headwater.project.config import declared_environments
     from headwater.security.limits import RateLimits
     from headwater.serving.http.app import create_app
     from headwater.serving.http.guards import GuardSettings
@@ -362,6 +364,9 @@ def build_app(
             lag=core.processor.lag,
             source_status=source_status,
             access=access if server.auth == "keys" else None,
+            namespace=settings.environment.namespace,
+            declared=declared_environments(settings.root) if settings.environment.declared else (),
+            stores={kind: redact_url(url) for kind, url in vars(settings.stores).items()},
         ),
     )
     return app

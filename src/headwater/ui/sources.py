@@ -49,4 +49,7 @@ class UiSources:
     lag: Callable[[], dict[str, int]]
     source_status: Callable[[], list[dict[str, Any]]]
     access: AccessControl | None = None
+    namespace: str = ""  # where this environment's data sits on shared stores
+    declared: tuple[str, ...] = ()  # every environment the project declares
+    stores: dict[str, str] = field(default_factory=dict)  # kind -> URL, credentials redacted
     memo: Memo = field(default_factory=Memo)

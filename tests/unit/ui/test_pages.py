@@ -137,3 +137,14 @@ def test_every_page_answers_and_unknown_names_are_404(shop):
         answer = client.get(url)
         assert answer.status_code == 404 and "<h1>Not found</h1>" in answer.text, url
     assert client.get("/ui/streams/%3Cscript%3E").text.count("<script>") == 0
+
+
+def test_the_overview_names_the_environment_its_namespace_and_the_others(tmp_path):
+    folder = write_project(tmp_path / "p", SERVICES)
+    toml = folder / "headwater.toml"
+    toml.write_text(toml.read_text() + "[environments.production]\n[environments.staging]\n")
+    with Project(folder, env="staging") as p:
+        body = text(TestClient(p.app(), base_url="http://127.0.0.1").get("/ui").text)
+    assert "test · environment staging" in body
+    assert "This environment staging Namespace on shared stores test_staging" in body
+    assert "Other environments production" in body

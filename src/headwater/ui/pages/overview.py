@@ -5,7 +5,19 @@ from __future__ import annotations
 
 from headwater.log.base import Log
 from headwater.ui import reads
-from headwater.ui.html import DAY_US, HOUR_US, Safe, ago, badge, join, link, number, path, table
+from headwater.ui.html import (
+    DAY_US,
+    HOUR_US,
+    Safe,
+    ago,
+    badge,
+    esc,
+    join,
+    link,
+    number,
+    path,
+    table,
+)
 from headwater.ui.page import Drawn, Page, Panel, panels
 from headwater.ui.pages.common import alert_rows
 
@@ -148,12 +160,29 @@ def services(page: Page) -> Safe:
     return table(head, rows, caption="What each service serves, and how much")
 
 
+def environment(page: Page) -> Safe:
+    s = page.sources
+    others = [e for e in s.declared if e != s.environment]
+    facts = [
+        ("This environment", s.environment),
+        ("Namespace on shared stores", s.namespace or "none (the stores as [stores] names them)"),
+        ("Other environments", ", ".join(others) or "none declared"),
+        *((f"Store: {kind}", url) for kind, url in sorted(s.stores.items())),
+    ]
+    return Safe(
+        '<dl class="facts">'
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+        + "</dl>"
+    )
+
+
 PANELS = [
     Panel("At a glance", cards),
     Panel("Ingest", ingest),
     Panel("Processor lag", lag),
     Panel("Open alerts", alerts),
     Panel("Services", services),
+    Panel("Environment", environment),
 ]
 
 
