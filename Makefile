@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench clean chromium
+.PHONY: demo test lint bench clean chromium proto
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
@@ -43,6 +43,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+
+# The gRPC modules, generated from the .proto files beside them (committed; a test checks
+# they match what this command writes).
+proto: $(BIN)/.installed
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src \
+	  --pyi_out=src src/headwater/serving/grpc/inference.proto src/headwater/serving/grpc/headwater.proto
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run_all.py

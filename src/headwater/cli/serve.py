@@ -42,10 +42,15 @@ def serve(
         Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM)")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key")] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(help="Also serve gRPC (Open Inference Protocol, Predict) on this port"),
+    ] = None,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
-    """Start the HTTP API (OpenAPI docs at /docs)."""
+    """Start the HTTP API (OpenAPI docs at /docs, the web UI at /ui), and gRPC with
+    --grpc-port."""
     log_format.configure(logging.INFO if log_predictions else logging.WARNING)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert")
@@ -61,6 +66,12 @@ def serve(
             err.print(f"headwater serving {where} from {p.root}")
             err.print(f"  API      {url}   (docs {url}/docs, metrics {url}/metrics)")
             err.print(f"  UI       {url}/ui")
+            if grpc_port is not None:
+                grpc_host = url.split("://", 1)[1].rsplit(":", 1)[0]
+                err.print(
+                    f"  gRPC     {grpc_host}:{grpc_port}   (Open Inference Protocol, "
+                    "headwater.v1.Predictions, health)"
+                )
             err.print(f"  auth     {auth}; hosts {', '.join(server.allowed_hosts)}")
             stores = vars(p.settings.stores)
             err.print(
@@ -99,6 +110,7 @@ def serve(
             monitor_every=monitor_every,
             tls=tls,
             announce=announce,
+            grpc_port=grpc_port,
         )
 
 

@@ -795,12 +795,15 @@ class Project:
         monitor_every: float = 0,
         tls: tuple[str, str] | None = None,
         announce: Callable[[str], None] | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         """Serve the HTTP API until interrupted (default address from ``headwater.toml``),
         optionally with the stream processor, the scoring of trigger streams and a periodic
         monitor (exported on /metrics) running beside it. A non-loopback address needs
         ``[server] auth = "keys"``; ``tls`` is (certificate file, key file); ``announce``
-        gets the base URL once the server accepts connections."""
+        gets the base URL once the server accepts connections; ``grpc_port`` also serves
+        gRPC (the Open Inference Protocol and ``headwater.v1.Predictions``) on that port of
+        the same host, with the same keys and TLS."""
         from headwater.serving.http.server import Task, is_loopback, run_server
 
         server = self.settings.server
@@ -833,10 +836,28 @@ class Project:
             record = app.state.metrics.record_monitor
             tasks.append(lambda stop: every(ctx, monitor_every, stop, record))
 
+        if grpc_port is not None:
+            tasks.append(self._grpc(host, grpc_port, tls))
+
         def freeze() -> None:  # states decoded later leave the collector's generations too
             self.online.freeze_cached_states = True
 
         run_server(app, host, port or server.port, tasks, freeze, tls, announce)
+
+    def _grpc(self, host: str, port: int, tls: tuple[str, str] | None) -> Any:
+        """The gRPC server, bound now (a taken port fails before HTTP starts), as a task
+        that serves until the HTTP server stops, then lets calls in flight finish."""
+        server = self.settings.server
+        access = self.access if server.auth == "keys" else None
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        grpc_server = wiring.build_grpc(lambda: self.serving, access, server, address, tls)
+
+        def serve(stop: threading.Event) -> None:
+            grpc_server.start()
+            stop.wait()
+            grpc_server.stop(grace=10).wait()
+
+        return serve
 
     # -- sources ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from headwater.ingestion.service import Ingestor
 from headwater.log.base import Log
 from headwater.log.urls import open_log
 from headwater.privacy.policies import KeyPseudonyms, load_secret
-from headwater.project.config import Settings
+from headwater.project.config import ServerSettings, Settings
 from headwater.registry.registry import Registry
 from headwater.security.access import AccessControl
 from headwater.security.audit import AuditLog
@@ -370,3 +370,27 @@ def build_app(
         ),
     )
     return app
+
+
+def build_grpc(
+    serving: Callable[[], Serving],
+    access: AccessControl | None,
+    server: ServerSettings,
+    address: str,
+    tls: tuple[str, str] | None,
+) -> Any:
+    """The gRPC server of ``headwater serve --grpc-port`` (see ``serving/grpc``), bound to
+    ``address`` and not started."""
+    try:
+        from headwater.serving.grpc.server import build_server
+    except ImportError as exc:
+        raise DefinitionError(
+            f"gRPC needs the grpc extra ({exc.name} is missing): pip install 'headwater[grpc]'"
+        ) from None
+    try:
+        grpc_server, port = build_server(serving, access, server.max_entities, address, tls)
+    except RuntimeError:  # grpc's "failed to bind"
+        port = 0
+    if port == 0:
+        raise DefinitionError(f"cannot serve gRPC on {address}: the port is taken or refused")
+    return grpc_server

@@ -160,12 +160,21 @@ class Predictor:
         return list(dict.fromkeys(names))
 
     def predict(
-        self, rows: Sequence[Mapping[str, Any]], path: str, at_us: int | None = None
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        path: str,
+        at_us: int | None = None,
+        variant: str | None = None,
     ) -> list[Prediction]:
-        """Online: features from the online store at now (or ``at_us``)."""
+        """Online: features from the online store at now (or ``at_us``); ``variant`` pins
+        every row to one variant instead of routing (a request for one model version)."""
         _check_keys(rows, self.service.entity.keys)
         rows = self._online.entity_keys.rows(rows)  # PII keys: logged as their pseudonyms
-        chosen = self._route(rows)
+        if variant is None:
+            chosen = self._route(rows)
+        else:
+            pinned = next(v for v in self.service.variants if v.name == variant)
+            chosen = [pinned] * len(rows)
         needed = list(dict.fromkeys(chosen))
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us

@@ -12,7 +12,16 @@ from headwater.serving.http.fastpath import FastPaths
 from headwater.serving.http.guards import Guards, GuardSettings
 from headwater.serving.http.methods import Methods
 from headwater.serving.http.metrics import ServerMetrics
-from headwater.serving.http.routes import alerts, events, features, health, metrics, models, predict
+from headwater.serving.http.routes import (
+    alerts,
+    events,
+    features,
+    health,
+    inference,
+    metrics,
+    models,
+    predict,
+)
 from headwater.serving.http.services import HttpServices
 
 App = FastAPI  # what create_app returns, named for modules that do not import fastapi
@@ -41,6 +50,7 @@ def create_app(services: HttpServices, guard: GuardSettings) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(models.router)
     app.include_router(alerts.router)
+    app.include_router(inference.router)
 
     for exc_type, status in STATUS_OF:
         app.add_exception_handler(exc_type, _handler(status))

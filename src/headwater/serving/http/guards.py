@@ -24,7 +24,8 @@ from headwater.security.limits import RateLimits
 from headwater.security.scopes import Permission, may_use_some
 
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"}
+    {"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/v2/health/live"}
+    | {"/v2/health/ready"}
     | {"/ui/login", "/ui/session", "/ui/logout"}
 )
 PUBLIC_PREFIXES = ("/assets/", "/ui/assets/")
@@ -52,6 +53,8 @@ def permission_of(method: str, path: str) -> Permission:
         return Permission("ingest", parts[2])
     if method == "POST" and len(parts) == 3 and parts[:2] == ["v1", "predict"]:
         return Permission("predict", parts[2])
+    if method == "POST" and parts[:2] == ["v2", "models"] and parts[-1] == "infer":
+        return Permission("predict", parts[2])  # .../{name}[/versions/{version}]/infer
     if parts == ["v1", "features"]:
         return Permission("features:read")
     if (
