@@ -261,3 +261,54 @@ def load(url: str, bodies: Sequence[object], clients: int) -> dict[str, float]:
         "p99": float(np.percentile(latencies, 99)),
         "errors": float(sum(r[1] for r in results)),
     }
+
+
+async def _grpc_client(
+    target: str, method: str, bodies: list[bytes], out: list[float], errors: list[int]
+) -> None:
+    """One gRPC channel sending serialized requests one after another (no protobuf work in
+    the client: the bytes go as they are, the answer is not parsed)."""
+    import grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)
+        for body in bodies:
+            start = time.perf_counter()
+            try:
+                await call(body)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(exc.code().value[0])
+            out.append(time.perf_counter() - start)
+
+
+def _grpc_worker(args: tuple[str, str, list[list[bytes]]]) -> tuple[list[float], int, float]:
+    target, method, per_client = args
+    latencies: list[float] = []
+    errors: list[int] = []
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(_grpc_client(target, method, b, latencies, errors) for b in per_client)
+        )
+
+    start = time.perf_counter()
+    asyncio.run(main())
+    return latencies, len(errors), time.perf_counter() - start
+
+
+def grpc_load(target: str, method: str, bodies: Sequence[bytes], clients: int) -> dict[str, float]:
+    """``clients`` concurrent gRPC clients (over 2 load processes) call ``method`` (e.g.
+    ``/inference.GRPCInferenceService/ModelInfer``) with the serialized ``bodies``."""
+    per_client = [list(bodies[i::clients]) for i in range(clients)]
+    procs = min(2, clients)
+    groups = [(target, method, per_client[i::procs]) for i in range(procs)]
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        results = pool.map(_grpc_worker, groups)
+    wall = max(r[2] for r in results)
+    latencies = np.array([x for r in results for x in r[0]]) * 1000
+    return {
+        "rps": len(latencies) / wall,
+        "p50": float(np.percentile(latencies, 50)),
+        "p99": float(np.percentile(latencies, 99)),
+        "errors": float(sum(r[1] for r in results)),
+    }

@@ -4,6 +4,8 @@ Side by side, on the same LightGBM model (the quickstart's churn model) and mach
   headwater   POST /v1/predict/retention — online features, derived features, model, logging
   bare        a FastAPI endpoint that only calls the booster on a given vector (the ceiling)
   mlflow      `mlflow models serve` of the same fitted model (sent the same feature vector)
+  gRPC        headwater's Open Inference Protocol over gRPC (ModelInfer, one entity's key),
+              the same server process and code path as the HTTP route
 
 The project, model and servers are set up once; then each of ``--runs`` runs sends every
 server every client level, and the figures are printed as min / median / max over the runs.
@@ -29,7 +31,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Figures, add_runs_argument, fresh_dir, load  # noqa: E402
+from common import Figures, add_runs_argument, fresh_dir, grpc_load, load  # noqa: E402
 
 from headwater import Project  # noqa: E402
 
@@ -116,8 +118,9 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": path}
     levels = [int(c) for c in args.clients.split(",")]
     try:
+        grpc_port = free_port()
         servers = {
-            "headwater": start_headwater(work, chosen, env, procs),
+            "headwater": start_headwater(work, chosen, env, procs, grpc_port),
             "bare FastAPI + booster": start_bare(doc, matrix, work, env, procs),
         }
         if not args.skip_mlflow:
@@ -127,6 +130,7 @@ def main() -> None:
         for _ in figures.runs():
             for name, (url, bodies) in servers.items():
                 measure(name, url, bodies, levels, figures)
+            measure_grpc(f"127.0.0.1:{grpc_port}", chosen, levels, figures)
             measure_heavy(servers["headwater"][0], chosen, figures)
     finally:
         for proc in procs:
@@ -137,6 +141,12 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    for clients in levels:
+        figures.compare(
+            f"headwater gRPC / headwater HTTP, {clients} clients (req/s)",
+            f"{GRPC}, {clients} clients: req/s",
+            f"headwater, {clients} clients: req/s",
+        )
     for name in [n for n in servers if n != "headwater"]:
         for clients in levels:
             figures.compare(
@@ -209,10 +219,11 @@ def measure_heavy(predict_url: str, users: list[str], figures: Figures, probes: 
 
 
 def start_headwater(
-    work: Path, chosen: list[str], env: dict, procs: list[subprocess.Popen]
+    work: Path, chosen: list[str], env: dict, procs: list[subprocess.Popen], grpc_port: int
 ) -> tuple[str, list[dict]]:
     port = free_port()
     cmd = [sys.executable, "-m", "headwater", "serve", "-p", str(work / "shop")]
+    cmd += ["--grpc-port", str(grpc_port)]
     procs.append(
         subprocess.Popen(
             [*cmd, "--port", str(port)],
@@ -278,6 +289,36 @@ def measure(name: str, url: str, bodies: list[dict], levels: list[int], figures:
             flush=True,
         )
     figures.add(f"{name}: failed requests (every level)", errors, "requests")
+
+
+GRPC = "headwater gRPC (ModelInfer)"
+
+
+def measure_grpc(target: str, chosen: list[str], levels: list[int], figures: Figures) -> None:
+    """headwater's Open Inference Protocol over gRPC: one entity per ModelInfer, the same
+    users as the HTTP requests."""
+    from headwater.serving.grpc import inference_pb2
+
+    bodies = []
+    for user in chosen:
+        request = inference_pb2.ModelInferRequest(model_name="retention")
+        tensor = request.inputs.add(name="user_id", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(user.encode())
+        bodies.append(request.SerializeToString())
+    errors = 0
+    for clients in levels:
+        result = grpc_load(target, "/inference.GRPCInferenceService/ModelInfer", bodies, clients)
+        for key, label, unit in (("rps", "req/s", "req/s"), ("p50", "p50", "ms"),
+                                 ("p99", "p99", "ms")):  # fmt: skip
+            figures.add(f"{GRPC}, {clients} clients: {label}", result[key], unit)
+        errors += int(result["errors"])
+        print(
+            f"  {GRPC:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
+            f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
+            f"errors {result['errors']:.0f}",
+            flush=True,
+        )
+    figures.add(f"{GRPC}: failed requests (every level)", errors, "requests")
 
 
 def start_mlflow(

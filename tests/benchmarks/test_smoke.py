@@ -101,12 +101,15 @@ def test_serving_benchmark_runs_all_three_servers():
         "1",
         timeout=900,
     )
-    for server in ("headwater", "bare FastAPI + booster", "mlflow models serve"):
+    servers = ("headwater", "bare FastAPI + booster", "mlflow models serve", "headwater gRPC")
+    for server in servers:
+        server = "headwater gRPC (ModelInfer)" if server == "headwater gRPC" else server
         _figure(proc.stdout, f"{server}, 2 clients: req/s")
         assert _figure(proc.stdout, f"{server}: failed requests (every level)") == ["0"] * 3
     assert "answered" not in proc.stdout  # every server accepted the requests
     _ratio(proc.stdout, "headwater / mlflow models serve, 2 clients (req/s)")
     _ratio(proc.stdout, "headwater / bare FastAPI + booster, 2 clients (req/s)")
+    _ratio(proc.stdout, "headwater gRPC / headwater HTTP, 2 clients (req/s)")
 
 
 def test_feast_benchmark_agrees_with_feast_on_every_row():
