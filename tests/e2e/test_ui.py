@@ -171,6 +171,9 @@ def test_pages_hold_the_figures_the_platform_records(browser, shop):
     page.goto(shop.base + "/ui/streams/purchases")
     dead = page.locator("section", has=page.locator("h2", has_text="Dead letters"))
     assert "expected float" in dead.inner_text()  # the quickstart's two rejected events
+    amounts = page.locator("figure", has=page.locator("figcaption", has_text="amount: histogram"))
+    bins = amounts.locator("rect title").all_text_contents()
+    assert len(bins) == 12 and all(re.match(r"events · [\d.e+-]+–[\d.e+-]+: ", b) for b in bins)
     with Project(shop.folder) as p:
         versions = p.registry.versions("churn")
         importance = p.registry.version("churn", "champion")["importance"]
@@ -239,6 +242,10 @@ def test_a_read_only_key_sees_no_action_and_is_refused_if_it_posts_anyway(browse
     assert page.locator("button[data-action]").count() == 0
     page.goto(shop.base + "/ui/monitoring")
     assert page.get_by_role("button", name="Acknowledge").count() == 0
+    page.goto(shop.base + "/ui/streams/purchases")  # another team's events: not shown
+    assert "are shown to its team (payments@shop.example)" in page.content()
+    assert page.locator("text=Field summaries").count() == 1
+    assert page.locator("figure", has=page.locator("figcaption", has_text="amount")).count() == 0
     answer = page.evaluate(
         """async () => {
             const r = await fetch('/v1/models/churn/aliases/champion', {method: 'POST',

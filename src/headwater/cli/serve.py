@@ -131,14 +131,15 @@ def ui(
         scheme = "https" if server.tls_cert else "http"
         url = f"{scheme}://{name}:{port}/ui"
         running = _serving_project(url)
-        if running == p.settings.name:
+        if running == (p.settings.name, p.environment.name):
             typer.echo(url)
             if open_browser:
                 webbrowser.open(url)
             return
         if running is not None:
             raise HeadwaterError(
-                f"{host}:{port} serves another headwater project ({running!r}): pass --port"
+                f"{host}:{port} serves project {running[0]!r}, environment {running[1]!r}, "
+                "not this one: pass --port"
             )
         _check_free(host, port)
 
@@ -152,15 +153,17 @@ def ui(
         p.serve(None, port, announce=announce)
 
 
-def _serving_project(url: str) -> str | None:
-    """The name of the headwater project the UI at ``url`` belongs to, None if nothing
-    headwater answers there."""
+def _serving_project(url: str) -> tuple[str, str] | None:
+    """(project, environment) of the headwater UI at ``url``, None if nothing headwater
+    answers there."""
     try:
         answer = httpx.get(url.removesuffix("/ui") + "/ui/login", timeout=2, verify=False)
     except httpx.HTTPError:
         return None
-    found = re.search(r'<span class="project">(.*?) · environment', answer.text)
-    return html.unescape(found.group(1)) if answer.status_code == 200 and found else None
+    found = re.search(r'<span class="project">(.*?) · environment (.*?)</span>', answer.text)
+    if answer.status_code != 200 or found is None:
+        return None
+    return html.unescape(found.group(1)), html.unescape(found.group(2))
 
 
 def _check_free(host: str, port: int) -> None:

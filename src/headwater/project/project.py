@@ -836,28 +836,28 @@ class Project:
             record = app.state.metrics.record_monitor
             tasks.append(lambda stop: every(ctx, monitor_every, stop, record))
 
+        grpc_server = None
         if grpc_port is not None:
-            tasks.append(self._grpc(host, grpc_port, tls))
+            grpc_server = self._grpc(host, grpc_port, tls)
+            grpc_server.start()
 
         def freeze() -> None:  # states decoded later leave the collector's generations too
             self.online.freeze_cached_states = True
 
-        run_server(app, host, port or server.port, tasks, freeze, tls, announce)
+        try:
+            run_server(app, host, port or server.port, tasks, freeze, tls, announce)
+        finally:
+            # on SIGTERM uvicorn has finished its requests in flight; gRPC finishes its own
+            # before the prediction log is flushed (``close``): nothing answered is lost
+            if grpc_server is not None:
+                grpc_server.stop(grace=10).wait()
 
     def _grpc(self, host: str, port: int, tls: tuple[str, str] | None) -> Any:
-        """The gRPC server, bound now (a taken port fails before HTTP starts), as a task
-        that serves until the HTTP server stops, then lets calls in flight finish."""
+        """The gRPC server, bound now (a taken port fails before HTTP starts)."""
         server = self.settings.server
         access = self.access if server.auth == "keys" else None
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        grpc_server = wiring.build_grpc(lambda: self.serving, access, server, address, tls)
-
-        def serve(stop: threading.Event) -> None:
-            grpc_server.start()
-            stop.wait()
-            grpc_server.stop(grace=10).wait()
-
-        return serve
+        return wiring.build_grpc(lambda: self.serving, access, server, address, tls)
 
     # -- sources ---------------------------------------------------------------------------
 

@@ -359,7 +359,6 @@ def build_app(
             registry=core.registry,
             alerts=alerts,
             training=core.training,
-            archiver=core.archiver,
             monitor=monitor,
             lag=core.processor.lag,
             source_status=source_status,

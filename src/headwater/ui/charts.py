@@ -119,6 +119,9 @@ def line_chart(
     y_format: str = "",
 ) -> Safe:
     """One line per series over the same x labels (days, usually); gaps where a value is None."""
+    series = {
+        name: [(x, v if _finite(v) else None) for x, v in points] for name, points in series.items()
+    }
     labels = fill_days(sorted({x for points in series.values() for x, _ in points}))
     values = [v for points in series.values() for _, v in points if v is not None]
     if not labels or not values:
@@ -181,6 +184,10 @@ def line_chart(
     return _figure("".join(parts), _legend(list(series), width), caption, data)
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _value(value: float | None) -> str:
     return number(value)
 
@@ -205,10 +212,11 @@ def bar_chart(
 ) -> Safe:
     """Vertical bars per category, one bar per series side by side (a histogram when the
     categories are bins, live against reference when there are two series)."""
-    if not categories or not series:
-        return Safe('<p class="muted">No figures yet.</p>')
+    series = {name: [v if _finite(v) else 0.0 for v in vs] for name, vs in series.items()}
     values = [v for vs in series.values() for v in vs]
-    grid = ticks(min(0.0, min(values)), max(values) if values else 1.0)
+    if not categories or not values:
+        return Safe('<p class="muted">No figures yet.</p>')
+    grid = ticks(min(0.0, min(values)), max(values))
     low, high = grid[0], grid[-1]
     plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
     slot = plot_w / len(categories)
@@ -255,6 +263,7 @@ def hbar_chart(
     width: int = 640,
 ) -> Safe:
     """Horizontal bars with their labels (importances, PSI per feature)."""
+    bars = [(name, v) for name, v in bars if _finite(v)]
     if not bars:
         return Safe('<p class="muted">No figures yet.</p>')
     label_w, row = 170, 20
@@ -309,6 +318,7 @@ def interval_chart(
     width: int = 640,
 ) -> Safe:
     """Means with their confidence intervals, one row per (label, mean, low, high)."""
+    rows = [r for r in rows if all(_finite(v) for v in r[1:])]
     if not rows:
         return Safe('<p class="muted">No figures yet.</p>')
     label_w, row = 170, 26

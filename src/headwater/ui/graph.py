@@ -107,7 +107,27 @@ def draw(graph: Lineage) -> Safe:
         f'<li><span class="swatch" style="background:{color}"></span>team {esc(team)}</li>'
         for team, color in teams.items()
     )
-    return Safe(f'<div class="scroll-x">{"".join(parts)}</div><ul class="legend">{legend}</ul>')
+    return Safe(
+        f'<div class="scroll-x">{"".join(parts)}</div><ul class="legend">{legend}</ul>'
+        + _as_list(graph)
+    )
+
+
+def _as_list(graph: Lineage) -> str:
+    """The edges as text, for screen readers and search: each node and what it feeds."""
+    names = {n.id: n for n in graph.nodes}
+    feeds: dict[str, list[str]] = defaultdict(list)
+    for a, b in graph.edges:
+        if a in names and b in names:
+            feeds[a].append(b)
+    rows = "".join(
+        f'<li><a href="{esc(names[a].href)}">{esc(names[a].kind)} {esc(names[a].name)}</a>'
+        " feeds "
+        + ", ".join(f"{esc(names[b].kind)} {esc(names[b].name)}" for b in sorted(targets))
+        + "</li>"
+        for a, targets in sorted(feeds.items())
+    )
+    return f"<details><summary>The graph as a list</summary><ul>{rows}</ul></details>"
 
 
 def graph_teams(nodes: Iterable[Node]) -> list[str]:

@@ -36,6 +36,13 @@ class Page:
             return True
         return self._key is not None and access.allows(self._key, Permission(action, resource))
 
+    def owns(self, owner: str) -> bool:
+        """Whether the viewer may see the values of what ``owner`` owns (events, value
+        summaries): a key of that team, or an admin key; anyone when auth is off."""
+        if self.sources.access is None:
+            return True
+        return self._key is not None and (self._key.team == owner or self.may("admin"))
+
 
 @dataclass(frozen=True)
 class Panel:

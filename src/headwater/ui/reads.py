@@ -157,7 +157,7 @@ def _from_history(stream: Stream, table: pa.Table) -> dict[str, Any]:
     for name, spec in stream.fields.items():
         if spec.pii or name == stream.time or name not in table.column_names:
             continue  # a PII field's values are never shown, not even as pseudonyms
-        values[name] = distribution(table.column(name), spec.dtype.name)
+        values[name] = distribution(table.column(name), spec.dtype.value)
     return {
         "events": table.num_rows,
         "per_day": per_day(times),
@@ -188,10 +188,10 @@ def distribution(column: Any, dtype: str) -> tuple[list[str], list[float]]:
 
 def predictions(sources: UiSources) -> pd.DataFrame:
     """Every logged prediction (shadows included), read again only when the log grew."""
+    ctx = sources.monitor()
+    ctx.flush_predictions()  # what this process logged, before the offsets key the read
     key = offsets(sources.log, PREDICTIONS)
-    return sources.memo.get(
-        "predictions", key, lambda: logged_predictions(sources.monitor(), None, 0, 2**62)
-    )
+    return sources.memo.get("predictions", key, lambda: logged_predictions(ctx, None, 0, 2**62))
 
 
 def traffic(frame: pd.DataFrame, service: str | None = None) -> dict[str, list[tuple[str, float]]]:

@@ -9,7 +9,6 @@ from typing import Any
 
 from headwater.definitions.collection import Definitions
 from headwater.features.catalog import FeatureCatalog
-from headwater.history.archiver import Archiver
 from headwater.log.base import Log
 from headwater.monitoring.alerts import Alerts
 from headwater.monitoring.context import MonitorContext
@@ -44,7 +43,6 @@ class UiSources:
     registry: Registry
     alerts: Alerts
     training: TrainingSets
-    archiver: Archiver
     monitor: Callable[[], MonitorContext]
     lag: Callable[[], dict[str, int]]
     source_status: Callable[[], list[dict[str, Any]]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import signal
 import socket
 import sys
 import threading
@@ -64,6 +65,11 @@ def run_server(
         ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again
+        # under the handler found before it: this one turns it into an orderly exit, so the
+        # callers' cleanup runs (gRPC's calls in flight, every logged prediction written)
+        signal.signal(signal.SIGTERM, _exit_cleanly)
     if announce is not None:
         scheme = "https" if tls else "http"
         name = f"[{host}]" if ":" in host else host
@@ -74,6 +80,10 @@ def run_server(
         server.run()
     finally:
         stop.set()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _announce(server: uvicorn.Server, url: str, announce: Callable[[str], None]) -> None:

@@ -40,7 +40,9 @@ function signOut(form) {
 // A button with data-action opens the dialog; the dialog's form sends the request.
 function action(button) {
   const dialog = document.getElementById("confirm");
+  if (!dialog) return;  // a page without actions' dialog shows no action either
   button.addEventListener("click", () => {
+    dialog.returnTo = button;
     dialog.querySelector("[data-title]").textContent = button.dataset.title;
     dialog.querySelector("[data-error]").textContent = "";
     dialog.querySelector("textarea").value = "";
@@ -63,14 +65,24 @@ function confirmDialog(dialog) {
       return;
     }
     const body = Object.assign(JSON.parse(dialog.dataset.body), { reason: reason });
-    const answer = await postJson(dialog.dataset.url, body);
-    if (answer.ok) {
-      dialog.close();
-      window.location.reload();
-    } else {
+    const confirm = form.querySelector("button[type=submit]");
+    if (confirm.disabled) return;  // one request per confirmation: a double click sends one
+    confirm.disabled = true;
+    try {
+      const answer = await postJson(dialog.dataset.url, body);
+      if (answer.ok) {
+        dialog.close();
+        window.location.reload();
+        return;
+      }
       dialog.querySelector("[data-error]").textContent =
         "Refused (" + answer.status + "): " + answer.detail;
+    } finally {
+      confirm.disabled = false;
     }
+  });
+  dialog.addEventListener("close", () => {
+    if (dialog.returnTo) dialog.returnTo.focus();  // back where the keyboard was
   });
 }
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from headwater.ui.html import Safe, badge, esc, join, link, path, when
+from headwater.ui.html import Safe, badge, join, link, path, when
 from headwater.ui.page import Page, action_button
 
 LEVELS = {"alert": "alert", "warn": "warn", "ok": "ok", "insufficient": ""}
@@ -105,10 +105,3 @@ def window(us: int | None) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def team(owner: str) -> str:
-    return owner
-
-
-__all__ = ["alert_rows", "expression", "level_badge", "window", "esc"]

@@ -6,6 +6,7 @@ promotion and rollback where the key allows them."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from headwater.definitions import Model
 from headwater.ui.charts import bar_chart, hbar_chart, line_chart
@@ -115,7 +116,7 @@ def versions(page: Page, model: Model) -> Safe:
 def _promote(model: Model, version: int, aliases: list[str]) -> Safe:
     if "champion" in aliases:
         return Safe("")
-    url = f"/v1/models/{model.name}/aliases/champion"
+    url = _alias_url(model.name, "champion")
     return action_button(
         "Promote to champion",
         f"Promote {model.name} v{version} to champion",
@@ -148,13 +149,13 @@ def aliases(page: Page, model: Model) -> Safe:
     found = page.sources.registry.aliases(model.name)
     may = page.may("models:promote", model.name)
     current = [
-        [
-            badge(alias, "alias"),
-            f"v{doc['version']}",
-            _rollback(model, alias) if may and len(doc.get("history", [])) > 1 else "",
-        ]
+        [badge(alias, "alias"), f"v{doc['version']}", _rollback(model, alias, doc) if may else ""]
         for alias, doc in sorted(found.items())
     ]
+    changes = sorted(
+        ((h, alias) for alias, doc in found.items() for h in doc.get("history", [])),
+        key=lambda pair: -int(pair[0].get("at_us") or 0),
+    )
     history = [
         [
             when(h.get("at_us")),
@@ -164,10 +165,8 @@ def aliases(page: Page, model: Model) -> Safe:
             h.get("by", ""),
             h.get("reason", ""),
         ]
-        for alias, doc in found.items()
-        for h in doc.get("history", [])
+        for h, alias in changes
     ]
-    history.sort(key=lambda r: str(r[0]), reverse=True)
     return join(
         [
             table(["Alias", "Version", ""], current),
@@ -177,13 +176,23 @@ def aliases(page: Page, model: Model) -> Safe:
     )
 
 
-def _rollback(model: Model, alias: str) -> Safe:
+def _rollback(model: Model, alias: str, doc: dict[str, Any]) -> Safe | str:
+    """Back to the version before the alias's latest change, named in the button and the
+    dialog (a second rollback would undo the first: the page says where each one goes)."""
+    history = doc.get("history", [])
+    previous = history[-1].get("previous") if history else None
+    if previous is None:
+        return ""
     return action_button(
-        f"Roll back {alias}",
-        f"Roll {model.name}'s {alias} back to its previous version",
-        f"/v1/models/{model.name}/aliases/{alias}",
+        f"Roll back {alias} to v{previous}",
+        f"Roll {model.name}'s {alias} back from v{doc['version']} to v{previous}",
+        _alias_url(model.name, alias),
         {"rollback": True},
     )
+
+
+def _alias_url(model: str, alias: str) -> str:
+    return "/v1/models/" + quote(model, safe="") + "/aliases/" + quote(alias, safe="")
 
 
 def latest(page: Page, model: Model) -> Safe:
@@ -252,7 +261,8 @@ def _importance(doc: dict[str, Any]) -> Safe:
     found = sorted(doc.get("importance", {}).items(), key=lambda kv: -kv[1])[:15]
     return hbar_chart(
         [(k, float(v)) for k, v in found],
-        caption=f"v{doc['version']}: the 15 most important features (share of split gain)",
+        caption=f"v{doc['version']}: the 15 most important features (mean |contribution| "
+        "for LightGBM, permutation importance otherwise, on held-out rows)",
         x_label="importance",
     )
 

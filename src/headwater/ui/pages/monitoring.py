@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from headwater.definitions import Model
 from headwater.monitoring.ledger import Ledger
@@ -74,12 +73,10 @@ def _key(page: Page) -> tuple[Any, ...]:
 
 
 def _performance(page: Page) -> list[Any]:
+    """From the monitor's ledger at each view (labels mature there with no new prediction,
+    so no log offset could key a cache of it; the read takes tens of milliseconds)."""
     s = page.sources
-    return s.memo.get(
-        "performance",
-        _key(page),
-        lambda: Ledger(s.monitor()).performance(page.now - DAYS * DAY_US, page.now + 1),
-    )
+    return Ledger(s.monitor()).performance(page.now - DAYS * DAY_US, page.now + 1)
 
 
 def live(page: Page, model: Model) -> Safe:
@@ -232,5 +229,3 @@ PANELS = [
     Panel("Predictions against the reference", predictions),
     Panel("Alerts", model_alerts),
 ]
-
-__all__ = ["monitored", "monitoring", "pd"]

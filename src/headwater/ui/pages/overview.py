@@ -3,6 +3,8 @@ and archive lag), what is wrong (open alerts) and what serves (services, champio
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
 from headwater.log.base import Log
 from headwater.ui import reads
 from headwater.ui.html import (
@@ -18,7 +20,7 @@ from headwater.ui.html import (
     path,
     table,
 )
-from headwater.ui.page import Drawn, Page, Panel, panels
+from headwater.ui.page import DIALOG, Drawn, Page, Panel, panels
 from headwater.ui.pages.common import alert_rows
 
 
@@ -167,13 +169,31 @@ def environment(page: Page) -> Safe:
         ("This environment", s.environment),
         ("Namespace on shared stores", s.namespace or "none (the stores as [stores] names them)"),
         ("Other environments", ", ".join(others) or "none declared"),
-        *((f"Store: {kind}", url) for kind, url in sorted(s.stores.items())),
+        *((f"Store: {kind}", shown_url(url)) for kind, url in sorted(s.stores.items())),
     ]
     return Safe(
         '<dl class="facts">'
         + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
         + "</dl>"
     )
+
+
+SHOWN_OPTIONS = frozenset({"prefix", "namespace", "schema", "partitions", "engine"})
+
+
+def shown_url(url: str) -> str:
+    """A store's URL as a page may show it: no user, password or token, and of its options
+    only those that say where the data is.
+
+    >>> shown_url("redis://TOKEN@cache:6379/0?namespace=staging&password=s3cret")
+    'redis://cache:6379/0?namespace=staging'
+    >>> shown_url("sqlite:///.headwater/log.db")
+    'sqlite:///.headwater/log.db'
+    """
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    kept = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in SHOWN_OPTIONS])
+    return f"{parts.scheme}://{host}{parts.path}" + (f"?{kept}" if kept else "")
 
 
 PANELS = [
@@ -187,4 +207,4 @@ PANELS = [
 
 
 def overview(page: Page) -> Drawn:
-    return f"{page.sources.name}: overview", panels(page, PANELS), []
+    return f"{page.sources.name}: overview", join([panels(page, PANELS), DIALOG]), []

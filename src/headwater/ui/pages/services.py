@@ -113,15 +113,9 @@ def experiment(page: Page, service: Service) -> Safe:
             'Declare two variants with <code>routing="ab"</code> (or a bandit) to compare them '
             "on live outcomes.</p>"
         )
-    s = page.sources
-    key = (reads.offsets(s.log, "predictions"), page.now // DAY_US)
-    outcomes = s.memo.get(
-        ("outcomes", service.name),
-        key,
-        lambda: experiment_outcomes(
-            s.monitor(), service.name, page.now - WINDOW_DAYS * DAY_US, page.now + 1
-        ),
-    )
+    # read at each view: feedback changes the outcomes with no new prediction
+    since = page.now - WINDOW_DAYS * DAY_US
+    outcomes = experiment_outcomes(page.sources.monitor(), service.name, since, page.now + 1)
     if outcomes.empty or outcomes["variant"].nunique() < 2:
         return Safe("<p>Fewer than two variants have outcomes in the last 30 days yet.</p>")
     try:

@@ -111,10 +111,18 @@ def dead_letters(page: Page, stream: Stream) -> Safe:
     found = reads.dead_letters(page.sources).of(stream.name)
     if not found:
         return Safe("<p>No event of this stream was rejected.</p>")
-    return table(["Reason", "Events"], found, caption="Rejected events, kept in _dead_letter")
+    shown = [(reason, number(n)) for reason, n in found[:20]]
+    rest = sum(n for _, n in found[20:])
+    if rest:
+        shown.append((f"{len(found) - 20:,} other reasons", number(rest)))
+    total = sum(n for _, n in found)
+    caption = f"{total:,} rejected events, kept in _dead_letter, by reason (most frequent first)"
+    return table(["Reason", "Events"], shown, caption=caption)
 
 
 def summaries(page: Page, stream: Stream) -> Safe:
+    if not page.owns(stream.owner):
+        return _not_yours(stream)
     figures = reads.stream_figures(page.sources, stream)
     rows = []
     for _, r in figures.fields.iterrows():
@@ -150,7 +158,17 @@ def _shown(value: Any) -> str:
     return number(value) if isinstance(value, int | float) else str(value)
 
 
+def _not_yours(stream: Stream) -> Safe:
+    return tag(
+        "p",
+        f"Values of {stream.name} are shown to its team ({stream.owner}) and to admin keys.",
+        class_="muted",
+    )
+
+
 def sample(page: Page, stream: Stream) -> Safe:
+    if not page.owns(stream.owner):
+        return _not_yours(stream)
     events = latest_events(page.sources.log, stream, 10, mock=True)
     if not events:
         return Safe("<p>No event yet.</p>")
