@@ -130,6 +130,12 @@ def ago(us: int | None, now: int) -> str:
     return f"{seconds:.0f} s ago"
 
 
+def facts(pairs: Iterable[tuple[object, object]]) -> Safe:
+    """A definition list of (name, value) pairs, both escaped unless ``Safe``."""
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs)
+    return Safe(f'<dl class="facts">{items}</dl>')
+
+
 def badge(text: object, kind: str = "") -> Safe:
     return tag("span", text, class_=f"badge {kind}".strip())
 

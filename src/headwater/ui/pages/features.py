@@ -14,6 +14,7 @@ from headwater.definitions import Feature
 from headwater.ui import reads
 from headwater.ui.charts import line_chart
 from headwater.ui.html import DAY_US, Safe, badge, day, esc, join, link, path, table, when
+from headwater.ui.html import facts as html_facts
 from headwater.ui.page import Drawn, NotFound, Page, Panel, panels
 from headwater.ui.pages.common import expression, window
 
@@ -115,11 +116,7 @@ def definition(page: Page, feature: Feature) -> Safe:
 
 
 def _facts(facts: Sequence[tuple[str, object]]) -> Safe:
-    return Safe(
-        '<dl class="facts">'
-        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-        + "</dl>"
-    )
+    return html_facts(facts)
 
 
 def versions(page: Page, feature: Any) -> Safe:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 from headwater.definitions import Model
 from headwater.ui.charts import bar_chart, hbar_chart, line_chart
 from headwater.ui.html import Safe, badge, esc, join, link, number, path, table, tag, when
+from headwater.ui.html import facts as html_facts
 from headwater.ui.page import DIALOG, Drawn, NotFound, Page, Panel, action_button, panels
 
 
@@ -62,11 +63,7 @@ def about(page: Page, model: Model) -> Safe:
             + (f", and at least {policy.minimum:g}" if policy.minimum is not None else ""),
         ),
     ]
-    return Safe(
-        '<dl class="facts">'
-        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-        + "</dl>"
-    )
+    return html_facts(facts)
 
 
 def versions(page: Page, model: Model) -> Safe:
@@ -245,11 +242,7 @@ def _lineage(doc: dict[str, Any]) -> Safe:
     features = table(["Feature", "Version"], sorted(lineage.get("features", {}).items()))
     return join(
         [
-            Safe(
-                '<dl class="facts">'
-                + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-                + "</dl>"
-            ),
+            html_facts(facts),
             Safe("<details><summary>Feature versions</summary>"),
             features,
             Safe("</details>"),

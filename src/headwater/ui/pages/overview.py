@@ -13,13 +13,13 @@ from headwater.ui.html import (
     Safe,
     ago,
     badge,
-    esc,
     join,
     link,
     number,
     path,
     table,
 )
+from headwater.ui.html import facts as html_facts
 from headwater.ui.page import DIALOG, Drawn, Page, Panel, panels
 from headwater.ui.pages.common import alert_rows
 
@@ -171,11 +171,7 @@ def environment(page: Page) -> Safe:
         ("Other environments", ", ".join(others) or "none declared"),
         *((f"Store: {kind}", shown_url(url)) for kind, url in sorted(s.stores.items())),
     ]
-    return Safe(
-        '<dl class="facts">'
-        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-        + "</dl>"
-    )
+    return html_facts(facts)
 
 
 SHOWN_OPTIONS = frozenset({"prefix", "namespace", "schema", "partitions", "engine"})

@@ -15,6 +15,7 @@ from headwater.monitoring.monitor import experiment_outcomes
 from headwater.ui import reads
 from headwater.ui.charts import interval_chart, line_chart
 from headwater.ui.html import DAY_US, Safe, badge, esc, join, link, number, path, table
+from headwater.ui.html import facts as html_facts
 from headwater.ui.page import Drawn, NotFound, Page, Panel, panels
 
 WINDOW_DAYS = 30
@@ -78,11 +79,7 @@ def routing(page: Page, service: Service) -> Safe:
     ]
     return join(
         [
-            Safe(
-                '<dl class="facts">'
-                + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-                + "</dl>"
-            ),
+            html_facts(facts),
             table(["Variant", "Model", "Alias", "Version now", "Traffic"], rows),
         ]
     )

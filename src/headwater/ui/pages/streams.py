@@ -14,7 +14,6 @@ from headwater.ui.html import (
     Safe,
     ago,
     badge,
-    esc,
     join,
     link,
     number,
@@ -23,6 +22,7 @@ from headwater.ui.html import (
     tag,
     when,
 )
+from headwater.ui.html import facts as html_facts
 from headwater.ui.page import Drawn, NotFound, Page, Panel, panels
 
 
@@ -73,11 +73,7 @@ def about(page: Page, stream: Stream) -> Safe:
     ]
     if stream.deprecated:
         facts.append(("Deprecated", badge("deprecated", "warn")))
-    return Safe(
-        '<dl class="facts">'
-        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-        + "</dl>"
-    )
+    return html_facts(facts)
 
 
 def schema(page: Page, stream: Stream) -> Safe:
