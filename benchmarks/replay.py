@@ -13,9 +13,17 @@ purchases are ingested into production. Each of ``--runs`` runs then, into empti
                  running while this process ingests
                  ``--rate`` events/s for ``--follow-seconds``; the lag of a batch is the time
                  from its ingest's acknowledgement until the target's log holds it (p50, p99)
-Figures are printed as min / median / max over the runs.
+Figures are printed as min / median / max over the runs. Each run replays into an
+environment of its own (``staging1``, ``staging2``, ...), empty when it starts.
+
+With ``--kafka`` the log of both environments is a Kafka-protocol broker (Tansu, started here
+on loopback, in memory, ``--partitions`` per topic), each environment in its namespace (topics
+``bench_production.purchases``, ``bench_staging1.purchases``); the bare copy appends to topics
+of a scratch prefix through the same Kafka log, and the follow lag is read from the target
+topic's end offsets. The other stores stay embedded.
 
     python benchmarks/replay.py [--events 10000000] [--runs 3]
+    python benchmarks/replay.py --kafka [--events 1000000] [--partitions 4] [--runs 3]
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 from common import (  # noqa: E402
     END_US,
     Figures,
@@ -42,15 +50,15 @@ from common import (  # noqa: E402
 from core import DEFINITIONS  # noqa: E402
 
 from headwater import Project  # noqa: E402
-from headwater.log.base import NewRecord  # noqa: E402
+from headwater.log.base import Log, NewRecord  # noqa: E402
 from headwater.log.embedded import EmbeddedLog  # noqa: E402
+from headwater.log.urls import open_log  # noqa: E402
 
 CONFIG = """[project]
 name = "bench"
 definitions = ["definitions.py"]
 
 [environments.production]
-[environments.staging]
 """
 _RATE = re.compile(r"copied (\d+) events in [\d.]+s \(([\d,]+) events/s\)")
 
@@ -59,16 +67,19 @@ def _clock() -> int:
     return END_US
 
 
-def _project(folder: Path) -> Path:
+def _project(folder: Path, runs: int, log: str | None) -> Path:
+    """production, and a target environment per run; every one on the log at ``log`` (in its
+    namespace there) where given, else on the embedded stores."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "headwater.toml").write_text(CONFIG)
+    targets = "".join(f"[environments.{_target(run)}]\n" for run in range(1, runs + 1))
+    stores = f'[stores]\nlog = "{log}"\n' if log else ""
+    (folder / "headwater.toml").write_text(CONFIG + targets + stores)
     (folder / "definitions.py").write_text(DEFINITIONS)
     return folder
 
 
-def _empty(folder: Path, env: str) -> None:
-    for path in (folder / ".headwater").glob(f"**/bench_{env}"):
-        shutil.rmtree(path)
+def _target(run: int) -> str:
+    return f"staging{run}"
 
 
 # `headwater replay ...`, printing its own peak RSS on stderr when it ends: VmHWM, the high
@@ -94,9 +105,8 @@ def _cli(folder: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def replay(folder: Path, events: int, figures: Figures) -> None:
-    _empty(folder, "staging")
-    proc = _cli(folder, "--from", "production", "--to", "staging")
+def replay(folder: Path, run: int, events: int, figures: Figures) -> None:
+    proc = _cli(folder, "--from", "production", "--to", _target(run))
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(out + err)
@@ -108,10 +118,14 @@ def replay(folder: Path, events: int, figures: Figures) -> None:
     figures.add("replay: peak RSS", int(peak.group(1)) // 1024, "MB")
 
 
-def bare_copy(source: Project, folder: Path, figures: Figures) -> None:
-    target_path = folder / "bare.db"
-    target_path.unlink(missing_ok=True)
-    target = EmbeddedLog(target_path)
+def bare_copy(source: Project, folder: Path, run: int, kafka: str | None, figures: Figures) -> None:
+    target: Log
+    if kafka:
+        target = open_log(f"{kafka}&prefix=bare{run}.", folder)
+    else:
+        target_path = folder / "bare.db"
+        target_path.unlink(missing_ok=True)
+        target = EmbeddedLog(target_path)
     start = time.perf_counter()
     copied = 0
     for partition in range(source.log.partitions("purchases")):
@@ -127,16 +141,18 @@ def bare_copy(source: Project, folder: Path, figures: Figures) -> None:
     target.close()
 
 
-def follow(folder: Path, source: Project, args: argparse.Namespace, figures: Figures) -> None:
-    """Follow into staging, which the replay of this run filled: it resumes from its
+def follow(
+    folder: Path, source: Project, run: int, args: argparse.Namespace, figures: Figures
+) -> None:
+    """Follow into this run's target, which its replay filled: it resumes from its
     checkpoints, caught up at once, as one follows after a first replay."""
-    base = source.log.end_offset("purchases")
-    proc = _cli(folder, "--from", "production", "--to", "staging", "--follow")
+    base = _end(source)
+    proc = _cli(folder, "--from", "production", "--to", _target(run), "--follow")
     lags: list[float] = []
-    with Project(folder, env="staging", clock=_clock) as target:
+    with Project(folder, env=_target(run), clock=_clock) as target:
         try:
             deadline = time.monotonic() + 600
-            while target.log.end_offset("purchases") < base and time.monotonic() < deadline:
+            while _end(target) < base and time.monotonic() < deadline:
                 time.sleep(0.05)  # caught up with what production held
             chunk = max(1, args.rate // 10)
             table = events_table(int(args.rate * args.follow_seconds), 1000, 1, seed=9)
@@ -147,14 +163,14 @@ def follow(folder: Path, source: Project, args: argparse.Namespace, figures: Fig
                 source.ingest("purchases", table.slice(i, chunk))
                 total += min(chunk, table.num_rows - i)
                 pending.append((total, time.perf_counter()))
-                held = target.log.end_offset("purchases")
+                held = _end(target)
                 while pending and pending[0][0] <= held:
                     lags.append(time.perf_counter() - pending.pop(0)[1])
                 step_start += 0.1
                 time.sleep(max(0.0, step_start - time.perf_counter()))
             deadline = time.monotonic() + 60
             while pending and time.monotonic() < deadline:
-                held = target.log.end_offset("purchases")
+                held = _end(target)
                 while pending and pending[0][0] <= held:
                     lags.append(time.perf_counter() - pending.pop(0)[1])
                 time.sleep(0.005)
@@ -167,18 +183,46 @@ def follow(folder: Path, source: Project, args: argparse.Namespace, figures: Fig
     figures.add("follow: lag p99", p99, "ms")
 
 
+def _end(project: Project) -> int:
+    """The purchases held, over every partition."""
+    log = project.log
+    return sum(log.end_offset("purchases", p) for p in range(log.partitions("purchases")))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--events", type=int, help="10,000,000 (1,000,000 with --kafka)")
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--rate", type=int, default=2000, help="events/s ingested while following")
     ap.add_argument("--follow-seconds", type=float, default=10.0)
+    ap.add_argument("--kafka", action="store_true", help="the log on a Kafka-protocol broker")
+    ap.add_argument("--partitions", type=int, default=4, help="per topic, with --kafka")
     add_runs_argument(ap)
     args = ap.parse_args()
+    args.events = args.events or (1_000_000 if args.kafka else 10_000_000)
     os.environ.pop("HEADWATER_ENV", None)
+    broker = None
+    if args.kafka:
+        from tests.kafka_broker import TansuBroker
+
+        broker = TansuBroker()
+        broker.start()
+    try:
+        figures = run(args, None if broker is None else broker.url(partitions=args.partitions))
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(
+        f"\n{args.events:,} events, {args.users:,} users; follow at {args.rate:,} events/s; "
+        + (f"Kafka log (Tansu), {args.partitions} partitions" if args.kafka else "embedded log")
+    )
+    print(figures.report())
+
+
+def run(args: argparse.Namespace, kafka: str | None) -> Figures:
     figures = Figures(args.runs)
     work = fresh_dir("replay")
-    folder = _project(work / "shop")
+    folder = _project(work / "shop", args.runs, kafka)
     with Project(folder, env="production", clock=_clock) as source:
         start = time.perf_counter()
         table = events_table(args.events, args.users, 30)
@@ -186,17 +230,16 @@ def main() -> None:
             result = source.ingest("purchases", table.slice(i, 100_000))
             assert not result.rejected, result.rejected[:3]
         print(f"set-up: {args.events:,} events ingested in {time.perf_counter() - start:.1f}s")
-        for _ in figures.runs():
-            replay(folder, source.log.end_offset("purchases"), figures)
-            bare_copy(source, work, figures)
-            follow(folder, source, args, figures)
+        for n in figures.runs():
+            replay(folder, n, _end(source), figures)
+            bare_copy(source, work, n, kafka, figures)
+            follow(folder, source, n, args, figures)
     figures.compare(
         "replay / bare copy of the log (events/s)",
         "replay: events/s",
         "bare copy of the log: events/s",
     )
-    print(f"\n{args.events:,} events, {args.users:,} users; follow at {args.rate:,} events/s")
-    print(figures.report())
+    return figures
 
 
 if __name__ == "__main__":

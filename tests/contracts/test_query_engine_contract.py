@@ -234,3 +234,60 @@ def test_field_stats_count_nulls_ranges_and_means(engine):
             assert math.isclose(s["mean"], sum(values) / len(values), rel_tol=1e-9)
         else:
             assert s["mean"] is None
+
+
+def test_floating_point_totals_are_the_same_bits_in_any_file_layout(spark, tmp_path):
+    """The same events in another layout (other log offsets, files of other sizes, read by
+    several threads) give float sums, means, variances and deviations equal to the bit —
+    what makes a training set replayed into another environment hash the same. The values
+    cancel (1e16 beside 1.0), so any change in the order they add up in shows."""
+    rnd = random.Random(5)
+    values = [1e16, -1e16, 1.0, 3.0, 0.1, -2.5e15, 7.25, 1e-3, 2.5e15, -0.7]
+    rows = [
+        {"account_id": rnd.choice(KEYS), "x": rnd.choice(values), "n": rnd.randrange(9),
+         "cat": "a", "k": 0, "ts": T0 + rnd.randrange(SPAN // MINUTE) * MINUTE}
+        for _ in range(600)
+    ]  # fmt: skip
+    catalog = FeatureCatalog(FEATURES, [])
+    (plan,) = catalog.plans
+    columns = [
+        c for c in COLUMNS if c.feature.name in ("sx", "mx", "vx", "sdx") and c.window_us != HOUR
+    ]
+    times = np.array([T0 + rnd.randrange(SPAN + DAY) for _ in range(40)], dtype=np.int64)
+    keys = pa.table({"account_id": [rnd.choice(KEYS) for _ in times]})
+    label = Label(
+        "spent", entity=entity, stream=stream, aggregation=agg.sum("x"), horizon="1d",
+        owner="t", description="d",
+    )  # fmt: skip
+    answers = []
+    for layout, chunk in enumerate((600, 7, 41)):
+        order = list(range(len(rows)))
+        random.Random(layout).shuffle(order)  # other offsets: the log interleaves otherwise
+        store = open_offline(f"file://{tmp_path}/layout{layout}", tmp_path)
+        records = [
+            Record(i, f"e{n}", rows[n]["ts"], T0 + SPAN, orjson.dumps(rows[n]), 0)
+            for i, n in enumerate(order)
+        ]
+        for start in range(0, len(records), chunk):
+            batch = records[start : start + chunk]
+            store.append(stream.name, records_to_table(stream, batch), start, start + len(batch))
+        pinned = {stream.name: len(records)}
+        for name, engine in (
+            ("duckdb", DuckDBEngine(store, threads=2)),
+            ("spark", SparkEngine(store, SPARK)),
+        ):
+            got = engine.feature_values(plan, columns, keys, times, pinned)
+            spent = engine.label_aggregates(label, keys, times, pinned)
+            engine.close()
+            bits = {c.name: np.asarray(got[c.name].to_pylist(), dtype=float) for c in columns}
+            bits["label"] = np.asarray(spent.to_pylist(), dtype=float)
+            answers.append((name, layout, {k: v.tobytes() for k, v in bits.items()}, bits))
+    for engine_name in ("duckdb", "spark"):
+        mine = [a for a in answers if a[0] == engine_name]
+        for _, layout, raw, _ in mine[1:]:
+            for column, data in raw.items():
+                assert data == mine[0][2][column], (engine_name, layout, column)
+    # and the two engines agree closely (each adds in ascending order; variance may differ)
+    duck, spk = answers[0][3], answers[3][3]
+    for column in duck:
+        assert np.allclose(duck[column], spk[column], rtol=1e-9, atol=1e-3, equal_nan=True)

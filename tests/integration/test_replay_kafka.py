@@ -71,7 +71,7 @@ def test_the_cli_replays_production_into_staging_with_production_quality_results
     proc = _cli(folder, "--from", "production", "--to", "staging", "--rekey")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
-    total = len(records(production, "visits")) + len(records(production, "signups"))
+    total = sum(len(records(production, s)) for s in ("visits", "signups", "purchases"))
     assert f"copied {total} events" in out and "events/s" in out
     assert "next: headwater process --env staging" in out
     with Project(folder, env="staging", clock=lambda: NOW) as staging:

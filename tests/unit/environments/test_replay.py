@@ -49,7 +49,9 @@ def test_a_whole_replay_rekeyed_gives_production_quality_results(shop):
     with _open(folder, "staging") as staging:
         replay = production.replay_into(staging, options=ReplayOptions(rekey=True))
         stats = replay.run()
-        assert stats.copied == sum(len(records(production, s)) for s in ("visits", "signups"))
+        assert stats.copied == sum(
+            len(records(production, s)) for s in ("visits", "signups", "purchases")
+        )
         assert replay.lag() == 0
         # ids, event times and payloads, the pseudonyms re-keyed under staging's secret
         secret = PiiSecret(STAGING_SECRET.encode())
@@ -105,7 +107,7 @@ def test_a_time_range_and_a_stream_list_copy_just_those(shop):
 
 
 def _nothing_written(target: Project) -> bool:
-    return all(target.log.end_offset(s) == 0 for s in ("visits", "signups"))
+    return all(target.log.end_offset(s) == 0 for s in ("visits", "signups", "purchases"))
 
 
 def test_refusals_say_what_to_do_and_write_nothing(shop, tmp_path, monkeypatch):

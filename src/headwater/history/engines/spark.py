@@ -31,6 +31,7 @@ from headwater.history.engines.spark_sql import (
     arrow_type,
     check_supported,
     filter_column,
+    integer,
     label_type,
     quoted,
     spark_type,
@@ -206,7 +207,11 @@ class SparkEngine:
                 keep = keep & filter_column(label.where.spec(), names)
             if value is not None:
                 keep = keep & value.isNotNull()
-            result = joined.groupBy("_row").agg(aggregate(agg, keep, value).alias("v")).toArrow()
+            result = (
+                joined.groupBy("_row")
+                .agg(aggregate(agg, keep, value, integer(label.stream, agg)).alias("v"))
+                .toArrow()
+            )
         return result.sort_by("_row")["v"].cast(out_type).combine_chunks()
 
     def latest(

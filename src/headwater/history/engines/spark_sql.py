@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from headwater.definitions import Aggregation, FeatureColumn, HeadwaterError, Label
+from headwater.definitions import Aggregation, FeatureColumn, HeadwaterError, Label, Stream
 from headwater.features.plan import FeatureSetPlan
 from headwater.history.schema import ARROW_TYPES, history_schema
 
@@ -37,6 +37,11 @@ def check_supported(columns: Sequence[FeatureColumn]) -> None:
             )
 
 
+def integer(stream: Stream, agg: Aggregation) -> bool:
+    """Whether the aggregation reads an integer field (whose sums are exact)."""
+    return bool(agg.field) and stream.fields[agg.field or ""].dtype.value == "int"
+
+
 def label_type(label: Label) -> pa.DataType:
     agg = label.aggregation
     if agg.kind in ("count", "count_distinct"):
@@ -48,6 +53,25 @@ def label_type(label: Label) -> pa.DataType:
         return pa.float64()
     value = ARROW_TYPES[label.stream.fields[agg.field or ""].dtype]
     return pa.list_(value) if agg.kind == "last_k" else value
+
+
+def _in_order(kind: str, values: Column) -> Column:
+    """``sum``, ``mean``, ``variance`` or ``stddev`` of a sorted array of doubles, added from
+    the first element to the last (variance in two passes: the mean, then the squares)."""
+    from pyspark.sql import functions as F
+
+    def added(array: Column, term: Any = None) -> Column:
+        step = (lambda acc, v: acc + v) if term is None else (lambda acc, v: acc + term(v))
+        return F.aggregate(array, F.lit(0.0).cast("double"), step)
+
+    total, n = added(values), F.size(values)
+    if kind == "sum":
+        return total
+    mean = F.when(n > 0, total / n)
+    if kind == "mean":
+        return mean
+    variance = F.when(n > 0, added(values, lambda v: (v - mean) * (v - mean)) / n)
+    return variance if kind == "variance" else F.sqrt(variance)
 
 
 def arrow_type(column: FeatureColumn) -> pa.DataType:
@@ -121,7 +145,8 @@ class Query:
         out = []
         for i, c in enumerate(self.columns):
             cond = self._condition(c)
-            out.append(aggregate(c.aggregation, cond, self._value(c)).alias(f"_c{i}"))
+            exact = integer(self.plan.stream, c.aggregation)
+            out.append(aggregate(c.aggregation, cond, self._value(c), exact).alias(f"_c{i}"))
         return out
 
     def _value(self, column: FeatureColumn) -> Column | None:
@@ -144,8 +169,13 @@ class Query:
         return cond if value is None else cond & value.isNotNull()
 
 
-def aggregate(agg: Aggregation, cond: Column, value: Column | None) -> Column:
-    """The Spark aggregate of ``agg`` over the joined rows where ``cond`` is true."""
+def aggregate(agg: Aggregation, cond: Column, value: Column | None, exact: bool = False) -> Column:
+    """The Spark aggregate of ``agg`` over the joined rows where ``cond`` is true.
+
+    Spark adds partial sums in whichever order its tasks finish, so floating-point ``sum`` and
+    ``mean`` (and every ``variance``, ``stddev``) add the group's values in ascending order:
+    the same events give the same bits whatever the partitions. ``exact``: the field is an
+    integer, whose sum Spark computes exactly."""
     from pyspark.sql import functions as F
 
     if value is None:  # count
@@ -155,14 +185,12 @@ def aggregate(agg: Aggregation, cond: Column, value: Column | None) -> Column:
         cond, F.struct(F.col("_ts").alias("t"), F.col("_off").alias("o"), value.alias("v"))
     )
     match agg.kind:
-        case "sum":
+        case "sum" if exact:
             return F.coalesce(F.sum(x), F.lit(0))
-        case "mean":
+        case "mean" if exact:
             return F.avg(x)
-        case "variance":
-            return F.var_pop(x)
-        case "stddev":
-            return F.stddev_pop(x)
+        case "sum" | "mean" | "variance" | "stddev":
+            return _in_order(agg.kind, F.array_sort(F.collect_list(x.cast("double"))))
         case "min":
             return F.min(x)
         case "max":

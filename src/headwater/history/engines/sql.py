@@ -67,22 +67,30 @@ TOTALS = ("count", "sum", "mean")
 ORDER_SHIFT = 1 << 40  # (event_time, offset) packed into one HUGEINT for first/last
 
 
-def aggregate_sql(agg: Aggregation, condition: str) -> str:
-    """The DuckDB aggregate of ``agg`` over joined events ``e`` that satisfy ``condition``."""
+def aggregate_sql(agg: Aggregation, condition: str, exact: bool = False) -> str:
+    """The DuckDB aggregate of ``agg`` over joined events ``e`` that satisfy ``condition``.
+
+    Floating-point sums depend on the order they add up in, and DuckDB's threads combine
+    partial sums in whichever order they finish: ``sum``, ``mean``, ``variance`` and
+    ``stddev`` therefore add their values in ascending order (an ordered aggregate), so the
+    same events give the same bits whatever the files, row groups or threads they come from.
+    ``exact``: the field is an integer, whose ``sum`` and ``mean`` DuckDB computes exactly
+    (``variance`` still goes through doubles)."""
     x = f"e.{sql_name(agg.field)}" if agg.field else None
     cond = condition if x is None else f"{condition} AND {x} IS NOT NULL"
+    ordered = "" if exact else f" ORDER BY {x}"
     match agg.kind:
         case "count":
             return f"count(e._offset) FILTER (WHERE {condition})"
         case "sum":
-            inner = f"sum({x}) FILTER (WHERE {cond})"
+            inner = f"sum({x}{ordered}) FILTER (WHERE {cond})"
             return f"coalesce({inner}, 0)"
         case "mean":
-            return f"avg({x}) FILTER (WHERE {cond})"
+            return f"avg({x}{ordered}) FILTER (WHERE {cond})"
         case "variance":
-            return f"var_pop({x}) FILTER (WHERE {cond})"
+            return f"var_pop({x} ORDER BY {x}) FILTER (WHERE {cond})"
         case "stddev":
-            return f"stddev_pop({x}) FILTER (WHERE {cond})"
+            return f"stddev_pop({x} ORDER BY {x}) FILTER (WHERE {cond})"
         case "min" | "max":
             return f"{agg.kind}({x}) FILTER (WHERE {cond})"
         case "last":
@@ -108,10 +116,10 @@ def _column_sql(column: FeatureColumn, start_col: str | None) -> str:
 
 
 def typed_aggregate_sql(agg: Aggregation, stream: Stream, condition: str) -> str:
-    sql = aggregate_sql(agg, condition)
+    integer = bool(agg.field) and stream.fields[agg.field or ""].dtype.value == "int"
+    sql = aggregate_sql(agg, condition, exact=integer)
     if agg.kind == "sum":
-        field_type = stream.fields[agg.field or ""].dtype
-        sql = f"CAST({sql} AS {'BIGINT' if field_type.value == 'int' else 'DOUBLE'})"
+        sql = f"CAST({sql} AS {'BIGINT' if integer else 'DOUBLE'})"
     return sql
 
 
