@@ -188,6 +188,52 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def process_tree(pid: int) -> list[int]:
+    """Process ``pid`` and every live descendant, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process ``pid`` and its live descendants: a
+    server's own work, whatever its workers or helpers (in clock ticks of 10 ms)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` and its live descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as f:
+                rss = [line.split()[1] for line in f if line.startswith("VmRSS:")]
+        except OSError:
+            continue
+        total += int(rss[0]) if rss else 0  # a zombie has none
+    return total / 1024
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     arr = np.array(samples) * 1000
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))

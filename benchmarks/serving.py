@@ -2,15 +2,26 @@
 
 Side by side, on the same LightGBM model (the quickstart's churn model) and machine:
   headwater   POST /v1/predict/retention — online features, derived features, model, logging
+  2 workers   the same, `headwater serve --workers 2` (two processes on the port)
   bare        a FastAPI endpoint that only calls the booster on a given vector (the ceiling)
+  raw ASGI    the same booster behind a minimal ASGI callable (no framework): a second ceiling
   mlflow      `mlflow models serve` of the same fitted model (sent the same feature vector)
+  bentoml     a BentoML service calling the same booster (its own venv, made on first use
+              in benchmarks/.work/bentoml-venv from the package registry)
   gRPC        headwater's Open Inference Protocol over gRPC (ModelInfer, one entity's key),
               the same server process and code path as the HTTP route
+  in-process  `Project.predict` in this process, logging on: each of the users' first call
+              (cold: nothing of the entity decoded yet), then the same calls again (warm)
+
+Every server runs under uvicorn's (or its own) defaults with one process, except the 2 workers
+line; the server CPU per request is the CPU time of the server's process tree (workers
+included) during a level, divided by its requests.
 
 The project, model and servers are set up once; then each of ``--runs`` runs sends every
 server every client level, and the figures are printed as min / median / max over the runs.
 
     python benchmarks/serving.py [--requests 4000] [--users 2000] [--runs 3]
+        [--skip-mlflow] [--skip-bentoml]
 """
 
 from __future__ import annotations
@@ -31,7 +42,15 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Figures, add_runs_argument, fresh_dir, grpc_load, load  # noqa: E402
+from common import (  # noqa: E402
+    WORK,
+    Figures,
+    add_runs_argument,
+    fresh_dir,
+    grpc_load,
+    load,
+    tree_cpu_seconds,
+)
 
 from headwater import Project  # noqa: E402
 
@@ -49,6 +68,49 @@ async def predict(request: Request):
     x = np.asarray([[np.nan if v is None else v for v in body["features"]]], dtype=float)
     return {{"score": float(booster.predict(x, num_threads=1)[0])}}
 """
+
+RAW_APP = """
+import json
+import lightgbm as lgb
+import numpy as np
+
+booster = lgb.Booster(model_file={model!r})
+HEADERS = [(b"content-type", b"application/json")]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    row = [np.nan if v is None else v for v in json.loads(body)["features"]]
+    score = float(booster.predict(np.asarray([row], dtype=float), num_threads=1)[0])
+    out = json.dumps({{"score": score}}).encode()
+    await send({{"type": "http.response.start", "status": 200,
+                "headers": HEADERS + [(b"content-length", str(len(out)).encode())]}})
+    await send({{"type": "http.response.body", "body": out}})
+"""
+
+BENTO_SERVICE = """
+import bentoml
+import lightgbm as lgb
+import numpy as np
+
+
+@bentoml.service(workers=1)
+class Churn:
+    def __init__(self) -> None:
+        self.booster = lgb.Booster(model_file={model!r})
+
+    @bentoml.api
+    def predict(self, features: list[float | None]) -> dict:
+        x = np.asarray([[np.nan if v is None else v for v in features]], dtype=float)
+        return {{"score": float(self.booster.predict(x, num_threads=1)[0])}}
+"""
+BENTOML = "bentoml==1.4.40"
 
 
 def free_port() -> int:
@@ -92,6 +154,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--skip-mlflow", action="store_true")
+    ap.add_argument("--skip-bentoml", action="store_true")
     add_runs_argument(ap)
     args = ap.parse_args()
     figures = Figures(args.runs)
@@ -121,17 +184,22 @@ def main() -> None:
         grpc_port = free_port()
         servers = {
             "headwater": start_headwater(work, chosen, env, procs, grpc_port),
+            TWO: start_headwater(work, chosen, env, procs, None, workers=2),
             "bare FastAPI + booster": start_bare(doc, matrix, work, env, procs),
+            RAW: start_raw(doc, matrix, work, env, procs),
         }
         if not args.skip_mlflow:
             servers["mlflow models serve"] = start_mlflow(doc, features, matrix, work, env, procs)
-        for name, (url, bodies) in servers.items():
+        if not args.skip_bentoml:
+            servers["bentoml serve"] = start_bentoml(doc, matrix, work, env, procs)
+        for name, (url, bodies, _) in servers.items():
             warm_up(name, url, bodies)
         for _ in figures.runs():
-            for name, (url, bodies) in servers.items():
-                measure(name, url, bodies, levels, figures)
-            measure_grpc(f"127.0.0.1:{grpc_port}", chosen, levels, figures)
+            for name, (url, bodies, pid) in servers.items():
+                measure(name, url, bodies, levels, figures, pid)
+            measure_grpc(f"127.0.0.1:{grpc_port}", chosen, levels, figures, procs[0].pid)
             measure_heavy(servers["headwater"][0], chosen, figures)
+            measure_in_process(work / "shop", chosen, figures)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -147,7 +215,13 @@ def main() -> None:
             f"{GRPC}, {clients} clients: req/s",
             f"headwater, {clients} clients: req/s",
         )
-    for name in [n for n in servers if n != "headwater"]:
+    for clients in levels:
+        figures.compare(
+            f"headwater 2 workers / 1 worker, {clients} clients (req/s)",
+            f"{TWO}, {clients} clients: req/s",
+            f"headwater, {clients} clients: req/s",
+        )
+    for name in [n for n in servers if n not in ("headwater", TWO)]:
         for clients in levels:
             figures.compare(
                 f"headwater / {name}, {clients} clients (req/s)",
@@ -174,6 +248,23 @@ def feature_matrix(
     raw = [[v.get(f) for f in features] for v in vectors]
     numeric = [[code(f, x) for f, x in zip(features, row, strict=True)] for row in raw]
     return [numeric[i % len(numeric)] for i in range(requests)]
+
+
+def measure_in_process(folder: Path, chosen: list[str], figures: Figures) -> None:
+    """``Project.predict`` of one entity at a time, in a project opened afresh: the first
+    call per user is cold, a second pass over the same users warm."""
+    users = list(dict.fromkeys(chosen))
+    with Project(folder) as project:
+        project.predict("retention", user_id=users[0])  # the model loads: not timed
+        for label in ("cold", "warm"):
+            took = []
+            for user in users:
+                start = time.perf_counter()
+                project.predict("retention", user_id=user)
+                took.append((time.perf_counter() - start) * 1e6)
+            took.sort()
+            figures.add(f"in-process predict, {label}: p50", took[len(took) // 2], "µs")
+            figures.add(f"in-process predict, {label}: p99", took[int(len(took) * 0.99)], "µs")
 
 
 def measure_heavy(predict_url: str, users: list[str], figures: Figures, probes: int = 200) -> None:
@@ -218,12 +309,24 @@ def measure_heavy(predict_url: str, users: list[str], figures: Figures, probes: 
     figures.add("predict of 1,000 entities, p50", sorted(heavy_ms)[len(heavy_ms) // 2], "ms")
 
 
+TWO = "headwater, 2 workers"
+RAW = "raw ASGI + booster"
+Server = tuple[str, list[dict], int]  # URL, request bodies, the server's process id
+
+
 def start_headwater(
-    work: Path, chosen: list[str], env: dict, procs: list[subprocess.Popen], grpc_port: int
-) -> tuple[str, list[dict]]:
+    work: Path,
+    chosen: list[str],
+    env: dict,
+    procs: list[subprocess.Popen],
+    grpc_port: int | None,
+    workers: int = 1,
+) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "headwater", "serve", "-p", str(work / "shop")]
-    cmd += ["--grpc-port", str(grpc_port)]
+    cmd += ["--workers", str(workers)]
+    if grpc_port is not None:
+        cmd += ["--grpc-port", str(grpc_port)]
     procs.append(
         subprocess.Popen(
             [*cmd, "--port", str(port)],
@@ -234,16 +337,35 @@ def start_headwater(
     )
     wait_ready(f"http://127.0.0.1:{port}/healthz", procs[-1])
     bodies = [{"entity": {"user_id": u}} for u in chosen]
-    return f"http://127.0.0.1:{port}/v1/predict/retention", bodies
+    return f"http://127.0.0.1:{port}/v1/predict/retention", bodies, procs[-1].pid
 
 
 def start_bare(
     doc: dict, matrix: list[list[float]], work: Path, env: dict, procs: list[subprocess.Popen]
-) -> tuple[str, list[dict]]:
-    bare = work / "bare_app.py"
-    bare.write_text(textwrap.dedent(BARE_APP.format(model=doc["artifacts"]["lightgbm"])))
+) -> Server:
+    return _uvicorn_app("bare_app", BARE_APP, doc, matrix, work, env, procs, "/docs")
+
+
+def start_raw(
+    doc: dict, matrix: list[list[float]], work: Path, env: dict, procs: list[subprocess.Popen]
+) -> Server:
+    return _uvicorn_app("raw_app", RAW_APP, doc, matrix, work, env, procs, "/predict")
+
+
+def _uvicorn_app(
+    module: str,
+    source: str,
+    doc: dict,
+    matrix: list[list[float]],
+    work: Path,
+    env: dict,
+    procs: list[subprocess.Popen],
+    probe: str,
+) -> Server:
+    bare = work / f"{module}.py"
+    bare.write_text(textwrap.dedent(source.format(model=doc["artifacts"]["lightgbm"])))
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port)]
+    cmd = [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)]
     procs.append(
         subprocess.Popen(
             [*cmd, "--log-level", "warning", "--app-dir", str(work)],
@@ -252,8 +374,8 @@ def start_bare(
             stderr=subprocess.DEVNULL,
         )
     )
-    wait_ready(f"http://127.0.0.1:{port}/docs", procs[-1])
-    return f"http://127.0.0.1:{port}/predict", [{"features": row} for row in matrix]
+    wait_ready(f"http://127.0.0.1:{port}{probe}", procs[-1])
+    return f"http://127.0.0.1:{port}/predict", [{"features": row} for row in matrix], procs[-1].pid
 
 
 def warm_up(name: str, url: str, bodies: list[dict]) -> None:
@@ -270,22 +392,27 @@ def warm_up(name: str, url: str, bodies: list[dict]) -> None:
             return
 
 
-def measure(name: str, url: str, bodies: list[dict], levels: list[int], figures: Figures) -> None:
+def measure(
+    name: str, url: str, bodies: list[dict], levels: list[int], figures: Figures, pid: int
+) -> None:
     """One run of a server: every client level in turn."""
     errors = 0
     for clients in levels:
+        cpu = tree_cpu_seconds(pid)
         result = load(url, bodies, clients)
+        result["cpu"] = (tree_cpu_seconds(pid) - cpu) / len(bodies) * 1e6
         for key, label, unit in (
             ("rps", "req/s", "req/s"),
             ("p50", "p50", "ms"),
             ("p99", "p99", "ms"),
+            ("cpu", "server CPU per request", "µs"),
         ):
             figures.add(f"{name}, {clients} clients: {label}", result[key], unit)
         errors += int(result["errors"])
         print(
             f"  {name:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
             f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
-            f"errors {result['errors']:.0f}",
+            f"CPU {result['cpu']:5.0f} µs/req  errors {result['errors']:.0f}",
             flush=True,
         )
     figures.add(f"{name}: failed requests (every level)", errors, "requests")
@@ -294,7 +421,9 @@ def measure(name: str, url: str, bodies: list[dict], levels: list[int], figures:
 GRPC = "headwater gRPC (ModelInfer)"
 
 
-def measure_grpc(target: str, chosen: list[str], levels: list[int], figures: Figures) -> None:
+def measure_grpc(
+    target: str, chosen: list[str], levels: list[int], figures: Figures, pid: int
+) -> None:
     """headwater's Open Inference Protocol over gRPC: one entity per ModelInfer, the same
     users as the HTTP requests."""
     from headwater.serving.grpc import inference_pb2
@@ -307,15 +436,18 @@ def measure_grpc(target: str, chosen: list[str], levels: list[int], figures: Fig
         bodies.append(request.SerializeToString())
     errors = 0
     for clients in levels:
+        cpu = tree_cpu_seconds(pid)
         result = grpc_load(target, "/inference.GRPCInferenceService/ModelInfer", bodies, clients)
+        result["cpu"] = (tree_cpu_seconds(pid) - cpu) / len(bodies) * 1e6
         for key, label, unit in (("rps", "req/s", "req/s"), ("p50", "p50", "ms"),
-                                 ("p99", "p99", "ms")):  # fmt: skip
+                                 ("p99", "p99", "ms"),
+                                 ("cpu", "server CPU per request", "µs")):  # fmt: skip
             figures.add(f"{GRPC}, {clients} clients: {label}", result[key], unit)
         errors += int(result["errors"])
         print(
             f"  {GRPC:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
             f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
-            f"errors {result['errors']:.0f}",
+            f"CPU {result['cpu']:5.0f} µs/req  errors {result['errors']:.0f}",
             flush=True,
         )
     figures.add(f"{GRPC}: failed requests (every level)", errors, "requests")
@@ -365,7 +497,47 @@ def start_mlflow(
     )
     wait_ready(f"http://127.0.0.1:{port}/ping", procs[-1])
     bodies = [{"dataframe_split": {"columns": features, "data": [row]}} for row in matrix]
-    return f"http://127.0.0.1:{port}/invocations", bodies
+    return f"http://127.0.0.1:{port}/invocations", bodies, procs[-1].pid
+
+
+def bentoml_python() -> Path:
+    """The Python of a venv of BentoML's own (its dependencies are not headwater's), made on
+    first use from the package registry."""
+    venv = WORK / "bentoml-venv"
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        print(f"making a venv with {BENTOML} in {venv} (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", BENTOML, "lightgbm", "numpy"], check=True
+        )
+        (venv / ".installed").touch()
+    return python
+
+
+def start_bentoml(
+    doc: dict, matrix: list[list[float]], work: Path, env: dict, procs: list[subprocess.Popen]
+) -> Server:
+    python = bentoml_python()
+    (work / "bento_service.py").write_text(
+        textwrap.dedent(BENTO_SERVICE.format(model=doc["artifacts"]["lightgbm"]))
+    )
+    port = free_port()
+    bento_env = {**env, "BENTOML_HOME": str(work / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "1"}
+    bento_env["PATH"] = f"{python.parent}{os.pathsep}{env['PATH']}"
+    procs.append(
+        subprocess.Popen(
+            [str(python), "-m", "bentoml", "serve", "bento_service:Churn", "--port", str(port)],
+            cwd=work,
+            env=bento_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    )
+    wait_ready(f"http://127.0.0.1:{port}/readyz", procs[-1])
+    bodies = [{"features": [None if math.isnan(v) else v for v in row]} for row in matrix]
+    return f"http://127.0.0.1:{port}/predict", bodies, procs[-1].pid
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ def serve(
         int | None,
         typer.Option(help="Also serve gRPC (Open Inference Protocol, Predict) on this port"),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Serve from N processes sharing the port; the first alone runs the "
+            "processor, scoring and monitor",
+        ),
+    ] = 1,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
@@ -89,6 +97,11 @@ def serve(
             ]
             if extra:
                 err.print(f"  also     {', '.join(extra)}")
+            if workers > 1:
+                err.print(
+                    f"  workers  {workers} processes on the port"
+                    + (f"; {', '.join(extra)} in the first" if extra else "")
+                )
             if not with_processor:
                 err.print(
                     "  note     no processor here: ingested events reach online features when "
@@ -111,6 +124,7 @@ def serve(
             tls=tls,
             announce=announce,
             grpc_port=grpc_port,
+            workers=workers,
         )
 
 

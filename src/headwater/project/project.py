@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +28,7 @@ from headwater.project.planning import Plan, apply_plan, make_plan
 from headwater.security.access import AccessControl
 from headwater.security.audit import AuditLog
 from headwater.security.keys import ApiKey
+from headwater.serving.http.workers import Worker
 from headwater.streaming.processor import ProcessingError, ProcessStats
 from headwater.streaming.workers import run_workers
 from headwater.training.sets import to_arrow
@@ -796,6 +799,9 @@ class Project:
         tls: tuple[str, str] | None = None,
         announce: Callable[[str], None] | None = None,
         grpc_port: int | None = None,
+        workers: int = 1,
+        worker: Worker | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         """Serve the HTTP API until interrupted (default address from ``headwater.toml``),
         optionally with the stream processor, the scoring of trigger streams and a periodic
@@ -803,11 +809,16 @@ class Project:
         ``[server] auth = "keys"``; ``tls`` is (certificate file, key file); ``announce``
         gets the base URL once the server accepts connections; ``grpc_port`` also serves
         gRPC (the Open Inference Protocol and ``headwater.v1.Predictions``) on that port of
-        the same host, with the same keys and TLS."""
+        the same host, with the same keys and TLS.
+
+        ``workers`` > 1 serves from that many processes sharing the port (and the gRPC
+        port); the first of them alone runs the processor, stream scoring and monitor.
+        ``worker`` and ``sock`` are how the supervisor starts each of them."""
         from headwater.serving.http.server import Task, is_loopback, run_server
 
         server = self.settings.server
         host = host or server.host
+        port = port or server.port
         if not is_loopback(host) and server.auth != "keys":
             raise DefinitionError(
                 f"refusing to serve on {host} without authentication: anyone who reaches it "
@@ -819,7 +830,33 @@ class Project:
         tls = tls or (
             (server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None
         )
+        if workers > 1:
+            self._serve_workers(
+                host,
+                port,
+                workers,
+                (with_processor, with_scoring, monitor_every, tls, grpc_port),
+                announce,
+            )
+            return
+        if workers < 1:
+            raise DefinitionError(f"workers must be at least 1, not {workers}")
         app = self.app()
+        worker = worker or Worker(0, 1)
+        app.state.worker = {
+            "index": worker.index,
+            "of": worker.of,
+            "pid": os.getpid(),
+            "tasks": [
+                name
+                for name, on in (
+                    ("processor", with_processor),
+                    ("stream scoring", with_scoring),
+                    ("monitor", monitor_every > 0),
+                )
+                if on
+            ],
+        }
         tasks: list[Task] = []
         if with_processor:
 
@@ -838,26 +875,51 @@ class Project:
 
         grpc_server = None
         if grpc_port is not None:
-            grpc_server = self._grpc(host, grpc_port, tls)
+            grpc_server = self._grpc(host, grpc_port, tls, shared=worker.of > 1)
             grpc_server.start()
 
         def freeze() -> None:  # states decoded later leave the collector's generations too
             self.online.freeze_cached_states = True
 
         try:
-            run_server(app, host, port or server.port, tasks, freeze, tls, announce)
+            run_server(app, host, port, tasks, freeze, tls, announce, sock)
         finally:
             # on SIGTERM uvicorn has finished its requests in flight; gRPC finishes its own
             # before the prediction log is flushed (``close``): nothing answered is lost
             if grpc_server is not None:
                 grpc_server.stop(grace=10).wait()
 
-    def _grpc(self, host: str, port: int, tls: tuple[str, str] | None) -> Any:
-        """The gRPC server, bound now (a taken port fails before HTTP starts)."""
+    def _serve_workers(
+        self,
+        host: str,
+        port: int,
+        workers: int,
+        options: tuple[Any, ...],
+        announce: Callable[[str], None] | None,
+    ) -> None:
+        """``serve`` from ``workers`` processes: this one supervises them."""
+        from headwater.serving.http.workers import listen, serve_workers
+
+        tls = options[3]
+        scheme = "https" if tls else "http"
+        name = f"[{host}]" if ":" in host else host
+        level = logging.getLogger("headwater").getEffectiveLevel()
+        with listen(host, port) as sock:
+            serve_workers(
+                _serve_in_worker,
+                (str(self.root), self.environment.name, host, port, level, options),
+                workers,
+                sock,
+                None if announce is None else lambda: announce(f"{scheme}://{name}:{port}"),
+            )
+
+    def _grpc(self, host: str, port: int, tls: tuple[str, str] | None, shared: bool = False) -> Any:
+        """The gRPC server, bound now (a taken port fails before HTTP starts); ``shared``:
+        the port is bound by every worker of the server."""
         server = self.settings.server
         access = self.access if server.auth == "keys" else None
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return wiring.build_grpc(lambda: self.serving, access, server, address, tls)
+        return wiring.build_grpc(lambda: self.serving, access, server, address, tls, shared)
 
     # -- sources ---------------------------------------------------------------------------
 
@@ -877,6 +939,39 @@ class Project:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _serve_in_worker(
+    worker: Worker,
+    sock: socket.socket,
+    ready: Any,
+    root: str,
+    env: str,
+    host: str,
+    port: int,
+    log_level: int,
+    options: tuple[Any, ...],
+) -> None:
+    """What each worker process of ``Project.serve(workers=N)`` runs: the first one also
+    runs the background tasks; ``ready`` is set once it accepts connections."""
+    from headwater.serving import log_format
+
+    log_format.configure(log_level)
+    with_processor, with_scoring, monitor_every, tls, grpc_port = options
+    tasks = worker.runs_tasks
+    with Project(root, env=env) as project:
+        project.serve(
+            host,
+            port,
+            with_processor=with_processor and tasks,
+            with_scoring=with_scoring and tasks,
+            monitor_every=monitor_every if tasks else 0,
+            tls=tls,
+            announce=lambda _: ready.set(),
+            grpc_port=grpc_port,
+            worker=worker,
+            sock=sock,
+        )
 
 
 def _process_in_worker(

@@ -377,9 +377,10 @@ def build_grpc(
     server: ServerSettings,
     address: str,
     tls: tuple[str, str] | None,
+    shared: bool = False,
 ) -> Any:
     """The gRPC server of ``headwater serve --grpc-port`` (see ``serving/grpc``), bound to
-    ``address`` and not started."""
+    ``address`` and not started; ``shared``: every worker of the server binds that port."""
     try:
         from headwater.serving.grpc.server import build_server
     except ImportError as exc:
@@ -387,7 +388,9 @@ def build_grpc(
             f"gRPC needs the grpc extra ({exc.name} is missing): pip install 'headwater[grpc]'"
         ) from None
     try:
-        grpc_server, port = build_server(serving, access, server.max_entities, address, tls)
+        grpc_server, port = build_server(
+            serving, access, server.max_entities, address, tls, reuse_port=shared
+        )
     except RuntimeError:  # grpc's "failed to bind"
         port = 0
     if port == 0:

@@ -278,11 +278,16 @@ def build_server(
     address: str,
     tls: tuple[str, str] | None = None,
     workers: int = 8,
+    reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """The gRPC server bound to ``address`` (``host:port``; port 0 picks one), not started;
-    and its port."""
+    and its port. ``reuse_port``: several processes bind the port and the kernel shares the
+    connections between them; otherwise a port another process holds is refused."""
     calls = Calls(serving_of, access, max_entities)
-    server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="grpc"))
+    server = grpc.server(
+        ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
+        options=[("grpc.so_reuseport", int(reuse_port))],
+    )
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(calls), server)
     headwater_pb2_grpc.add_PredictionsServicer_to_server(PredictionsServicer(calls), server)
     checks = health.HealthServicer()

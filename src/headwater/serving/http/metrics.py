@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# with several workers one of them runs the monitor: its latest figures are the gauges' values
+MONITOR_MODE: Final[Literal["mostrecent"]] = "mostrecent"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -76,24 +78,28 @@ class ServerMetrics:
             "headwater_monitor_metric",
             "Live metric on matured labels",
             [*version, "metric"],
+            multiprocess_mode=MONITOR_MODE,
             registry=r,
         )
         self.label_coverage = Gauge(
             "headwater_monitor_label_coverage",
             "Share of predictions with a matured label",
             version,
+            multiprocess_mode=MONITOR_MODE,
             registry=r,
         )
         self.psi = Gauge(
             "headwater_monitor_psi",
             "Population stability index vs reference",
             [*version, "column"],
+            multiprocess_mode=MONITOR_MODE,
             registry=r,
         )
         self.drift_level = Gauge(
             "headwater_monitor_drift_level",
             "0 ok, 1 warn, 2 alert",
             [*version, "column"],
+            multiprocess_mode=MONITOR_MODE,
             registry=r,
         )
 

@@ -42,10 +42,12 @@ def run_server(
     before_start: Callable[[], None] | None = None,
     tls: tuple[str, str] | None = None,
     announce: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``app`` on ``host:port`` until interrupted, each task in a daemon thread;
     ``tls`` is (certificate file, key file); ``announce`` is called with the base URL once
-    the server accepts connections."""
+    the server accepts connections; ``sock`` is a listening socket bound to that address
+    already (one a supervisor shares between worker processes)."""
     stop = threading.Event()
     for task in tasks:
         threading.Thread(target=task, args=(stop,), daemon=True).start()
@@ -77,7 +79,7 @@ def run_server(
             target=_announce, args=(server, f"{scheme}://{name}:{port}", announce), daemon=True
         ).start()
     try:
-        server.run()
+        server.run(sockets=[sock] if sock is not None else None)
     finally:
         stop.set()
 

@@ -40,6 +40,9 @@ async def readyz(request: Request) -> Any:
     """Ready when the log and the online store answer and every service's model versions
     load; 503 with the reason otherwise."""
     services: HttpServices = request.app.state.services
+    worker = getattr(request.app.state, "worker", None)
+    # which process answered (with ``serve --workers N``), and the background tasks it runs
+    answered_by = {} if worker is None else {"worker": worker}
 
     def check() -> dict[str, Any]:
         details: dict[str, Any] = {
@@ -48,6 +51,7 @@ async def readyz(request: Request) -> Any:
             "log_streams": len(services.log.streams()),
             "processor_lag": services.processor.lag(),
             "services": {},
+            **answered_by,
         }
         for name, service in services.serving.services.items():
             loaded = [services.serving.scorers.get(v.model, v.alias) for v in service.variants]
@@ -66,6 +70,7 @@ async def readyz(request: Request) -> Any:
                 "reason": repr(exc),
                 "project": services.name,
                 "environment": services.environment,
+                **answered_by,
             },
             status_code=503,
         )
