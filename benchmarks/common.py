@@ -248,6 +248,20 @@ def repeat(fn: Callable[[], object], n: int) -> list[float]:
     return out
 
 
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: str, body: bytes
+) -> tuple[bytes, bytes]:
+    """One request on a keep-alive HTTP/1.1 connection (``head`` ends with "Content-Length:
+    "): the answer's status line and body."""
+    writer.write(f"{head}{len(body)}\r\n\r\n".encode() + body)
+    status_line = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return status_line, await reader.readexactly(length)
+
+
 async def _client(url: str, bodies: list[bytes], out: list[float], errors: list[int]) -> None:
     """One keep-alive HTTP/1.1 connection sending requests one after another.
 
@@ -264,13 +278,7 @@ async def _client(url: str, bodies: list[bytes], out: list[float], errors: list[
     try:
         for body in bodies:
             start = time.perf_counter()
-            writer.write(f"{head}{len(body)}\r\n\r\n".encode() + body)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+            status_line, _ = await exchange(reader, writer, head, body)
             out.append(time.perf_counter() - start)
             if b" 200 " not in status_line:
                 errors.append(int(status_line.split()[1]))

@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Figures, fresh_dir, tree_rss_mb  # noqa: E402
+from common import Figures, exchange, fresh_dir, tree_rss_mb  # noqa: E402
 from serving import free_port, prepare, wait_ready  # noqa: E402
 
 from headwater import Project  # noqa: E402
@@ -47,13 +47,7 @@ async def _client(
         while time.time() < until:
             body = bodies[i % len(bodies)]
             i += 1
-            writer.write(f"{head}{len(body)}\r\n\r\n".encode() + body)
-            status = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            answer = await reader.readexactly(length)
+            status, answer = await exchange(reader, writer, head, body)
             sent += 1
             if b" 200 " not in status:
                 errors.append(status.decode().strip())
