@@ -7,6 +7,7 @@ are the finalized merge of the tiles that fall in the window.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,6 +248,31 @@ class FeatureSetPlan:
                     acc = merge(acc, tile[i])
             out[column.name] = algebra.finalize(acc)
         return out
+
+    def valid_until(
+        self, state: dict[str, Any], columns: Iterable[FeatureColumn], t_us: int
+    ) -> int | float:
+        """The first time after ``t_us`` at which ``evaluate`` of the same state and columns
+        can answer otherwise: a window's start crosses a tile boundary, or a tile that
+        starts at or after ``t_us`` enters the window (``inf``: lifetime columns only).
+        Between the two the answer is the same, so a cache of evaluated values is exact."""
+        hops = state["h"]
+        until: int | float = math.inf
+        for column in columns:
+            hop, _, window, _ = self._program(column)
+            if hop is None:
+                continue
+            until = min(until, ((t_us - window) // hop + 1) * hop + window)
+            later = [start for start in hops.get(hop, {}) if start >= t_us]
+            if later:
+                until = min(until, min(later) + 1)
+        return until
+
+    def _program(self, column: FeatureColumn) -> tuple[int | None, int, int, Any]:
+        program = self._evaluators.get(column.name)
+        if program is None:
+            program = self._evaluators[column.name] = self._evaluator(column)
+        return program
 
     def _evaluator(self, column: FeatureColumn) -> tuple[int | None, int, int, Any]:
         name = column.feature.name

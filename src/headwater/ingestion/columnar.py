@@ -9,7 +9,6 @@ onto its field's type sends the whole table to the row-by-row path.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from headwater.ingestion.validate import (
     MIN_TIMESTAMP_US,
     TimePolicy,
 )
+from headwater.log.ids import new_id
 
 
 @dataclass
@@ -114,7 +114,7 @@ def check_table(stream: Stream, table: pa.Table, policy: TimePolicy) -> Checked 
         good &= ~np.asarray(control.fill_null(False).to_numpy(zero_copy_only=False), bool)
         event_ids = ids.to_pylist()
     else:
-        event_ids = [uuid.uuid4().hex for _ in range(n)]
+        event_ids = [new_id() for _ in range(n)]
     indices = np.flatnonzero(good)
     canonical = pa.table({**columns, stream.id_field: pa.array(event_ids, pa.string())}).take(
         indices

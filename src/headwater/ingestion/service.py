@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from headwater.ingestion.columnar import check_table
 from headwater.ingestion.protect import Protector
 from headwater.ingestion.validate import Rejected, TimePolicy, validate
 from headwater.log.base import DEAD_LETTER_STREAM, Log, NewRecord
+from headwater.log.ids import new_id
 
 DEAD_LETTER_TEXT = 65_536  # characters of an event kept when JSON cannot hold it
 
@@ -204,4 +204,4 @@ def _dead_letter(stream: str, raw: Any, reason: str, now: int) -> NewRecord:
         record["event"] = None
         record["event_text"] = repr(raw)[:DEAD_LETTER_TEXT]
         payload = orjson.dumps(record)
-    return NewRecord(uuid.uuid4().hex, now, payload)
+    return NewRecord(new_id(), now, payload)

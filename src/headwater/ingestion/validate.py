@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from headwater.definitions import DType, Stream
 from headwater.definitions.types import InvalidValue, coerce, from_micros
 from headwater.errors import did_you_mean
+from headwater.log.ids import new_id
 
 # Timestamps a person and datetime can read: 0001-01-01 to 9999-12-31 (event times start at
 # 1970: an event before it is a sender's bug, e.g. seconds sent as negative microseconds).
@@ -75,7 +75,7 @@ def validate(stream: Stream, raw: Any, policy: TimePolicy) -> ValidEvent:
             raise Rejected(f"key field {name!r} contains a control character")
     event_id = raw.get(stream.id_field)
     if event_id is None:
-        event_id = uuid.uuid4().hex
+        event_id = new_id()
     elif not isinstance(event_id, str) or not event_id or len(event_id) > 256:
         raise Rejected(f"{stream.id_field!r} must be a non-empty string of at most 256 characters")
     elif _CONTROL.search(event_id):

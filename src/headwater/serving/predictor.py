@@ -6,7 +6,6 @@ HTTP, batch scoring, stream scoring and in-process calls all end in ``Predictor.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 from headwater.definitions import DefinitionError, Service, Variant
 from headwater.features.plan import entity_key
 from headwater.log.base import Log
+from headwater.log.ids import new_id
 from headwater.serving.prediction_log import PredictionLogger
 from headwater.serving.routing import Router
 from headwater.serving.scoring import NoModelVersion, ScorerCache
@@ -226,7 +226,7 @@ class Predictor:
             rows.append({**request, **fields})
         _check_keys(rows, service.entity.keys, what="candidate")
         keyed = self._online.entity_keys.rows(rows)  # PII candidate keys: as stored
-        ranking_id = uuid.uuid4().hex
+        ranking_id = new_id()
         variant = self._route([request])[0]
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us
@@ -337,7 +337,7 @@ class Predictor:
         keys, context = self.service.entity.keys, self.service.context
         return [
             Prediction(
-                uuid.uuid4().hex,
+                new_id(),
                 self.service.name,
                 variant.name,
                 scorer.model,

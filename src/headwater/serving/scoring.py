@@ -42,12 +42,24 @@ class Scorer:
         """
         if self.booster is not None:
             if len(rows) == 1 and self.single is not None:
-                return self.single.predict(self.matrix(rows)[0])
+                return self.single.predict_values(self.vector(rows[0]))
             return np.asarray(self.booster.predict(self.matrix(rows), num_threads=1))
         frame = self.signature.matrix(pd.DataFrame(rows, columns=self.signature.features))
         if self.signature.task == "classification":
             return np.asarray(self.estimator.predict_proba(frame))[:, -1]
         return np.asarray(self.estimator.predict(frame), dtype=float)
+
+    def vector(self, row: dict[str, Any]) -> list[float]:
+        """One row as the booster's floats (categories as their codes): ``matrix`` of one
+        row, without the array."""
+        codes = self.codes
+        return [
+            (codes[name].get(value, math.nan) if value is not None else math.nan)
+            if name in codes
+            else (math.nan if value is None else float(value))
+            for name in self.signature.features
+            for value in (row.get(name),)
+        ]
 
     def matrix(self, rows: list[dict[str, Any]]) -> np.ndarray:
         sig, codes = self.signature, self.codes
@@ -92,19 +104,20 @@ class SingleRowPredictor:
         self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._out_len = ctypes.c_int64(0)
         self._out_len_ref = ctypes.byref(self._out_len)
+        # the row is written into one buffer whose address is worked out once
+        self._in = (ctypes.c_double * n_features)()
+        self._in_ptr = ctypes.cast(self._in, ctypes.c_void_p)
+        self._call = _LIB.LGBM_BoosterPredictForMatSingleRowFast
         self._lock = threading.Lock()
 
     def predict(self, row: np.ndarray) -> np.ndarray:
-        row = np.ascontiguousarray(row, dtype=np.float64)
+        return self.predict_values(np.ascontiguousarray(row, dtype=np.float64).tolist())
+
+    def predict_values(self, row: list[float]) -> np.ndarray:
+        """The score of one row given as floats (NaN for missing values)."""
         with self._lock:
-            self._check(
-                self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-                    self._config,
-                    row.ctypes.data_as(ctypes.c_void_p),
-                    self._out_len_ref,
-                    self._out_ptr,
-                )
-            )
+            self._in[:] = row  # type: ignore[assignment]  # ctypes takes the floats
+            self._check(self._call(self._config, self._in_ptr, self._out_len_ref, self._out_ptr))
             return self._out.copy()
 
     def __del__(self) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import atexit
 import gc
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.definitions import FeatureColumn, HeadwaterError
@@ -36,19 +37,49 @@ class MissingKeyError(HeadwaterError, ValueError):
 
 @dataclass(frozen=True)
 class _ReadPlan:
-    """What reading one list of features needs, worked out once per list and reused."""
+    """What reading one list of features needs, worked out once per list and reused: per
+    feature set its plan, the columns read and their names (the evaluation cache's key)."""
 
     res: Resolution
-    sets: list[tuple[FeatureSetPlan, list[FeatureColumn]]]
+    sets: list[tuple[FeatureSetPlan, list[FeatureColumn], tuple[str, ...]]]
     numeric: set[str]
+    # one entity's answer by its keys in each set: (blobs, from, until, values, known)
+    rows: dict[tuple[str, ...], _Row] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A whole answer for one entity (base and, without context fields, derived values):
+    valid while every set's stored bytes are ``blobs`` and the time is in [since, until)."""
+
+    blobs: tuple[bytes | None, ...]
+    since: int
+    until: int | float
+    values: dict[str, Any]
+    known: dict[str, bool]
+
+
+class _Cached:
+    """One entity's stored bytes in one feature set, their decoded state and the values
+    evaluated from it: by column names, (from, until, values) valid for any time in
+    [from, until) (``FeatureSetPlan.valid_until``)."""
+
+    __slots__ = ("blob", "state", "values")
+
+    def __init__(self, blob: bytes, state: dict[str, Any]) -> None:
+        self.blob, self.state = blob, state
+        self.values: dict[tuple[str, ...], tuple[int, int | float, dict[str, Any]]] = {}
 
 
 class OnlineFeatures:
     """Reads feature values for entities from the online store.
 
     The serving hot path: one store round trip for every feature set of a request, the
-    resolution of a feature list worked out once, and decoded states kept while their
-    stored bytes are unchanged (``cache_size`` entities per feature set).
+    resolution of a feature list worked out once, and per entity (``cache_size`` per
+    feature set) its decoded state and evaluated values, kept while the bytes read in the
+    request's own round trip are the ones they came from. Evaluated values are reused only
+    at times where evaluating again cannot answer otherwise, so the cache never changes an
+    answer: the consistency property test reads through it.
     """
 
     def __init__(
@@ -63,7 +94,8 @@ class OnlineFeatures:
         # clear ids of PII keys, as the pseudonyms the store holds
         self.entity_keys = keys or KeyPseudonyms()
         self._plans: dict[tuple[str, ...], _ReadPlan] = {}
-        self._decoded: dict[str, dict[str, tuple[bytes, dict[str, Any]]]] = {}
+        self._decoded: dict[str, dict[str, _Cached]] = {}
+        self._empty: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
         self._cache_size = cache_size
         self._added = 0
         # A server sets this: gc.freeze() concerns the whole process, an embedding
@@ -88,21 +120,49 @@ class OnlineFeatures:
         found = self._plans.get(key)
         if found is None:
             res = self._catalog.resolve(list(key))
-            sets = [(self._catalog.plan(pid), cols) for pid, cols in res.columns.items()]
+            sets = [
+                (self._catalog.plan(pid), cols, tuple(c.name for c in cols))
+                for pid, cols in res.columns.items()
+            ]
             numeric = numeric_names(c for cs in res.columns.values() for c in cs)
             found = self._plans[key] = _ReadPlan(res, sets, numeric)
         return found
 
-    def _state(self, plan: FeatureSetPlan, key: str, blob: bytes) -> dict[str, Any]:
-        """The decoded state of a blob; evaluation only reads it, so it can be shared."""
+    def _evaluate(
+        self,
+        plan: FeatureSetPlan,
+        columns: list[FeatureColumn],
+        names: tuple[str, ...],
+        key: str,
+        blob: bytes | None,
+        t: int,
+    ) -> tuple[dict[str, Any], int | float]:
+        """``plan.evaluate`` of the entity's stored ``blob`` at ``t`` through the cache, and
+        until when that answer holds. The answer is shared with the cache: callers only
+        read it."""
+        if blob is None:  # no state: the same values at any time
+            empty = self._empty.get((plan.id, names))
+            if empty is None:
+                empty = self._empty[(plan.id, names)] = plan.evaluate(None, columns, t)
+            return empty, math.inf
         cache = self._decoded.setdefault(plan.id, {})
         hit = cache.get(key)
-        if hit is not None and hit[0] == blob:
-            return hit[1]
-        state = plan.decode(blob, shared=True)
+        if hit is None or hit.blob != blob:
+            hit = self._remember(cache, key, blob, plan.decode(blob, shared=True))
+        done = hit.values.get(names)
+        if done is not None and done[0] <= t < done[1]:
+            return done[2], done[1]
+        values = plan.evaluate(hit.state, columns, t)
+        until = plan.valid_until(hit.state, columns, t)
+        hit.values[names] = (t, until, values)
+        return values, until
+
+    def _remember(
+        self, cache: dict[str, _Cached], key: str, blob: bytes, state: dict[str, Any]
+    ) -> _Cached:
         if len(cache) >= self._cache_size:
             cache.pop(next(iter(cache)), None)  # the oldest entry goes
-        cache[key] = (blob, state)
+        entry = cache[key] = _Cached(blob, state)
         self._added += 1
         if self.freeze_cached_states and self._added % 5_000 == 0:
             # Cached states live long and hold no cycles: keep them out of the collector's
@@ -111,7 +171,7 @@ class OnlineFeatures:
             if not _UNFREEZE_AT_EXIT:
                 _UNFREEZE_AT_EXIT.append(True)
                 atexit.register(gc.unfreeze)  # so that shutdown still finalizes everything
-        return state
+        return entry
 
     def get_with_presence(
         self,
@@ -134,10 +194,12 @@ class OnlineFeatures:
         and pair features), for each row whether the store holds any state of it."""
         rows = self.entity_keys.rows(rows)
         rp = self._read_plan(features)
-        known: dict[str, list[bool]] = {}
         t = self._clock() if at_us is None else at_us
+        if len(rows) == 1:
+            return self._one(rows[0], rp, t)
+        known: dict[str, list[bool]] = {}
         keys_of: dict[str, list[str]] = {}
-        for plan, _ in rp.sets:
+        for plan, _, _ in rp.sets:
             names = plan.entity.keys
             if len(names) == 1:
                 (name,) = names
@@ -150,11 +212,11 @@ class OnlineFeatures:
             {pid: list(dict.fromkeys(keys)) for pid, keys in keys_of.items()}
         )
         values: dict[str, list[Any]] = {}
-        for plan, columns in rp.sets:
+        for plan, columns, names in rp.sets:
             keys = keys_of[plan.id]
             blobs = dict(zip(dict.fromkeys(keys), blobs_of[plan.id], strict=True))
             decoded = {
-                k: plan.evaluate(self._state(plan, k, b) if b else None, columns, t)
+                k: self._evaluate(plan, columns, names, k, b or None, t)[0]
                 for k, b in blobs.items()
             }
             for column in columns:
@@ -171,6 +233,58 @@ class OnlineFeatures:
                 values[name] = [to_python(v) for v in array.tolist()]
         out = [{name: values[name][i] for name in res.requested} for i in range(len(rows))]
         return out, known
+
+    def _one(
+        self, row: Mapping[str, Any], rp: _ReadPlan, t: int
+    ) -> tuple[list[dict[str, Any]], dict[str, list[bool]]]:
+        """``get_with_entities`` of one row (a request for one entity: the serving path's
+        common case), without the per-row lists; the same values (a test compares).
+
+        The whole answer is kept per entity and reused while the bytes read now are the
+        ones it came from and ``t`` is in its time range; derived features that read
+        request context are evaluated anew each time."""
+        keys = tuple(
+            str(_key(row, names[0], 0))
+            if len(names := plan.entity.keys) == 1
+            else entity_key([_key(row, k, 0) for k in names])
+            for plan, _, _ in rp.sets
+        )
+        wanted = {plan.id: [k] for (plan, _, _), k in zip(rp.sets, keys, strict=True)}
+        found = self._online.get_sets(wanted)
+        blobs = tuple(found[plan.id][0] or None for plan, _, _ in rp.sets)
+        res = rp.res
+        hit = rp.rows.get(keys)
+        if hit is not None and hit.blobs == blobs and hit.since <= t < hit.until:
+            values = dict(hit.values)
+            known = hit.known
+        else:
+            values = {}
+            until: int | float = math.inf
+            known = {}
+            for (plan, columns, names), key, blob in zip(rp.sets, keys, blobs, strict=True):
+                got, good_until = self._evaluate(plan, columns, names, key, blob, t)
+                values.update(got)
+                until = min(until, good_until)
+                entity = plan.entity.name
+                known[entity] = known.get(entity, False) or blob is not None
+            if res.derived and not res.context:
+                values.update(self._derived_one(row, rp, values))
+            if len(rp.rows) >= self._cache_size:
+                rp.rows.pop(next(iter(rp.rows)), None)  # the oldest entry goes
+            rp.rows[keys] = _Row(blobs, t, until, dict(values), known)
+        if res.derived and res.context:
+            values.update(self._derived_one(row, rp, values))
+        out = {name: values[name] for name in res.requested}
+        return [out], {entity: [flag] for entity, flag in known.items()}
+
+    def _derived_one(
+        self, row: Mapping[str, Any], rp: _ReadPlan, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        inputs: dict[str, Any] = {name: [value] for name, value in values.items()}
+        for c in rp.res.context:
+            inputs[c] = [_key(row, c, 0, "context field")]
+        derived = evaluate_derived(inputs, rp.numeric, rp.res.derived)
+        return {name: to_python(array.tolist()[0]) for name, array in derived.items()}
 
 
 def _key(row: Mapping[str, Any], name: str, index: int, what: str = "entity key") -> Any:

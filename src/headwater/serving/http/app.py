@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from headwater.serving.http import docs, openapi
 from headwater.serving.http.errors import STATUS_OF
-from headwater.serving.http.fastpath import FastPaths
+from headwater.serving.http.fastpath import FastPaths, HotApp
 from headwater.serving.http.guards import Guards, GuardSettings
 from headwater.serving.http.methods import Methods
 from headwater.serving.http.metrics import ServerMetrics
@@ -27,9 +27,9 @@ from headwater.serving.http.services import HttpServices
 App = FastAPI  # what create_app returns, named for modules that do not import fastapi
 
 
-def create_app(services: HttpServices, guard: GuardSettings) -> FastAPI:
+def create_app(services: HttpServices, guard: GuardSettings) -> HotApp:
     """Build the HTTP API over a project's services (``headwater serve`` runs it)."""
-    app = FastAPI(
+    app = HotApp(
         title=f"headwater: {services.name}",
         version="1",
         description="Ingest raw events, read online features, predict by entity id.",
@@ -54,11 +54,11 @@ def create_app(services: HttpServices, guard: GuardSettings) -> FastAPI:
 
     for exc_type, status in STATUS_OF:
         app.add_exception_handler(exc_type, _handler(status))
-    # predictions and feature lookups skip FastAPI's routing and dependency machinery (the
-    # routes above stay for the OpenAPI document and answer identically)
-    app.add_middleware(FastPaths)
-    # in front: a method no route takes is 405; then every request, fast paths included,
-    # passes the guards
+    # predictions and feature lookups are answered before the middleware below, FastAPI's
+    # routing and its dependency machinery, behind the same guards (the routes above stay
+    # for the OpenAPI document and answer identically)
+    app.fast_paths = FastPaths(Guards(None, guard))
+    # in front: a method no route takes is 405; then every request passes the guards
     app.add_middleware(Guards, settings=guard)
     app.add_middleware(Methods, document=app.openapi)
     if guard.allowed_origins:

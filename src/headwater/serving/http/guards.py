@@ -92,7 +92,7 @@ class Guards:
             return
         refusal = self.check(scope)
         if refusal is not None:
-            await _refuse(send, *refusal)
+            await refuse(send, *refusal)
             return
         await self.app(scope, receive, send)
 
@@ -232,7 +232,7 @@ def _clean(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:100])
 
 
-async def _refuse(
+async def refuse(
     send: Callable[..., Any], status: int, error: str, reason: str, extra: list[Any]
 ) -> None:
     body = orjson.dumps({"detail": reason, "error": error})

@@ -1,0 +1,93 @@
+"""The serving path's per-entity caches (decoded states, evaluated values, whole answers) on
+Redis, with the processor in another process: a reader that has kept everything answers,
+after the other process processed more events, exactly what a fresh reader and the
+training set answer. The caches are checked against the bytes read in each request's own
+round trip, so nothing the other process writes can be missed.
+
+Redis is reached on 127.0.0.1:6379; this module uses its own database, flushed before and
+after. A missing Redis fails this test: it is never a reason to skip it.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from headwater import Project
+from tests.integration.test_rebuild_redis import FEATURES, USERS, ingested_project
+
+REDIS_DB = 6  # this module's own database: flushed before and after
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}")
+    client.flushdb()  # no Redis is a failure, never a skip
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def process_elsewhere(folder: Path) -> None:
+    """``headwater process`` in a process of its own."""
+    done = subprocess.run(
+        [sys.executable, "-m", "headwater", "process", "--project", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def one_at_a_time(project: Project, users: list[str], at: datetime) -> list[dict]:
+    return [project.online_features({"user_id": u}, FEATURES, at=at) for u in users]
+
+
+def test_a_reader_with_warm_caches_sees_what_another_process_processed(
+    tmp_path: Path, redis_db: redis.Redis
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = now - timedelta(seconds=30)  # every event below is before it
+    folder = ingested_project(tmp_path / "p", f"redis://127.0.0.1:6379/{REDIS_DB}", now)
+    process_elsewhere(folder)
+    users = [f"u{i}" for i in range(0, USERS, 5)]
+    with Project(folder) as reader:
+        before = one_at_a_time(reader, users, at)
+        assert one_at_a_time(reader, users, at) == before  # now from the caches
+        assert any(v["spend_7d"] for v in before)
+
+        rnd = random.Random(5)  # more paid orders of half of those users, then processing
+        more = [
+            {
+                "user_id": u,
+                "amount": rnd.randrange(4, 400) / 4,
+                "status": "paid",
+                "ts": at - timedelta(minutes=rnd.randrange(2, 600)),
+            }
+            for u in users[::2]
+            for _ in range(3)
+        ]
+        with Project(folder) as writer:
+            assert writer.ingest("orders", more).accepted == len(more)
+        process_elsewhere(folder)
+
+        after = one_at_a_time(reader, users, at)
+    changed = [u for u, b, a in zip(users, before, after, strict=True) if a != b]
+    assert set(changed) == set(users[::2])
+    with Project(folder) as fresh:
+        assert one_at_a_time(fresh, users, at) == after
+        spine = pd.DataFrame({"user_id": users, "timestamp": pd.Timestamp(at)})
+        table = fresh.training_set(spine, FEATURES)
+    for user, values, (_, row) in zip(users, after, table.iterrows(), strict=True):
+        for name in FEATURES:
+            offline = row[name]
+            expected = None if pd.isna(offline) else offline
+            assert values[name] == pytest.approx(expected), (user, name)
