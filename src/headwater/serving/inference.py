@@ -37,6 +37,17 @@ OUTPUTS = {  # name -> (datatype, what it holds)
 }
 
 
+RANKED = {  # a ranking service's outputs beside its candidate keys, one row per returned
+    "rank": ("INT64", "1 for the best candidate"),  # candidate, best first
+    "score": OUTPUTS["score"],
+    "prediction_id": OUTPUTS["prediction_id"],
+    "unknown_entity": ("BOOL", "the online store had never seen the candidate"),
+    "variant": OUTPUTS["variant"],
+    "model_version": OUTPUTS["model_version"],
+    "ranking_id": ("BYTES", "the id shared by every candidate's logged prediction, shape [1]"),
+}
+
+
 class InferenceError(HeadwaterError, ValueError):
     """A request the protocol cannot serve; ``kind`` is ``invalid`` (400 / INVALID_ARGUMENT),
     ``not_found`` (404 / NOT_FOUND) or ``unavailable`` (503 / UNAVAILABLE)."""
@@ -104,9 +115,20 @@ def metadata(serving: Serving, name: str, version: str | None = None) -> dict[st
     served = versions(serving, name)
     if version is not None and version not in served:
         raise InferenceError(_unknown_version(name, version, served), "not_found")
-    inputs = [{"name": k, "datatype": "BYTES", "shape": [-1]} for k in service.request_keys]
-    inputs += [{"name": c, "datatype": "FP64", "shape": [-1]} for c in service.context]
-    outputs = [{"name": n, "datatype": d, "shape": [-1]} for n, (d, _) in OUTPUTS.items()]
+    if service.candidates is None:
+        inputs = [{"name": k, "datatype": "BYTES", "shape": [-1]} for k in service.request_keys]
+        inputs += [{"name": c, "datatype": "FP64", "shape": [-1]} for c in service.context]
+        outputs = [{"name": n, "datatype": d, "shape": [-1]} for n, (d, _) in OUTPUTS.items()]
+    else:  # one request entity and its context, any number of candidates
+        keys = service.candidates.keys
+        inputs = [{"name": k, "datatype": "BYTES", "shape": [1]} for k in service.request_keys]
+        inputs += [{"name": k, "datatype": "BYTES", "shape": [-1]} for k in keys]
+        inputs += [{"name": c, "datatype": "FP64", "shape": [1]} for c in service.context]
+        outputs = [{"name": k, "datatype": "BYTES", "shape": [-1]} for k in keys]
+        outputs += [
+            {"name": n, "datatype": d, "shape": [1] if n == "ranking_id" else [-1]}
+            for n, (d, _) in RANKED.items()
+        ]
     return {
         "name": name,
         "versions": sorted(served, key=int),
@@ -129,26 +151,30 @@ def infer(
     requested: Sequence[str] | None,
     max_entities: int,
     path: str,
+    k: int | None = None,
 ) -> tuple[list[Tensor], str]:
     """Predict for the entities of ``inputs`` (pinned to a served ``version`` if given); the
     outputs asked for (all when ``requested`` is None) and the version that answered (or the
-    versions, comma-separated, when routing chose several)."""
+    versions, comma-separated, when routing chose several).
+
+    A ranking service takes one request entity (its keys and context, shape ``[1]``) and
+    its candidates' keys (shape ``[n]``); it answers the ``k`` best (default: the
+    service's), best first, with the candidates' keys and ``rank``."""
     service = service_of(serving, name)
-    if service.candidates is not None:
-        raise InferenceError(
-            f"service {name!r} ranks candidates: call POST /v1/predict/{name} with "
-            '"candidates" (the v2 protocol has no ranking request)'
-        )
-    unknown = [o for o in requested or () if o not in OUTPUTS]
-    if unknown:
-        raise InferenceError(f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
-    rows = rows_of(service.request_keys, service.context, inputs, max_entities)
     variant = None
     if version is not None:
         served = versions(serving, name)
         if version not in served:
             raise InferenceError(_unknown_version(name, version, served), "not_found")
         variant = served[version]
+    if service.candidates is not None:
+        return _rank(serving, service, variant, inputs, requested, max_entities, path, k)
+    if k is not None:
+        raise InferenceError(f"service {name!r} does not rank: the parameter k is for ranking")
+    unknown = [o for o in requested or () if o not in OUTPUTS]
+    if unknown:
+        raise InferenceError(f"unknown output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
+    rows = rows_of(service.request_keys, service.context, inputs, max_entities)
     try:
         predictions = serving.predictor(name).predict(rows, path, variant=variant)
     except NoModelVersion as exc:
@@ -164,6 +190,65 @@ def infer(
     outputs = [Tensor(o, OUTPUTS[o][0], [len(predictions)], columns[o]) for o in wanted]
     answered = sorted({str(p.model_version) for p in predictions}, key=int)
     return outputs, ",".join(answered)
+
+
+def _rank(
+    serving: Serving,
+    service: Any,
+    variant: str | None,
+    inputs: Sequence[Tensor],
+    requested: Sequence[str] | None,
+    max_candidates: int,
+    path: str,
+    k: int | None,
+) -> tuple[list[Tensor], str]:
+    """A ranking request: the request entity's row, its candidates' rows, then ``rank``."""
+    candidate_keys = list(service.candidates.keys)
+    names = [*candidate_keys, *RANKED]
+    unknown = [o for o in requested or () if o not in names]
+    if unknown:
+        raise InferenceError(f"unknown output {unknown[0]!r}; outputs: {', '.join(names)}")
+    takes = (*service.request_keys, *candidate_keys)
+    for tensor in inputs:
+        _check_tensor(tensor, takes, service.context)
+    given = [t.name for t in inputs]
+    twice = [n for n in dict.fromkeys(given) if given.count(n) > 1]
+    if twice:
+        raise InferenceError(f"input {twice[0]!r} is given twice")
+    request_inputs = [t for t in inputs if t.name not in candidate_keys]
+    candidate_inputs = [t for t in inputs if t.name in candidate_keys]
+    if not candidate_inputs:
+        raise InferenceError(f"missing input {candidate_keys[0]!r}: the candidates' keys (BYTES)")
+    absent = [k for k in service.request_keys if k not in given]
+    if absent:
+        raise InferenceError(f"missing input {absent[0]!r}: the request entity's key (BYTES, [1])")
+    request = rows_of(service.request_keys, service.context, request_inputs, max_candidates)
+    if len(request) != 1:
+        raise InferenceError("a ranking request is for one entity: request inputs of shape [1]")
+    candidates = rows_of(candidate_keys, (), candidate_inputs, max_candidates)
+    try:
+        ranking = serving.predictor(service.name).rank(
+            request[0], candidates, k, path, variant=variant
+        )
+    except NoModelVersion as exc:
+        raise InferenceError(str(exc), "unavailable") from None
+    except HeadwaterError as exc:  # a bad k, too many candidates: the predictor's reasons
+        raise InferenceError(str(exc)) from None
+    top = ranking.top
+    columns: dict[str, list[Any]] = {key: [p.entity[key] for p in top] for key in candidate_keys}
+    columns.update(
+        rank=[p.ranked["rank"] for p in top],
+        score=[p.score for p in top],
+        prediction_id=[p.prediction_id for p in top],
+        unknown_entity=[p.unknown_entity for p in top],
+        variant=[p.variant for p in top],
+        model_version=[p.model_version for p in top],
+        ranking_id=[ranking.ranking_id],
+    )
+    types = {**{key: "BYTES" for key in candidate_keys}, **{n: d for n, (d, _) in RANKED.items()}}
+    wanted = list(requested) if requested else names
+    outputs = [Tensor(o, types[o], [len(columns[o])], columns[o]) for o in wanted]
+    return outputs, ",".join(sorted({str(p.model_version) for p in top}, key=int))
 
 
 def rows_of(

@@ -190,12 +190,14 @@ class Predictor:
         k: int | None = None,
         path: str = "http",
         at_us: int | None = None,
+        variant: str | None = None,
     ) -> Ranking:
         """Score every candidate for one request entity; return the ``k`` best in order.
 
         ``candidates``: the candidate entity's key values (``["i1", "i2"]``) or objects with
         its keys (``[{"item_id": "i1"}]``). Every candidate's prediction is logged, with the
-        request's ``ranking_id``, its ``rank`` and whether it was ``returned``.
+        request's ``ranking_id``, its ``rank`` and whether it was ``returned``. ``variant``
+        pins the request to one variant instead of routing it.
         """
         service = self.service
         if service.candidates is None:
@@ -227,10 +229,14 @@ class Predictor:
         _check_keys(rows, service.entity.keys, what="candidate")
         keyed = self._online.entity_keys.rows(rows)  # PII candidate keys: as stored
         ranking_id = new_id()
-        variant = self._route([request])[0]
+        chosen = (
+            self._route([request])[0]
+            if variant is None
+            else next(v for v in service.variants if v.name == variant)
+        )
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us
-        names = self.features_of([variant], self.router.shadows())
+        names = self.features_of([chosen], self.router.shadows())
         values, by_entity = self._online.get_with_entities(keyed, names, t)
         # a candidate is unknown when its own entity has no state (a new item), whatever is
         # known of the user or of the pair; without candidate features, when nothing is
@@ -241,14 +247,14 @@ class Predictor:
             keyed,
             values,
             known,
-            [variant] * len(keyed),
+            [chosen] * len(keyed),
             path,
             features_at=t,
             ranking=(ranking_id, k),
         )
         # score() ranked every candidate: only the k returned ones need ordering here
         top = sorted((p for p in scored if p.ranked["returned"]), key=lambda p: p.ranked["rank"])
-        return Ranking(ranking_id, variant.name, top, len(keyed))
+        return Ranking(ranking_id, chosen.name, top, len(keyed))
 
     def _route(self, rows: Sequence[Mapping[str, Any]]) -> list[Variant]:
         keys = self.service.request_keys

@@ -195,3 +195,146 @@ def test_ranking_needs_a_pair_model_and_a_ranking_service(ranked):
         Service("bad", model=defs.models["affinity"], candidates=sku, owner="x", description="x")
     with pytest.raises(DefinitionError, match="does not rank"):
         ranked.rank("pair_score", {"user_id": "u1"}, ["i1"])
+
+
+def _v2(client: TestClient, body: dict, path: str = "/v2/models/recommend/infer") -> dict:
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    return {o["name"]: o for o in r.json()["outputs"]}
+
+
+def test_the_v2_protocol_ranks_as_v1_predict_does_and_logs_every_candidate(ranked):
+    """KServe's v2 request for a ranking service: the request entity's keys (shape [1]) and
+    the candidates' keys (shape [n]); the answer is the k best, best first, as tensors."""
+    p = ranked
+    expected = p.rank("recommend", {"user_id": "u5"}, ITEMS, k=4)["items"]
+    body = {
+        "inputs": [
+            {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u5"]},
+            {"name": "item_id", "datatype": "BYTES", "shape": [len(ITEMS), 1], "data": ITEMS},
+        ],
+        "parameters": {"k": 4},
+    }
+    with TestClient(p.app(), base_url=LOCAL) as client:
+        before = len(_logged(p))
+        out = _v2(client, body)
+        meta = client.get("/v2/models/recommend").json()
+        version = str(out["model_version"]["data"][0])
+        pinned = _v2(client, body, f"/v2/models/recommend/versions/{version}/infer")
+        default_k = _v2(client, {"inputs": body["inputs"]})
+        only = _v2(client, {**body, "outputs": [{"name": "item_id"}, {"name": "rank"}]})
+    assert out["item_id"]["data"] == [i["item_id"] for i in expected]
+    assert out["rank"]["data"] == [1, 2, 3, 4]
+    assert out["score"]["data"] == [i["score"] for i in expected]
+    assert out["score"]["datatype"] == "FP64" and out["rank"]["datatype"] == "INT64"
+    assert out["ranking_id"]["shape"] == [1]
+    logged = [x for x in _logged(p)[before:] if x.get("ranking_id") == out["ranking_id"]["data"][0]]
+    assert len(logged) == len(ITEMS) and {x["path"] for x in logged} == {"v2"}
+    assert {x["prediction_id"] for x in logged if x["returned"]} == set(
+        out["prediction_id"]["data"]
+    )
+    assert pinned["item_id"]["data"] == out["item_id"]["data"]
+    assert len(default_k["rank"]["data"]) == 3  # the service's k
+    assert set(only) == {"item_id", "rank"}
+    assert [i["name"] for i in meta["inputs"]] == ["user_id", "item_id"]
+    assert meta["inputs"][0]["shape"] == [1] and meta["inputs"][1]["shape"] == [-1]
+    assert "rank" in [o["name"] for o in meta["outputs"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            {
+                "inputs": [
+                    {"name": "user_id", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
+                    {"name": "item_id", "datatype": "BYTES", "shape": [1], "data": ["i1"]},
+                ]
+            },
+            "one entity",
+        ),
+        (
+            {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u1"]}]},
+            "missing input 'item_id'",
+        ),
+        (
+            {"inputs": [{"name": "item_id", "datatype": "BYTES", "shape": [1], "data": ["i1"]}]},
+            "missing input 'user_id'",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u1"]},
+                    {"name": "item_id", "datatype": "BYTES", "shape": [1], "data": ["i1"]},
+                ],
+                "parameters": {"k": 0},
+            },
+            "k must be a positive",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u1"]},
+                    {"name": "item_id", "datatype": "BYTES", "shape": [1], "data": ["i1"]},
+                ],
+                "outputs": [{"name": "unknown_thing"}],
+            },
+            "unknown output 'unknown_thing'",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u1"]},
+                    {
+                        "name": "item_id",
+                        "datatype": "BYTES",
+                        "shape": [51],
+                        "data": [f"i{n}" for n in range(51)],
+                    },
+                ]
+            },
+            "max_candidates",
+        ),
+    ],
+)
+def test_bad_v2_ranking_requests_get_400_with_the_reason(ranked, body, reason):
+    with TestClient(ranked.app(), base_url=LOCAL) as client:
+        r = client.post("/v2/models/recommend/infer", json=body)
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["error"]
+
+
+def test_a_real_grpc_client_ranks_through_model_infer(ranked):
+    import grpc
+
+    from headwater.serving.grpc import inference_pb2, inference_pb2_grpc
+    from headwater.serving.grpc.server import build_server
+
+    p = ranked
+    server, port = build_server(lambda: p.serving, None, 1000, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = inference_pb2.ModelInferRequest(model_name="recommend")
+            user = request.inputs.add(name="user_id", datatype="BYTES", shape=[1])
+            user.contents.bytes_contents.append(b"u9")
+            items = request.inputs.add(name="item_id", datatype="BYTES", shape=[len(ITEMS)])
+            items.contents.bytes_contents.extend(i.encode() for i in ITEMS)
+            request.parameters["k"].int64_param = 2
+            answer = stub.ModelInfer(request)
+            out = {o.name: o for o in answer.outputs}
+            bad = inference_pb2.ModelInferRequest()
+            bad.CopyFrom(request)
+            bad.parameters["k"].string_param = "two"
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(bad)
+    finally:
+        server.stop(None)
+    expected = p.rank("recommend", {"user_id": "u9"}, ITEMS, k=2)["items"]
+    assert [b.decode() for b in out["item_id"].contents.bytes_contents] == [
+        i["item_id"] for i in expected
+    ]
+    assert list(out["rank"].contents.int64_contents) == [1, 2]
+    assert list(out["score"].contents.fp64_contents) == [i["score"] for i in expected]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

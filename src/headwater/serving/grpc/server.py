@@ -165,6 +165,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 requested,
                 self.calls.max_entities,
                 "grpc",
+                _k(request),
             )
         return inference_pb2.ModelInferResponse(
             model_name=request.model_name,
@@ -172,6 +173,16 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             id=request.id,
             outputs=[_output(t) for t in outputs],
         )
+
+
+def _k(request: Any) -> int | None:
+    """A ranking request's ``k`` from its parameters (an int64 parameter), or None."""
+    if "k" not in request.parameters:
+        return None
+    parameter = request.parameters["k"]
+    if parameter.WhichOneof("parameter_choice") != "int64_param":
+        raise InferenceError("parameter k must be an int64_param")
+    return int(parameter.int64_param)
 
 
 def tensors_of(request: Any) -> list[Tensor]:

@@ -63,6 +63,7 @@ def run_server(
         host=host,
         port=port,
         log_level="warning",
+        access_log=False,  # never printed at this level, but worked out for each request
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
     )

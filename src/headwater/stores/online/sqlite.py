@@ -33,7 +33,7 @@ class SqliteOnlineStore:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        self._db = open_sqlite(path, _SCHEMA, "NORMAL")
+        self._db = open_sqlite(path, _SCHEMA, "NORMAL", mmap_bytes=1 << 30)
 
     def get_many(self, feature_set: str, keys: Sequence[str]) -> list[bytes | None]:
         found: dict[str, bytes] = {}

@@ -196,9 +196,9 @@ def _answer(app: Any, body: bytes, name: str, version: str | None) -> tuple[int,
     services: HttpServices = app.state.services
     start = time.perf_counter()
     try:
-        request_id, inputs, requested = parse(body)
+        request_id, inputs, requested, k = parse(body)
         outputs, answered = inference.infer(
-            services.serving, name, version, inputs, requested, services.max_entities, "v2"
+            services.serving, name, version, inputs, requested, services.max_entities, "v2", k
         )
     except InferenceError as exc:
         return STATUS[exc.kind], orjson.dumps({"error": str(exc)})
@@ -214,8 +214,9 @@ def _answer(app: Any, body: bytes, name: str, version: str | None) -> tuple[int,
     return 200, orjson.dumps(answer)
 
 
-def parse(body: bytes) -> tuple[str | None, list[Tensor], list[str] | None]:
-    """(id, input tensors with their data flattened, requested output names or None)."""
+def parse(body: bytes) -> tuple[str | None, list[Tensor], list[str] | None, int | None]:
+    """(id, input tensors with their data flattened, requested output names or None, the
+    ``k`` of a ranking request from its ``parameters`` or None)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -226,14 +227,20 @@ def parse(body: bytes) -> tuple[str | None, list[Tensor], list[str] | None]:
     if request_id is not None and not isinstance(request_id, str):
         raise InferenceError('"id" must be a string')
     tensors = [_tensor(t) for t in data["inputs"]]
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InferenceError('"parameters" must be an object')
+    k = parameters.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise InferenceError(f"parameter k must be a whole number, not {k!r}")
     outputs = data.get("outputs")
     if outputs is None:
-        return request_id, tensors, None
+        return request_id, tensors, None, k
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise InferenceError('"outputs" must be a list of {"name": ...}')
-    return request_id, tensors, [o["name"] for o in outputs]
+    return request_id, tensors, [o["name"] for o in outputs], k
 
 
 def _tensor(doc: Any) -> Tensor:
