@@ -117,16 +117,24 @@ class EmbeddedLog:
             ).fetchone()
             heads[stream] = row[0] if row else 0
         next_offset = heads[stream]
-        known = self._existing(stream, [r.event_id for r in request.records if not r.fresh_id])
+        records, ingest = request.records, request.ingest_time
+        if all(r.fresh_id for r in records):  # ids just made: no earlier copy, none twice
+            rows = [
+                (stream, next_offset + i, r.event_id, r.event_time, ingest, r.payload)
+                for i, r in enumerate(records)
+            ]
+            request.results.extend(Appended(next_offset + i, False) for i in range(len(rows)))
+            _insert(self._db, rows)
+            heads[stream] = next_offset + len(rows)
+            return
+        known = self._existing(stream, [r.event_id for r in records if not r.fresh_id])
         rows = []
-        for r in request.records:
+        for r in records:
             if r.event_id in known:
                 request.results.append(Appended(known[r.event_id], True))
                 continue
             known[r.event_id] = next_offset
-            rows.append(
-                (stream, next_offset, r.event_id, r.event_time, request.ingest_time, r.payload)
-            )
+            rows.append((stream, next_offset, r.event_id, r.event_time, ingest, r.payload))
             request.results.append(Appended(next_offset, False))
             next_offset += 1
         _insert(self._db, rows)
