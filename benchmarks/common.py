@@ -14,7 +14,7 @@ import shutil
 import statistics
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +262,13 @@ async def exchange(
     return status_line, await reader.readexactly(length)
 
 
-async def _client(url: str, bodies: list[bytes], out: list[float], errors: list[int]) -> None:
+async def _client(
+    url: str,
+    bodies: list[bytes],
+    out: list[float],
+    errors: list[int],
+    headers: Mapping[str, str] | None = None,
+) -> None:
     """One keep-alive HTTP/1.1 connection sending requests one after another.
 
     A minimal client on asyncio streams: a general-purpose client (httpx) costs more per
@@ -271,9 +277,10 @@ async def _client(url: str, bodies: list[bytes], out: list[float], errors: list[
     host, port_path = url.split("://", 1)[1].split(":", 1)
     port, path = port_path.split("/", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        "Content-Length: "
+        f"{extra}Content-Length: "
     )
     try:
         for body in bodies:
@@ -286,25 +293,33 @@ async def _client(url: str, bodies: list[bytes], out: list[float], errors: list[
         writer.close()
 
 
-def _worker(args: tuple[str, list[list[bytes]]]) -> tuple[list[float], int, float]:
-    url, per_client = args
+def _worker(
+    args: tuple[str, list[list[bytes]], Mapping[str, str] | None],
+) -> tuple[list[float], int, float]:
+    url, per_client, headers = args
     latencies: list[float] = []
     errors: list[int] = []
 
     async def main() -> None:
-        await asyncio.gather(*(_client(url, b, latencies, errors) for b in per_client))
+        await asyncio.gather(*(_client(url, b, latencies, errors, headers) for b in per_client))
 
     start = time.perf_counter()
     asyncio.run(main())
     return latencies, len(errors), time.perf_counter() - start
 
 
-def load(url: str, bodies: Sequence[object], clients: int) -> dict[str, float]:
-    """``clients`` concurrent clients (spread over 2 load processes) send ``bodies``."""
+def load(
+    url: str,
+    bodies: Sequence[object],
+    clients: int,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, float]:
+    """``clients`` concurrent clients (spread over 2 load processes) send ``bodies``, each
+    request with ``headers`` (an API key, say)."""
     encoded = [json.dumps(b).encode() for b in bodies]  # NaN as NaN: both servers parse it
     per_client = [encoded[i::clients] for i in range(clients)]
     procs = min(2, clients)
-    groups = [(url, per_client[i::procs]) for i in range(procs)]
+    groups = [(url, per_client[i::procs], headers) for i in range(procs)]
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         results = pool.map(_worker, groups)
     wall = max(r[2] for r in results)  # measured inside the load processes, after start-up

@@ -4,6 +4,8 @@ Side by side, on the same LightGBM model (the quickstart's churn model) and mach
   headwater   POST /v1/predict/retention — online features, derived features, model, logging;
               timed at its steady state (every user asked once before), with its first
               request per entity (nothing of it decoded or evaluated yet) on a line of its own
+  keys on     the same, with `[server] auth = "keys"`: every request's key checked, with
+              its scope (a copy of the project)
   2 workers   the same, `headwater serve --workers 2` (two processes on the port)
   bare        a FastAPI endpoint that only calls the booster on a given vector (the ceiling)
   raw ASGI    the same booster behind a minimal ASGI callable (no framework): a second ceiling
@@ -32,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,6 +163,7 @@ def main() -> None:
     add_runs_argument(ap)
     args = ap.parse_args()
     figures = Figures(args.runs)
+    once = Figures(1)  # what can be measured once only (the first request per entity)
     work = fresh_dir("serving")
     print("preparing the quickstart's project and churn model ...", flush=True)
     project, users = prepare(args.users, work / "shop")
@@ -176,6 +180,8 @@ def main() -> None:
     vectors = project.online_features([{"user_id": u} for u in chosen[:200]], features)
     project.close()
     matrix = feature_matrix(doc, features, vectors, args.requests)
+    keyed, secret = keyed_copy(work)
+    headers = {KEYS: {"authorization": f"Bearer {secret}"}}
 
     procs: list[subprocess.Popen] = []
     # mlflow starts `uvicorn` through the shell: the venv's bin must be on PATH
@@ -186,6 +192,7 @@ def main() -> None:
         grpc_port = free_port()
         servers = {
             "headwater": start_headwater(work, chosen, env, procs, grpc_port),
+            KEYS: start_headwater(work, chosen, env, procs, None, project=keyed),
             TWO: start_headwater(work, chosen, env, procs, None, workers=2),
             "bare FastAPI + booster": start_bare(doc, matrix, work, env, procs),
             RAW: start_raw(doc, matrix, work, env, procs),
@@ -195,16 +202,17 @@ def main() -> None:
         if not args.skip_bentoml:
             servers["bentoml serve"] = start_bentoml(doc, matrix, work, env, procs)
         for name, (url, bodies, _) in servers.items():
-            warm_up(name, url, bodies)
+            warm_up(name, url, bodies, headers.get(name))
         # headwater keeps each entity's decoded state and evaluated values: its first
         # request per entity costs more. Measured once, at 1 client over every user, then
         # every server is timed at its steady state (the same users again)
         first = [{"entity": {"user_id": u}} for u in dict.fromkeys(chosen)]
-        measure(COLD, servers["headwater"][0], first, [1], figures, servers["headwater"][2])
+        measure(COLD, servers["headwater"][0], first, [1], once, servers["headwater"][2])
         load(servers[TWO][0], first, 8)
+        load(servers[KEYS][0], first, 8, headers[KEYS])
         for _ in figures.runs():
             for name, (url, bodies, pid) in servers.items():
-                measure(name, url, bodies, levels, figures, pid)
+                measure(name, url, bodies, levels, figures, pid, headers.get(name))
             measure_grpc(f"127.0.0.1:{grpc_port}", chosen, levels, figures, procs[0].pid)
             measure_heavy(servers["headwater"][0], chosen, figures)
             measure_in_process(work / "shop", chosen, figures)
@@ -229,14 +237,33 @@ def main() -> None:
             f"{TWO}, {clients} clients: req/s",
             f"headwater, {clients} clients: req/s",
         )
-    for name in [n for n in servers if n not in ("headwater", TWO)]:
+    for clients in levels:
+        figures.compare(
+            f"headwater, API keys on / off, {clients} clients (req/s)",
+            f"{KEYS}, {clients} clients: req/s",
+            f"headwater, {clients} clients: req/s",
+        )
+    for name in [n for n in servers if n not in ("headwater", TWO, KEYS)]:
         for clients in levels:
             figures.compare(
                 f"headwater / {name}, {clients} clients (req/s)",
                 f"headwater, {clients} clients: req/s",
                 f"{name}, {clients} clients: req/s",
             )
+        for clients in levels:
+            figures.compare(
+                f"headwater, API keys on / {name}, {clients} clients (req/s)",
+                f"{KEYS}, {clients} clients: req/s",
+                f"{name}, {clients} clients: req/s",
+            )
+    for clients in levels:
+        figures.compare(
+            f"headwater / bare FastAPI + booster, {clients} clients (p99)",
+            f"headwater, {clients} clients: p99",
+            f"bare FastAPI + booster, {clients} clients: p99",
+        )
     print(figures.report())
+    print(once.report())
 
 
 def feature_matrix(
@@ -318,8 +345,20 @@ def measure_heavy(predict_url: str, users: list[str], figures: Figures, probes: 
 
 
 TWO = "headwater, 2 workers"
+KEYS = "headwater, API keys on"
 RAW = "raw ASGI + booster"
 Server = tuple[str, list[dict], int]  # URL, request bodies, the server's process id
+
+
+def keyed_copy(work: Path) -> tuple[Path, str]:
+    """A copy of the project with ``[server] auth = "keys"``, and a key that may predict."""
+    folder = work / "shop-keys"
+    shutil.copytree(work / "shop", folder)
+    toml = folder / "headwater.toml"
+    toml.write_text(toml.read_text().replace("[server]\n", '[server]\nauth = "keys"\n', 1))
+    with Project(folder) as project:
+        _, secret = project.create_key("bench", ["predict:retention"])
+    return folder, secret
 
 
 def start_headwater(
@@ -329,9 +368,11 @@ def start_headwater(
     procs: list[subprocess.Popen],
     grpc_port: int | None,
     workers: int = 1,
+    project: Path | None = None,
 ) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "headwater", "serve", "-p", str(work / "shop")]
+    folder = project or work / "shop"
+    cmd = [sys.executable, "-m", "headwater", "serve", "-p", str(folder)]
     cmd += ["--workers", str(workers)]
     if grpc_port is not None:
         cmd += ["--grpc-port", str(grpc_port)]
@@ -386,14 +427,14 @@ def _uvicorn_app(
     return f"http://127.0.0.1:{port}/predict", [{"features": row} for row in matrix], procs[-1].pid
 
 
-def warm_up(name: str, url: str, bodies: list[dict]) -> None:
+def warm_up(name: str, url: str, bodies: list[dict], headers: dict[str, str] | None = None) -> None:
     """A few requests before any is timed; a failure is shown instead of being timed."""
     for body in bodies[:20]:
         r = httpx.post(
             url,
             content=json.dumps(body),
             timeout=30,
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **(headers or {})},
         )
         if r.status_code != 200:
             print(f"  {name} answered {r.status_code}: {r.text[-700:]}", flush=True)
@@ -401,13 +442,19 @@ def warm_up(name: str, url: str, bodies: list[dict]) -> None:
 
 
 def measure(
-    name: str, url: str, bodies: list[dict], levels: list[int], figures: Figures, pid: int
+    name: str,
+    url: str,
+    bodies: list[dict],
+    levels: list[int],
+    figures: Figures,
+    pid: int,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """One run of a server: every client level in turn."""
     errors = 0
     for clients in levels:
         cpu = tree_cpu_seconds(pid)
-        result = load(url, bodies, clients)
+        result = load(url, bodies, clients, headers)
         result["cpu"] = (tree_cpu_seconds(pid) - cpu) / len(bodies) * 1e6
         for key, label, unit in (
             ("rps", "req/s", "req/s"),

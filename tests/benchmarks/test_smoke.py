@@ -105,6 +105,7 @@ def test_serving_benchmark_runs_every_server():
     )
     servers = (
         "headwater",
+        "headwater, API keys on",
         "headwater, 2 workers",
         "bare FastAPI + booster",
         "raw ASGI + booster",
@@ -120,8 +121,13 @@ def test_serving_benchmark_runs_every_server():
         cpu = _figure(proc.stdout, f"{server}, 2 clients: server CPU per request")
         assert float(cpu[1].replace(",", "")) >= 0, server
     assert "answered" not in proc.stdout  # every server accepted the requests
-    for other in servers[2:6]:
+    for other in servers[3:7]:
         _ratio(proc.stdout, f"headwater / {other}, 2 clients (req/s)")
+        _ratio(proc.stdout, f"headwater, API keys on / {other}, 2 clients (req/s)")
+    _ratio(proc.stdout, "headwater / bare FastAPI + booster, 2 clients (p99)")
+    _ratio(proc.stdout, "headwater, API keys on / off, 2 clients (req/s)")
+    _figure(proc.stdout, "headwater, first request per entity, 1 clients: req/s")
+    _figure(proc.stdout, "in-process predict, warm: p99")
     _ratio(proc.stdout, "headwater gRPC / headwater HTTP, 2 clients (req/s)")
     _ratio(proc.stdout, "headwater 2 workers / 1 worker, 2 clients (req/s)")
 

@@ -289,7 +289,7 @@ def test_cached_answers_equal_fresh_ones_at_every_time():
                     row = [{"account_id": key, "scale": 3.0}]
                     with patch.object(FeatureSetPlan, "evaluate", counted):
                         kept = eng.online.get(row, names, t)
-                    fresh = OnlineFeatures(eng.online_store, eng.catalog, lambda: t)
+                    fresh = OnlineFeatures(eng.online_store, eng.catalog, lambda t=t: t)
                     assert kept == fresh.get(row, names, t), f"t={t - T0} key={key}"
                     queries += 1
             # most answers came from the cache: evaluated again only where a window moved
