@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,8 @@ class Registry:
             if resolved is None:
                 raise RegistryError(f"model {model!r} has no alias {version!r}")
             version = resolved
-        doc = self._metadata.get_records(VERSIONS).get(f"{model}:{int(version)}")
+        key = f"{model}:{int(version)}"
+        doc = self._metadata.get_records(VERSIONS, [key]).get(key)  # one keyed read
         if doc is None:
             known = ", ".join(str(d["version"]) for d in self.versions(model)) or "none yet"
             raise RegistryError(f"model {model!r} has no version {version}; versions: {known}")
@@ -89,13 +91,20 @@ class Registry:
         }
 
     def alias(self, model: str, alias: str) -> int | None:
-        doc = self.aliases(model).get(alias)
-        return None if doc is None else doc["version"]
+        return self.alias_versions([(model, alias)]).get((model, alias))
+
+    def alias_versions(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The version each (model, alias) points at, in one keyed read (the serving
+        processes' refresh of every alias they serve); pairs pointing nowhere are left out."""
+        keys = {f"{model}:{alias}": (model, alias) for model, alias in pairs}
+        found = self._metadata.get_records(ALIASES, list(keys))
+        return {keys[k]: doc["version"] for k, doc in found.items() if k in keys}
 
     def _set_alias(
         self, model: str, alias: str, version: int, by: str, reason: str, action: str, now_us: int
     ) -> None:
-        doc = self.aliases(model).get(alias, {"history": []})
+        key = f"{model}:{alias}"
+        doc = self._metadata.get_records(ALIASES, [key]).get(key, {"history": []})
         entry = {
             "version": version,
             "previous": doc.get("version"),

@@ -186,6 +186,7 @@ class Serving:
                 stop.wait(poll_seconds)
 
     def close(self) -> None:
+        self.scorers.close()
         for predictor in self._predictors.values():
             predictor.drain()
         self.logger.flush()

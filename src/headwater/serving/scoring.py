@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,14 +154,17 @@ def load_scorer(registry: Registry, model: str, alias: str) -> Scorer:
 
 
 class ScorerCache:
-    """The loaded version of each (model, alias); re-reads the aliases at most every
-    ``refresh_seconds`` and swaps in newly promoted versions without blocking requests."""
+    """The loaded version of each (model, alias). A background thread re-reads every alias
+    served here every ``refresh_seconds``, in one keyed read whatever the number of models,
+    and swaps in newly promoted versions: requests never wait for the registry."""
 
     def __init__(self, registry: Registry, refresh_seconds: float = 1.0) -> None:
         self._registry, self._refresh = registry, refresh_seconds
         self._scorers: dict[tuple[str, str], Scorer] = {}
-        self._checked = 0.0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+        self.refresh_errors = 0
 
     def get(self, model: Model, alias: str) -> Scorer:
         key = (model.name, alias)
@@ -172,19 +174,35 @@ class ScorerCache:
                 scorer = self._scorers.get(key)
                 if scorer is None:
                     scorer = self._scorers[key] = load_scorer(self._registry, model.name, alias)
-        elif time.monotonic() - self._checked > self._refresh and self._lock.acquire(False):
-            try:  # one request refreshes; the others keep serving the loaded versions
-                self._checked = time.monotonic()
-                self._swap_promoted(dict(self._scorers))
-            finally:
-                self._lock.release()
-            scorer = self._scorers[key]
+                if self._refresher is None and not self._stop.is_set():
+                    self._refresher = threading.Thread(
+                        target=self._refresh_loop, name="alias-refresh", daemon=True
+                    )
+                    self._refresher.start()
         return scorer
 
-    def _swap_promoted(self, current: dict[tuple[str, str], Scorer]) -> None:
-        for (name, alias), scorer in current.items():
-            if alias.isdigit():
-                continue
-            version = self._registry.alias(name, alias)
-            if version is not None and version != scorer.version:
-                self._scorers[(name, alias)] = load_scorer(self._registry, name, alias)
+    def refresh(self) -> None:
+        """Swap in the versions the aliases point at now (the refresher calls it)."""
+        current = dict(self._scorers)
+        named = [key for key in current if not key[1].isdigit()]
+        if not named:
+            return
+        pointed = self._registry.alias_versions(named)
+        for key in named:
+            version = pointed.get(key)
+            if version is not None and version != current[key].version:
+                swapped = load_scorer(self._registry, *key)
+                with self._lock:
+                    self._scorers[key] = swapped
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=10)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self._refresh):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - a registry hiccup: keep serving, try again
+                self.refresh_errors += 1

@@ -282,7 +282,8 @@ def test_promotion_takes_effect_under_load_without_failed_requests(served, monke
         _wait_for(lambda: len(versions) >= 50)
         p.promote("churn", 2, force=True, reason="hot swap")
         seen = len(versions)
-        _wait_for(lambda: len(versions) >= seen + 150)
+        # the refresher thread swaps version 2 in within a pass (about a second)
+        _wait_for(lambda: versions[seen:].count(2) >= 100)
         stop.set()
         for t in threads:
             t.join()
@@ -376,3 +377,28 @@ def test_exposures_are_a_feature_of_the_predictions_stream(project_factory):
         assert list(offline["exposures_lifetime"]) == [4, 3]
         with pytest.raises(Exception, match="written by serving only"):
             p.ingest("predictions", [{"user_id": "u1"}])
+
+
+def test_requests_never_read_the_registry_and_the_alias_refresh_is_one_keyed_read(served):
+    """Loaded versions serve without the registry; the refresher thread reads every alias
+    served in one keyed read per pass (no whole-collection read, whatever the models)."""
+    from tests.unit.registry.test_keyed_reads import Spy
+
+    p = served
+    for service in ("risk", "risk_ab"):
+        p.serving.predict(service, [{"user_id": "u1"}], "inprocess")  # models loaded
+    registry = p.serving.scorers._registry
+    spy = Spy(registry._metadata)
+    registry._metadata = spy
+    try:
+        p.serving.scorers.refresh()  # as the refresher thread does each second
+        for i in range(300):
+            p.serving.predict("risk_ab", [{"user_id": f"u{i % 40}"}], "inprocess")
+    finally:
+        registry._metadata = spy.store
+    here = [c for c in spy.calls if c[2] == threading.current_thread().name]
+    assert len(here) == 1  # the refresh called above; none from the 300 predictions
+    assert {c[2] for c in spy.calls} <= {threading.current_thread().name, "alias-refresh"}
+    for collection, ids, _ in spy.calls:  # each pass: one keyed read of the aliases served
+        assert collection == "model_aliases" and ids is not None
+        assert set(ids) == {"churn:champion", "churn:challenger"}
