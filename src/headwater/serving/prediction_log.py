@@ -36,8 +36,7 @@ class PredictionLogger:
         # requests run beside it. Prediction ids are fresh: the log need not look for
         # earlier copies.
         self._pending.extend(
-            NewRecord(r["prediction_id"], r["ts_us"], orjson.dumps(r), fresh_id=True)
-            for r in records
+            NewRecord(r["prediction_id"], r["ts_us"], _json(r), fresh_id=True) for r in records
         )  # deque appends are atomic: safe from any thread
         if len(self._pending) >= self._batch:
             self._wake.set()
@@ -79,3 +78,11 @@ class PredictionLogger:
             self._log.append(PREDICTIONS_STREAM, records, self._clock())
         except Exception:  # noqa: BLE001 - logging must never take serving down; counted
             self.errors += len(records)
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    """A record as JSON, whatever an in-process caller put in its context or features:
+    numpy values as numbers, anything else JSON has no type for as its text."""
+    return orjson.dumps(
+        record, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -161,7 +162,7 @@ class OnlineFeatures:
         self, cache: dict[str, _Cached], key: str, blob: bytes, state: dict[str, Any]
     ) -> _Cached:
         if len(cache) >= self._cache_size:
-            cache.pop(next(iter(cache)), None)  # the oldest entry goes
+            _evict_oldest(cache)
         entry = cache[key] = _Cached(blob, state)
         self._added += 1
         if self.freeze_cached_states and self._added % 5_000 == 0:
@@ -270,7 +271,7 @@ class OnlineFeatures:
             if res.derived and not res.context:
                 values.update(self._derived_one(row, rp, values))
             if len(rp.rows) >= self._cache_size:
-                rp.rows.pop(next(iter(rp.rows)), None)  # the oldest entry goes
+                _evict_oldest(rp.rows)
             rp.rows[keys] = _Row(blobs, t, until, dict(values), known)
         if res.derived and res.context:
             values.update(self._derived_one(row, rp, values))
@@ -285,6 +286,14 @@ class OnlineFeatures:
             inputs[c] = [_key(row, c, 0, "context field")]
         derived = evaluate_derived(inputs, rp.numeric, rp.res.derived)
         return {name: to_python(array.tolist()[0]) for name, array in derived.items()}
+
+
+def _evict_oldest(cache: dict[Any, Any]) -> None:
+    """Drop a full cache's oldest entry. Requests of many entities run on other threads:
+    one of them may change the dict between finding the oldest key and dropping it, which
+    is fine (the cache stays about its size), but must never fail the request."""
+    with contextlib.suppress(RuntimeError, StopIteration):  # changed meanwhile
+        cache.pop(next(iter(cache)), None)
 
 
 def _key(row: Mapping[str, Any], name: str, index: int, what: str = "entity key") -> Any:

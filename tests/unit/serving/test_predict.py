@@ -402,3 +402,32 @@ def test_requests_never_read_the_registry_and_the_alias_refresh_is_one_keyed_rea
     for collection, ids, _ in spy.calls:  # each pass: one keyed read of the aliases served
         assert collection == "model_aliases" and ids is not None
         assert set(ids) == {"churn:champion", "churn:challenger"}
+
+
+def test_the_logger_writes_whatever_an_in_process_caller_put_in_a_record(tmp_path):
+    """numpy numbers, decimals, dates in a record's context or features are logged (as
+    numbers, or as their text) instead of failing the prediction or the logger's thread."""
+    import datetime as dt
+    from decimal import Decimal
+
+    import numpy as np
+
+    from headwater.log.embedded import EmbeddedLog
+    from headwater.log.ids import new_id
+    from headwater.serving.prediction_log import PredictionLogger
+
+    log = EmbeddedLog(tmp_path / "log.db")
+    logger = PredictionLogger(log, lambda: 1)
+    record = {
+        "prediction_id": new_id(),
+        "ts_us": 1,
+        "features": {"x": np.float64(1.5), "n": np.int64(3)},
+        "context": {"price": Decimal("9.90"), "day": dt.date(2026, 12, 6), 7: "seven"},
+    }
+    logger.log([record])
+    logger.flush()
+    [stored] = [orjson.loads(r.payload) for r in log.read("predictions", 0, 10)]
+    assert stored["features"] == {"x": 1.5, "n": 3}
+    assert stored["context"] == {"price": "9.90", "day": "2026-12-06", "7": "seven"}
+    assert logger.errors == 0
+    log.close()
