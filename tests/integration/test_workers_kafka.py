@@ -187,8 +187,18 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_state_is_exact(
             before = {next(iter(t)) for t in _owners(redis_db, plan_ids).values()}
             split_at = time.monotonic() - began
 
+            at_split = progress()
             assert p.ingest(stream, _events(5000, rnd, now)).accepted == 5000
-            _wait("work beyond the first events", lambda: processed() > 3200, 20, workers)
+
+            def both_working() -> bool:
+                # each partition moved since the split, so each worker is mid-way through
+                # its own (one worker may start late: waiting on the total alone let the
+                # other finish both of its partitions before the kill)
+                now_at = progress()
+                moved = all(d > s for d, s in zip(now_at, at_split, strict=True))
+                return moved and sum(now_at) > 3200
+
+            _wait("work beyond the first events on every partition", both_working, 30, workers)
             killed, survivor = workers
             killed.process.send_signal(signal.SIGKILL)  # mid-way: no chance to leave the group
             assert killed.process.wait(5) == -signal.SIGKILL
