@@ -4,8 +4,8 @@ after the other process processed more events, exactly what a fresh reader and t
 training set answer. The caches are checked against the bytes read in each request's own
 round trip, so nothing the other process writes can be missed.
 
-Redis is reached on 127.0.0.1:6379; this module uses its own database, flushed before and
-after. A missing Redis fails this test: it is never a reason to skip it.
+Redis is reached on 127.0.0.1:6379, in the database of test_rebuild_redis.py (its fixture,
+flushed before and after each test). A missing Redis fails this test, never skips it.
 """
 
 from __future__ import annotations
@@ -13,27 +13,20 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 
 from headwater import Project
-from tests.integration.test_rebuild_redis import FEATURES, USERS, ingested_project
-
-REDIS_DB = 6  # this module's own database: flushed before and after
-
-
-@pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}")
-    client.flushdb()  # no Redis is a failure, never a skip
-    yield client
-    client.flushdb()
-    client.close()
+from tests.integration.test_rebuild_redis import (  # noqa: F401 - redis_db: a fixture
+    FEATURES,
+    REDIS_DB,
+    USERS,
+    ingested_project,
+    redis_db,
+)
 
 
 def process_elsewhere(folder: Path) -> None:
@@ -51,9 +44,8 @@ def one_at_a_time(project: Project, users: list[str], at: datetime) -> list[dict
     return [project.online_features({"user_id": u}, FEATURES, at=at) for u in users]
 
 
-def test_a_reader_with_warm_caches_sees_what_another_process_processed(
-    tmp_path: Path, redis_db: redis.Redis
-) -> None:
+@pytest.mark.usefixtures("redis_db")
+def test_a_reader_with_warm_caches_sees_what_another_process_processed(tmp_path: Path) -> None:
     folder = ingested_project(
         tmp_path / "p", f"redis://127.0.0.1:6379/{REDIS_DB}", datetime.now(UTC)
     )
