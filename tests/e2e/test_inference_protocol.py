@@ -47,7 +47,7 @@ def server(tmp_path_factory):
             "none": p.create_key("apps", ["ingest:visits"])[1],
         }
     port, grpc_port = free_port(), free_port()
-    proc = start_server(folder, port, "--grpc-port", str(grpc_port))
+    proc = start_server(folder, port, "--grpc-port", str(grpc_port), "--preload")
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     grpc.channel_ready_future(channel).result(timeout=30)
     try:
@@ -111,6 +111,26 @@ def _logged(folder, ids: list[str]) -> list[dict]:
                     found[doc["prediction_id"]] = doc
         time.sleep(0.1)
     return [found[i] for i in ids]
+
+
+def test_preload_loads_every_services_models_before_any_call(server):
+    folder, base, _, _ = server
+
+    def variants() -> list[dict]:
+        services = httpx.get(f"{base}/readyz").json()["services"]
+        return [v for s in services.values() for v in s["variants"].values()]
+
+    deadline = time.monotonic() + 30
+    while any(v["status"] != "loaded" for v in variants()):
+        assert time.monotonic() < deadline, variants()
+        time.sleep(0.05)
+    found = variants()
+    assert {(v["model"], v["alias"], v["version"]) for v in found} == {
+        ("churn", "champion", 1), ("churn", "challenger", 2)
+    }  # fmt: skip
+    assert all(0 < v["seconds"] < 30 for v in found)  # how long each load took
+    announced = (folder / "server.log").read_text()
+    assert "models loading in the background (/readyz)" in announced
 
 
 def test_a_version_in_the_path_is_answered_by_the_variant_serving_it(server):

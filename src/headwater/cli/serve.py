@@ -54,6 +54,15 @@ def serve(
             "processor, scoring and monitor",
         ),
     ] = 1,
+    preload: Annotated[
+        bool,
+        typer.Option(
+            "--preload",
+            help="Load every service's model versions in the background at start-up (a "
+            "service answers 503 until loaded; /readyz reports each); without it a model "
+            "loads at its service's first call, and only required services preload",
+        ),
+    ] = False,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
@@ -97,6 +106,16 @@ def serve(
             ]
             if extra:
                 err.print(f"  also     {', '.join(extra)}")
+            services = p.definitions.services
+            required = [n for n, s in services.items() if s.required]
+            if services:
+                loading = (
+                    f"all {len(services)} services' models loading in the background"
+                    if preload
+                    else "each service's model loads at its first call"
+                    + (f"; required {', '.join(required)} loading now" if required else "")
+                )
+                err.print(f"  models   {loading} (/readyz)")
             if workers > 1:
                 err.print(
                     f"  workers  {workers} processes on the port"
@@ -125,6 +144,7 @@ def serve(
             announce=announce,
             grpc_port=grpc_port,
             workers=workers,
+            preload=preload,
         )
 
 

@@ -109,6 +109,10 @@ class Service(Definition):
     then scores every entity of the service at each fire time (the batch path, every
     prediction logged) into ``batch_output`` under the project folder (``{service}`` and
     ``{date}`` are filled in).
+
+    ``required``: the server is ready (``/readyz`` 200) only when this service's model
+    versions are loaded; a server loads a required service's versions at start-up. Other
+    services report their own readiness and never make the server unready.
     """
 
     kind = "service"
@@ -132,6 +136,7 @@ class Service(Definition):
         higher_is_better: bool = True,
         batch_schedule: str | None = None,
         batch_output: str = "scores/{service}/{date}.parquet",
+        required: bool = False,
         owner: str | None = None,
         description: str | None = None,
         deprecated: bool = False,
@@ -181,6 +186,7 @@ class Service(Definition):
                 f"service {name!r}: batch_output must end in .parquet or .csv, not {batch_output!r}"
             )
         self.batch_schedule, self.batch_output = batch_schedule, batch_output
+        self.required = required
         model_keys = variants[0].model.entity.keys
         if candidates is not None:
             missing = [c for c in candidates.keys if c not in model_keys]
@@ -227,6 +233,8 @@ class Service(Definition):
             extra["feedback"] = self.feedback.spec()
         if not self.higher_is_better:
             extra["higher_is_better"] = False
+        if self.required:
+            extra["required"] = True
         if self.batch_schedule is not None:
             extra.update(batch_schedule=self.batch_schedule, batch_output=self.batch_output)
         return {

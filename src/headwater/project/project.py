@@ -802,6 +802,7 @@ class Project:
         workers: int = 1,
         worker: Worker | None = None,
         sock: socket.socket | None = None,
+        preload: bool = False,
     ) -> None:
         """Serve the HTTP API until interrupted (default address from ``headwater.toml``),
         optionally with the stream processor, the scoring of trigger streams and a periodic
@@ -813,7 +814,11 @@ class Project:
 
         ``workers`` > 1 serves from that many processes sharing the port (and the gRPC
         port); the first of them alone runs the processor, stream scoring and monitor.
-        ``worker`` and ``sock`` are how the supervisor starts each of them."""
+        ``worker`` and ``sock`` are how the supervisor starts each of them.
+
+        The model versions of required services (``Service(required=True)``) load in the
+        background as the server starts; ``preload`` loads every service's. A service whose
+        versions are loading answers 503 with the reason; ``/readyz`` reports each one."""
         from headwater.serving.http.server import Task, is_loopback, run_server
 
         server = self.settings.server
@@ -835,7 +840,7 @@ class Project:
                 host,
                 port,
                 workers,
-                (with_processor, with_scoring, monitor_every, tls, grpc_port),
+                (with_processor, with_scoring, monitor_every, tls, grpc_port, preload),
                 announce,
             )
             return
@@ -873,6 +878,8 @@ class Project:
             record = app.state.metrics.record_monitor
             tasks.append(lambda stop: every(ctx, monitor_every, stop, record))
 
+        if preload or any(s.required for s in self.definitions.services.values()):
+            self.serving.preload(None if preload else self.serving.required)
         grpc_server = None
         if grpc_port is not None:
             grpc_server = self._grpc(host, grpc_port, tls, shared=worker.of > 1)
@@ -957,7 +964,7 @@ def _serve_in_worker(
     from headwater.serving import log_format
 
     log_format.configure(log_level)
-    with_processor, with_scoring, monitor_every, tls, grpc_port = options
+    with_processor, with_scoring, monitor_every, tls, grpc_port, preload = options
     tasks = worker.runs_tasks
     with Project(root, env=env) as project:
         project.serve(
@@ -971,6 +978,7 @@ def _serve_in_worker(
             grpc_port=grpc_port,
             worker=worker,
             sock=sock,
+            preload=preload,
         )
 
 

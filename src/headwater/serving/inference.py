@@ -79,34 +79,35 @@ def service_of(serving: Serving, name: str) -> Any:
 
 
 def versions(serving: Serving, name: str) -> dict[str, str]:
-    """The model versions a service serves now: version -> the variant behind it."""
-    service = service_of(serving, name)
+    """The model versions a service serves now (loaded, or registered and loaded at its
+    first call): version -> the variant behind it. Loads nothing."""
+    service_of(serving, name)
     out: dict[str, str] = {}
-    for variant in service.variants:
-        try:
-            scorer = serving.scorers.get(variant.model, variant.alias)
-        except NoModelVersion:
-            continue
-        out.setdefault(str(scorer.version), variant.name)
+    for variant, state in serving.readiness([name])[name]["variants"].items():
+        if state["status"] in ("loaded", "registered", "loading") and "version" in state:
+            out.setdefault(str(state["version"]), variant)
     return out
 
 
 def ready(serving: Serving, name: str, version: str | None = None) -> bool:
-    """A service is ready when every variant's version loads (a pinned ``version``: when it
-    is one of those)."""
-    service = service_of(serving, name)
-    served = versions(serving, name)
-    if version is not None:
-        return version in served
-    return len(served) > 0 and all(_loads(serving, v) for v in service.variants)
+    """A service is ready when every variant's version is loaded, or registered and loaded
+    at the first call (a required service: loaded); a pinned ``version``: when a variant
+    serving it is. Loads nothing (a required service's load starts in the background)."""
+    service_of(serving, name)
+    entry = serving.readiness([name])[name]
+    if version is None:
+        return bool(entry["ready"])
+    statuses = ("loaded",) if entry["required"] else ("loaded", "registered")
+    return any(
+        str(state.get("version")) == version and state["status"] in statuses
+        for state in entry["variants"].values()
+    )
 
 
-def _loads(serving: Serving, variant: Any) -> bool:
-    try:
-        serving.scorers.get(variant.model, variant.alias)
-    except NoModelVersion:
-        return False
-    return True
+def server_ready(serving: Serving) -> bool:
+    """The server is ready when every required service is (``Service(required=True)``)."""
+    required = serving.required
+    return all(e["ready"] for e in serving.readiness(required).values()) if required else True
 
 
 def metadata(serving: Serving, name: str, version: str | None = None) -> dict[str, Any]:

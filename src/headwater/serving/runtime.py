@@ -17,7 +17,7 @@ from headwater.log.base import Log, NewRecord, partition_name
 from headwater.registry.registry import Registry
 from headwater.serving.prediction_log import PredictionLogger
 from headwater.serving.predictor import Prediction, Predictor, Ranking
-from headwater.serving.scoring import ScorerCache
+from headwater.serving.scoring import LoadState, ScorerCache
 from headwater.stores.online.base import OnlineStore
 from headwater.streaming.online import OnlineFeatures
 from headwater.training.sets import TrainingSets
@@ -90,6 +90,53 @@ class Serving:
         path: str = "inprocess",
     ) -> Ranking:
         return self.predictor(service).rank(request, candidates, k, path)
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def preload(self, names: Sequence[str] | None = None) -> list[str]:
+        """Load the model versions of these services (default: all) in the background;
+        returns the services preloaded. Until its versions are loaded a service answers 503
+        with the reason (``ModelLoading``)."""
+        chosen = list(self.services) if names is None else [self.service(n).name for n in names]
+        self.scorers.preload(
+            (v.model.name, v.alias) for n in chosen for v in self.services[n].variants
+        )
+        return chosen
+
+    @property
+    def required(self) -> list[str]:
+        """The services the server's readiness waits for (``Service(required=True)``)."""
+        return [n for n, s in self.services.items() if s.required]
+
+    def readiness(self, names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Each service's readiness, without loading anything (one registry read for all):
+        ``ready`` when every variant's version is loaded, or registered and loaded at the
+        first call; a required service is ready only once loaded (its load starts here if
+        it has not started)."""
+        chosen = list(self.services) if names is None else [self.service(n).name for n in names]
+        required = [n for n in chosen if self.services[n].required]
+        if required:
+            self.preload(required)
+        states = self.scorers.states(
+            (v.model.name, v.alias) for n in chosen for v in self.services[n].variants
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for name in chosen:
+            service = self.services[name]
+            variants = {v.name: states[(v.model.name, v.alias)] for v in service.variants}
+            ok = all(
+                s.status == "loaded" if service.required else s.ready for s in variants.values()
+            )
+            entry: dict[str, Any] = {
+                "ready": ok,
+                "required": service.required,
+                "owner": service.owner,
+                "variants": {n: s.as_dict() for n, s in variants.items()},
+            }
+            if not ok:
+                entry["reason"] = _reason(variants)
+            out[name] = entry
+        return out
 
     # -- batch -----------------------------------------------------------------------------
 
@@ -190,6 +237,15 @@ class Serving:
         for predictor in self._predictors.values():
             predictor.drain()
         self.logger.flush()
+
+
+def _reason(variants: Mapping[str, LoadState]) -> str:
+    for name, state in variants.items():
+        if state.status == "loading":
+            return f"variant {name!r}: model {state.model!r} is loading"
+        if state.status in ("missing", "failed"):
+            return f"variant {name!r}: {state.reason}"
+    return "loading"  # a required service whose versions are registered, not yet loaded
 
 
 def _plain(value: Any) -> Any:

@@ -333,7 +333,10 @@ def test_predictions_can_be_logged_as_json_lines(served, capsys):
     line = orjson.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["event"] == "prediction"
     assert line["prediction_id"] == answer["predictions"][0]["prediction_id"]
-    assert ready["services"]["risk"] == {"champion": "churn v1"}
+    risk = ready["services"]["risk"]
+    assert risk["ready"] and risk["variants"]["champion"]["model"] == "churn"
+    assert risk["variants"]["champion"]["version"] == 1
+    assert risk["variants"]["champion"]["status"] == "loaded"
 
 
 EXPOSURES = (

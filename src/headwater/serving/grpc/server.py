@@ -123,8 +123,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         with answering(context):
-            serving = self.calls.serving_of()
-            ok = all(inference.ready(serving, name) for name in serving.services)
+            ok = inference.server_ready(self.calls.serving_of())
         return inference_pb2.ServerReadyResponse(ready=ok)
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802

@@ -37,29 +37,29 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(request: Request) -> Any:
-    """Ready when the log and the online store answer and every service's model versions
-    load; 503 with the reason otherwise."""
+    """Ready when the log and the online store answer and every required service
+    (``Service(required=True)``) has its model versions loaded; 503 with the reason
+    otherwise. Every service's own readiness is listed under ``services`` (its variants'
+    versions: loaded, loading, registered and loaded at the first call, missing or failed),
+    without loading anything: one unready service of one team never makes the server unready
+    unless it is required."""
     services: HttpServices = request.app.state.services
     worker = getattr(request.app.state, "worker", None)
     # which process answered (with ``serve --workers N``), and the background tasks it runs
     answered_by = {} if worker is None else {"worker": worker}
 
     def check() -> dict[str, Any]:
-        details: dict[str, Any] = {
+        serving = services.serving
+        readiness = serving.readiness()
+        return {
             "project": services.name,
             "environment": services.environment,
             "log_streams": len(services.log.streams()),
             "processor_lag": services.processor.lag(),
-            "services": {},
+            "required": serving.required,
+            "services": readiness,
             **answered_by,
         }
-        for name, service in services.serving.services.items():
-            loaded = [services.serving.scorers.get(v.model, v.alias) for v in service.variants]
-            details["services"][name] = {
-                v.name: f"{s.model} v{s.version}"
-                for v, s in zip(service.variants, loaded, strict=True)
-            }
-        return details
 
     try:
         details = await run_in_threadpool(check)
@@ -74,4 +74,11 @@ async def readyz(request: Request) -> Any:
             },
             status_code=503,
         )
+    waiting = [n for n in details["required"] if not details["services"][n]["ready"]]
+    if waiting:
+        first = details["services"][waiting[0]]
+        reason = f"required service {waiting[0]!r} is not ready: {first['reason']}"
+        if len(waiting) > 1:
+            reason += f" (and {len(waiting) - 1} more required services)"
+        return JSONResponse({"status": "unavailable", "reason": reason, **details}, 503)
     return {"status": "ready", **details}

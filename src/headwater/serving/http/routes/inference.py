@@ -112,16 +112,14 @@ async def live() -> Any:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", responses={503: {"description": "a service is not ready"}})
+@router.get(
+    "/v2/health/ready", responses={503: {"description": "a required service is not ready"}}
+)
 async def server_ready(request: Request) -> Response:
-    """Ready when every service's model versions load."""
+    """Ready when every required service's model versions are loaded (``/readyz`` says
+    which are not, and why)."""
     services: HttpServices = request.app.state.services
-
-    def check() -> bool:
-        serving = services.serving
-        return all(inference.ready(serving, name) for name in serving.services)
-
-    ok = await run_in_threadpool(check)
+    ok = await run_in_threadpool(lambda: inference.server_ready(services.serving))
     return _json(200 if ok else 503, {"ready": ok})
 
 
@@ -148,7 +146,8 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
 
 @router.get("/v2/models/{name}/ready", responses=ERRORS)
 async def model_ready(name: str, request: Request) -> Response:
-    """200 when every variant's model version loads, 503 otherwise."""
+    """200 when every variant's model version is loaded, or registered and loaded at the
+    first call (a required service: loaded), 503 otherwise."""
     return await _ready(request, name, None)
 
 
