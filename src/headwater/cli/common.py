@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from headwater.definitions.types import InvalidValue, from_micros, iso, to_micros
+from headwater.errors import HeadwaterError, did_you_mean
 from headwater.project.project import Project
 
 app = typer.Typer(
@@ -70,6 +71,23 @@ EnvOpt = Annotated[
         show_envvar=True,
     ),
 ]
+
+
+TeamOpt = Annotated[str | None, typer.Option("--team", help="Only what this team owns")]
+
+
+def check_team(project: Project, team: str) -> list[str]:
+    """The names of the services, models, features... ``team`` owns; a team that owns no
+    definition is an error naming the owners (a typo, more often than not)."""
+    owned = [d.name for d in project.definitions.all() if d.owner == team]
+    if not owned:
+        teams = sorted({d.owner for d in project.definitions.all() if d.owner})
+        raise HeadwaterError(
+            f"no definition is owned by team {team!r}"
+            + did_you_mean(team, teams)
+            + f" (owners: {', '.join(teams)})"
+        )
+    return owned
 
 
 def open_project(path: Path, env: str | None = None) -> Project:

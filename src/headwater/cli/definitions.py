@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from headwater.cli.common import EnvOpt, ProjectOpt, app, console, err, open_project
+from headwater.cli.common import (
+    EnvOpt,
+    ProjectOpt,
+    TeamOpt,
+    app,
+    check_team,
+    console,
+    err,
+    open_project,
+)
 from headwater.errors import HeadwaterError
 from headwater.project.planning import Plan
 
@@ -47,11 +56,15 @@ def _print_plan(plan: Plan, title: str) -> None:
 
 
 @app.command()
-def plan(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
-    """Show what `apply` would change: added, changed, updated, deprecated, removed."""
+def plan(team: TeamOpt = None, project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
+    """Show what `apply` would change: added, changed, updated, deprecated, removed
+    (--team: only the definitions that team owns)."""
     with open_project(project, env) as p:
         result = p.plan()
-        _print_plan(result, "plan")
+        if team is not None:
+            check_team(p, team)
+            result = result.of_team(team)
+        _print_plan(result, "plan" if team is None else f"plan of team {team!r}")
         if result.refused:
             raise typer.Exit(1)
 
@@ -79,7 +92,7 @@ def list_definitions(
     kind: Annotated[
         str | None, typer.Argument(help="streams, features, labels, models or services")
     ] = None,
-    team: Annotated[str | None, typer.Option(help="Only what this team owns")] = None,
+    team: TeamOpt = None,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:

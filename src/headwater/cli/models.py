@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from headwater.cli.common import EnvOpt, ProjectOpt, app, console, iso, open_project
+from headwater.cli.common import (
+    EnvOpt,
+    ProjectOpt,
+    TeamOpt,
+    app,
+    check_team,
+    console,
+    iso,
+    open_project,
+)
 from headwater.errors import HeadwaterError
 
 
@@ -76,14 +85,20 @@ def runs(
     compare: Annotated[
         list[str] | None, typer.Option(help="Run ids to compare side by side (repeatable)")
     ] = None,
+    team: TeamOpt = None,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
-    """List training runs with their status, duration, data and metrics, or compare runs."""
+    """List training runs with their status, duration, data and metrics, or compare runs
+    (--team: the runs of that team's models)."""
     with open_project(project, env) as p:
         if model is not None:
             p.definitions.model(model)  # an unknown name: "did you mean"
         records = p.registry.runs(model)
+        if team is not None:
+            check_team(p, team)
+            mine = {n for n, m in p.definitions.models.items() if m.owner == team}
+            records = [r for r in records if r["model"] in mine]
     if compare:
         _compare_runs([r for r in records if r["id"] in compare])
         return
@@ -133,11 +148,15 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
-def models_list(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
-    """Every model with its versions and aliases."""
+def models_list(team: TeamOpt = None, project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
+    """Every model with its versions and aliases (--team: that team's models)."""
     with open_project(project, env) as p:
+        if team is not None:
+            check_team(p, team)
         table = Table("model", "owner", "versions", "aliases")
         for name, m in sorted(p.definitions.models.items()):
+            if team is not None and m.owner != team:
+                continue
             versions = [d["version"] for d in p.registry.versions(name)]
             aliases = ", ".join(f"{a}=v{d['version']}" for a, d in p.registry.aliases(name).items())
             table.add_row(name, m.owner, ", ".join(map(str, versions)) or "-", aliases or "-")

@@ -15,7 +15,9 @@ from rich.table import Table
 from headwater.cli.common import (
     EnvOpt,
     ProjectOpt,
+    TeamOpt,
     app,
+    check_team,
     console,
     fmt,
     iso,
@@ -41,6 +43,7 @@ def monitor(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the whole run as one JSON document")
     ] = False,
+    team: TeamOpt = None,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
@@ -49,7 +52,8 @@ def monitor(
     The monitor's ledger consumes the log from its checkpoints first (a kill at any point
     resumes without counting anything twice), then the window is reported: per version, and
     per day from the ledger's daily aggregates. Alerts go to the `alerts` stream (and to
-    --webhook); they are printed as a table at the end."""
+    --webhook); they are printed as a table at the end. --team: only that team's services
+    (their alerts, and --act on their models only)."""
     log_format.configure(logging.WARNING)
     alert_log = logging.getLogger("headwater.monitor")
     alerts: list[dict[str, Any]] = []
@@ -63,9 +67,12 @@ def monitor(
                 alert_log.error("webhook failed", extra={"error": str(exc)})
 
     with open_project(project, env) as p, progress_bar(quiet=as_json, transient=True) as bar:
+        if team is not None:
+            check_team(p, team)
         task = bar.add_task("monitor ledger", total=None)
         run = p.monitor(
             service,
+            team=team,
             days=days,
             alert=send,
             act=act,

@@ -71,10 +71,16 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(project: ProjectOpt = Path("."), env: EnvOpt = None) -> None:
+def keys_list(
+    team: Annotated[str | None, typer.Option(help="Only this team's keys")] = None,
+    project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
+) -> None:
     """Every key: id, team, scopes, state and dates (never a secret)."""
     with open_project(project, env) as p:
         keys, now = p.access.keys.list(), p.now()
+    if team is not None:
+        keys = [k for k in keys if k.team == team]
     table = Table("id", "team", "scopes", "state", "created", "by", "expires", "description")
     for k in keys:
         table.add_row(

@@ -71,15 +71,22 @@ def _challenger_since(ctx: MonitorContext, model: str, since_us: int) -> bool:
 
 
 def promote_winners(
-    ctx: MonitorContext, since_us: int, until_us: int, log: Callable[[str], None]
+    ctx: MonitorContext,
+    since_us: int,
+    until_us: int,
+    log: Callable[[str], None],
+    models: set[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Promote a challenger that beat its champion on the same live, labelled requests."""
+    """Promote a challenger that beat its champion on the same live, labelled requests (of
+    ``models`` only, when given)."""
     frame = logged_predictions(ctx, None, since_us, until_us)
     actions: list[dict[str, Any]] = []
     if frame.empty:
         return actions
     monitor = Monitor(ctx)
     for name, model in sorted(ctx.definitions.models.items()):
+        if models is not None and name not in models:
+            continue
         champion = ctx.registry.alias(name, "champion")
         challenger = ctx.registry.alias(name, "challenger")
         if model.retrain is None or challenger is None or challenger == champion:

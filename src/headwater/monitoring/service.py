@@ -42,22 +42,29 @@ def run_monitor(
     act: bool = False,
     progress: Callable[[Progress], None] | None = None,
     log: Callable[[str], None] = lambda _: None,
+    team: str | None = None,
 ) -> MonitorRun:
-    """Monitor the predictions of the last ``days`` (of ``service``, or of every service).
+    """Monitor the predictions of the last ``days`` (of ``service``, of the services
+    ``team`` owns, or of every service).
 
     ``alert`` receives each alert (they also go to the ``alerts`` stream); ``act`` retrains
     models whose ``RetrainPolicy`` says so and promotes challengers that win on live labels;
     ``progress`` follows the ledger's consumption; ``log`` receives the loop's decisions.
+    With ``team``, alerts and actions concern that team's services and models only.
     """
     if service is not None:
         ctx.definitions.service(service)  # an unknown name: "did you mean"
+    chosen: list[str | None] = [service]
+    if team is not None:
+        chosen = [n for n, s in sorted(ctx.definitions.services.items()) if s.owner == team]
+        chosen = [n for n in chosen if service is None or n == service]
     now = ctx.clock()
     since = now - int(days * DAY_US)
     ledger = Ledger(ctx)
     done = ledger.advance(now, progress)
     watcher = Monitor(ctx, alert=alert)
-    reports = watcher.run(service, since_us=since)
-    daily = ledger.performance(since, now + 1, service)
+    reports = [r for name in chosen for r in watcher.run(name, since_us=since)]
+    daily = [row for name in chosen for row in ledger.performance(since, now + 1, name)]
     skews = {
         name: watcher.skew(name, since, now + 1) for name in sorted({r.service for r in reports})
     }
@@ -65,7 +72,13 @@ def run_monitor(
     if act:
         actions = [
             *loop.retrain_if_needed(ctx, reports, log),
-            *loop.promote_winners(ctx, since, now + 1, log),
+            *loop.promote_winners(
+                ctx,
+                since,
+                now + 1,
+                log,
+                None if team is None else {r.model for r in reports},
+            ),
         ]
     return MonitorRun(done, reports, daily, skews, actions)
 

@@ -20,6 +20,7 @@ class Change:
     old_version: str | None
     new_version: str | None
     detail: str = ""
+    owner: str | None = None  # the team that owns the definition (as registered, if removed)
 
 
 @dataclass
@@ -30,6 +31,13 @@ class Plan:
     @property
     def pending(self) -> list[Change]:
         return [c for c in self.changes if c.action != "unchanged"]
+
+    def of_team(self, team: str) -> Plan:
+        """The changes to what ``team`` owns, and the refusals about them."""
+        mine = [c for c in self.changes if c.owner == team]
+        names = {f"{c.kind} {c.name!r}" for c in mine}
+        refused = [r for r in self.refused if any(r.startswith(n + " ") for n in names)]
+        return Plan(mine, refused)
 
     def summary(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -54,7 +62,7 @@ def make_plan(definitions: list[Definition], store: MetadataStore) -> Plan:
         seen.add(key)
         old = registered.get(key)
         if old is None:
-            plan.changes.append(Change("added", d.kind, d.name, None, d.version))
+            plan.changes.append(Change("added", d.kind, d.name, None, d.version, owner=d.owner))
         elif old.version != d.version:
             plan.changes.append(
                 Change(
@@ -64,10 +72,13 @@ def make_plan(definitions: list[Definition], store: MetadataStore) -> Plan:
                     old.version,
                     d.version,
                     "new version: its meaning changed",
+                    d.owner,
                 )
             )
         elif d.deprecated and not old.meta.get("deprecated"):
-            plan.changes.append(Change("deprecated", d.kind, d.name, old.version, d.version))
+            plan.changes.append(
+                Change("deprecated", d.kind, d.name, old.version, d.version, owner=d.owner)
+            )
         elif d.meta() != _meta(old):
             fields = sorted(k for k in d.meta() if d.meta()[k] != old.meta.get(k))
             plan.changes.append(
@@ -78,14 +89,27 @@ def make_plan(definitions: list[Definition], store: MetadataStore) -> Plan:
                     old.version,
                     d.version,
                     "metadata: " + ", ".join(fields),
+                    d.owner,
                 )
             )
         else:
-            plan.changes.append(Change("unchanged", d.kind, d.name, old.version, d.version))
+            plan.changes.append(
+                Change("unchanged", d.kind, d.name, old.version, d.version, owner=d.owner)
+            )
     for key, old in registered.items():
         if key in seen:
             continue
-        plan.changes.append(Change("removed", old.kind, old.name, old.version, None))
+        owner = old.meta.get("owner")
+        plan.changes.append(
+            Change(
+                "removed",
+                old.kind,
+                old.name,
+                old.version,
+                None,
+                owner=owner if isinstance(owner, str) else None,
+            )  # fmt: skip
+        )
         if not old.meta.get("deprecated"):
             plan.refused.append(
                 f"{old.kind} {old.name!r} is registered and in use; mark it deprecated "

@@ -720,13 +720,15 @@ class Project:
         act: bool = False,
         progress: Callable[[Progress], None] | None = None,
         log: Callable[[str], None] | None = None,
+        team: str | None = None,
     ) -> MonitorRun:
         """Join logged predictions with their ground truth and report the last ``days``.
 
         The ledger consumes the log from its checkpoints first (a kill resumes without
         counting anything twice); then per version: performance, drift and skew, alerts (to
         ``alert`` and the ``alerts`` stream). ``act`` retrains models whose policy says so
-        and promotes challengers that win on live labels.
+        and promotes challengers that win on live labels. ``team``: only the services that
+        team owns (their alerts and actions only).
         """
         from headwater.monitoring.service import run_monitor  # scipy loads only to monitor
 
@@ -738,6 +740,7 @@ class Project:
             act=act,
             progress=progress,
             log=log or (lambda _: None),
+            team=team,
         )
 
     def monitor_context(self) -> MonitorContext:

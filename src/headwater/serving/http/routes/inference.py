@@ -112,9 +112,7 @@ async def live() -> Any:
     return {"live": True}
 
 
-@router.get(
-    "/v2/health/ready", responses={503: {"description": "a required service is not ready"}}
-)
+@router.get("/v2/health/ready", responses={503: {"description": "a required service is not ready"}})
 async def server_ready(request: Request) -> Response:
     """Ready when every required service's model versions are loaded (``/readyz`` says
     which are not, and why)."""
