@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,14 +25,30 @@ from headwater.errors import HeadwaterError
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Argument(help="Model name")],
+    model: Annotated[str | None, typer.Argument(help="Model name")] = None,
     reproduce: Annotated[
         int | None, typer.Option(help="Rebuild the training data of this version from the log")
     ] = None,
+    all_models: Annotated[
+        bool, typer.Option("--all", help="Train every model (with --team: that team's)")
+    ] = False,
+    team: TeamOpt = None,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="With --all: train in N processes at a time")
+    ] = 1,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
-    """Run a model's training pipeline (cached steps are reused) and register a version."""
+    """Run a model's training pipeline (cached steps are reused) and register a version;
+    --all trains many models, building one training set for the models that learn from the
+    same examples (one entity, its streams, the same sample times)."""
+    if all_models or team is not None:
+        if model is not None or reproduce is not None:
+            raise typer.BadParameter("give a model, or --all [--team T], not both")
+        _train_all(project, env, team, jobs)
+        return
+    if model is None:
+        raise typer.BadParameter("give a model name, or --all", param_hint="MODEL")
     with open_project(project, env) as p:
         console.print(f"training {model}")
         result = p.train(model, reproduce=reproduce, log=console.print)
@@ -52,6 +69,38 @@ def train(
         )
         if not same:
             raise typer.Exit(1)
+
+
+def _train_all(project: Path, env: str | None, team: str | None, jobs: int) -> None:
+    start = time.perf_counter()
+    with open_project(project, env) as p:
+        if team is not None:
+            check_team(p, team)
+        results = p.train_all(team=team, jobs=jobs, log=console.print)
+    table = Table("model", "result", "data hash", "training set shared with", "seconds")
+    for name, r in results.items():
+        if isinstance(r, Exception):
+            table.add_row(name, f"failed: {str(r).splitlines()[0][:80]}", "-", "-", "-")
+            continue
+        steps = r.run.get("steps") or []
+        seconds = sum(step["seconds"] for step in steps)
+        table.add_row(
+            name,
+            f"version {r.version}",
+            r.run.get("data_hash", "-"),
+            ", ".join(r.run.get("training_set_shared_with", [])) or "-",
+            f"{seconds:.1f}",
+        )
+    console.print(table)
+    failed = [n for n, r in results.items() if isinstance(r, Exception)]
+    console.print(
+        f"trained {len(results) - len(failed)} of {len(results)} models in "
+        f"{time.perf_counter() - start:.1f}s ({jobs} at a time)"
+    )
+    if not results:
+        raise HeadwaterError("no model to train" + (f" owned by {team!r}" if team else ""))
+    if failed:
+        raise typer.Exit(1)
 
 
 def _metric(value: float | None) -> str:

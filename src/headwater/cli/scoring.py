@@ -26,14 +26,16 @@ from headwater.serving.batch_scoring import write_scores
 def scheduler(
     once: Annotated[bool, typer.Option(help="Run what is due now, then exit")] = False,
     every: Annotated[float, typer.Option(help="Seconds between checks")] = 60.0,
+    jobs: Annotated[int, typer.Option(min=1, help="Train due models in N processes at a time")] = 1,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
     """Run the training pipelines of models, and the batch scoring of services, whose cron
-    schedule is due."""
+    schedule is due (due models train together: one training set for models that learn from
+    the same examples)."""
     with open_project(project, env) as p:
         while True:
-            trained, scored = p.run_scheduled(console.print)
+            trained, scored = p.run_scheduled(console.print, jobs)
             for name, outcome in trained:
                 console.print(f"{name}: {outcome}")
             for name, outcome in scored:

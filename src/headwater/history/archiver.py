@@ -34,6 +34,9 @@ class Archiver:
     ) -> None:
         self._log, self._offline, self._batch = log, offline, batch_size
         self._sorted_history, self._sorted_by = sorted_history, sorted_by
+        # set in a process that reads a history another one keeps current (the training
+        # workers of `train --all --jobs N`): two processes must not archive one stream
+        self.read_only = False
 
     def sorted_keys(self, stream: Stream) -> list[tuple[str, ...]]:
         """The key tuples the stream's history is kept sorted by (none with the copies off)."""
@@ -48,6 +51,8 @@ class Archiver:
 
         Each partition is read until a read finds nothing: the log's end offset is not
         trusted (a Kafka broker's high watermark may lag), nor are offsets dense."""
+        if self.read_only:
+            return 0
         added = 0
         committed: dict[int, int] = {}
         for partition in range(self._log.partitions(stream.name)):

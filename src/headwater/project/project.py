@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from headwater.definitions import DefinitionError, Model, Stream
 from headwater.definitions.types import to_micros
-from headwater.errors import did_you_mean
+from headwater.errors import HeadwaterError, did_you_mean
 from headwater.features.catalog import FeatureCatalog, UnknownFeatureError
 from headwater.ingestion.service import IngestResult
 from headwater.log.base import GroupLog, SoleMember
@@ -359,13 +359,103 @@ class Project:
     # -- models --------------------------------------------------------------------------
 
     def train(
-        self, model: str, *, reproduce: int | None = None, log: Callable[[str], None] | None = None
+        self,
+        model: str,
+        *,
+        reproduce: int | None = None,
+        log: Callable[[str], None] | None = None,
+        snapshot: dict[str, Any] | None = None,
+        shared_with: Sequence[str] = (),
     ) -> TrainResult:
         """Run a model's training pipeline and register the new version.
 
-        ``reproduce`` rebuilds the training data of an earlier version from the log.
+        ``reproduce`` rebuilds the training data of an earlier version from the log;
+        ``snapshot`` and ``shared_with`` are how ``train_all`` hands a model its part.
         """
-        trainer = wiring.build_trainer(
+        trainer = self._trainer(log)
+        result = trainer.train(
+            self.model(model), reproduce=reproduce, snapshot=snapshot, shared_with=shared_with
+        )
+        uri = self.settings.tracking.mlflow_uri
+        if uri:
+            from headwater.registry.mlflow_mirror import mirror
+
+            doc = self.registry.version(model, result.version)
+            mirror(uri, result.run, doc, read=self.registry.read_artifact)
+        return result
+
+    def train_all(
+        self,
+        models: Sequence[str] | None = None,
+        *,
+        team: str | None = None,
+        jobs: int = 1,
+        log: Callable[[str], None] | None = None,
+    ) -> dict[str, TrainResult | Exception]:
+        """Train many models (``models``, or every model ``team`` owns, or every model that
+        is not deprecated): one snapshot of the log for all, one training-set build for each
+        group of models that learn from the same examples, then each model's remaining
+        steps, in ``jobs`` processes. A model's failure is its own: the result maps each
+        model to its ``TrainResult`` or the exception that stopped it."""
+        say = log or (lambda _: None)
+        if models is None:
+            models = [
+                n
+                for n, m in sorted(self.definitions.models.items())
+                if not m.deprecated and (team is None or m.owner == team)
+            ]
+        chosen = [self.model(n) for n in models]
+        if not chosen:
+            return {}
+        trainer = self._trainer(say)
+        snapshots = trainer.snapshots(chosen)
+        groups = trainer.share_training_sets(chosen, snapshots)
+        shared = {name: group for group in groups for name in group}
+        out: dict[str, TrainResult | Exception] = {}
+        if jobs <= 1:
+            for m in chosen:
+                say(f"training {m.name}")
+                try:
+                    out[m.name] = self.train(
+                        m.name,
+                        log=say,
+                        snapshot=snapshots[m.name],
+                        shared_with=shared.get(m.name, ()),
+                    )
+                except Exception as exc:  # noqa: BLE001 - one model's failure stops only it
+                    say(f"{m.name} failed: {exc}")
+                    out[m.name] = exc
+            return out
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        for m in chosen:  # every stream is archived here, so workers only read history
+            for stream in sorted(trainer.streams_of(m)):
+                self.core.archiver.catch_up(self.definitions.streams[stream])
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {
+                m.name: pool.submit(
+                    _train_in_worker,
+                    str(self.root),
+                    self.environment.name,
+                    m.name,
+                    snapshots[m.name],
+                    tuple(shared.get(m.name, ())),
+                )
+                for m in chosen
+            }
+            for name, future in futures.items():
+                try:
+                    out[name] = future.result()
+                    say(f"trained {name}: version {out[name].version}")  # type: ignore[union-attr]
+                except Exception as exc:  # noqa: BLE001 - one model's failure stops only it
+                    say(f"{name} failed: {exc}")
+                    out[name] = exc
+        return out
+
+    def _trainer(self, log: Callable[[str], None] | None) -> Any:
+        return wiring.build_trainer(
             self.settings,
             self.definitions,
             self.catalog,
@@ -374,14 +464,6 @@ class Project:
             self.now,
             log or (lambda _: None),
         )
-        result = trainer.train(self.model(model), reproduce=reproduce)
-        uri = self.settings.tracking.mlflow_uri
-        if uri:
-            from headwater.registry.mlflow_mirror import mirror
-
-            doc = self.registry.version(model, result.version)
-            mirror(uri, result.run, doc, read=self.registry.read_artifact)
-        return result
 
     def explain(
         self,
@@ -701,13 +783,15 @@ class Project:
         return score_entities(self.serving, service, when, entities, progress)
 
     def run_scheduled(
-        self, log: Callable[[str], None]
+        self, log: Callable[[str], None], jobs: int = 1
     ) -> tuple[list[tuple[str, int | str]], list[tuple[str, int | str]]]:
         """Train every model, then batch-score every service, whose cron schedule is due:
-        (each model with its new version, each service with its rows; or the failure)."""
+        (each model with its new version, each service with its rows; or the failure).
+        Due models train together (``train_all``: shared training sets, ``jobs``
+        processes)."""
         from headwater.project.scheduler import run_due, run_due_scoring
 
-        return run_due(self, log), run_due_scoring(self, log)
+        return run_due(self, log, jobs), run_due_scoring(self, log)
 
     # -- monitoring ----------------------------------------------------------------------
 
@@ -983,6 +1067,21 @@ def _serve_in_worker(
             sock=sock,
             preload=preload,
         )
+
+
+def _train_in_worker(
+    root: str, env: str, model: str, snapshot: dict[str, Any], shared_with: tuple[str, ...]
+) -> TrainResult:
+    """What each process of ``Project.train_all(jobs=N)`` runs for one model; the history
+    was archived by the parent (two processes never archive one stream)."""
+    with Project(root, env=env) as project:
+        project.core.archiver.read_only = True
+        try:
+            return project.train(model, snapshot=snapshot, shared_with=shared_with)
+        except HeadwaterError as exc:  # the parent gets the message (not every error pickles)
+            raise HeadwaterError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - any failure of user code
+            raise HeadwaterError(f"{type(exc).__name__}: {exc}") from None
 
 
 def _process_in_worker(

@@ -34,7 +34,13 @@ class Project(Protocol):
 
     def model(self, name: str) -> Any: ...
 
-    def train(self, model: str, *, log: Callable[[str], None] | None = None) -> Any: ...
+    def train_all(
+        self,
+        models: list[str] | None = None,
+        *,
+        jobs: int = 1,
+        log: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]: ...
 
 
 def previous_fire(schedule: str, now: datetime) -> datetime:
@@ -109,14 +115,18 @@ def run_due_scoring(project: Project, log: Callable[[str], None]) -> list[tuple[
     return done
 
 
-def run_due(project: Project, log: Callable[[str], None]) -> list[tuple[str, int | str]]:
-    """Train every due model; a failure is logged and the others still run."""
-    done: list[tuple[str, int | str]] = []
-    for name in due_models(project):
-        log(f"training {name} (scheduled: {project.model(name).schedule})")
-        try:
-            done.append((name, project.train(name, log=log).version))
-        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
-            log(f"{name} failed: {exc}")
-            done.append((name, f"failed: {exc}"))
-    return done
+def run_due(
+    project: Project, log: Callable[[str], None], jobs: int = 1
+) -> list[tuple[str, int | str]]:
+    """Train every due model, together (one training set for models that learn from the
+    same examples, ``jobs`` processes); a failure is logged and the others still run."""
+    due = due_models(project)
+    for name in due:
+        log(f"due: {name} (scheduled: {project.model(name).schedule})")
+    if not due:
+        return []
+    results = project.train_all(due, jobs=jobs, log=log)
+    return [
+        (name, f"failed: {r}" if isinstance(r, Exception) else r.version)
+        for name, r in results.items()
+    ]

@@ -100,6 +100,15 @@ class Pipeline:
         )
         raise StepFailed(name, error, self.resume_hint)
 
+    def put(self, name: str, inputs: Any, value: Any) -> None:
+        """Store a step's output computed elsewhere (a training set built for several
+        models at once): the step, run with these inputs, then reuses it."""
+        path = self.cache_dir / f"{name}-{content_hash([name, inputs])}.pkl"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+
     def _record(self, record: StepRecord) -> None:
         self.records.append(record)
         extra = f" ({record.error})" if record.error else ""

@@ -10,7 +10,7 @@ import hashlib
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -121,17 +121,20 @@ class Trainer:
 
     # -- the pipeline ---------------------------------------------------------------------
 
-    def train(self, model: Model, reproduce: int | None = None) -> TrainResult:
+    def train(
+        self,
+        model: Model,
+        reproduce: int | None = None,
+        snapshot: dict[str, Any] | None = None,
+        shared_with: Sequence[str] = (),
+    ) -> TrainResult:
+        """Run the pipeline; ``snapshot`` (from ``snapshots``) fixes the log offsets and the
+        time to train as of; ``shared_with`` names the models whose training set was built
+        together with this one's (``share_training_sets``), recorded in the run."""
         run_id = uuid.uuid4().hex[:12]
         started = self._now()
-        snapshot = self._snapshot(model, reproduce)
-        pipeline = Pipeline(
-            self._cache / model.name,
-            model.retries,
-            f"fix the cause, then run `headwater train {model.name}` again; "
-            "finished steps are reused",
-            self.log,
-        )
+        snapshot = snapshot or self._snapshot(model, reproduce)
+        pipeline = self._pipeline(model)
         run: dict[str, Any] = {
             "id": run_id,
             "model": model.name,
@@ -143,6 +146,8 @@ class Trainer:
             "packages": package_versions(),
             "reproduces": reproduce,
         }
+        if shared_with:
+            run["training_set_shared_with"] = [m for m in shared_with if m != model.name]
         try:
             version, metrics = self._run(model, snapshot, pipeline, run)
         except StepFailed as exc:
@@ -193,15 +198,84 @@ class Trainer:
     def _snapshot(self, model: Model, reproduce: int | None) -> dict[str, Any]:
         if reproduce is not None:
             return dict(self.registry.version(model.name, reproduce)["lineage"]["snapshot"]["log"])
+        return self.snapshots([model])[model.name]
+
+    def snapshots(self, models: Sequence[Model]) -> dict[str, dict[str, Any]]:
+        """What each model trains on: its streams' end offsets in the log, read once for all
+        the models (two models reading one stream see the same events), and one time."""
         log = self._event_log
-        return {
-            "offsets": {
-                partition_name(s, p): log.end_offset(s, p)
-                for s in sorted(self._streams(model))
-                for p in range(log.partitions(s))
-            },
-            "as_of_us": self._now(),
+        streams = {m.name: sorted(self._streams(m)) for m in models}
+        ends = {
+            s: [log.end_offset(s, p) for p in range(log.partitions(s))]
+            for s in sorted({s for names in streams.values() for s in names})
         }
+        as_of = self._now()
+        return {
+            m.name: {
+                "offsets": {
+                    partition_name(s, p): end
+                    for s in streams[m.name]
+                    for p, end in enumerate(ends[s])
+                },
+                "as_of_us": as_of,
+            }
+            for m in models
+        }
+
+    def share_training_sets(
+        self, models: Sequence[Model], snapshots: Mapping[str, dict[str, Any]]
+    ) -> list[list[str]]:
+        """Build one training set for each group of models that learn from the same examples
+        (one entity, the same streams naming it, the same sample times): one point-in-time
+        join over the union of their features, one label per distinct label. Each model's
+        share is what its own build would give (its columns, its label's rows); it goes into
+        the model's step cache, so ``train`` finds its training set built. Returns the
+        groups of two or more; a group whose build fails is left to each model's own build
+        (which then reports its own error)."""
+        groups: dict[tuple[Any, ...], list[Model]] = {}
+        for m in models:
+            keyed = tuple(n for n in sorted(self._streams(m)) if self._names_entity(n, m))
+            times = tuple(sample_times(m, snapshots[m.name]["as_of_us"]))
+            groups.setdefault((tuple(m.entity.keys), keyed, times), []).append(m)
+        shared = []
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            offsets: dict[str, int] = {}
+            for m in members:
+                offsets.update(snapshots[m.name]["offsets"])
+            as_of = snapshots[members[0].name]["as_of_us"]
+            names = [m.name for m in members]
+            start = time.perf_counter()
+            try:
+                datasets = self._datasets(members, offsets, as_of)
+            except Exception as exc:  # noqa: BLE001 - each model builds its own instead
+                self.log(f"shared training set of {', '.join(names)} failed: {exc}")
+                continue
+            self.log(
+                f"shared training set of {', '.join(names)}: {time.perf_counter() - start:.2f}s"
+            )
+            for m in members:
+                self._pipeline(m).put("training_set", [m.version, snapshots[m.name]],
+                                      datasets[m.name])  # fmt: skip
+            shared.append(names)
+        return shared
+
+    def _pipeline(self, model: Model) -> Pipeline:
+        return Pipeline(
+            self._cache / model.name,
+            model.retries,
+            f"fix the cause, then run `headwater train {model.name}` again; "
+            "finished steps are reused",
+            self.log,
+        )
+
+    def streams_of(self, model: Model) -> set[str]:
+        """The streams a model's features and label read."""
+        return self._streams(model)
+
+    def _names_entity(self, stream: str, model: Model) -> bool:
+        return all(k in self._stream_defs[stream].fields for k in model.entity.keys)
 
     def _streams(self, model: Model) -> set[str]:
         res = self._catalog.resolve(list(model.features))
@@ -212,33 +286,56 @@ class Trainer:
     # -- steps ----------------------------------------------------------------------------
 
     def _dataset(self, model: Model, snapshot: dict[str, Any]) -> dict[str, Any]:
-        streams = [self._stream_defs[s] for s in sorted(self._streams(model))]
-        for stream in streams:
-            self._archiver.catch_up(stream)
-        offsets = snapshot["offsets"]
+        return self._datasets([model], snapshot["offsets"], snapshot["as_of_us"])[model.name]
+
+    def _datasets(
+        self, models: Sequence[Model], offsets: dict[str, int], as_of_us: int
+    ) -> dict[str, dict[str, Any]]:
+        """The training sets of models with one spine (one entity, the same streams naming
+        it, the same sample times): one build of all their features."""
+        first = models[0]
+        names = sorted({s for m in models for s in self._streams(m)})
+        for name in names:
+            self._archiver.catch_up(self._stream_defs[name])
         # entities are seen in the streams holding all their keys (a user-item model's
         # pairs in the streams with both ids, not in the user-only streams it reads)
-        keyed = [s for s in streams if all(k in s.fields for k in model.entity.keys)]
+        keyed = [
+            self._stream_defs[n]
+            for n in sorted(self._streams(first))
+            if self._names_entity(n, first)
+        ]
         engine = self._training.engine
-        seen = engine.first_seen(model.entity.keys, keyed, offsets)
-        times = sample_times(model, snapshot["as_of_us"])
-        spine = build_spine(seen, times, model.entity.keys)
+        seen = engine.first_seen(first.entity.keys, keyed, offsets)
+        times = sample_times(first, as_of_us)
+        spine = build_spine(seen, times, first.entity.keys)
         if spine.empty:
             raise HeadwaterError(
-                f"model {model.name!r} has no training examples: no entity has events "
-                f"before the sample times (as of {snapshot['as_of_us']}); ingest more "
+                f"model {first.name!r} has no training examples: no entity has events "
+                f"before the sample times (as of {as_of_us}); ingest more "
                 "history or shorten the label horizon"
             )
-        frame = self._training.build(spine, list(model.features), snapshot=offsets).to_pandas()
+        wanted = {m.name: self._catalog.resolve(list(m.features)).requested for m in models}
+        union = list(dict.fromkeys(f for m in models for f in wanted[m.name]))
+        table = self._training.build(spine, union, snapshot=offsets).to_pandas()
+        base = [c for c in table.columns if c not in union]  # the spine's columns
         times_us = micros(spine["timestamp"])
-        frame["label"] = label_values(engine, model.label, spine, times_us, offsets).to_numpy()
-        frame = frame[frame["label"].notna()].reset_index(drop=True)
-        return {
-            "frame": frame,
-            "hash": data_hash(frame),
-            "rows": len(frame),
-            "time_range": [int(times[0]), int(times[-1])],
-        }
+        labels: dict[str, Any] = {}
+        out = {}
+        for m in models:
+            if m.label.version not in labels:
+                labels[m.label.version] = label_values(
+                    engine, m.label, spine, times_us, offsets
+                ).to_numpy()
+            frame = table[[*base, *wanted[m.name]]].copy()
+            frame["label"] = labels[m.label.version]
+            frame = frame[frame["label"].notna()].reset_index(drop=True)
+            out[m.name] = {
+                "frame": frame,
+                "hash": data_hash(frame),
+                "rows": len(frame),
+                "time_range": [int(times[0]), int(times[-1])],
+            }
+        return out
 
     def _validate(self, model: Model, dataset: dict[str, Any]) -> dict[str, Any]:
         frame: pd.DataFrame = dataset["frame"]
