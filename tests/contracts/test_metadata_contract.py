@@ -350,6 +350,18 @@ def test_records_can_be_read_by_id(store: MetadataStore) -> None:
     assert store.get_records("other", ["k3"]) == {}
 
 
+def test_records_can_be_read_by_id_prefix(store: MetadataStore) -> None:
+    """A prefix is matched byte for byte: LIKE's wildcards and the collation play no part."""
+    ids = ["m1:1", "m1:2", "m10:1", "m_1:1", "mx1:1", "m%1:1", "M1:1", "m1", "m1;", "m:1"]
+    store.put_records([("v", i, {"id": i}) for i in ids] + [("w", "m1:1", {"id": "w"})])
+    assert list(store.get_records("v", prefix="m1:")) == ["m1:1", "m1:2"]
+    assert list(store.get_records("v", prefix="m_1:")) == ["m_1:1"]
+    assert list(store.get_records("v", prefix="m%1:")) == ["m%1:1"]
+    assert list(store.get_records("v", prefix="m1")) == ["m1:1", "m1:2", "m10:1", "m1", "m1;"]
+    assert store.get_records("v", prefix="nothing:") == {}
+    assert store.get_records("v", ["m1:2", "m10:1"], prefix="m1:") == {"m1:2": {"id": "m1:2"}}
+
+
 def test_add_keeps_the_first_document_of_an_id(store: MetadataStore) -> None:
     first = store.add_records("keys", [("a", {"v": 1}), ("b", {"v": 2})])
     assert first == {"a": {"v": 1}, "b": {"v": 2}}
@@ -415,7 +427,7 @@ def test_concurrent_opens_migrate_once_and_reopening_is_a_no_op(pg_schema: str) 
     try:
         assert errors == []
         rows = _migration_rows(pg_schema)
-        assert [v for v, _ in rows] == [1, 2, 3]
+        assert [v for v, _ in rows] == [1, 2, 3, 4]
         stores[0].apply([_definition("spend")], [])
         stores.append(PostgresMetadataStore(PG_URL, schema=pg_schema))
         assert _migration_rows(pg_schema) == rows
@@ -430,7 +442,7 @@ def test_the_schema_can_come_from_the_url(pg_schema: str) -> None:
     try:
         assert store.schema == pg_schema
         store.apply([_definition("spend")], [])
-        assert [v for v, _ in _migration_rows(pg_schema)] == [1, 2, 3]
+        assert [v for v, _ in _migration_rows(pg_schema)] == [1, 2, 3, 4]
     finally:
         store.close()
     other = PostgresMetadataStore(PG_URL, schema=pg_schema)
@@ -443,7 +455,7 @@ def test_the_schema_can_come_from_the_url(pg_schema: str) -> None:
 def test_a_schema_at_version_1_is_upgraded_keeping_its_definitions(
     pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert len(MIGRATIONS) == 3
+    assert len(MIGRATIONS) == 4
     spend, clicks = _definition("spend", "v1"), _definition("clicks", "c1", at=5)
     with monkeypatch.context() as m:
         m.setattr(metadata_postgres, "MIGRATIONS", MIGRATIONS[:1])
@@ -463,7 +475,7 @@ def test_a_schema_at_version_1_is_upgraded_keeping_its_definitions(
     store = PostgresMetadataStore(PG_URL, schema=pg_schema)
     try:
         after = _migration_rows(pg_schema)
-        assert [v for v, _ in after] == [1, 2, 3]
+        assert [v for v, _ in after] == [1, 2, 3, 4]
         assert after[0] == before[0]  # step 1 is not run again
         assert store.definitions() == [_definition("spend", "v2", at=2)]
         assert store.history("feature", "spend") == [spend, _definition("spend", "v2", at=2)]

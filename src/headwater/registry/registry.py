@@ -56,7 +56,8 @@ class Registry:
     # -- versions ------------------------------------------------------------------------
 
     def versions(self, model: str) -> list[dict[str, Any]]:
-        docs = self._metadata.get_records(VERSIONS).values()
+        """Every version of ``model``, oldest first: one read of its ids' range."""
+        docs = self._metadata.get_records(VERSIONS, prefix=f"{model}:").values()
         return sorted((d for d in docs if d["model"] == model), key=lambda d: d["version"])
 
     def version(self, model: str, version: int | str) -> dict[str, Any]:
@@ -86,7 +87,7 @@ class Registry:
         prefix = f"{model}:"
         return {
             k[len(prefix) :]: v
-            for k, v in self._metadata.get_records(ALIASES).items()
+            for k, v in self._metadata.get_records(ALIASES, prefix=prefix).items()
             if k.startswith(prefix)
         }
 

@@ -27,7 +27,8 @@ class MetadataStore(Protocol):
     records atomically (replacing documents of the same ids), ``add_records`` adds those whose
     id is new and answers the document each id holds (the first writer's, when two race), and
     ``delete_records`` removes documents and answers how many there were. ``get_records`` with
-    ``ids`` reads just those (the ones that exist).
+    ``ids`` reads just those (the ones that exist); with ``prefix``, the ids that start with it
+    (an index range: a model's versions, ``"churn:"``, cost the same whatever the models).
     """
 
     def definitions(self) -> list[RegisteredDefinition]: ...
@@ -39,7 +40,7 @@ class MetadataStore(Protocol):
     def history(self, kind: str, name: str) -> list[RegisteredDefinition]: ...
 
     def get_records(
-        self, collection: str, ids: Sequence[str] | None = None
+        self, collection: str, ids: Sequence[str] | None = None, prefix: str | None = None
     ) -> dict[str, dict[str, Any]]: ...
 
     def put_records(self, records: Sequence[tuple[str, str, dict[str, Any]]]) -> None: ...

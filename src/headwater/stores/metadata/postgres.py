@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -68,6 +69,11 @@ MIGRATIONS: tuple[str, ...] = (
         ALTER COLUMN spec TYPE json, ALTER COLUMN meta TYPE json;
     ALTER TABLE {schema}.records ALTER COLUMN doc TYPE json;
     """,
+    # step 4: ids by prefix (a model's versions and aliases) read an index range, whatever
+    # the database's collation (text_pattern_ops compares bytes, as LIKE 'prefix%' needs)
+    """
+    CREATE INDEX records_by_prefix ON {schema}.records (collection, id text_pattern_ops);
+    """,
 )
 
 
@@ -97,6 +103,9 @@ _SELECT_HISTORY = (
     "WHERE kind = %s AND name = %s AND action = 'apply' ORDER BY id"
 )
 _SELECT_RECORDS = "SELECT id, doc FROM {schema}.records WHERE collection = %s ORDER BY seq"
+_SELECT_PREFIXED_RECORDS = (
+    "SELECT id, doc FROM {schema}.records WHERE collection = %s AND id LIKE %s ORDER BY seq"
+)
 _SELECT_SOME_RECORDS = (
     "SELECT id, doc FROM {schema}.records WHERE collection = %s AND id = ANY(%s) ORDER BY seq"
 )
@@ -165,6 +174,7 @@ class PostgresMetadataStore:
             self._select_some_records,
             self._add_record,
             self._delete_records,
+            self._select_prefixed_records,
         ) = (
             sql.SQL(text).format(schema=ident)
             for text in (
@@ -178,6 +188,7 @@ class PostgresMetadataStore:
                 _SELECT_SOME_RECORDS,
                 _ADD_RECORD,
                 _DELETE_RECORDS,
+                _SELECT_PREFIXED_RECORDS,
             )
         )
         self._lock = threading.Lock()
@@ -239,10 +250,20 @@ class PostgresMetadataStore:
 
     @_reachable
     def get_records(
-        self, collection: str, ids: Sequence[str] | None = None
+        self, collection: str, ids: Sequence[str] | None = None, prefix: str | None = None
     ) -> dict[str, dict[str, Any]]:
         with self._lock:
-            if ids is None:
+            if prefix:
+                pattern = re.sub(r"([\\%_])", r"\\\1", prefix) + "%"  # LIKE's escapes
+                rows = (
+                    self._connection()
+                    .execute(self._select_prefixed_records, (collection, pattern))
+                    .fetchall()
+                )
+                if ids is not None:
+                    chosen = set(ids)
+                    rows = [r for r in rows if r[0] in chosen]
+            elif ids is None:
                 rows = self._connection().execute(self._select_records, (collection,)).fetchall()
             else:
                 wanted = list(dict.fromkeys(ids))

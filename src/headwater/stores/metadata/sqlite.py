@@ -86,10 +86,19 @@ class SqliteMetadataStore:
         return [_row(r) for r in rows]
 
     def get_records(
-        self, collection: str, ids: Sequence[str] | None = None
+        self, collection: str, ids: Sequence[str] | None = None, prefix: str | None = None
     ) -> dict[str, dict[str, Any]]:
         with self._lock:
-            if ids is None:
+            if prefix:  # a range of the primary key (BINARY collation: byte order)
+                rows = self._db.execute(
+                    "SELECT id, doc FROM records WHERE collection = ? AND id >= ? AND id < ? "
+                    "ORDER BY rowid",
+                    (collection, prefix, _after(prefix)),
+                ).fetchall()
+                if ids is not None:
+                    chosen = set(ids)
+                    rows = [r for r in rows if r[0] in chosen]
+            elif ids is None:
                 rows = self._db.execute(
                     "SELECT id, doc FROM records WHERE collection = ? ORDER BY rowid",
                     (collection,),
@@ -161,3 +170,8 @@ class SqliteMetadataStore:
 
 def _row(r: tuple) -> RegisteredDefinition:  # type: ignore[type-arg]
     return RegisteredDefinition(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5])
+
+
+def _after(prefix: str) -> str:
+    """The least string greater than every string starting with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
