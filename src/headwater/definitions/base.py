@@ -10,6 +10,7 @@ from typing import Any
 from headwater.errors import DefinitionError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_QUALIFIED = re.compile(r"^([a-z][a-z0-9_]*\.)?[a-z][a-z0-9_]*$")  # a feature's: "growth.visits_7d"
 
 
 def check_name(kind: str, name: str) -> str:
@@ -17,6 +18,18 @@ def check_name(kind: str, name: str) -> str:
         raise DefinitionError(
             f"{kind} name {name!r} is not valid; use lowercase letters, digits and '_', "
             "starting with a letter"
+        )
+    return name
+
+
+def check_feature_name(name: str) -> str:
+    """A feature output's name, with its team's namespace if it has one
+    (``growth.sessions_7d``)."""
+    if not isinstance(name, str) or not _QUALIFIED.match(name):
+        raise DefinitionError(
+            f"feature name {name!r} is not valid; use lowercase letters, digits and '_', "
+            "starting with a letter, after a namespace and a dot if the feature has one "
+            "(growth.sessions_7d)"
         )
     return name
 
@@ -46,6 +59,7 @@ class Definition:
     description: str
     deprecated: bool
     tags: tuple[str, ...]
+    namespace: str | None = None  # a feature's team namespace (``growth`` of growth.visits)
 
     def _init_common(
         self,
@@ -54,9 +68,13 @@ class Definition:
         description: str | None,
         deprecated: bool,
         tags: tuple[str, ...] | list[str],
+        namespace: str | None = None,
     ) -> None:
         self.name = check_name(self.kind, name)
-        check_ownership(self.kind, name, owner, description)
+        if namespace is not None:  # a team's namespace: two teams may use one short name
+            self.name = f"{check_name('namespace', namespace)}.{self.name}"
+        self.namespace = namespace
+        check_ownership(self.kind, self.name, owner, description)
         self.owner = str(owner)
         self.description = str(description)
         self.deprecated = bool(deprecated)

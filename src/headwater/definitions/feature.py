@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from headwater.definitions.aggregation import NUMERIC_KINDS, Aggregation
-from headwater.definitions.base import Definition, check_name
+from headwater.definitions.base import Definition, check_feature_name, check_name
 from headwater.definitions.entity import Entity
 from headwater.definitions.expr import Expr
 from headwater.definitions.stream import Stream
@@ -52,6 +52,10 @@ class Feature(Definition):
     ...             windows=["1h", "7d", "lifetime"], owner="growth", description="Views")
     >>> [c.name for c in f.columns]
     ['views_1h', 'views_7d', 'views_lifetime']
+
+    ``namespace`` (a team's, say) prefixes the feature's name and outputs, so that two teams
+    may each have a ``views``: ``Feature("views", namespace="growth", ...)`` is the feature
+    ``growth.views``, its outputs ``growth.views_1h``...
     """
 
     kind = "feature"
@@ -70,8 +74,10 @@ class Feature(Definition):
         description: str | None = None,
         deprecated: bool = False,
         tags: Sequence[str] = (),
+        namespace: str | None = None,
     ) -> None:
-        self._init_common(name, owner, description, deprecated, tuple(tags))
+        self._init_common(name, owner, description, deprecated, tuple(tags), namespace)
+        name = self.name
         self.entity, self.stream, self.aggregation, self.where = entity, stream, aggregation, where
         self._check_fields()
         if isinstance(windows, str | timedelta) or windows is None:
@@ -155,7 +161,9 @@ class Derived(Definition):
 
     ``fn`` receives the columns (``c.name`` or ``c["name"]``: numpy arrays, float64 with NaN
     for null numbers) and returns one value per row. The same function runs in batch and
-    online, e.g. ``fn=lambda c: c.spend_7d / np.where(c.orders_7d > 0, c.orders_7d, np.nan)``.
+    online, e.g. ``fn=lambda c: c.spend_7d / np.where(c.orders_7d > 0, c.orders_7d, np.nan)``
+    (a namespaced input by its whole name: ``c["growth.spend_7d"]``). ``namespace``: as for
+    ``Feature``.
     """
 
     kind = "derived"
@@ -172,13 +180,15 @@ class Derived(Definition):
         description: str | None = None,
         deprecated: bool = False,
         tags: Sequence[str] = (),
+        namespace: str | None = None,
     ) -> None:
-        self._init_common(name, owner, description, deprecated, tuple(tags))
+        self._init_common(name, owner, description, deprecated, tuple(tags), namespace)
+        name = self.name
         if not inputs and not context:
             raise DefinitionError(f"derived feature {name!r} needs inputs or context fields")
         if not callable(fn):
             raise DefinitionError(f"derived feature {name!r}: fn must be callable")
-        self.inputs = tuple(check_name("feature", i) for i in inputs)
+        self.inputs = tuple(check_feature_name(i) for i in inputs)
         self.context = tuple(check_name("context field", c) for c in context)
         self.fn = fn
         self.dtype = parse_dtype(dtype)

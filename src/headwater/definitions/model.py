@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from headwater.definitions.aggregation import Aggregation
-from headwater.definitions.base import Definition, check_name
+from headwater.definitions.base import Definition, check_feature_name
 from headwater.definitions.entity import Entity
 from headwater.definitions.expr import Expr
 from headwater.definitions.feature import function_source
@@ -172,7 +172,7 @@ class Model(Definition):
             if m not in allowed:
                 raise DefinitionError(f"model {name!r}: unknown {task} metric {m!r}; use {allowed}")
         self.label, self.entity = label, label.entity
-        self.features = tuple(check_name("feature", f) for f in features)
+        self.features = tuple(check_feature_name(f) for f in features)
         self.estimator, self.task, self.metrics, self.k = estimator, task, chosen, k
         self.sample_every_us = parse_duration(sample_every)
         self.lookback_us = parse_duration(lookback)
