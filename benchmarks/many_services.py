@@ -23,7 +23,7 @@ Each of ``--runs`` runs then starts from the log alone (every other store emptie
   predict              steady requests to one service, one client: p50 / p99 of 1,000
 
     python benchmarks/many_services.py [--sizes 10,50,200,500] [--events 2000000]
-                                       [--users 100000] [--runs 1]
+                                       [--users 100000] [--runs 1] [--work DIR]
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def events(n: int, users: int, end_us: int, seed: int = 7) -> pa.Table:
     )
 
 
-def set_up(n: int, table: pa.Table) -> tuple[Path, float]:
-    folder = WORK / "many_services" / f"n{n}"
+def set_up(n: int, table: pa.Table, work: Path) -> tuple[Path, float]:
+    folder = work / f"n{n}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / "headwater.toml").write_text(
@@ -158,6 +158,7 @@ def start_server(folder: Path, *extra: str) -> tuple[subprocess.Popen, str, floa
          *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # a crash leaves its stack in the log
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -258,6 +259,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=1, help="measured runs per N (default 1)")
+    parser.add_argument("--work", type=Path, default=WORK / "many_services", help="projects here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     os.environ.setdefault("HEADWATER_PII_SECRET", "0" * 64)
@@ -267,7 +269,7 @@ def main() -> None:
     figures = Figures(args.runs)
     folders = {}
     for n in sizes:
-        folders[n], seconds = set_up(n, table)
+        folders[n], seconds = set_up(n, table, args.work)
         print(f"set-up N={n}: ingest {args.events / seconds:,.0f} events/s", flush=True)
     for _ in figures.runs():
         for n in sizes:

@@ -90,6 +90,22 @@ def test_core_benchmark_runs_and_prints_its_table():
     assert _figure(proc.stdout, "training set: values differing from the join's") == ["0"] * 3
 
 
+def test_many_services_benchmark_runs_every_step(tmp_path):
+    proc = _run(
+        "many_services.py",
+        "--sizes", "2,3",
+        "--events", "3000",
+        "--users", "300",
+        "--work", str(tmp_path),
+        timeout=900,
+    )  # fmt: skip
+    for n in (2, 3):
+        for figure in ("process", "train all", "serve start-up (every model loaded)", "/readyz",
+                       "first call per service p50", "predict p99, one service"):  # fmt: skip
+            _figure(proc.stdout, f"N={n} {figure}")
+    _ratio(proc.stdout, "process events/s, N=3 / N=2")
+
+
 def test_serving_benchmark_runs_every_server():
     proc = _run(
         "serving.py",
