@@ -21,6 +21,7 @@ for script in (
     "backends.py",
     "replay.py",
     "ui.py",
+    "many_services.py",
     "streams.py",
 ):
     print(f"== {script}", flush=True)

@@ -226,16 +226,20 @@ class Trainer:
         self, models: Sequence[Model], snapshots: Mapping[str, dict[str, Any]]
     ) -> list[list[str]]:
         """Build one training set for each group of models that learn from the same examples
-        (one entity, the same sample times): one point-in-time join over the union of their
-        spines and features, one label per distinct label. Each model's share is what its
-        own build would give (its spine's rows, its columns, its label); it goes into
+        (one entity, the same streams naming it, hence one spine, and the same sample
+        times): one point-in-time join over the union of their features, one label per
+        distinct label. Models with other spines build their own: a join over a union of
+        spines costs every feature set the rows of all of them (measured: 500 models of
+        500 streams took longer together than apart). Each model's share is what its own
+        build would give (its columns, its label); it goes into
         the model's step cache, so ``train`` finds its training set built. Returns the
         groups of two or more; a group whose build fails is left to each model's own build
         (which then reports its own error)."""
         groups: dict[tuple[Any, ...], list[Model]] = {}
         for m in models:
+            keyed = tuple(n for n in sorted(self._streams(m)) if self._names_entity(n, m))
             times = tuple(sample_times(m, snapshots[m.name]["as_of_us"]))
-            groups.setdefault((tuple(m.entity.keys), times), []).append(m)
+            groups.setdefault((tuple(m.entity.keys), keyed, times), []).append(m)
         shared = []
         for members in groups.values():
             if len(members) < 2:
@@ -297,60 +301,39 @@ class Trainer:
     def _datasets(
         self, models: Sequence[Model], offsets: dict[str, int], as_of_us: int
     ) -> dict[str, dict[str, Any]]:
-        """The training sets of models of one entity and the same sample times, from one
-        build: the union of their spines (a model's spine: every entity seen before each
-        time in the streams it reads that name the entity), all their features, each label
-        once. Each model takes its own spine's rows, in its order: what its own build gives.
-        A model with no example is left out."""
+        """The training sets of models with one spine (one entity, the same streams naming
+        it, the same sample times), from one build of all their features, each label
+        computed once; empty when the spine is (no example)."""
         first = models[0]
         for name in sorted({s for m in models for s in self._streams(m)}):
             self._archiver.catch_up(self._stream_defs[name])
+        # entities are seen in the streams holding all their keys (a user-item model's
+        # pairs in the streams with both ids, not in the user-only streams it reads)
+        keyed = [
+            self._stream_defs[n]
+            for n in sorted(self._streams(first))
+            if self._names_entity(n, first)
+        ]
         engine = self._training.engine
+        seen = engine.first_seen(first.entity.keys, keyed, offsets)
         times = sample_times(first, as_of_us)
-        spines: dict[str, pd.DataFrame] = {}
-        by_streams: dict[tuple[str, ...], pd.DataFrame] = {}
-        for m in models:
-            # entities are seen in the streams holding all their keys (a user-item model's
-            # pairs in the streams with both ids, not in the user-only streams it reads)
-            keyed = tuple(n for n in sorted(self._streams(m)) if self._names_entity(n, m))
-            if keyed not in by_streams:
-                streams = [self._stream_defs[n] for n in keyed]
-                seen = engine.first_seen(m.entity.keys, streams, offsets)
-                by_streams[keyed] = build_spine(seen, times, m.entity.keys)
-            if not by_streams[keyed].empty:
-                spines[m.name] = by_streams[keyed]
-        if not spines:
+        spine = build_spine(seen, times, first.entity.keys)
+        if spine.empty:
             return {}
-        distinct = list({id(s): s for s in spines.values()}.values())
-        spine = distinct[0]
-        rows: dict[str, Any] = {name: None for name in spines}  # None: every row, in order
-        if len(distinct) > 1:
-            columns = [*first.entity.keys, "timestamp"]
-            spine = pd.concat(distinct, ignore_index=True).drop_duplicates(columns)
-            spine = spine.reset_index(drop=True)
-            union = pd.MultiIndex.from_frame(spine[columns])
-            for name, own in spines.items():
-                if own is not spine:
-                    rows[name] = union.get_indexer(pd.MultiIndex.from_frame(own[columns]))
-        chosen = [m for m in models if m.name in spines]
-        wanted = {m.name: self._catalog.resolve(list(m.features)).requested for m in chosen}
-        union_features = list(dict.fromkeys(f for m in chosen for f in wanted[m.name]))
-        table = self._training.build(spine, union_features, snapshot=offsets).to_pandas()
-        base = [c for c in table.columns if c not in union_features]  # the spine's columns
+        wanted = {m.name: self._catalog.resolve(list(m.features)).requested for m in models}
+        union = list(dict.fromkeys(f for m in models for f in wanted[m.name]))
+        table = self._training.build(spine, union, snapshot=offsets).to_pandas()
+        base = [c for c in table.columns if c not in union]  # the spine's columns
         times_us = micros(spine["timestamp"])
         labels: dict[str, Any] = {}
         out = {}
-        for m in chosen:
+        for m in models:
             if m.label.version not in labels:
                 labels[m.label.version] = label_values(
                     engine, m.label, spine, times_us, offsets
                 ).to_numpy()
-            frame = table[[*base, *wanted[m.name]]]
-            label = labels[m.label.version]
-            if rows[m.name] is not None:
-                frame, label = frame.iloc[rows[m.name]], label[rows[m.name]]
-            frame = frame.reset_index(drop=True)  # a copy: the label column is its own
-            frame["label"] = label
+            frame = table[[*base, *wanted[m.name]]].copy()
+            frame["label"] = labels[m.label.version]
             frame = frame[frame["label"].notna()].reset_index(drop=True)
             out[m.name] = {
                 "frame": frame,

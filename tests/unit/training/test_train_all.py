@@ -24,7 +24,9 @@ features.append(Feature("spend", entity=user, stream=orders, aggregation=agg.sum
                         windows=["7d"], owner="shop", description="Spend"))
 models += [
     Model("spend_churn", label=churned, features=["visits_7d", "spend_7d"], estimator=logistic,
-          lookback="14d", owner="shop", description="Other streams: another spine, one build"),
+          lookback="14d", owner="shop", description="Other streams: another spine"),
+    Model("spend_only", label=churned, features=["spend_7d"], estimator=logistic,
+          lookback="14d", owner="shop", description="The same spine as spend_churn"),
     Model("too_small", label=churned, features=NUMERIC, estimator=logistic, lookback="14d",
           min_rows=10**6, owner="growth", description="Fails validation on purpose"),
     Model("weekly", label=churned, features=["visits_7d"], estimator=logistic, lookback="21d",
@@ -32,7 +34,8 @@ models += [
 ]
 """
 )
-GROUP = ["churn", "churn_strict", "churn_device", "spend_churn", "too_small"]
+GROUP = ["churn", "churn_strict", "churn_device", "too_small"]  # one spine: visits
+SPEND = ["spend_churn", "spend_only"]  # another: the users of visits and orders
 
 
 @pytest.fixture
@@ -44,8 +47,8 @@ def project(project_factory):
 
 
 def _orders(end: datetime) -> list[dict]:
-    """Orders of a third of the users (and of some who never visit): spend_churn's spine
-    (users seen in visits or orders) differs from the visits-only models'."""
+    """Orders of a third of the users (and of some who never visit): the spine of the models
+    reading orders (users seen in visits or orders) differs from the visits-only models'."""
     return [
         {"user_id": f"u{u}", "amount": float(u % 7 + day), "ts": end - timedelta(days=day, hours=u)}
         for u in range(0, 120, 3)
@@ -57,7 +60,7 @@ def test_a_shared_training_set_is_what_each_models_own_build_gives(project, monk
     p = project
     alone = {
         m: p.train(m).run["data_hash"]
-        for m in ("churn", "churn_strict", "churn_device", "spend_churn")
+        for m in ("churn", "churn_strict", "churn_device", "spend_churn", "spend_only")
     }
     shutil.rmtree(p.root / ".headwater" / "cache")  # nothing reused from those runs
     builds: list[list[str]] = []
@@ -69,19 +72,21 @@ def test_a_shared_training_set_is_what_each_models_own_build_gives(project, monk
 
     monkeypatch.setattr(TrainingSets, "build", counted)
     lines: list[str] = []
-    results = p.train_all([*GROUP, "weekly"], log=lines.append)
-    assert list(results) == [*GROUP, "weekly"]
+    results = p.train_all([*GROUP, *SPEND, "weekly"], log=lines.append)
+    assert list(results) == [*GROUP, *SPEND, "weekly"]
     for name, data_hash in alone.items():
         run = results[name].run  # type: ignore[union-attr]
         assert run["data_hash"] == data_hash  # the very rows and values of its own build
-        assert run["training_set_shared_with"] == [m for m in GROUP if m != name]
+        group = GROUP if name in GROUP else SPEND
+        assert run["training_set_shared_with"] == [m for m in group if m != name]
         assert run["steps"][0]["name"] == "training_set"
         assert run["steps"][0]["status"] == "cached"  # built once for the group
-    union = ["visits_1d", "visits_7d", "visits_30d", "device_lifetime", "spend_7d"]
-    assert builds.count(union) == 1  # one build for the five models' training sets
+    union = ["visits_1d", "visits_7d", "visits_30d", "device_lifetime"]
+    assert builds.count(union) == 1  # one build for the four models' training sets
+    assert builds.count(["visits_7d", "spend_7d"]) == 1  # and one for the other spine's
     assert ["visits_7d"] in builds  # weekly samples other times: its own build
     assert "training_set_shared_with" not in results["weekly"].run  # type: ignore[union-attr]
-    shared = "shared training set of churn, churn_strict, churn_device, spend_churn, too_small"
+    shared = "shared training set of churn, churn_strict, churn_device, too_small"
     assert shared in "\n".join(lines)
     # one model's failure is its own
     failed = results["too_small"]
@@ -109,7 +114,7 @@ def test_train_all_of_a_team_in_two_processes(project_factory):
         runs = p.registry.runs()
         versions = {m: [d["version"] for d in p.registry.versions(m)] for m in GROUP}
     assert versions == {"churn": [1], "churn_strict": [1], "churn_device": [1],
-                        "spend_churn": [], "too_small": []}  # fmt: skip
+                        "too_small": []}  # fmt: skip
     shared = {r["model"]: r.get("training_set_shared_with") for r in runs}
     assert shared["churn"] == ["churn_device", "churn_flaky", "churn_strict", "too_small"]
     assert len({r["id"] for r in runs}) == len(runs)
