@@ -156,15 +156,22 @@ class Processor:
 
     def lag(self) -> dict[str, int]:
         """Per feature set, how many log records are not yet processed."""
+        ends = {
+            (stream, partition): self._log.end_offset(stream, partition)
+            for stream in self._by_stream
+            for partition in range(self._log.partitions(stream))
+        }
+        names = {
+            (plan.id, partition): partition_name(plan.id, partition)
+            for (stream, partition) in ends
+            for plan in self._by_stream[stream]
+        }
+        done = self._online.checkpoints(list(names.values()))  # one read for every set
         out: dict[str, int] = {}
-        for stream, plans in self._by_stream.items():
-            for partition in range(self._log.partitions(stream)):
-                end = self._log.end_offset(stream, partition)
-                names = {p.id: partition_name(p.id, partition) for p in plans}
-                done = self._online.checkpoints(list(names.values()))
-                for plan in plans:
-                    behind = max(0, end - done.get(names[plan.id], 0))
-                    out[plan.id] = out.get(plan.id, 0) + behind
+        for (stream, partition), end in ends.items():
+            for plan in self._by_stream[stream]:
+                behind = max(0, end - done.get(names[(plan.id, partition)], 0))
+                out[plan.id] = out.get(plan.id, 0) + behind
         return out
 
     def run_until_caught_up(
