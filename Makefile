@@ -30,7 +30,7 @@ demo: $(BIN)/.demo
 	$(BIN)/headwater quickstart --dir headwater-shop
 
 test: $(BIN)/.installed lint chromium
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25  # the slowest tests, to keep CI under 30 minutes
 
 # The web UI's browser tests drive Debian's chromium (Playwright downloads no browser here).
 chromium:

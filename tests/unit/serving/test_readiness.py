@@ -156,3 +156,24 @@ def test_a_preloaded_service_answers_503_with_the_reason_until_its_model_loads(
         failed = client.get("/readyz").json()["services"]["devices"]
         assert failed["variants"]["champion"]["status"] == "failed"
         assert failed["reason"] == "variant 'champion': RuntimeError: the artifact is unreadable"
+
+
+def test_the_grpc_health_of_the_server_follows_the_required_services(project):
+    from grpc_health.v1 import health_pb2
+
+    from headwater.serving.grpc.server import Calls, ServerHealth
+
+    p = project
+    checks = ServerHealth(Calls(lambda: p.serving, None, 10))
+
+    def status(service: str) -> int:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return checks.Check(request, None).status  # type: ignore[no-any-return]
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    checks.set("inference.GRPCInferenceService", serving)
+    assert status("") == not_serving  # the required service 'risk' has no model yet
+    assert status("inference.GRPCInferenceService") == serving
+    p.promote("churn", p.train("churn").version)
+    _wait_for(lambda: status("") == serving)

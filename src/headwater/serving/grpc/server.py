@@ -281,6 +281,26 @@ class PredictionsServicer(headwater_pb2_grpc.PredictionsServicer):
         )
 
 
+class ServerHealth(health.HealthServicer):
+    """The standard health service; the server as a whole (service ``""``, what a gRPC
+    readiness probe asks) is SERVING when every required service is loaded, as ``/readyz``
+    (the gRPC services themselves always serve)."""
+
+    def __init__(self, calls: Calls) -> None:
+        super().__init__()
+        self._calls = calls
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        if request.service == "":
+            try:
+                ready = inference.server_ready(self._calls.serving_of())
+            except Exception:  # noqa: BLE001 - a store that does not answer: not ready
+                ready = False
+            serving = health_pb2.HealthCheckResponse
+            return serving(status=serving.SERVING if ready else serving.NOT_SERVING)
+        return super().Check(request, context)
+
+
 def build_server(
     serving_of: Callable[[], Serving],
     access: AccessControl | None,
@@ -300,7 +320,7 @@ def build_server(
     )
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(calls), server)
     headwater_pb2_grpc.add_PredictionsServicer_to_server(PredictionsServicer(calls), server)
-    checks = health.HealthServicer()
+    checks = ServerHealth(calls)
     for name in ("", "inference.GRPCInferenceService", "headwater.v1.Predictions"):
         checks.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
