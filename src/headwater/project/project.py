@@ -429,9 +429,9 @@ class Project:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        for m in chosen:  # every stream is archived here, so workers only read history
-            for stream in sorted(trainer.streams_of(m)):
-                self.core.archiver.catch_up(self.definitions.streams[stream])
+        # every stream is archived here, so workers only read history
+        for stream in sorted({s for m in chosen for s in trainer.streams_of(m)}):
+            self.core.archiver.catch_up(self.definitions.streams[stream])
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures = {

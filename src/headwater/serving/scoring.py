@@ -255,14 +255,6 @@ class ScorerCache:
                 self._preloader.start()
             self._start_refresher()
 
-    def wait_loaded(self, timeout: float | None = None) -> bool:
-        """Wait until the background loads are done (tests, ``serve --preload`` callers);
-        True when nothing is loading any more."""
-        preloader = self._preloader
-        if preloader is not None:
-            preloader.join(timeout)
-        return not self._loading
-
     def states(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], LoadState]:
         """Where each (model, alias) stands, without loading anything: one keyed read of
         the registry for all those neither loaded nor loading."""
@@ -324,8 +316,8 @@ class ScorerCache:
                 thread.join(timeout=10)
 
     def _load(self, key: tuple[str, str]) -> Scorer:
-        """Load one version now (under the lock, or in the preloader), recording the
-        outcome for ``states``."""
+        """Load one version now (a request under the lock, or the preloader), recording
+        the outcome for ``states``."""
         started = time.monotonic()
         try:
             scorer = load_scorer(self._registry, *key)
@@ -334,6 +326,7 @@ class ScorerCache:
             raise
         except Exception as exc:
             self._states[key] = LoadState(*key, "failed", reason=f"{type(exc).__name__}: {exc}")
+            self._failed_at[key] = time.monotonic()
             raise
         self._load_seconds[key] = time.monotonic() - started
         self._states.pop(key, None)
@@ -348,23 +341,12 @@ class ScorerCache:
                     return
                 key = self._queue.pop(0)
             try:
-                scorer = load_scorer(self._registry, *key)
-            except NoModelVersion as exc:
-                state = LoadState(*key, "missing", reason=str(exc))
-                scorer = None
-            except Exception as exc:  # noqa: BLE001 - reported on /readyz; retried
-                state = LoadState(*key, "failed", reason=f"{type(exc).__name__}: {exc}")
-                scorer = None
-            with self._lock:
-                started = self._loading.pop(key, time.monotonic())
-                if scorer is not None:
-                    self._load_seconds[key] = time.monotonic() - started
-                    self._scorers[key] = scorer
-                    self._states.pop(key, None)
-                else:
-                    self._states[key] = state
-                    if state.status == "failed":
-                        self._failed_at[key] = time.monotonic()
+                self._load(key)
+            except Exception:  # noqa: BLE001 - recorded: reported on /readyz, retried
+                pass
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
 
     def _start_refresher(self) -> None:  # under the lock
         if self._refresher is None and not self._stop.is_set():

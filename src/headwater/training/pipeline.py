@@ -82,10 +82,7 @@ class Pipeline:
                 self.log(f"  {name}: attempt {attempt} failed: {error}")
                 continue
             if cache:
-                tmp = path.with_suffix(".tmp")
-                with tmp.open("wb") as fh:
-                    pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(tmp, path)
+                _write(path, value)
             self._record(StepRecord(name, "done", time.perf_counter() - start, attempt, key))
             return value, key
         self._record(
@@ -103,11 +100,7 @@ class Pipeline:
     def put(self, name: str, inputs: Any, value: Any) -> None:
         """Store a step's output computed elsewhere (a training set built for several
         models at once): the step, run with these inputs, then reuses it."""
-        path = self.cache_dir / f"{name}-{content_hash([name, inputs])}.pkl"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        _write(self.cache_dir / f"{name}-{content_hash([name, inputs])}.pkl", value)
 
     def _record(self, record: StepRecord) -> None:
         self.records.append(record)
@@ -116,3 +109,11 @@ class Pipeline:
 
     def summary(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.records]
+
+
+def _write(path: Path, value: Any) -> None:
+    """A step's output, whole or not at all (a temporary file of this process, renamed)."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)

@@ -237,9 +237,8 @@ class Trainer:
         (which then reports its own error)."""
         groups: dict[tuple[Any, ...], list[Model]] = {}
         for m in models:
-            keyed = tuple(n for n in sorted(self._streams(m)) if self._names_entity(n, m))
             times = tuple(sample_times(m, snapshots[m.name]["as_of_us"]))
-            groups.setdefault((tuple(m.entity.keys), keyed, times), []).append(m)
+            groups.setdefault((tuple(m.entity.keys), self._keyed(m), times), []).append(m)
         shared = []
         for members in groups.values():
             if len(members) < 2:
@@ -277,8 +276,14 @@ class Trainer:
         """The streams a model's features and label read."""
         return self._streams(model)
 
-    def _names_entity(self, stream: str, model: Model) -> bool:
-        return all(k in self._stream_defs[stream].fields for k in model.entity.keys)
+    def _keyed(self, model: Model) -> tuple[str, ...]:
+        """The streams a model reads that name its entity, where its entities are seen (a
+        user-item model's pairs in the streams with both ids, not the user-only ones)."""
+        keys = model.entity.keys
+        return tuple(
+            n for n in sorted(self._streams(model))
+            if all(k in self._stream_defs[n].fields for k in keys)
+        )  # fmt: skip
 
     def _streams(self, model: Model) -> set[str]:
         res = self._catalog.resolve(list(model.features))
@@ -307,13 +312,7 @@ class Trainer:
         first = models[0]
         for name in sorted({s for m in models for s in self._streams(m)}):
             self._archiver.catch_up(self._stream_defs[name])
-        # entities are seen in the streams holding all their keys (a user-item model's
-        # pairs in the streams with both ids, not in the user-only streams it reads)
-        keyed = [
-            self._stream_defs[n]
-            for n in sorted(self._streams(first))
-            if self._names_entity(n, first)
-        ]
+        keyed = [self._stream_defs[n] for n in self._keyed(first)]
         engine = self._training.engine
         seen = engine.first_seen(first.entity.keys, keyed, offsets)
         times = sample_times(first, as_of_us)
