@@ -10,10 +10,18 @@ from headwater.definitions.model import Expectation, Label, Model, PromotionPoli
 from headwater.definitions.service import Bandit, Feedback, Service, Variant
 from headwater.definitions.source import ChangeSource, FolderSource, Source, TableSource
 from headwater.definitions.stream import Stream
+from headwater.definitions.training import Choice, Float, Int, Search, Segment, Step, step
 from headwater.definitions.types import DType, Field
 from headwater.errors import DefinitionError, HeadwaterError
 
 __all__ = [
+    "Choice",
+    "Float",
+    "Int",
+    "Search",
+    "Segment",
+    "Step",
+    "step",
     "Aggregation",
     "Bandit",
     "DType",

@@ -8,16 +8,28 @@ from datetime import timedelta
 from typing import Any
 
 from headwater.definitions.aggregation import Aggregation
-from headwater.definitions.base import Definition, check_feature_name
+from headwater.definitions.base import Definition, check_feature_name, content_hash
 from headwater.definitions.entity import Entity
 from headwater.definitions.expr import Expr
 from headwater.definitions.feature import function_source
 from headwater.definitions.stream import Stream
+from headwater.definitions.training import (
+    Search,
+    Segment,
+    Step,
+    check_steps,
+    plan,
+    segments_of,
+)
 from headwater.definitions.windows import parse_duration
 from headwater.errors import DefinitionError
 
 CLASSIFIER_METRICS = ("auc", "log_loss", "precision_at_k", "recall_at_k", "brier")
 REGRESSOR_METRICS = ("rmse", "mae")
+BUILTIN_STEPS = (
+    "training_set", "validate", "split", "train_rows", "test_rows", "search", "fit",
+    "evaluate", "profile",
+)  # fmt: skip
 
 
 class Label(Definition):
@@ -85,12 +97,15 @@ class Label(Definition):
 @dataclass(frozen=True)
 class PromotionPolicy:
     """When a version may become champion: ``metric`` no worse than the champion's on the same
-    held-out data by more than ``max_regression`` (and at least ``minimum``, if set)."""
+    held-out data by more than ``max_regression`` (and at least ``minimum``, if set); with
+    ``max_segment_gap``, the metric of no two groups of any of the model's segments may
+    differ by more than that on the held-out rows."""
 
     metric: str = "auc"
     max_regression: float = 0.005
     minimum: float | None = None
     higher_is_better: bool = True
+    max_segment_gap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,11 @@ class Model(Definition):
     DataFrame) returning scores, evaluated on the same held-out rows (scores outside [0, 1]
     are a ranking, not a probability: they get AUC and precision/recall at k, no log loss,
     Brier score or ECE).
+
+    ``steps`` are training steps of your own (``@step``) composed with the built-in ones;
+    ``search`` a hyperparameter ``Search``; ``segments`` the features (or ``Segment``s)
+    whose groups the evaluation and the monitor report one by one; ``parallel``: how many
+    independent steps run at once.
     """
 
     kind = "model"
@@ -149,6 +169,10 @@ class Model(Definition):
         retries: int = 0,
         schedule: str | None = None,
         retrain: RetrainPolicy | None = None,
+        steps: Sequence[Step] = (),
+        search: Search | None = None,
+        segments: Sequence[str | Segment] = (),
+        parallel: int = 4,
         owner: str | None = None,
         description: str | None = None,
         deprecated: bool = False,
@@ -183,6 +207,39 @@ class Model(Definition):
         )
         self.expectations, self.min_rows = tuple(expectations), min_rows
         self.retries, self.schedule, self.retrain = retries, schedule, retrain
+        self.steps = check_steps(name, steps, BUILTIN_STEPS)
+        plan(name, self.steps, search is not None)  # a step that waits for itself: refused
+        if search is not None and not isinstance(search, Search):
+            raise DefinitionError(f"model {name!r}: search must be a Search(space=...)")
+        if search is not None and search.metric is not None and search.metric not in allowed:
+            raise DefinitionError(
+                f"model {name!r}: search metric {search.metric!r} is not a {task} metric"
+            )
+        self.search = search
+        self.segments = segments_of(f"model {name!r}", segments)
+        if parallel < 1:
+            raise DefinitionError(f"model {name!r}: parallel must be at least 1")
+        self.parallel = parallel
+        gap = self.promotion.max_segment_gap
+        if gap is not None and not self.segments:
+            raise DefinitionError(
+                f"model {name!r}: the promotion policy limits the gap between segments, "
+                "but the model declares no segments"
+            )
+
+    @property
+    def examples_version(self) -> str:
+        """What decides the training examples (not the fit): their features, label and
+        sampling. Models sharing it share a cached training set."""
+        return content_hash(
+            [
+                list(self.features),
+                [s.name for s in self.segments],
+                self.label.spec(),
+                self.sample_every_us,
+                self.lookback_us,
+            ]
+        )
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -198,7 +255,18 @@ class Model(Definition):
             "metrics": list(self.metrics),
             "k": self.k,
             "baseline": None if self.baseline is None else function_source(self.baseline),
-            "promotion": vars(self.promotion),
+            "promotion": {  # a new field enters the spec only when set: versions stay comparable
+                k: v
+                for k, v in vars(self.promotion).items()
+                if k != "max_segment_gap" or v is not None
+            },
             "expectations": [vars(e) for e in self.expectations],
             "min_rows": self.min_rows,
+            **(
+                {"steps": [[s.name, list(s.outputs), function_source(s.fn)] for s in self.steps]}
+                if self.steps
+                else {}
+            ),
+            **({"search": self.search.spec()} if self.search else {}),
+            **({"segments": [s.spec() for s in self.segments]} if self.segments else {}),
         }

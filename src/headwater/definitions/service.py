@@ -10,6 +10,7 @@ from headwater.definitions.base import Definition, check_name
 from headwater.definitions.entity import Entity
 from headwater.definitions.model import Model
 from headwater.definitions.stream import Stream
+from headwater.definitions.training import Segment, segments_of
 from headwater.errors import DefinitionError, did_you_mean
 
 ROUTINGS = ("champion", "ab", "shadow", "bandit")
@@ -110,6 +111,9 @@ class Service(Definition):
     prediction logged) into ``batch_output`` under the project folder (``{service}`` and
     ``{date}`` are filled in).
 
+    ``segments``: context fields or features of its models (or ``Segment``s) whose groups
+    the monitor reports one by one, besides the models' own segments.
+
     ``required``: the server is ready (``/readyz`` 200) only when this service's model
     versions are loaded; a server loads a required service's versions at start-up. Other
     services report their own readiness and never make the server unready.
@@ -133,6 +137,7 @@ class Service(Definition):
         k: int = 10,
         max_candidates: int = 1000,
         feedback: Feedback | None = None,
+        segments: Sequence[str | Segment] = (),
         higher_is_better: bool = True,
         batch_schedule: str | None = None,
         batch_output: str = "scores/{service}/{date}.parquet",
@@ -210,6 +215,14 @@ class Service(Definition):
         self.routing, self.bandit, self.trigger, self.output = routing, bandit, trigger, output
         self.context = tuple(check_name("context field", c) for c in context)
         self.defaults = dict(defaults or {})
+        self.segments = segments_of(f"service {name!r}", segments)
+        for seg in self.segments:
+            features = {f for v in self.variants for f in v.model.features}
+            if seg.name not in self.context and seg.name not in features:
+                raise DefinitionError(
+                    f"service {name!r}: segment {seg.name!r} is neither a context field nor a "
+                    "feature of its models; monitoring groups its predictions by what they log"
+                )
 
     @property
     def entity(self) -> Any:
@@ -235,6 +248,8 @@ class Service(Definition):
             extra["higher_is_better"] = False
         if self.required:
             extra["required"] = True
+        if self.segments:
+            extra["segments"] = [s.spec() for s in self.segments]
         if self.batch_schedule is not None:
             extra.update(batch_schedule=self.batch_schedule, batch_output=self.batch_output)
         return {

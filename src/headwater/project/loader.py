@@ -51,6 +51,7 @@ def collect(values: Iterable[Any]) -> Definitions:
         # Features and labels hold their stream and entity; those count as declared too.
         defs.add(item.stream)
         defs.add(item.entity)
+    _check_segments(defs)
     if "_dead_letter" in defs.streams:
         raise DefinitionError("stream name '_dead_letter' is reserved for headwater's own use")
     logged = defs.streams.get("predictions")
@@ -60,6 +61,29 @@ def collect(values: Iterable[Any]) -> Definitions:
             'as exposures from it) with unknown_fields="drop" and the fields you need'
         )
     return defs
+
+
+def _check_segments(defs: Definitions) -> None:
+    """Segments group people by a value that reports print: never a PII field's value, an
+    entity key, or a feature that keeps a PII value."""
+    pii = {f for s in defs.streams.values() for f in s.pii_fields}
+    keys = {k for e in defs.entities.values() for k in e.keys}
+    outputs = {c.name: f for f in defs.features.values() for c in f.columns}
+    owners = [(f"model {m.name!r}", m.segments) for m in defs.models.values()]
+    owners += [(f"service {s.name!r}", s.segments) for s in defs.services.values()]
+    for owner, segments in owners:
+        for seg in segments:
+            feature = outputs.get(seg.name)
+            field = None if feature is None else feature.aggregation.field
+            if (
+                seg.name in pii
+                or seg.name in keys
+                or (feature is not None and field is not None and feature.stream.field(field).pii)
+            ):
+                raise DefinitionError(
+                    f"{owner}: segment {seg.name!r} would print PII or an entity key in "
+                    "reports; segment by a coarser field (a region, a plan, an age band)"
+                )
 
 
 def import_file(path: Path) -> Any:

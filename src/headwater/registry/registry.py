@@ -153,6 +153,8 @@ class Registry:
                 f"{metric} {value:.4f} of version {doc['version']} is below the policy's "
                 f"minimum {policy.minimum}"
             )
+        if policy.max_segment_gap is not None:
+            self._check_segments(model, doc, policy.max_segment_gap)
         champion = self.alias(model.name, "champion")
         if champion is None or champion == doc["version"]:
             return
@@ -169,6 +171,24 @@ class Registry:
                 f"{compared['metrics'][metric]:.4f} on the same held-out rows by {-gap:.4f} "
                 f"(the policy allows {policy.max_regression})"
             )
+
+    @staticmethod
+    def _check_segments(model: Model, doc: dict[str, Any], limit: float) -> None:
+        found = doc.get("segments") or {}
+        for seg in model.segments:
+            report = found.get(seg.name)
+            if report is None:
+                raise PromotionRefused(
+                    f"version {doc['version']} was not evaluated by segment {seg.name!r}; "
+                    "retrain it to promote it under a policy that limits segment gaps"
+                )
+            gap = report["gap"]
+            if gap is not None and gap["value"] > limit:
+                low, high = gap["between"]
+                raise PromotionRefused(
+                    f"{gap['metric']} differs by {gap['value']:.4f} between groups {low!r} and "
+                    f"{high!r} of segment {seg.name!r} (the policy allows {limit})"
+                )
 
     def rollback(self, model: str, alias: str, by: str, reason: str, now_us: int) -> int:
         """Point ``alias`` back at the version it pointed to before its latest change."""

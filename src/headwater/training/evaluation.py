@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
+
+if TYPE_CHECKING:
+    from headwater.definitions.training import Segment
 
 
 def predict_scores(estimator: Any, X: pd.DataFrame, task: str) -> np.ndarray:
@@ -121,3 +125,65 @@ def global_importance(
         random_state=seed,
     )
     return {c: float(v) for c, v in zip(X.columns, result.importances_mean, strict=True)}
+
+
+def by_segment(
+    segments: Sequence[Segment],
+    columns: Mapping[str, Sequence[Any]],
+    y: np.ndarray,
+    scores: np.ndarray,
+    task: str,
+    metric: str,
+    k: int,
+) -> dict[str, Any]:
+    """Each segment's groups on labelled rows (``columns``: each segment's value per row):
+    rows, the metric, the observed and predicted positive rates (classification; the mean
+    label and prediction for regression) and calibration (mean prediction minus mean
+    label), and the largest gap of the metric between two groups of at least the segment's
+    ``min_rows`` rows (None with fewer than two such groups, or where the metric is not
+    defined, e.g. AUC of a group with one class).
+
+    >>> from headwater.definitions.training import Segment
+    >>> y, s = np.array([0, 1, 0, 1, 1, 0]), np.array([.1, .9, .2, .6, .2, .3])
+    >>> out = by_segment([Segment("plan", min_rows=2)], {"plan": list("aaabbb")}, y, s,
+    ...                  "classification", "auc", 2)
+    >>> out["plan"]["groups"]["a"]["rows"], out["plan"]["gap"]["between"]
+    (3, ['a', 'b'])
+    """
+    out: dict[str, Any] = {}
+    for seg in segments:
+        groups = np.array([seg.group(v) for v in columns[seg.name]], dtype=object)
+        found: dict[str, Any] = {}
+        for name in sorted(set(groups.tolist())):
+            mask = groups == name
+            gy, gs = y[mask], scores[mask]
+            value: float | None
+            try:
+                value = score_metrics((metric,), gy, gs, task, k).get(metric)
+            except ValueError:
+                value = None
+            if value is not None and np.isnan(value):
+                value = None
+            found[name] = {
+                "rows": int(mask.sum()),
+                metric: value,
+                "positive_rate": float(gy.mean()),
+                "predicted_rate": float(gs.mean()),
+                "calibration": float(gs.mean() - gy.mean()),
+            }
+        eligible = {
+            g: v[metric]
+            for g, v in found.items()
+            if v["rows"] >= seg.min_rows and v[metric] is not None
+        }
+        gap = None
+        if len(eligible) >= 2:
+            low = min(eligible, key=lambda g: eligible[g])
+            high = max(eligible, key=lambda g: eligible[g])
+            gap = {
+                "metric": metric,
+                "value": float(eligible[high] - eligible[low]),
+                "between": sorted([low, high]),
+            }
+        out[seg.name] = {"groups": found, "gap": gap, "min_rows": seg.min_rows}
+    return out

@@ -20,6 +20,9 @@ import numpy as np
 import pandas as pd
 
 from headwater.definitions import HeadwaterError, Model, Stream
+from headwater.definitions.base import content_hash
+from headwater.definitions.feature import function_source
+from headwater.definitions.training import Step, finals, plan
 from headwater.features.catalog import FeatureCatalog
 from headwater.history.archiver import Archiver
 from headwater.history.labels import (
@@ -32,8 +35,9 @@ from headwater.log.base import Log, partition_name
 from headwater.registry import artifacts
 from headwater.registry.registry import Registry
 from headwater.training import evaluation
-from headwater.training.pipeline import Pipeline, StepFailed
+from headwater.training.pipeline import Fresh, Pipeline, StepFailed, Task
 from headwater.training.profile import reference_profile
+from headwater.training.search import fresh, run_search
 from headwater.training.sets import TrainingSets
 
 PACKAGES = ("headwater", "scikit-learn", "lightgbm", "numpy", "pandas", "pyarrow", "duckdb")
@@ -161,39 +165,112 @@ class Trainer:
     def _run(
         self, model: Model, snapshot: dict[str, Any], pipeline: Pipeline, run: dict[str, Any]
     ) -> tuple[int, dict[str, float]]:
-        dataset, k_data = pipeline.step(
-            "training_set", [model.version, snapshot], lambda: self._dataset(model, snapshot)
-        )
-        report, _ = pipeline.step("validate", [k_data], lambda: self._validate(model, dataset))
-        split, k_split = pipeline.step(
-            "split", [k_data, model.test_fraction], lambda: self._split(model, dataset["frame"])
-        )
-        fitted, k_fit = pipeline.step(
-            "fit", [k_split, model.version], lambda: self._fit(model, dataset["frame"], split)
-        )
+        nodes = plan(model.name, model.steps, model.search is not None)
+        run["dag"] = [
+            {"name": n.name, "builtin": n.builtin, "outputs": list(n.outputs),
+             "inputs": {p: f"{step}.{out}" for p, (step, out) in n.inputs.items()}}
+            for n in nodes
+        ]  # fmt: skip
         champion = self.registry.alias(model.name, "champion")
-        evaluated, _ = pipeline.step(
-            "evaluate",
-            [k_fit, champion],
-            lambda: self._evaluate(model, dataset["frame"], split, fitted, snapshot),
-        )
-        profile, _ = pipeline.step(
-            "profile",
-            [k_fit],
-            lambda: reference_profile(
-                dataset["frame"].loc[split["train"], list(model.features)], evaluated["scores"]
+        tasks = self._tasks(model, snapshot, run["id"], champion)
+        estimator_code = function_source(model.estimator)
+        given = {
+            "features": (list(model.features), content_hash(list(model.features))),
+            "estimator": (Fresh(model.estimator), content_hash(estimator_code)),
+            "params": ({}, content_hash({})),
+            "search": (None, content_hash(None)),
+        }
+        values = pipeline.run(nodes, tasks, given)
+        final = finals(model.name, model.steps, model.search is not None)
+        art = {name: values[ref] for name, ref in final.items()}
+        if art["search"] is not None:
+            run["search"] = art["search"]
+        run.update(params=_json_params(art["fitted"]), metrics=art["evaluation"]["metrics"])
+        start = time.perf_counter()
+        try:
+            version = self._register(model, snapshot, art, pipeline, run)
+        except Exception as exc:
+            raise StepFailed("register", f"{type(exc).__name__}: {exc}", "train again") from exc
+        self.log(f"  {'register':<14} {'done':<7} {time.perf_counter() - start:7.2f}s")
+        return version, art["evaluation"]["metrics"]
+
+    def _tasks(
+        self, model: Model, snapshot: dict[str, Any], run_id: str, champion: int | None
+    ) -> dict[str, Task]:
+        """How each built-in step runs, and what besides its inputs decides its output;
+        then the model's own steps (their code decides theirs)."""
+        tasks = {
+            "training_set": Task(
+                lambda: self._dataset(model, snapshot), self._set_config(model, snapshot)
             ),
-        )
-        run.update(params=_json_params(fitted["estimator"]), metrics=evaluated["metrics"])
-        version, _ = pipeline.step(
-            "register",
-            [],
-            lambda: self._register(
-                model, snapshot, dataset, report, split, fitted, evaluated, profile, pipeline, run
+            "validate": Task(
+                lambda dataset: self._validate(model, dataset),
+                [
+                    model.min_rows,
+                    [vars(e) for e in model.expectations],
+                    model.task,
+                    list(model.features),
+                ],
+            ),  # fmt: skip
+            "split": Task(
+                lambda dataset: self._split(model, dataset["frame"]), [model.test_fraction]
             ),
-            cache=False,
-        )
-        return version, evaluated["metrics"]
+            "train_rows": Task(
+                lambda dataset, split: dataset["frame"].iloc[split["train"]], [], cache=False
+            ),
+            "test_rows": Task(
+                lambda dataset, split: dataset["frame"].iloc[split["test"]], [], cache=False
+            ),
+            "search": Task(
+                lambda train, features, estimator: run_search(
+                    model,
+                    train,
+                    list(features),
+                    estimator,
+                    run_id=run_id,
+                    now=self._now,
+                    save_trial=self.registry.save_run,
+                    log=self.log,
+                ),
+                [model.search.spec() if model.search else None, model.task, model.k],
+            ),  # fmt: skip
+            "fit": Task(
+                lambda train, features, estimator, params: self._fit(
+                    model, train, list(features), estimator, params
+                ),
+                [model.task],
+            ),
+            "evaluate": Task(
+                lambda test, fitted, signature: self._evaluate(
+                    model, test, fitted, signature, snapshot
+                ),
+                [
+                    list(model.metrics),
+                    model.k,
+                    None if model.baseline is None else function_source(model.baseline),
+                    [s.spec() for s in model.segments],
+                    model.promotion.metric,
+                    champion,
+                ],
+            ),  # fmt: skip
+            "profile": Task(
+                lambda train, signature, evaluation: reference_profile(
+                    train[list(signature.features)], evaluation["scores"]
+                ),
+                [],
+            ),
+        }
+        for s in model.steps:
+            tasks[s.name] = Task(
+                _checked(model, s), [function_source(s.fn), list(s.outputs)], s.cache, s.retries
+            )
+        return tasks
+
+    @staticmethod
+    def _set_config(model: Model, snapshot: dict[str, Any]) -> list[Any]:
+        """What decides a model's training set: its examples' definition and the log's
+        snapshot (a training set built for several models is put under the same key)."""
+        return [model.examples_version, snapshot]
 
     def _snapshot(self, model: Model, reproduce: int | None) -> dict[str, Any]:
         if reproduce is not None:
@@ -258,8 +335,8 @@ class Trainer:
                 f"shared training set of {', '.join(names)}: {time.perf_counter() - start:.2f}s"
             )
             for m in members:
-                self._pipeline(m).put("training_set", [m.version, snapshots[m.name]],
-                                      datasets[m.name])  # fmt: skip
+                config = self._set_config(m, snapshots[m.name])
+                self._pipeline(m).put("training_set", config, datasets[m.name], "dataset")
             shared.append(names)
         return shared
 
@@ -270,6 +347,7 @@ class Trainer:
             f"fix the cause, then run `headwater train {model.name}` again; "
             "finished steps are reused",
             self.log,
+            parallel=model.parallel,
         )
 
     def streams_of(self, model: Model) -> set[str]:
@@ -286,7 +364,7 @@ class Trainer:
         )  # fmt: skip
 
     def _streams(self, model: Model) -> set[str]:
-        res = self._catalog.resolve(list(model.features))
+        res = self._catalog.resolve(_columns(model))
         return {self._catalog.plan(pid).stream.name for pid in res.columns} | {
             model.label.stream.name
         }
@@ -319,7 +397,7 @@ class Trainer:
         spine = build_spine(seen, times, first.entity.keys)
         if spine.empty:
             return {}
-        wanted = {m.name: self._catalog.resolve(list(m.features)).requested for m in models}
+        wanted = {m.name: self._catalog.resolve(_columns(m)).requested for m in models}
         union = list(dict.fromkeys(f for m in models for f in wanted[m.name]))
         table = self._training.build(spine, union, snapshot=offsets).to_pandas()
         base = [c for c in table.columns if c not in union]  # the spine's columns
@@ -393,32 +471,31 @@ class Trainer:
         test = np.flatnonzero(times >= cut)
         return {"train": train, "test": test, "test_from_us": int(cut)}
 
-    def _fit(self, model: Model, frame: pd.DataFrame, split: dict[str, Any]) -> dict[str, Any]:
-        train = frame.iloc[split["train"]]
-        signature = artifacts.Signature.infer(train, list(model.features), model.task)
-        estimator = model.estimator()
+    def _fit(
+        self,
+        model: Model,
+        train: pd.DataFrame,
+        features: list[str],
+        estimator: Any,
+        params: dict[str, Any],
+    ) -> tuple[Any, artifacts.Signature]:
+        signature = artifacts.Signature.infer(train, features, model.task)
+        fitted = fresh(estimator, params)
         y = train["label"].astype(int if model.task == "classification" else float)
-        start = time.perf_counter()
-        estimator.fit(signature.matrix(train), y)
-        return {
-            "estimator": estimator,
-            "signature": signature,
-            "seconds": time.perf_counter() - start,
-        }
+        fitted.fit(signature.matrix(train), y)
+        return fitted, signature
 
     def _evaluate(
         self,
         model: Model,
-        frame: pd.DataFrame,
-        split: dict[str, Any],
-        fitted: dict[str, Any],
+        test: pd.DataFrame,
+        fitted: Any,
+        signature: artifacts.Signature,
         snapshot: dict[str, Any],
     ) -> dict[str, Any]:
-        test = frame.iloc[split["test"]]
-        signature: artifacts.Signature = fitted["signature"]
         X = signature.matrix(test)
         y = test["label"].astype(float).to_numpy()
-        scores = evaluation.predict_scores(fitted["estimator"], X, model.task)
+        scores = evaluation.predict_scores(fitted, X, model.task)
         metrics = evaluation.score_metrics(model.metrics, y, scores, model.task, model.k)
         comparison: dict[str, Any] = {}
         if model.baseline is not None:
@@ -431,8 +508,8 @@ class Trainer:
         champion = self.registry.alias(model.name, "champion")
         if champion is not None:
             comparison["champion"] = self._champion_metrics(model, champion, test, y, snapshot)
-        importance = evaluation.global_importance(fitted["estimator"], X, y, model.task)
-        return {
+        importance = evaluation.global_importance(fitted, X, y, model.task)
+        out = {
             "metrics": metrics,
             "comparison": comparison,
             "importance": importance,
@@ -441,6 +518,17 @@ class Trainer:
             if model.task == "classification"
             else [],
         }
+        if model.segments:
+            out["segments"] = evaluation.by_segment(
+                model.segments,
+                {s.name: test[s.name].tolist() for s in model.segments},
+                y,
+                scores,
+                model.task,
+                model.promotion.metric,
+                model.k,
+            )
+        return out
 
     def _champion_metrics(
         self,
@@ -470,24 +558,18 @@ class Trainer:
         self,
         model: Model,
         snapshot: dict[str, Any],
-        dataset: dict[str, Any],
-        report: dict[str, Any],
-        split: dict[str, Any],
-        fitted: dict[str, Any],
-        evaluated: dict[str, Any],
-        profile: dict[str, Any],
+        art: dict[str, Any],
         pipeline: Pipeline,
         run: dict[str, Any],
     ) -> int:
         if self.registry.artifacts is None:
             raise HeadwaterError("the registry has no artifacts store to save the model in")
+        dataset, split, evaluated = art["dataset"], art["split"], art["evaluation"]
+        signature: artifacts.Signature = art["signature"]
         paths = artifacts.save(
-            self.registry.artifacts,
-            f"{model.name}/{run['id']}",
-            fitted["estimator"],
-            fitted["signature"],
+            self.registry.artifacts, f"{model.name}/{run['id']}", art["fitted"], signature
         )
-        res = self._catalog.resolve(list(model.features))
+        res = self._catalog.resolve(list(signature.features))
         feature_versions = {c.name: c.feature.version for cs in res.columns.values() for c in cs}
         feature_versions.update({d.name: d.version for d in res.derived})
         lineage = {
@@ -503,7 +585,10 @@ class Trainer:
             },
             "code": run["code"],
             "packages": run["packages"],
+            "steps": [s.name for s in model.steps],
         }
+        if art["search"] is not None:
+            lineage["search"] = art["search"]
         doc = {
             "run": run["id"],
             "created_us": self._now(),
@@ -511,14 +596,16 @@ class Trainer:
             "comparison": evaluated["comparison"],
             "importance": evaluated["importance"],
             "calibration": evaluated["calibration"],
-            "validation": report,
+            "validation": art["validation"],
             "params": run["params"],
-            "profile": profile,
+            "profile": art["profile"],
             "lineage": lineage,
             "artifacts": paths,
-            "signature": vars(fitted["signature"]),
+            "signature": vars(signature),
             "rows": {"train": len(split["train"]), "test": len(split["test"])},
         }
+        if "segments" in evaluated:
+            doc["segments"] = evaluated["segments"]
         run.update(
             status="succeeded",
             ended_us=self._now(),
@@ -527,13 +614,59 @@ class Trainer:
             artifacts=paths,
         )
         run["steps"].append(
-            {
-                "name": "register",
-                "status": "done",
-                "seconds": 0.0,
-                "attempts": 1,
-                "key": "",
-                "error": None,
-            }
-        )
+            {"name": "register", "status": "done", "seconds": 0.0, "attempts": 1, "key": "",
+             "error": None, "started": run["steps"][-1]["started"] + run["steps"][-1]["seconds"],
+             "inputs": {}, "outputs": [], "builtin": True}
+        )  # fmt: skip
         return self.registry.register(model.name, doc, run)
+
+
+def _columns(model: Model) -> list[str]:
+    """The features a model's training set holds: its own and its segments'."""
+    return list(dict.fromkeys([*model.features, *(s.name for s in model.segments)]))
+
+
+def _checked(model: Model, s: Step) -> Callable[..., Any]:
+    """A step of the model's own, whose outputs are checked where they replace a built-in
+    one: a wrong type fails the step with a message naming it, not a later step."""
+
+    def call(**inputs: Any) -> Any:
+        result = s.fn(**inputs)
+        outputs = (result,) if len(s.outputs) == 1 else result
+        if isinstance(outputs, dict):
+            outputs = tuple(outputs.get(o) for o in s.outputs)
+        if isinstance(outputs, tuple) and len(outputs) == len(s.outputs):
+            for name, value in zip(s.outputs, outputs, strict=True):
+                _check_output(model, s.name, name, value)
+        return result
+
+    return call
+
+
+def _check_output(model: Model, step: str, name: str, value: Any) -> None:
+    def wrong(expected: str) -> HeadwaterError:
+        return HeadwaterError(f"step {step!r} returned {name!r} as {type(value).__name__}; "
+                              f"it must be {expected}")  # fmt: skip
+
+    if name == "features":
+        if not isinstance(value, list | tuple) or not value:
+            raise wrong("a non-empty list of the model's feature names")
+        unknown = [f for f in value if f not in model.features]
+        if unknown:
+            raise HeadwaterError(
+                f"step {step!r} chose {unknown}, which are not features of model "
+                f"{model.name!r}; a step selects among {list(model.features)}"
+            )
+    elif name == "train":
+        if not isinstance(value, pd.DataFrame) or "label" not in value or value.empty:
+            raise wrong("a non-empty DataFrame with the training rows' columns")
+    elif name == "params":
+        if not isinstance(value, dict):
+            raise wrong("a dict of hyperparameters")
+    elif name == "estimator":
+        if not callable(getattr(value, "fit", None)):
+            raise wrong("an unfitted estimator (with a fit method)")
+    elif name == "fitted":
+        method = "predict_proba" if model.task == "classification" else "predict"
+        if not callable(getattr(value, method, None)):
+            raise wrong(f"a fitted estimator (with {method})")
