@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -130,16 +131,40 @@ def _print_metrics(doc: dict[str, Any]) -> None:
 
 @app.command()
 def runs(
-    model: Annotated[str | None, typer.Argument(help="Only this model's runs")] = None,
-    compare: Annotated[
-        list[str] | None, typer.Option(help="Run ids to compare side by side (repeatable)")
+    model: Annotated[
+        str | None, typer.Argument(help="Only this model's runs; or `show` to show one run")
     ] = None,
+    run: Annotated[str | None, typer.Argument(help="With `show`: the run id")] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run ids to compare side by side (repeatable); a search's run: its trials"
+        ),
+    ] = None,
+    trials: Annotated[bool, typer.Option(help="List search trials too")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With `show`: the run record as JSON")
+    ] = False,
     team: TeamOpt = None,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
-    """List training runs with their status, duration, data and metrics, or compare runs
-    (--team: the runs of that team's models)."""
+    """List training runs with their status, duration, data and metrics; `runs show RUN`
+    prints a run's DAG of steps (what each read, its status and time) and its search;
+    --compare compares runs, or a search's trials (--team: the runs of that team's models)."""
+    if model == "show":
+        if run is None:
+            raise typer.BadParameter("give the run id: headwater runs show RUN", param_hint="RUN")
+        with open_project(project, env) as p:
+            found = p.registry.run(run)
+            children = p.registry.runs(found["model"]) if found.get("search") else []
+        if as_json:
+            typer.echo(json.dumps(found, indent=2, sort_keys=True, default=str))
+            return
+        _show_run(found, [c for c in children if c.get("parent") == run])
+        return
+    if run is not None:
+        raise typer.BadParameter("a second argument is only for `runs show RUN`")
     with open_project(project, env) as p:
         if model is not None:
             p.definitions.model(model)  # an unknown name: "did you mean"
@@ -149,21 +174,95 @@ def runs(
             mine = {n for n, m in p.definitions.models.items() if m.owner == team}
             records = [r for r in records if r["model"] in mine]
     if compare:
-        _compare_runs([r for r in records if r["id"] in compare])
+        chosen = [r for r in records if r["id"] in compare]
+        if len(chosen) == 1 and chosen[0].get("search"):  # a search: its trials, best first
+            _compare_trials(chosen[0], [r for r in records if r.get("parent") == chosen[0]["id"]])
+            return
+        _compare_runs(chosen)
         return
     table = Table("run", "model", "status", "started", "version", "seconds", "data hash", "metrics")
+    hidden = 0
     for r in records:
+        if r.get("kind") == "trial" and not trials:
+            hidden += 1
+            continue
         seconds = (r.get("ended_us", r["started_us"]) - r["started_us"]) / 1e6
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in (r.get("metrics") or {}).items())
+        search = r.get("search")
         table.add_row(
             r["id"],
             r["model"],
-            r["status"],
+            r["status"] if r.get("kind") != "trial" else f"trial ({r['status']})",
             iso(r["started_us"]),
             str(r.get("version", "-")),
             f"{seconds:.1f}",
             r.get("data_hash", "-"),
-            metrics or r.get("error", "")[:60],
+            (metrics or r.get("error", "")[:60])
+            + (f" (search: {search['trials']} trials)" if search else ""),
+        )
+    console.print(table)
+    if hidden:
+        console.print(f"{hidden} search trials not shown: --trials lists them, "
+                      "--compare RUN compares a search's trials")  # fmt: skip
+
+
+def _show_run(run: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """A run's DAG: each step in the order it started, what it read and made, its status."""
+    seconds = (run.get("ended_us", run["started_us"]) - run["started_us"]) / 1e6
+    console.print(
+        f"run {run['id']} of {run['model']}: {run['status']} in {seconds:.1f}s"
+        + (f", version {run['version']}" if run.get("version") else "")
+    )
+    if run.get("error"):
+        console.print(f"error: {run['error'].splitlines()[0]}")
+    dag = {d["name"]: d for d in run.get("dag") or []}
+    records = {s["name"]: s for s in run.get("steps") or []}
+    table = Table("step", "kind", "reads", "makes", "status", "start s", "seconds", "attempts",
+                  title="steps (a DAG: a step starts when what it reads is made)")  # fmt: skip
+    order = sorted(dag, key=lambda n: records.get(n, {}).get("started", float("inf")))
+    for name in [*order, *(n for n in records if n not in dag)]:
+        node, rec = dag.get(name, {}), records.get(name, {})
+        reads = ", ".join(
+            p if ref == f"model.{p}" else f"{p} <- {ref.split('.')[0]}"
+            for p, ref in (node.get("inputs") or {}).items()
+        )
+        table.add_row(
+            name,
+            "built-in" if node.get("builtin", True) else "yours",
+            reads or "-",
+            ", ".join(node.get("outputs") or []) or "-",
+            rec.get("status", "not run") + (f": {rec['error'][:50]}" if rec.get("error") else ""),
+            f"{rec.get('started', 0.0):.2f}" if rec else "-",
+            f"{rec.get('seconds', 0.0):.2f}" if rec else "-",
+            str(rec.get("attempts", "-")),
+        )
+    console.print(table)
+    search = run.get("search")
+    if search:
+        best = search["best"]
+        console.print(
+            f"search: {search['trials']} trials ({search['failed']} failed, stopped by "
+            f"{search['stopped_by']}); best {search['metric']} {best['value']:.4f} by trial "
+            f"{best['trial']} with {best['params']}"
+        )
+        if trials:
+            _compare_trials(run, trials)
+
+
+def _compare_trials(run: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    search = run["search"]
+    metric, higher = search["metric"], search["direction"] == "maximize"
+    done = [t for t in trials if t.get("metrics")]
+    done.sort(key=lambda t: -t["metrics"][metric] if higher else t["metrics"][metric])
+    names = list(search.get("space") or (done[0]["params"] if done else {}))
+    table = Table("trial", metric, *names, "seconds", title=f"search of run {run['id']}")
+    for t in [*done, *(t for t in trials if not t.get("metrics"))]:
+        value = t.get("metrics", {}).get(metric)
+        table.add_row(
+            str(t["trial"]) + (" (best)" if t["id"] == search["best"]["run"] else ""),
+            "failed" if value is None else f"{value:.4f}",
+            *(str(t["params"].get(n, "-")) for n in names),
+            f"{t.get('seconds', 0.0):.2f}",
         )
     console.print(table)
 
@@ -225,6 +324,7 @@ def models_show(
         doc = p.registry.version(model, version)
         aliases = p.registry.aliases(model)
     _print_metrics(doc)
+    print_segments(doc.get("segments") or {}, "held-out")
     _print_lineage(doc)
     for alias, info in aliases.items():
         for h in info["history"]:
@@ -233,6 +333,29 @@ def models_show(
                 f"{alias}: {h['action']} {previous}v{h['version']} at {iso(h.get('at_us'))} "
                 f"by {h['by']}" + (f": {h['reason']}" if h["reason"] else "")
             )
+
+
+def print_segments(segments: dict[str, Any], where: str) -> None:
+    """Each segment's groups: rows, the metric, positive rates, calibration; and the gap."""
+    for name, seg in segments.items():
+        gap = seg.get("gap")
+        metric = seg["metric"]
+        table = Table("group", "rows", metric, "positive rate", "predicted", "calibration",
+                      title=f"segment {name} ({where})")  # fmt: skip
+        for group, g in seg["groups"].items():
+            small = g["rows"] < seg.get("min_rows", 0)
+            table.add_row(
+                group + (" (few rows)" if small else ""),
+                f"{g['rows']:,}",
+                _metric(g.get(metric)),
+                f"{g['positive_rate']:.3f}",
+                f"{g['predicted_rate']:.3f}",
+                f"{g['calibration']:+.3f}",
+            )
+        console.print(table)
+        if gap:
+            low, high = gap["between"]
+            console.print(f"largest gap in {metric}: {gap['value']:.4f} ({low} vs {high})")
 
 
 def _print_lineage(doc: dict[str, Any]) -> None:
@@ -257,6 +380,15 @@ def _print_lineage(doc: dict[str, Any]) -> None:
         "features: "
         + "; ".join(f"{', '.join(names)} (version {v})" for v, names in versions.items())
     )
+    if lineage.get("steps"):
+        console.print("steps of the model's own: " + ", ".join(lineage["steps"]))
+    search = lineage.get("search")
+    if search:
+        best = search["best"]
+        console.print(
+            f"search: best of {search['trials']} trials by {search['metric']} "
+            f"({best['value']:.4f}, trial run {best['run']}): {best['params']}"
+        )
     console.print(f"code: git commit {lineage['code'].get('git_commit') or 'unknown'}")
     console.print("packages: " + ", ".join(f"{k} {v}" for k, v in lineage["packages"].items()))
     console.print("artifacts: " + ", ".join(f"{k} {v}" for k, v in doc["artifacts"].items()))

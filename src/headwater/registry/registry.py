@@ -204,6 +204,13 @@ class Registry:
     def save_run(self, run: dict[str, Any]) -> None:
         self._metadata.put_records([(RUNS, run["id"], run)])
 
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run (a training run, or a search's trial) by its id."""
+        found = self._metadata.get_records(RUNS, ids=[run_id])
+        if run_id not in found:
+            raise RegistryError(f"no run {run_id!r}; `headwater runs` lists them")
+        return found[run_id]
+
     def runs(self, model: str | None = None) -> list[dict[str, Any]]:
         docs = self._metadata.get_records(RUNS).values()
         chosen = [d for d in docs if model is None or d["model"] == model]

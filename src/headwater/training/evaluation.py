@@ -185,5 +185,5 @@ def by_segment(
                 "value": float(eligible[high] - eligible[low]),
                 "between": sorted([low, high]),
             }
-        out[seg.name] = {"groups": found, "gap": gap, "min_rows": seg.min_rows}
+        out[seg.name] = {"metric": metric, "groups": found, "gap": gap, "min_rows": seg.min_rows}
     return out

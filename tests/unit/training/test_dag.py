@@ -3,6 +3,9 @@ hyperparameter search with its trials as child runs, and evaluation by segment."
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from headwater import Project
@@ -222,3 +225,37 @@ models.append(Model("churn_pii", label=churned, features=NUMERIC, estimator=logi
     folder = write_project(tmp_path / "pii", source)
     with pytest.raises(DefinitionError, match="segment 'email' would print PII"):
         Project(folder, clock=lambda: NOW).close()
+
+
+def test_the_cli_prints_the_dag_the_trials_and_the_segments(project):
+    from typer.testing import CliRunner
+
+    from headwater.cli import app
+
+    searched = project.train("churn_search")
+    selected = project.train("churn_select")
+    segmented = project.train("churn_segments")
+    folder = str(project.root)
+
+    def cli(*args: str) -> str:
+        out = CliRunner().invoke(app, [*args, "-p", folder], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    shown = cli("runs", "show", selected.run["id"])
+    assert re.search(r"busiest_two\s+│ yours", shown)
+    record = json.loads(cli("runs", "show", selected.run["id"], "--json"))
+    assert {d["name"]: d for d in record["dag"]}["fit"]["inputs"]["features"] == (
+        "busiest_two.features"
+    )
+    shown = cli("runs", "show", searched.run["id"])
+    assert "search: 4 trials" in shown and "(best)" in shown
+    compared = cli("runs", "--compare", searched.run["id"])
+    assert compared.count("0.") >= 4 and "num_leaves" in compared
+    listed = cli("runs", "churn_search")
+    assert "4 search trials not shown" in listed
+    assert cli("runs", "churn_search", "--trials").count("churn_search │ trial") == 4
+    shown = cli("models", "show", "churn_segments", str(segmented.version))
+    assert "segment device_lifetime" in shown and "largest gap in auc" in shown
+    missing = CliRunner().invoke(app, ["runs", "show", "nope", "-p", folder])
+    assert missing.exit_code != 0 and "no run 'nope'" in str(missing.exception)
