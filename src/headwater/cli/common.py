@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from headwater.definitions.types import InvalidValue, from_micros, iso, to_micros
 from headwater.errors import HeadwaterError, did_you_mean
@@ -142,3 +143,26 @@ def names_option(values: list[str]) -> list[str]:
 
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
+
+
+def print_segments(segments: dict[str, Any], where: str) -> None:
+    """Each segment's groups: rows, the metric, positive rates, calibration; and the gap."""
+    for name, seg in segments.items():
+        gap = seg.get("gap")
+        metric = seg["metric"]
+        table = Table("group", "rows", metric, "positive rate", "predicted", "calibration",
+                      title=f"segment {name} ({where})")  # fmt: skip
+        for group, g in seg["groups"].items():
+            small = g["rows"] < seg.get("min_rows", 0)
+            table.add_row(
+                group + (" (few rows)" if small else ""),
+                f"{g['rows']:,}",
+                "-" if g.get(metric) is None else f"{g[metric]:.4f}",
+                f"{g['positive_rate']:.3f}",
+                f"{g['predicted_rate']:.3f}",
+                f"{g['calibration']:+.3f}",
+            )
+        console.print(table)
+        if gap:
+            low, high = gap["between"]
+            console.print(f"largest gap in {metric}: {gap['value']:.4f} ({low} vs {high})")

@@ -20,6 +20,7 @@ from headwater.cli.common import (
     console,
     iso,
     open_project,
+    print_segments,
 )
 from headwater.errors import HeadwaterError
 
@@ -333,29 +334,6 @@ def models_show(
                 f"{alias}: {h['action']} {previous}v{h['version']} at {iso(h.get('at_us'))} "
                 f"by {h['by']}" + (f": {h['reason']}" if h["reason"] else "")
             )
-
-
-def print_segments(segments: dict[str, Any], where: str) -> None:
-    """Each segment's groups: rows, the metric, positive rates, calibration; and the gap."""
-    for name, seg in segments.items():
-        gap = seg.get("gap")
-        metric = seg["metric"]
-        table = Table("group", "rows", metric, "positive rate", "predicted", "calibration",
-                      title=f"segment {name} ({where})")  # fmt: skip
-        for group, g in seg["groups"].items():
-            small = g["rows"] < seg.get("min_rows", 0)
-            table.add_row(
-                group + (" (few rows)" if small else ""),
-                f"{g['rows']:,}",
-                _metric(g.get(metric)),
-                f"{g['positive_rate']:.3f}",
-                f"{g['predicted_rate']:.3f}",
-                f"{g['calibration']:+.3f}",
-            )
-        console.print(table)
-        if gap:
-            low, high = gap["between"]
-            console.print(f"largest gap in {metric}: {gap['value']:.4f} ({low} vs {high})")
 
 
 def _print_lineage(doc: dict[str, Any]) -> None:

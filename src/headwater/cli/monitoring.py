@@ -23,6 +23,7 @@ from headwater.cli.common import (
     iso,
     iso_day,
     open_project,
+    print_segments,
     progress_bar,
 )
 from headwater.monitoring.ledger import DAY_US
@@ -136,6 +137,7 @@ def _print_run(run: Any, days: float) -> None:
                 "; ".join(d.reasons),
             )
         console.print(table)
+        print_segments(r.segments, f"{r.service} {r.variant} v{r.version}, live, labelled")
     by_day = Table("service/variant", "version", "day", "predictions", "labelled", "delay")
     columns: list[str] = sorted({m for row in daily for m in row.metrics})
     for metric in columns:

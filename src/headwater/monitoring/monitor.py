@@ -50,6 +50,9 @@ class VersionReport:
     label_delay_s: float | None = None  # median wait from prediction to its ground truth
     metrics: dict[str, float] = field(default_factory=dict)
     drift: list[ColumnDrift] = field(default_factory=list)
+    # per segment (the service's and the model's): each group's labelled rows, metric,
+    # positive rates and calibration, and the largest gap (evaluation.by_segment)
+    segments: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label_coverage(self) -> float:
@@ -230,6 +233,18 @@ class Monitor:
                 )
             except ValueError:
                 report.metrics = {}
+            segments = {s.name: s for s in (*service.segments, *definition.segments)}
+            if segments:
+                rows = group[matured.to_numpy()]
+                report.segments = evaluation.by_segment(
+                    list(segments.values()),
+                    {name: _logged_values(rows, name) for name in segments},
+                    y,
+                    scores,
+                    definition.task,
+                    definition.promotion.metric,
+                    definition.k,
+                )
         return report
 
     def labels_for(
@@ -357,6 +372,20 @@ class Monitor:
                     self._alert_hook(alert)
         if records:
             self.ctx.log.append(ALERTS, records, now)
+
+
+def _logged_values(rows: pd.DataFrame, name: str) -> list[Any]:
+    """A segment's value in each logged prediction: a context field of the request, else a
+    feature the model was served."""
+    contexts = rows["context"] if "context" in rows else [None] * len(rows)
+    features = rows["features"] if "features" in rows else [None] * len(rows)
+    out = []
+    for context, served in zip(contexts, features, strict=True):
+        if isinstance(context, dict) and name in context:
+            out.append(context[name])
+        else:
+            out.append(served.get(name) if isinstance(served, dict) else None)
+    return out
 
 
 def _known_truth(

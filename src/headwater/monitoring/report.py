@@ -107,6 +107,7 @@ def render(ctx: MonitorContext, model: str, days: int = 30) -> str:
         )
         sections.append(f"<table><tr><th>column</th><th>level</th><th>why</th></tr>{rows}</table>")
         sections.append(_prediction_chart(ctx, model, r, logged))
+        sections += _segments(r)
     if not latest:
         sections.append("<p>No predictions of this model in the window.</p>")
     sections += _experiments(ctx, model, now - days * DAY, now + 1)
@@ -142,6 +143,33 @@ def intervals(rows: list[tuple[str, float, float, float]], width: int = 560) -> 
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _segments(r: VersionReport) -> list[str]:
+    """Each segment's groups on the labelled predictions, and the largest gap."""
+    out = []
+    for name, seg in r.segments.items():
+        metric, gap = seg["metric"], seg["gap"]
+        rows = "".join(
+            f"<tr><td>{html.escape(group)}</td><td>{g['rows']:,}</td>"
+            f"<td>{'-' if g.get(metric) is None else format(g[metric], '.4f')}</td>"
+            f"<td>{g['positive_rate']:.3f}</td><td>{g['predicted_rate']:.3f}</td>"
+            f"<td>{g['calibration']:+.3f}</td></tr>"
+            for group, g in seg["groups"].items()
+        )
+        out.append(
+            f"<h2>Segment {html.escape(name)} of v{r.version} (labelled predictions)</h2>"
+            f"<table><tr><th>group</th><th>rows</th><th>{html.escape(metric)}</th>"
+            "<th>positive rate</th><th>predicted</th><th>calibration</th></tr>"
+            f"{rows}</table>"
+        )
+        if gap:
+            low, high = (html.escape(g) for g in gap["between"])
+            out.append(
+                f"<p>Largest gap in {html.escape(metric)}: <b>{gap['value']:.4f}</b> "
+                f"({low} vs {high}; groups under {seg['min_rows']} rows left out).</p>"
+            )
+    return out
 
 
 def _experiments(ctx: MonitorContext, model: str, since: int, until: int) -> list[str]:
