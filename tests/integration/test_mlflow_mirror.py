@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings(
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 DEFINITIONS = """
-from headwater import Entity, Feature, Label, Model, Stream, agg
+from headwater import Entity, Feature, Int, Label, Model, Search, Stream, agg
 
 user = Entity("user", keys="user_id", owner="growth", description="A user")
 visits = Stream("visits", fields={"user_id": "string", "device": "string", "ts": "timestamp"},
@@ -69,6 +69,9 @@ models = [
           min_rows=50, owner="growth", description="Churn"),
     Model("churn_gbm", label=churned, features=NUMERIC, estimator=lightgbm, lookback="14d",
           min_rows=50, owner="growth", description="Churn, boosted"),
+    Model("churn_search", label=churned, features=NUMERIC, estimator=lightgbm, lookback="14d",
+          min_rows=50, search=Search(space={"num_leaves": Int(4, 12)}, trials=3),
+          owner="growth", description="Churn, tuned"),
 ]
 """
 
@@ -302,3 +305,25 @@ def test_without_mlflow_the_error_names_the_extra(
 
     with pytest.raises(HeadwaterError, match=r"pip install 'headwater\[mlflow\]'"):
         mirror(f"sqlite:///{tmp_path}/mlflow.db", run, doc, read=project.registry.read_artifact)
+
+
+def test_search_trials_are_mirrored_as_child_runs(project: Project, tracking: Tracking):
+    experiment_id = tracking.experiment("headwater/churn_search")
+    result = project.train("churn_search")
+    doc = project.registry.version("churn_search", result.version)
+    trials = [project.registry.run(i) for i in result.run["search"]["runs"]]
+    ids = mirror(tracking.uri, result.run, doc, read=project.registry.read_artifact,
+                 trials=trials)  # fmt: skip
+    children = tracking.client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{ids['run_id']}'"
+    )
+    assert len(children) == 3
+    by_trial = {c.data.tags["headwater.run_id"]: c for c in children}
+    for t in trials:
+        child = by_trial[t["id"]]
+        assert child.data.params["num_leaves"] == str(t["params"]["num_leaves"])
+        assert child.data.metrics["auc"] == pytest.approx(t["metrics"]["auc"])
+    again = mirror(tracking.uri, result.run, doc, read=project.registry.read_artifact,
+                   trials=trials)  # fmt: skip
+    assert again == ids
+    assert len(tracking.client.search_runs([experiment_id])) == 4  # nothing copied twice

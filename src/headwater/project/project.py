@@ -381,7 +381,9 @@ class Project:
             from headwater.registry.mlflow_mirror import mirror
 
             doc = self.registry.version(model, result.version)
-            mirror(uri, result.run, doc, read=self.registry.read_artifact)
+            search = result.run.get("search") or {}
+            trials = [self.registry.run(i) for i in search.get("runs", [])]
+            mirror(uri, result.run, doc, read=self.registry.read_artifact, trials=trials)
         return result
 
     def train_all(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ def mirror(
     version: dict[str, Any],
     experiment: str | None = None,
     read: Callable[[dict[str, Any], str], bytes] | None = None,
+    trials: Sequence[dict[str, Any]] = (),
 ) -> dict[str, str]:
     """Copy a registered version and its training run to MLflow; safe to call again.
 
@@ -49,7 +50,9 @@ def mirror(
     ``experiment`` is given) gets the params, metrics, step durations, lineage tags and model
     files; the registered model named after the headwater model gets a version with the alias
     ``headwater-v{version}`` (MLflow reserves ``v1``-style alias names). ``read`` gives the
-    bytes of one artifact of the version (``Registry.read_artifact``). A version mirrored before
+    bytes of one artifact of the version (``Registry.read_artifact``). ``trials``: the run's
+    search trials (run records), each mirrored as a child run (MLflow's nested runs) with
+    its parameters and metric. A version mirrored before
     is found by its ``headwater.run_id`` tag and not copied twice. Example::
 
         doc = project.registry.version("churn", 3)
@@ -74,6 +77,9 @@ def mirror(
     run_id = _existing_run(client, experiment_id, run["id"])
     if run_id is None:
         run_id = _create_run(client, experiment_id, run, version, read)
+    for trial in trials:
+        if _existing_run(client, experiment_id, trial["id"]) is None:
+            _create_trial(client, experiment_id, run_id, trial)
     model_version = _register(client, run_id, version)
     return {"experiment_id": experiment_id, "run_id": run_id, "model_version": model_version}
 
@@ -142,6 +148,28 @@ def _create_run(
     # Finishing last marks the copy complete: an unfinished run is a mirror that stopped midway.
     client.set_terminated(run_id, STATUSES.get(run.get("status", ""), "FINISHED"), at_ms)
     return run_id
+
+
+def _create_trial(
+    client: MlflowClient, experiment_id: str, parent: str, trial: dict[str, Any]
+) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    created = client.create_run(
+        experiment_id,
+        start_time=trial["started_us"] // 1000,
+        run_name=f"{trial['model']}-trial-{trial['trial']}",
+        tags={"mlflow.parentRunId": parent, RUN_ID_TAG: trial["id"]},
+    )
+    run_id = str(created.info.run_id)
+    at_ms = trial.get("ended_us", trial["started_us"]) // 1000
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), at_ms, 0) for k, v in (trial.get("metrics") or {}).items()],
+        params=[Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in trial["params"].items()],
+        tags=[RunTag("headwater.trial", str(trial["trial"]))],
+    )
+    client.set_terminated(run_id, STATUSES.get(trial.get("status", ""), "FINISHED"), at_ms)
 
 
 def _params(version: dict[str, Any]) -> dict[str, str]:
