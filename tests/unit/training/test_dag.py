@@ -259,3 +259,19 @@ def test_the_cli_prints_the_dag_the_trials_and_the_segments(project):
     assert "segment device_lifetime" in shown and "largest gap in auc" in shown
     missing = CliRunner().invoke(app, ["runs", "show", "nope", "-p", folder])
     assert missing.exit_code != 0 and "no run 'nope'" in str(missing.exception)
+
+
+def test_the_ui_shows_the_run_s_dag_its_timeline_the_search_and_segments(project):
+    from fastapi.testclient import TestClient
+
+    project.train("churn_search")
+    project.train("churn_segments")
+    project.train("churn_parallel")
+    client = TestClient(project.app(), base_url="http://127.0.0.1")
+    searched = client.get("/ui/models/churn_search").text
+    assert "Search: 4 trials by auc" in searched and 'class="timeline"' in searched
+    assert "train ← train_rows" in searched  # what each step read
+    segmented = client.get("/ui/models/churn_segments").text
+    assert "Largest gap in auc" in segmented and "device_lifetime" in segmented
+    parallel = client.get("/ui/models/churn_parallel").text
+    assert parallel.count("<td>yours</td>") == 2

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from headwater.definitions import Model
-from headwater.ui.charts import bar_chart, hbar_chart, line_chart
+from headwater.ui.charts import hbar_chart, line_chart
 from headwater.ui.html import Safe, badge, esc, join, link, number, path, table, tag, when
 from headwater.ui.html import facts as html_facts
 from headwater.ui.page import DIALOG, Drawn, NotFound, Page, Panel, action_button, panels
@@ -213,6 +213,8 @@ def version_detail(page: Page, doc: dict[str, Any]) -> Safe:
             _importance(doc),
             Safe("<h3>Calibration</h3>"),
             _calibration(doc),
+            Safe("<h3>Segments (held-out rows)</h3>"),
+            _segments(doc),
             Safe("<h3>The run's steps</h3>"),
             _steps(page, doc),
         ]
@@ -277,24 +279,118 @@ def _calibration(doc: dict[str, Any]) -> Safe:
 
 
 def _steps(page: Page, doc: dict[str, Any]) -> Safe:
+    """The run's DAG: each step with what it read (and from which step), its status and a
+    timeline of when it ran (steps side by side ran in parallel); the search's trials."""
     runs = page.sources.registry.runs(doc["model"])
     run = next((r for r in runs if r.get("version") == doc["version"]), None)
     if run is None:
         return Safe("<p>No run recorded.</p>")
-    steps = run.get("steps", [])
-    rows = [
-        [st["name"], st.get("status", ""), f"{st.get('seconds', 0):.3f} s", st.get("attempts", 1)]
-        for st in steps
+    steps = sorted(run.get("steps", []), key=lambda st: st.get("started", 0.0))
+    dag = {d["name"]: d for d in run.get("dag") or []}
+    rows = []
+    for st in steps:
+        node = dag.get(st["name"], {})
+        reads = ", ".join(
+            p if ref == f"model.{p}" else f"{p} ← {ref.split('.')[0]}"
+            for p, ref in (node.get("inputs") or {}).items()
+        )
+        rows.append(
+            [
+                st["name"],
+                "built-in" if node.get("builtin", True) else "yours",
+                reads or "–",
+                st.get("status", ""),
+                f"{st.get('started', 0.0):.2f} s",
+                f"{st.get('seconds', 0):.3f} s",
+                st.get("attempts", 1),
+            ]
+        )
+    parts = [
+        table(["Step", "Kind", "Reads", "Status", "Start", "Duration", "Attempts"], rows),
+        _timeline(run["id"], steps),
     ]
-    chart = bar_chart(
-        {"seconds": [float(st.get("seconds", 0)) for st in steps]},
-        [st["name"] for st in steps],
-        caption=f"Run {run.get('id', '')}: seconds per step",
-        y_label="seconds",
-        width=520,
-        height=200,
+    search = run.get("search")
+    if search:
+        trials = [r for r in runs if r.get("parent") == run["id"]]
+        metric = search["metric"]
+        trials.sort(key=lambda t: (t.get("metrics") or {}).get(metric, float("nan")),
+                    reverse=search["direction"] == "maximize")  # fmt: skip
+        names = list(search.get("space") or {})
+        parts.append(
+            Safe(
+                f"<h3>Search: {search['trials']} trials by {esc(metric)}, best trial "
+                f"{search['best']['trial']} ({search['best']['value']:.4f})</h3>"
+            )
+        )
+        parts.append(
+            table(
+                ["Trial", metric, *names],
+                [
+                    [
+                        t["trial"],
+                        "failed" if not t.get("metrics") else f"{t['metrics'][metric]:.4f}",
+                        *(t["params"].get(n, "–") for n in names),
+                    ]
+                    for t in trials
+                ],
+            )
+        )
+    return join(parts)
+
+
+def _timeline(run_id: str, steps: list[dict[str, Any]]) -> Safe:
+    """Each step as a bar from its start to its end: bars that overlap ran in parallel."""
+    end = max((st.get("started", 0.0) + st.get("seconds", 0.0) for st in steps), default=0.0)
+    width, label_w, row = 520, 120, 18
+    scale = (width - label_w - 10) / (end or 1.0)
+    bars = []
+    for i, st in enumerate(steps):
+        x = label_w + st.get("started", 0.0) * scale
+        w = max(1.0, st.get("seconds", 0.0) * scale)
+        y = i * row + 2
+        bars.append(
+            f'<text x="0" y="{y + 12}" font-size="11">{esc(st["name"])}</text>'
+            f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 4}" '
+            f'class="{"bad" if st.get("status") == "failed" else "bar"}">'
+            f"<title>{esc(st['name'])}: {st.get('started', 0.0):.2f}–"
+            f"{st.get('started', 0.0) + st.get('seconds', 0.0):.2f} s</title></rect>"
+        )
+    height = row * len(steps) + 4
+    return Safe(
+        f'<figure><svg class="timeline" width="{width}" height="{height}" role="img" '
+        f'aria-label="when each step ran">{"".join(bars)}</svg>'
+        f"<figcaption>Run {esc(run_id)}: when each step ran ({end:.2f} s in all); overlapping "
+        "bars ran in parallel</figcaption></figure>"
     )
-    return join([table(["Step", "Status", "Duration", "Attempts"], rows), chart])
+
+
+def _segments(doc: dict[str, Any]) -> Safe:
+    found = doc.get("segments") or {}
+    if not found:
+        return Safe("<p>No segments declared (<code>Model(segments=[...])</code>).</p>")
+    parts = []
+    for name, seg in found.items():
+        metric, gap = seg["metric"], seg["gap"]
+        parts.append(
+            table(
+                [name, "Rows", metric, "Positive rate", "Predicted", "Calibration"],
+                [
+                    [
+                        group + (" (few rows)" if g["rows"] < seg["min_rows"] else ""),
+                        number(g["rows"]),
+                        "–" if g.get(metric) is None else f"{g[metric]:.4f}",
+                        f"{g['positive_rate']:.3f}",
+                        f"{g['predicted_rate']:.3f}",
+                        f"{g['calibration']:+.3f}",
+                    ]
+                    for group, g in seg["groups"].items()
+                ],
+            )
+        )
+        if gap:
+            low, high = gap["between"]
+            parts.append(tag("p", f"Largest gap in {metric}: {gap['value']:.4f} ({low} vs {high})"))
+    return join(parts)
 
 
 def compare(page: Page, name: str) -> Drawn:
