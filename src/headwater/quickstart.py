@@ -419,9 +419,11 @@ def train_models(project: Project, console: Console, remote: TeamGateway | None 
         "AUC",
         "baseline AUC",
         "top feature",
+        "steps of its own, search",
         "seconds",
         title="7. models trained on the shared features",
     )
+    segments = []
     for name in ("churn", "purchase_propensity"):
         t0 = time.perf_counter()
         result = project.train(name)
@@ -441,9 +443,36 @@ def train_models(project: Project, console: Console, remote: TeamGateway | None 
             f"{doc['metrics']['auc']:.3f}",
             "-" if baseline is None else f"{baseline:.3f}",
             top,
+            _tuning(doc),
             f"{seconds:.1f}",
         )
+        for seg, found in (doc.get("segments") or {}).items():
+            gap = found["gap"]
+            groups = ", ".join(
+                f"{g} {v['auc']:.3f} ({v['rows']:,} rows)"
+                for g, v in found["groups"].items()
+                if v.get("auc") is not None
+            )
+            segments.append(
+                f"   {name} by {seg}: AUC {groups}"
+                + (f"; largest gap {gap['value']:.3f}" if gap else "")
+            )
     console.print(table)
+    for line in segments:
+        console.print(line)
+
+
+def _tuning(doc: dict) -> str:
+    lineage = doc["lineage"]
+    parts = []
+    if lineage.get("steps"):
+        kept = len(doc["signature"]["features"])
+        parts.append(f"{', '.join(lineage['steps'])} ({kept} features kept)")
+    search = lineage.get("search")
+    if search:
+        best = ", ".join(f"{k}={v}" for k, v in search["best"]["params"].items())
+        parts.append(f"best of {search['trials']} trials: {best}")
+    return "; ".join(parts) or "-"
 
 
 def serve_predictions(

@@ -365,6 +365,15 @@ class Segment:
                 return f"[{_num(low)}, {_num(high)})"
         return f">= {_num(edges[-1])}"
 
+    def ordered(self, groups: Sequence[str]) -> list[str]:
+        """Groups in a reading order: bins from low to high, values sorted, missing last."""
+        edges = self.bins
+        bins = [f"< {_num(edges[0])}"] if edges else []
+        bins += [f"[{_num(a)}, {_num(b)})" for a, b in zip(edges, edges[1:], strict=False)]
+        bins += [f">= {_num(edges[-1])}"] if edges else []
+        rank = {g: i for i, g in enumerate(bins)}
+        return sorted(groups, key=lambda g: (g.startswith("("), rank.get(g, len(rank)), g))
+
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "bins": list(self.bins), "min_rows": self.min_rows}
 

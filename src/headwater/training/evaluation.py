@@ -154,7 +154,7 @@ def by_segment(
     for seg in segments:
         groups = np.array([seg.group(v) for v in columns[seg.name]], dtype=object)
         found: dict[str, Any] = {}
-        for name in sorted(set(groups.tolist())):
+        for name in seg.ordered(list(set(groups.tolist()))):
             mask = groups == name
             gy, gs = y[mask], scores[mask]
             value: float | None

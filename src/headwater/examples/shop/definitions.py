@@ -7,14 +7,18 @@ from headwater import (
     Entity,
     Expectation,
     Feature,
+    Int,
     Label,
     Model,
     PromotionPolicy,
     RetrainPolicy,
+    Search,
+    Segment,
     Service,
     Stream,
     agg,
     col,
+    step,
 )
 
 GROWTH = "growth-analytics@shop.example"
@@ -408,6 +412,13 @@ def _lightgbm():
     )
 
 
+@step(outputs="features")
+def drop_constant(train, features):
+    """A step of the shop's own, between the split and the fit: the features that never
+    vary on the training rows carry no signal; the fit (and serving) go without them."""
+    return [f for f in features if train[f].nunique(dropna=False) > 1]
+
+
 models = [
     Model(
         "churn",
@@ -427,6 +438,8 @@ models = [
             Expectation("sessions_30d", min_value=0),
             Expectation("spend_30d", min_value=0, max_null_rate=0.0),
         ],
+        # held-out and live metrics for new, occasional and regular customers
+        segments=[Segment("orders_lifetime", bins=(1, 3))],
         owner=GROWTH,
         description="Who stops visiting: drives the retention campaign",
     ),
@@ -440,6 +453,13 @@ models = [
         test_fraction=0.3,
         k=100,
         baseline=lambda df: df["cart_adds_7d"] + df["orders_30d"],
+        steps=[drop_constant],
+        # a small search (time-split validation inside the training rows), seeded
+        search=Search(
+            space={"num_leaves": Int(7, 31), "min_child_samples": Int(10, 40)},
+            trials=5,
+            timeout="60s",
+        ),
         owner=PAYMENTS,
         description="Who buys next week: drives the coupon budget",
     ),
