@@ -390,6 +390,7 @@ def next_steps(project: Project, folder: Path, user: str) -> list[str]:
     url = f"http://{server.host}:{server.port}"
     where = f" -p {folder}"
     shown = str(folder) if folder.is_absolute() else f"{folder} ({folder.resolve()})"
+    tuned = project.registry.version("purchase_propensity", "champion")["run"]
     lines = [f"The project is in {shown}; its history ends now."]
     if hw != "headwater":
         activate = Path(hw).parent / "activate"
@@ -402,6 +403,7 @@ def next_steps(project: Project, folder: Path, user: str) -> list[str]:
         f' -d \'{{"entity": {{"user_id": "{user}"}}}}\'',
         f"  {hw} features user_id={user} -f sessions_7d -f spend_30d{where}",
         f"  {hw} models show churn{where}",
+        f"  {hw} runs show {tuned}{where}    # purchase_propensity's steps and search",
         f"  {hw} monitor retention{where}",
         f"  {hw} report churn{where}    # -> {folder / 'reports' / 'churn.html'}",
         f"  {hw} plan{where}",

@@ -109,6 +109,19 @@ def test_quickstart_runs_end_to_end_and_leaves_a_working_project(demo, tmp_path)
             baseline = champion["comparison"]["baseline"]["metrics"]
             # the shop's baselines are counts, not probabilities: ranking metrics only
             assert "auc" in baseline and not {"log_loss", "brier", "ece"} & set(baseline)
+        # a step of the shop's own and a search trained purchase_propensity; churn is
+        # evaluated per customer segment
+        tuned = p.registry.version("purchase_propensity", "champion")
+        search = tuned["lineage"]["search"]
+        assert tuned["lineage"]["steps"] == ["drop_constant"] and search["trials"] == 5
+        assert tuned["params"]["num_leaves"] == search["best"]["params"]["num_leaves"]
+        run = p.registry.run(tuned["run"])
+        assert {s["name"] for s in run["steps"]} >= {"drop_constant", "search", "fit"}
+        trials = [p.registry.run(i) for i in search["runs"]]
+        assert all(t["parent"] == run["id"] and "auc" in t["metrics"] for t in trials)
+        groups = p.registry.version("churn", "champion")["segments"]["orders_lifetime"]
+        assert list(groups["groups"]) == ["< 1", "[1, 3)", ">= 3"]
+        assert "churn by orders_lifetime: AUC < 1" in out
         # the loop: labels matured for the 200 served, a drift alert, a retrained challenger
         assert "200 (100%)" in out
         assert p.log.end_offset("alerts") > 0
@@ -157,7 +170,7 @@ def test_the_closing_summary_says_how_to_run_headwater_and_where_the_project_is(
     assert f"Run headwater as {executable}, or `source {executable.parent / 'activate'}`" in tail
     commands = suggested(demo.out)
     verbs = [c[1] if c[0] != "curl" else "curl" for c in commands]
-    assert verbs == ["serve", "curl", "features", "models", "monitor", "report", "plan"]
+    assert verbs == ["serve", "curl", "features", "models", "runs", "monitor", "report", "plan"]
     assert all(Path(c[0]) == executable for c in commands if c[0] != "curl")
 
 
@@ -198,6 +211,8 @@ def test_every_suggested_command_works_and_the_figures_agree(demo, tmp_path):
     assert "sessions_7d" in outputs["features"] and "spend_30d" in outputs["features"]
     assert "as_of_us" not in outputs["models"] and "vNone" not in outputs["models"]
     assert "champion: promote v1 at 20" in outputs["models"]
+    assert "segment orders_lifetime" in outputs["models"]
+    assert "drop_constant" in outputs["runs"] and "search: 5 trials" in outputs["runs"]
     monitor = outputs["monitor"]
     assert "0 mismatching values" in monitor
     pattern = r"(\d[\d,]*) predictions \(.*?\), label coverage (\d+)%;(.*?)\n┏"
