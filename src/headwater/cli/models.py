@@ -57,6 +57,14 @@ def train(
         doc = p.registry.version(model, result.version)
         original = None if reproduce is None else p.registry.version(model, reproduce)
     _print_metrics(doc)
+    print_segments(doc.get("segments") or {}, "held-out")
+    search = doc["lineage"].get("search")
+    if search:
+        console.print(
+            f"search: best of {search['trials']} trials by {search['metric']} "
+            f"({search['best']['value']:.4f}): {search['best']['params']}; "
+            f"`headwater runs --compare {result.run['id']}` ranks them"
+        )
     snapshot = doc["lineage"]["snapshot"]
     console.print(
         f"registered {model} version {result.version}: {snapshot['rows']:,} rows, "

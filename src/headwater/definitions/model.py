@@ -220,12 +220,6 @@ class Model(Definition):
         if parallel < 1:
             raise DefinitionError(f"model {name!r}: parallel must be at least 1")
         self.parallel = parallel
-        gap = self.promotion.max_segment_gap
-        if gap is not None and not self.segments:
-            raise DefinitionError(
-                f"model {name!r}: the promotion policy limits the gap between segments, "
-                "but the model declares no segments"
-            )
 
     @property
     def examples_version(self) -> str:

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 
 from headwater.monitoring.context import MonitorContext
-from headwater.monitoring.monitor import Monitor, VersionReport, logged_predictions
+from headwater.monitoring.monitor import (
+    Monitor,
+    VersionReport,
+    logged_predictions,
+    logged_values,
+)
 from headwater.training import evaluation
 
 
@@ -118,6 +123,31 @@ def promote_winners(
             f"live {metric} {new:.4f} vs champion v{champion} {old:.4f} on "
             f"{len(both)} labelled requests"
         )
+        limit = model.promotion.max_segment_gap
+        if won and limit is not None:
+            segments = {s.name: s for s in model.segments}
+            for service in ctx.definitions.services.values():
+                if any(v.model.name == name for v in service.variants):
+                    segments.update({s.name: s for s in service.segments})
+            gaps = evaluation.by_segment(
+                list(segments.values()),
+                {n: logged_values(chall.loc[both], n) for n in segments},
+                y,
+                chall.loc[both, "output"].to_numpy(dtype=float),
+                model.task,
+                metric,
+                model.k,
+            )
+            wide = [
+                (n, g["gap"]) for n, g in gaps.items() if g["gap"] and g["gap"]["value"] > limit
+            ]
+            if wide:
+                seg, gap = wide[0]
+                won = False
+                verdict += (
+                    f"; but its live {metric} differs by {gap['value']:.4f} between groups "
+                    f"{' and '.join(gap['between'])} of segment {seg} (the policy allows {limit})"
+                )
         log(f"{name} challenger v{challenger}: {verdict} -> {'promote' if won else 'keep'}")
         if won:
             ctx.registry.promote(
@@ -138,6 +168,7 @@ def promote_winners(
                 "challenger_metric": new,
                 "champion_metric": old,
                 "requests": len(both),
+                "verdict": verdict,
             }
         )
     return actions

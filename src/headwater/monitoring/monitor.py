@@ -238,7 +238,7 @@ class Monitor:
                 rows = group[matured.to_numpy()]
                 report.segments = evaluation.by_segment(
                     list(segments.values()),
-                    {name: _logged_values(rows, name) for name in segments},
+                    {name: logged_values(rows, name) for name in segments},
                     y,
                     scores,
                     definition.task,
@@ -374,7 +374,7 @@ class Monitor:
             self.ctx.log.append(ALERTS, records, now)
 
 
-def _logged_values(rows: pd.DataFrame, name: str) -> list[Any]:
+def logged_values(rows: pd.DataFrame, name: str) -> list[Any]:
     """A segment's value in each logged prediction: a context field of the request, else a
     feature the model was served."""
     contexts = rows["context"] if "context" in rows else [None] * len(rows)

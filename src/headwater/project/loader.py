@@ -69,6 +69,15 @@ def _check_segments(defs: Definitions) -> None:
     pii = {f for s in defs.streams.values() for f in s.pii_fields}
     keys = {k for e in defs.entities.values() for k in e.keys}
     outputs = {c.name: f for f in defs.features.values() for c in f.columns}
+    for m in defs.models.values():
+        served = [s for s in defs.services.values() if any(v.model is m for v in s.variants)]
+        if m.promotion.max_segment_gap is not None and not (
+            m.segments or any(s.segments for s in served)
+        ):
+            raise DefinitionError(
+                f"model {m.name!r}: the promotion policy limits the gap between segments, but "
+                "neither the model nor a service of it declares segments"
+            )
     owners = [(f"model {m.name!r}", m.segments) for m in defs.models.values()]
     owners += [(f"service {s.name!r}", s.segments) for s in defs.services.values()]
     for owner, segments in owners:

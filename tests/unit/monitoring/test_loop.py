@@ -17,14 +17,23 @@ from tests.unit.training.conftest import DEFINITIONS, NOW, visits
 LOOP = (
     DEFINITIONS
     + """
-from headwater import RetrainPolicy, Service, Variant
+from headwater import PromotionPolicy, RetrainPolicy, Service, Variant
 
 watched = Model("watched", label=churned, features=NUMERIC, estimator=logistic, lookback="14d",
                 min_rows=50, retrain=RetrainPolicy(on_drift=True, min_labelled=50),
                 owner="growth", description="Retrained by the monitor")
+fair = Model("fair", label=churned, features=NUMERIC, estimator=logistic, lookback="14d",
+             min_rows=50, retrain=RetrainPolicy(on_drift=True, min_labelled=50),
+             promotion=PromotionPolicy(metric="auc", max_segment_gap=0.0),
+             owner="growth", description="Promoted only if fair across regions")
+models.append(fair)
 services = [Service("guarded", variants=[Variant("main", watched),
                                          Variant("next", watched, alias="challenger")],
-                    routing="shadow", owner="growth", description="Champion + shadow")]
+                    routing="shadow", owner="growth", description="Champion + shadow"),
+            Service("fair_guarded", variants=[Variant("main", fair),
+                                              Variant("next", fair, alias="challenger")],
+                    routing="shadow", context=["region"], segments=["region"], owner="growth",
+                    description="Champion + shadow, by region")]
 """
 )
 
@@ -90,3 +99,22 @@ def test_the_challenger_is_promoted_only_when_it_wins_on_live_labels(looped, mon
     assert won["action"] == "promoted" and p.registry.alias("watched", "champion") == v2
     reason = p.registry.aliases("watched")["champion"]["history"][-1]["reason"]
     assert reason.startswith("won on live labels: live auc 0.7400 vs champion v1 0.6100")
+
+
+def test_a_challenger_that_wins_is_kept_when_its_live_segment_gap_is_too_wide(looped, monkeypatch):
+    p, clock = looped
+    p.promote("fair", p.train("fair").version, force=True)
+    v2 = p.train("fair").version
+    p.promote("fair", v2, alias="challenger", by="test", reason="a challenger")
+    clock["t"] = NOW - timedelta(days=10)
+    rows = [{"user_id": f"u{i}", "region": "north" if i % 2 else "south"} for i in range(150)]
+    p.serving.predict("fair_guarded", rows, "test")
+    p.serving.predictor("fair_guarded").drain()
+    clock["t"] = NOW
+    since = to_micros(NOW - timedelta(days=11))
+    better = iter([0.61, 0.74])  # champion, then challenger: it wins overall
+    monkeypatch.setattr(loop, "_live_metric", lambda *a: next(better))
+    actions = loop.promote_winners(p.monitor_context(), since, to_micros(NOW), lambda _: None)
+    (kept,) = [a for a in actions if a["model"] == "fair"]
+    assert kept["action"] == "kept" and p.registry.alias("fair", "champion") == 1
+    assert "between groups north and south of segment region" in kept["verdict"]

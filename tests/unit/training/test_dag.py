@@ -275,3 +275,39 @@ def test_the_ui_shows_the_run_s_dag_its_timeline_the_search_and_segments(project
     assert "Largest gap in auc" in segmented and "device_lifetime" in segmented
     parallel = client.get("/ui/models/churn_parallel").text
     assert parallel.count("<td>yours</td>") == 2
+
+
+def test_a_gap_policy_without_segments_is_refused(tmp_path):
+    source = (
+        DEFINITIONS
+        + """
+models.append(Model("unfair", label=churned, features=NUMERIC, estimator=logistic,
+                    promotion=PromotionPolicy(max_segment_gap=0.1), owner="growth",
+                    description="no segments"))
+"""
+    )
+    folder = write_project(tmp_path / "gap", source)
+    with pytest.raises(DefinitionError, match="neither the model nor a service of it"):
+        Project(folder, clock=lambda: NOW).close()
+
+
+def test_a_search_stops_at_its_timeout(tmp_path):
+    source = (
+        DEFINITIONS
+        + """
+from headwater import Int, Search
+
+models.append(Model("timed", label=churned, features=NUMERIC, estimator=lightgbm, lookback="14d",
+                    min_rows=50, search=Search(space={"num_leaves": Int(4, 16)}, trials=1000,
+                                               timeout="1s"),
+                    owner="growth", description="a search bounded by time"))
+"""
+    )
+    folder = write_project(tmp_path / "timed", source)
+    with Project(folder, clock=lambda: NOW) as p:
+        p.ingest("visits", visits())
+        run = p.train("timed").run
+    search = run["search"]
+    assert search["stopped_by"] == "timeout" and 1 <= search["trials"] < 1000
+    (step,) = [s for s in run["steps"] if s["name"] == "search"]
+    assert step["seconds"] < 5  # one trial may finish after the second has passed
