@@ -111,6 +111,10 @@ class Service(Definition):
     prediction logged) into ``batch_output`` under the project folder (``{service}`` and
     ``{date}`` are filled in).
 
+    ``score_alternatives`` (A/B and bandit services): every variant a request's routing
+    passed over is scored too, off the request's path, and logged as not chosen with its
+    probability of being chosen and the id of the answer (``alternative_to``).
+
     ``segments``: context fields or features of its models (or ``Segment``s) whose groups
     the monitor reports one by one, besides the models' own segments.
 
@@ -138,6 +142,7 @@ class Service(Definition):
         max_candidates: int = 1000,
         feedback: Feedback | None = None,
         segments: Sequence[str | Segment] = (),
+        score_alternatives: bool = False,
         higher_is_better: bool = True,
         batch_schedule: str | None = None,
         batch_output: str = "scores/{service}/{date}.parquet",
@@ -216,6 +221,12 @@ class Service(Definition):
         self.context = tuple(check_name("context field", c) for c in context)
         self.defaults = dict(defaults or {})
         self.segments = segments_of(f"service {name!r}", segments)
+        if score_alternatives and routing not in ("ab", "bandit"):
+            raise DefinitionError(
+                f"service {name!r}: score_alternatives logs the variants an A/B test or a "
+                f"bandit passed over; routing {routing!r} passes over none"
+            )
+        self.score_alternatives = score_alternatives
         for seg in self.segments:
             features = {f for v in self.variants for f in v.model.features}
             if seg.name not in self.context and seg.name not in features:
@@ -250,6 +261,8 @@ class Service(Definition):
             extra["required"] = True
         if self.segments:
             extra["segments"] = [s.spec() for s in self.segments]
+        if self.score_alternatives:
+            extra["score_alternatives"] = True
         if self.batch_schedule is not None:
             extra.update(batch_schedule=self.batch_schedule, batch_output=self.batch_output)
         return {

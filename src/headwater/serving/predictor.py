@@ -16,7 +16,7 @@ from headwater.features.plan import entity_key
 from headwater.log.base import Log
 from headwater.log.ids import new_id
 from headwater.serving.prediction_log import PredictionLogger
-from headwater.serving.routing import Router
+from headwater.serving.routing import Routed, Router
 from headwater.serving.scoring import NoModelVersion, ScorerCache
 from headwater.streaming.online import MissingKeyError, OnlineFeatures, any_known
 
@@ -37,6 +37,8 @@ class Prediction:
     context: dict[str, Any] = field(repr=False)
     features_at_us: int | None = None
     ranked: dict[str, Any] = field(default_factory=dict, repr=False)  # ranking_id, rank, ...
+    propensity: float | None = None  # P(routing chose this variant); None: pinned or shadow
+    draws: int | None = None  # Monte Carlo draws behind the propensity (Thompson sampling)
 
     def response(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,10 @@ _RECORD_FIELDS = frozenset(
         "ranking_id",
         "rank",
         "returned",
+        "propensity",
+        "propensity_draws",
+        "chosen",
+        "alternative_to",
     }
 )
 
@@ -170,18 +176,27 @@ class Predictor:
         every row to one variant instead of routing (a request for one model version)."""
         _check_keys(rows, self.service.entity.keys)
         rows = self._online.entity_keys.rows(rows)  # PII keys: logged as their pseudonyms
+        routed: list[Routed] | None = None
         if variant is None:
-            chosen = self._route(rows)
+            routed = self._route(rows)
+            chosen = [r.variant for r in routed]
         else:
             pinned = next(v for v in self.service.variants if v.name == variant)
             chosen = [pinned] * len(rows)
         needed = list(dict.fromkeys(chosen))
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us
-        names = self.features_of(needed, self.router.shadows())
+        names = self.features_of(needed, self._optional())
         values, known = self._online.get_with_presence(rows, names, t)
         self.last_timings.features_s = time.perf_counter() - start
-        return self.score(rows, values, known, chosen, path, features_at=t)
+        return self.score(rows, values, known, chosen, path, features_at=t, routed=routed)
+
+    def _optional(self) -> tuple[Variant, ...]:
+        """The variants scored off the request's path: shadows, or with
+        ``score_alternatives`` every variant (each row's unchosen ones)."""
+        if self.service.score_alternatives:
+            return self.service.variants
+        return self.router.shadows()
 
     def rank(
         self,
@@ -229,14 +244,15 @@ class Predictor:
         _check_keys(rows, service.entity.keys, what="candidate")
         keyed = self._online.entity_keys.rows(rows)  # PII candidate keys: as stored
         ranking_id = new_id()
+        routed = self._route([request]) if variant is None else None
         chosen = (
-            self._route([request])[0]
-            if variant is None
+            routed[0].variant
+            if routed is not None
             else next(v for v in service.variants if v.name == variant)
         )
         start = time.perf_counter()
         t = self._clock() if at_us is None else at_us
-        names = self.features_of([chosen], self.router.shadows())
+        names = self.features_of([chosen], self._optional())
         values, by_entity = self._online.get_with_entities(keyed, names, t)
         # a candidate is unknown when its own entity has no state (a new item), whatever is
         # known of the user or of the pair; without candidate features, when nothing is
@@ -251,14 +267,15 @@ class Predictor:
             path,
             features_at=t,
             ranking=(ranking_id, k),
+            routed=None if routed is None else routed * len(keyed),
         )
         # score() ranked every candidate: only the k returned ones need ordering here
         top = sorted((p for p in scored if p.ranked["returned"]), key=lambda p: p.ranked["rank"])
         return Ranking(ranking_id, chosen.name, top, len(keyed))
 
-    def _route(self, rows: Sequence[Mapping[str, Any]]) -> list[Variant]:
+    def _route(self, rows: Sequence[Mapping[str, Any]]) -> list[Routed]:
         keys = self.service.request_keys
-        return [self.router.choose(entity_key([row[k] for k in keys])) for row in rows]
+        return [self.router.route(entity_key([row[k] for k in keys])) for row in rows]
 
     def score(
         self,
@@ -269,16 +286,19 @@ class Predictor:
         path: str,
         features_at: int | Sequence[int] | None = None,
         ranking: tuple[str, int] | None = None,
+        routed: Sequence[Routed] | None = None,
     ) -> list[Prediction]:
         """Score rows whose feature values are given; log every prediction (and shadows).
 
         ``features_at``: when the values were evaluated (one time, or one per row), recorded
         so that the monitor can recompute them offline and measure skew. ``ranking``: the
         rows are one request's candidates, (ranking id, k): each record gets its rank.
+        ``routed``: how each row's variant was chosen (its propensity), when it was routed.
         """
         service = self.service
         if chosen is None:
-            chosen = self._route(rows)
+            routed = self._route(rows)
+            chosen = [r.variant for r in routed]
         for i, is_known in enumerate(known):
             if not is_known and service.defaults:
                 values[i] = {**values[i], **service.defaults}
@@ -294,6 +314,9 @@ class Predictor:
         at = [features_at] * len(rows) if not isinstance(features_at, Sequence) else features_at
         for p, when in zip(out, at, strict=True):
             p.features_at_us = when
+        if routed is not None:
+            for p, r in zip(out, routed, strict=True):
+                p.propensity, p.draws = r.propensity, r.draws
         if ranking is not None:
             _set_ranks(out, ranking)
         self._logger.log([self._record(p, path, now, shadow=False) for p in out])
@@ -303,7 +326,42 @@ class Predictor:
             self._shadow_pool.submit(
                 self._score_shadows, shadows, rows, values, known, path, now, ranking
             )
+        if service.score_alternatives:
+            self._shadow_pool.submit(
+                self._score_alternatives, rows, values, known, chosen, out, path, now
+            )
         return out
+
+    def _score_alternatives(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        values: list[dict[str, Any]],
+        known: list[bool],
+        chosen: Sequence[Variant],
+        answered: list[Prediction],
+        path: str,
+        now: int,
+    ) -> None:
+        """Every variant a row's routing passed over, scored on the same features and
+        logged (not chosen, its probability of being chosen, the answer it was the
+        alternative to): what off-policy estimators with a reward model need."""
+        probabilities = self.router.probabilities()
+        for variant in self.service.variants:
+            idx = [i for i, v in enumerate(chosen) if v is not variant]
+            if not idx:
+                continue
+            try:
+                extra = self._score_variant(variant, rows, values, known, idx)
+            except Exception:  # noqa: BLE001 - never touches the answer
+                self.shadow_errors += 1
+                continue
+            records = []
+            for i, p in zip(idx, extra, strict=True):
+                p.propensity = probabilities.get(variant.name)
+                record = self._record(p, path, now, shadow=True)
+                record["alternative_to"] = answered[i].prediction_id
+                records.append(record)
+            self._logger.log(records)
 
     def _score_shadows(
         self,
@@ -370,6 +428,9 @@ class Predictor:
             "output": p.score,
             "unknown_entity": p.unknown_entity,
             "shadow": shadow,
+            "chosen": not shadow,
+            "propensity": p.propensity,
+            **({"propensity_draws": p.draws} if p.draws is not None else {}),
             "path": path,
             "ts_us": now,
             "features_at_us": p.features_at_us,
