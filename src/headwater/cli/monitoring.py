@@ -208,10 +208,21 @@ def experiment(
             help="Whether a low outcome is good (e.g. churn); default: the service's setting",
         ),
     ] = None,
+    evaluate: Annotated[
+        str | None,
+        typer.Option(
+            help="Off-policy: the reward this policy would have earned on the logged traffic; "
+            "a variant ('b') or probabilities ('a=0.2,b=0.8')"
+        ),
+    ] = None,
     project: ProjectOpt = Path("."),
     env: EnvOpt = None,
 ) -> None:
-    """Per-variant outcomes with confidence intervals, the test used, and a verdict."""
+    """Per-variant outcomes with confidence intervals, the test used, and a verdict; with
+    --evaluate POLICY, the off-policy estimate of what POLICY would have earned."""
+    if evaluate is not None:
+        _evaluate_policy(service, evaluate, days, project, env)
+        return
     higher = None if lower_is_better is None else not lower_is_better
     with open_project(project, env) as p:
         stats, comparisons = p.experiment(service, days=days, higher_is_better=higher)
@@ -225,6 +236,34 @@ def experiment(
             f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.3g} ({c.test}) -> "
             f"[bold]{c.verdict}[/bold]"
         )
+
+
+def _evaluate_policy(
+    service: str, policy: str, days: float, project: Path, env: str | None
+) -> None:
+    with open_project(project, env) as p:
+        estimates, summary = p.evaluate_policy(service, policy, days=days)
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(summary["logged_share"].items()))
+    console.print(
+        f"logged: {estimates[0].n:,} rewarded decisions of {estimates[0].clusters:,} entities "
+        f"({shares}), mean reward {summary['logged_mean']:.4f}"
+        + (
+            f"; {summary['without_propensity']:,} without a propensity left out"
+            if summary["without_propensity"]
+            else ""
+        )
+    )
+    target = ", ".join(f"{k} {v:.0%}" for k, v in summary["policy"].items())
+    table = Table("estimator", "mean reward", "95% interval (clustered by entity)",
+                  "effective n", title=f"candidate policy: {target}")  # fmt: skip
+    for e in estimates:
+        table.add_row(
+            {"ips": "inverse propensity", "snips": "self-normalized"}[e.estimator],
+            f"{e.value:.4f}",
+            f"[{e.ci_low:.4f}, {e.ci_high:.4f}]",
+            f"{e.effective_n:,.0f}",
+        )
+    console.print(table)
 
 
 @app.command()

@@ -62,18 +62,47 @@ class VersionReport:
 def experiment_outcomes(
     ctx: MonitorContext, service: str, since_us: int, until_us: int
 ) -> pd.DataFrame:
-    """Each answered prediction of a service with its matured label as the outcome."""
+    """Each answered prediction of a service with its matured outcome: the service's
+    feedback, else (a bandit) its reward stream, else the model's label. Columns: variant,
+    outcome, propensity (None before propensities were logged), entity (its keys as one
+    string: the cluster of sticky routing) and prediction_id."""
+    columns = ["variant", "outcome", "propensity", "entity", "prediction_id"]
     frame = logged_predictions(ctx, service, since_us, until_us)
     if frame.empty:
-        return pd.DataFrame(columns=["variant", "outcome"])
+        return pd.DataFrame(columns=columns)
     frame = frame[~frame["shadow"].astype(bool)].reset_index(drop=True)
     monitor = Monitor(ctx)
     definition = ctx.definitions.services[service]
     parts = []
     for model, group in frame.groupby("model"):
         group = group.reset_index(drop=True)
-        labels, _ = monitor.labels_for(definition, ctx.definitions.model(model), group, ctx.clock())
-        parts.append(pd.DataFrame({"variant": group["variant"], "outcome": labels}))
+        if definition.feedback is None and definition.bandit is not None:
+            rewards = Feedback(definition.bandit.rewards, field=definition.bandit.reward_field)
+            found = feedback_labels(ctx, rewards, group["prediction_id"])
+            labels = pd.Series(
+                [found[i][0] if i in found else None for i in group["prediction_id"]],
+                dtype=object,
+            )
+        else:
+            labels, _ = monitor.labels_for(
+                definition, ctx.definitions.model(model), group, ctx.clock()
+            )
+        parts.append(
+            pd.DataFrame(
+                {
+                    "variant": group["variant"],
+                    "outcome": labels,
+                    "propensity": group["propensity"]
+                    if "propensity" in group
+                    else pd.Series([None] * len(group), dtype=object),
+                    "entity": [
+                        orjson.dumps(e, option=orjson.OPT_SORT_KEYS).decode()
+                        for e in group["entity"]
+                    ],  # fmt: skip
+                    "prediction_id": group["prediction_id"],
+                }
+            )
+        )
     out = pd.concat(parts, ignore_index=True)
     out = out[out["outcome"].notna()]
     out["outcome"] = out["outcome"].astype(float)

@@ -870,6 +870,42 @@ class Project:
             higher_is_better = self.definitions.services[service].higher_is_better
         return analyze(outcomes, higher_is_better=higher_is_better)
 
+    def evaluate_policy(
+        self, service: str, policy: str | Mapping[str, float], *, days: float = 30
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Off-policy evaluation: the mean reward ``policy`` (a variant's name, ``"a=0.2,
+        b=0.8"``, or a mapping of variant to probability) would have earned on the service's
+        logged, rewarded decisions of the last ``days``: IPS and self-normalized IPS
+        estimates with intervals clustered by entity (``monitoring/offpolicy.py``), and what
+        the logging policy earned. Refused where the candidate would choose a variant the
+        logging policy never chose."""
+        from headwater.monitoring.ledger import DAY_US
+        from headwater.monitoring.monitor import experiment_outcomes
+        from headwater.monitoring.offpolicy import evaluate, parse_policy
+
+        definition = self.definitions.service(service)
+        if definition.routing not in ("ab", "bandit"):
+            raise DefinitionError(
+                f"service {service!r} routes by {definition.routing!r}: its logged decisions "
+                "made no random choice between variants, so no other policy can be "
+                "evaluated on them; off-policy evaluation needs routing='ab' or 'bandit'"
+            )
+        names = [v.name for v in definition.variants]
+        target = parse_policy(policy, names) if isinstance(policy, str) else dict(policy)
+        now = self.now()
+        outcomes = experiment_outcomes(
+            self.monitor_context(), service, now - int(days * DAY_US), now + 1
+        )
+        estimates = evaluate(outcomes, target)
+        logged = outcomes.dropna(subset=["propensity"])
+        summary = {
+            "policy": target,
+            "logged_mean": float(logged["outcome"].mean()),
+            "logged_share": logged["variant"].value_counts(normalize=True).to_dict(),
+            "without_propensity": int(outcomes["propensity"].isna().sum()),
+        }
+        return estimates, summary
+
     def report(self, model: str, days: int = 30) -> str:
         """A self-contained HTML report of a model: live performance by day, drift,
         predictions against the reference, experiments."""
