@@ -226,6 +226,7 @@ def experiment(
     higher = None if lower_is_better is None else not lower_is_better
     with open_project(project, env) as p:
         stats, comparisons = p.experiment(service, days=days, higher_is_better=higher)
+        allocated = p.allocation(service, days=days)
     table = Table("variant", "n", "outcome mean", "95% interval")
     for v in stats:
         table.add_row(v.variant, f"{v.n:,}", f"{v.mean:.4f}", f"[{v.ci_low:.4f}, {v.ci_high:.4f}]")
@@ -236,6 +237,20 @@ def experiment(
             f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.3g} ({c.test}) -> "
             f"[bold]{c.verdict}[/bold]"
         )
+    if not allocated.empty:
+        shown = allocated.tail(30)
+        table = Table("day", "variant", "version", "decisions", "share", "mean propensity",
+                      title="allocation by day (UTC)")  # fmt: skip
+        for row in shown.itertuples(index=False):
+            table.add_row(
+                iso_day(int(row.day) * 86_400_000_000),
+                row.variant,
+                f"v{row.model_version}",
+                f"{row.decisions:,}",
+                f"{row.share:.1%}",
+                "-" if row.mean_propensity != row.mean_propensity else f"{row.mean_propensity:.3f}",
+            )
+        console.print(table)
 
 
 def _evaluate_policy(

@@ -38,14 +38,26 @@ class Variant:
 @dataclass(frozen=True)
 class Bandit:
     """Learn which variant to serve from a reward stream (events with ``prediction_id`` and a
-    0/1 ``reward_field``): Thompson sampling on Beta posteriors, or epsilon-greedy."""
+    ``reward_field``): Thompson sampling, or epsilon-greedy.
+
+    ``reward``: "binary" (0/1 rewards, Beta posteriors with ``prior=(alpha, beta)``, default
+    (1, 1)) or "continuous" (any number, e.g. revenue: a normal posterior of the mean with
+    ``prior=(mean, weight)``, default (0, 1): the prior counts as ``weight`` rewards of
+    ``mean``). Posteriors are kept per model version: a variant whose alias moves to a new
+    version starts from the prior plus ``warm_start`` (0 to 1) times what its previous version
+    learned (0: from the prior alone).
+    """
 
     rewards: Stream
     reward_field: str = "reward"
     policy: str = "thompson"
     epsilon: float = 0.1
+    reward: str = "binary"
+    prior: tuple[float, float] | None = None
+    warm_start: float = 0.0
 
     POLICIES = ("thompson", "epsilon")
+    REWARDS = ("binary", "continuous")
 
     def __post_init__(self) -> None:
         if self.policy not in self.POLICIES:
@@ -55,13 +67,39 @@ class Bandit:
             )
         if not 0 <= self.epsilon <= 1:
             raise DefinitionError(f"Bandit epsilon must be in [0, 1], not {self.epsilon!r}")
+        if self.reward not in self.REWARDS:
+            raise DefinitionError(
+                f"Bandit reward {self.reward!r} is not one of {', '.join(self.REWARDS)}"
+            )
+        if not 0 <= self.warm_start <= 1:
+            raise DefinitionError(f"Bandit warm_start must be in [0, 1], not {self.warm_start!r}")
+        if self.prior is not None:
+            a, b = self.prior
+            if self.reward == "binary" and not (a > 0 and b > 0):
+                raise DefinitionError("a binary Bandit's prior is (alpha, beta), both > 0")
+            if self.reward == "continuous" and not b > 0:
+                raise DefinitionError("a continuous Bandit's prior is (mean, weight), weight > 0")
+
+    @property
+    def prior_or_default(self) -> tuple[float, float]:
+        if self.prior is not None:
+            return (float(self.prior[0]), float(self.prior[1]))
+        return (1.0, 1.0) if self.reward == "binary" else (0.0, 1.0)
 
     def spec(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}  # absent unless set, so existing services keep versions
+        if self.reward != "binary":
+            extra["reward"] = self.reward
+        if self.prior is not None:
+            extra["prior"] = list(self.prior)
+        if self.warm_start:
+            extra["warm_start"] = self.warm_start
         return {
             "rewards": self.rewards.name,
             "reward_field": self.reward_field,
             "policy": self.policy,
             "epsilon": self.epsilon,
+            **extra,
         }
 
 

@@ -345,3 +345,31 @@ def _samples_needed(c: Values, t: Values, kind: Kind, effect: float, design: _De
     spread = z_alpha * math.sqrt(2 * p_bar * (1 - p_bar))
     spread += z_beta * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
     return math.ceil(spread**2 / effect**2)
+
+
+def allocation(logged: pd.DataFrame, day_us: int = 86_400_000_000) -> pd.DataFrame:
+    """How a service's routing allocated its answered requests over time: per UTC day and
+    variant (and model version), the decisions, their share of the day, and the mean logged
+    propensity (the probability the routing gave that variant; None before it was logged).
+
+    >>> frame = pd.DataFrame({"ts_us": [0, 1, 2, 86_400_000_000], "variant": list("aaba"),
+    ...                       "model_version": [1, 1, 2, 1], "shadow": [False] * 4,
+    ...                       "propensity": [0.6, 0.7, 0.3, 0.8]})
+    >>> allocation(frame)[["day", "variant", "decisions", "share"]].values.tolist()
+    [[0, 'a', 2, 0.6666666666666666], [0, 'b', 1, 0.3333333333333333], [1, 'a', 1, 1.0]]
+    """
+    columns = ["day", "variant", "model_version", "decisions", "share", "mean_propensity"]
+    if logged.empty:
+        return pd.DataFrame(columns=columns)
+    frame = logged[~logged["shadow"].astype(bool)].copy()
+    frame["day"] = frame["ts_us"].astype("int64") // day_us
+    if "propensity" not in frame:
+        frame["propensity"] = np.nan
+    frame["propensity"] = pd.to_numeric(frame["propensity"], errors="coerce")
+    out = (
+        frame.groupby(["day", "variant", "model_version"])
+        .agg(decisions=("variant", "size"), mean_propensity=("propensity", "mean"))
+        .reset_index()
+    )
+    out["share"] = out["decisions"] / out.groupby("day")["decisions"].transform("sum")
+    return out[columns].reset_index(drop=True)

@@ -34,6 +34,8 @@ from headwater.streaming.workers import run_workers
 from headwater.training.sets import to_arrow
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from headwater.environments.replay import Replay, ReplayOptions
     from headwater.monitoring.alerts import Alerts
     from headwater.monitoring.context import MonitorContext
@@ -869,6 +871,21 @@ class Project:
         if higher_is_better is None:
             higher_is_better = self.definitions.services[service].higher_is_better
         return analyze(outcomes, higher_is_better=higher_is_better)
+
+    def allocation(self, service: str, *, days: float = 30) -> pd.DataFrame:
+        """How the service's routing allocated its answers per day over the last ``days``:
+        decisions, share and mean logged propensity per variant and model version
+        (``monitoring.experiment.allocation``)."""
+        from headwater.monitoring.experiment import allocation
+        from headwater.monitoring.ledger import DAY_US
+        from headwater.monitoring.monitor import logged_predictions
+
+        self.definitions.service(service)  # an unknown name: "did you mean"
+        now = self.now()
+        logged = logged_predictions(
+            self.monitor_context(), service, now - int(days * DAY_US), now + 1
+        )
+        return allocation(logged)
 
     def evaluate_policy(
         self, service: str, policy: str | Mapping[str, float], *, days: float = 30

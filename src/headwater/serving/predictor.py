@@ -145,10 +145,17 @@ class Predictor:
     ) -> None:
         self.service, self._online, self._scorers = service, online, scorers
         self._logger, self._clock = logger, clock
-        self.router = Router(service, log, seed)
+        self.router = Router(service, log, seed, versions=self._version)
         self.last_timings = Timings()
         self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{service.name}")
         self.shadow_errors = 0
+
+    def _version(self, variant: Variant) -> int | None:
+        """The model version a variant serves now (None while it has none loaded)."""
+        try:
+            return self._scorers.get(variant.model, variant.alias).version
+        except NoModelVersion:
+            return None
 
     def features_of(
         self, variants: Sequence[Variant], optional: Sequence[Variant] = ()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,27 +50,52 @@ def weighted_choice(variants: Sequence[Variant], u: float) -> Variant:
 
 
 @dataclass
-class BanditState:
-    """Beta posteriors per variant, learned from the reward stream joined to predictions."""
+class Arm:
+    """What one variant's model version has earned: rewards seen, their sum and squares."""
 
-    successes: dict[str, float] = field(default_factory=dict)
-    failures: dict[str, float] = field(default_factory=dict)
-    variant_of: dict[str, str] = field(default_factory=dict)  # prediction id -> variant
+    n: float = 0.0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def scaled(self, factor: float) -> Arm:
+        return Arm(self.n * factor, self.total * factor, self.total_sq * factor)
+
+    def plus(self, other: Arm) -> Arm:
+        return Arm(self.n + other.n, self.total + other.total, self.total_sq + other.total_sq)
+
+
+@dataclass
+class BanditState:
+    """Posteriors per (variant, model version), learned from the reward stream joined to
+    the logged predictions."""
+
+    arms: dict[tuple[str, int], Arm] = field(default_factory=dict)
+    arm_of: dict[str, tuple[str, int]] = field(default_factory=dict)  # prediction id -> arm
     pending: dict[str, float] = field(default_factory=dict)  # rewards seen before predictions
     offsets: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # rewards that were not a number (or not 0/1 for a binary bandit)
 
 
 class Router:
     """Chooses the answering variant (and the shadows) for each entity key."""
 
-    def __init__(self, service: Service, log: Log, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        log: Log,
+        seed: int | None = None,
+        versions: Callable[[Variant], int | None] | None = None,
+    ) -> None:
+        """``versions``: the model version each variant serves now (a bandit learns per
+        version: a promotion starts the variant's new version from its prior)."""
         self.service, self._log = service, log
+        self._versions = versions or (lambda _: None)
         self._rng = random.Random(seed)
         self._np_rng = np.random.default_rng(seed)
         self._bandit = BanditState()
         self._lock = threading.Lock()
         self._changes = 0  # posterior updates so far: Thompson probabilities are cached by it
-        self._thompson: tuple[int, dict[str, float]] | None = None
+        self._thompson: tuple[Any, dict[str, float]] | None = None
         total = sum(v.weight for v in service.variants)
         self._weights = {v.name: v.weight / total for v in service.variants}
 
@@ -106,51 +132,102 @@ class Router:
 
     # -- bandit ----------------------------------------------------------------------------
 
+    def _arm(self, v: Variant) -> tuple[str, int]:
+        return (v.name, self._versions(v) or 0)
+
+    def _evidence(self, v: Variant) -> Arm:
+        """The current version's rewards, plus ``warm_start`` times its previous version's."""
+        assert self.service.bandit is not None
+        name, version = self._arm(v)
+        arms = self._bandit.arms
+        own = arms.get((name, version), Arm())
+        warm = self.service.bandit.warm_start
+        if warm:
+            earlier = [ver for (n, ver) in arms if n == name and ver < version]
+            if earlier:
+                own = own.plus(arms[(name, max(earlier))].scaled(warm))
+        return own
+
+    def _posterior(self, v: Variant) -> tuple[float, float]:
+        """Binary: Beta (alpha, beta). Continuous: normal (mean, standard deviation) of the
+        mean reward, the prior counting as ``weight`` rewards of its mean."""
+        assert self.service.bandit is not None
+        bandit, arm = self.service.bandit, self._evidence(v)
+        p0, p1 = bandit.prior_or_default
+        if bandit.reward == "binary":
+            return (p0 + arm.total, p1 + arm.n - arm.total)
+        weight = p1 + arm.n
+        mean = (p0 * p1 + arm.total) / weight
+        if arm.n >= 2:
+            variance = max((arm.total_sq - arm.total**2 / arm.n) / (arm.n - 1), 1e-12)
+        else:
+            variance = max(abs(p0), 1.0) ** 2  # before any spread is seen: wide
+        return (mean, math.sqrt(variance / weight))
+
+    def _mean(self, v: Variant) -> float:
+        a, b = self._posterior(v)
+        assert self.service.bandit is not None
+        return a / (a + b) if self.service.bandit.reward == "binary" else a
+
     def _greedy(self) -> Variant:
-        b = self._bandit
-        rates = {
-            v.name: (b.successes.get(v.name, 0) + 1)
-            / (b.successes.get(v.name, 0) + b.failures.get(v.name, 0) + 2)
-            for v in self.service.variants
-        }
-        return max(self.service.variants, key=lambda v: rates[v.name])
+        return max(self.service.variants, key=self._mean)
 
     def _bandit_route(self) -> Routed:
         assert self.service.bandit is not None
-        variants, b = self.service.variants, self._bandit
-        if self.service.bandit.policy == "epsilon":
-            eps, n = self.service.bandit.epsilon, len(variants)
+        bandit, variants = self.service.bandit, self.service.variants
+        if bandit.policy == "epsilon":
+            eps, n = bandit.epsilon, len(variants)
             with self._lock:
                 explore = self._rng.random() < eps
-                chosen = self._rng.choice(variants) if explore else self._greedy()
-                best = chosen if not explore else self._greedy()
+                best = self._greedy()
+                chosen = self._rng.choice(variants) if explore else best
             return Routed(chosen, eps / n + (1 - eps) * (chosen is best))
         with self._lock:
-            draws = {
-                v.name: self._rng.betavariate(
-                    b.successes.get(v.name, 0) + 1, b.failures.get(v.name, 0) + 1
-                )
-                for v in variants
-            }
-        chosen = max(variants, key=lambda v: draws[v.name])
+            params = [self._posterior(v) for v in variants]
+            if bandit.reward == "binary":
+                draws = [self._rng.betavariate(a, b) for a, b in params]
+            else:
+                draws = [self._rng.gauss(m, sd) for m, sd in params]
+        chosen = variants[max(range(len(variants)), key=draws.__getitem__)]
         return Routed(chosen, self._thompson_probabilities()[chosen.name], THOMPSON_DRAWS)
 
     def _thompson_probabilities(self) -> dict[str, float]:
         """P(each variant's posterior draw is the largest), from THOMPSON_DRAWS joint draws,
-        smoothed by half a draw so that no variant that can be chosen gets 0."""
+        smoothed by half a draw so that no variant that can be chosen gets 0. Cached until
+        the posteriors (or the versions served) change."""
+        assert self.service.bandit is not None
+        variants = self.service.variants
+        key = (self._changes, tuple(self._arm(v) for v in variants))
         cached = self._thompson
-        if cached is not None and cached[0] == self._changes:
+        if cached is not None and cached[0] == key:
             return cached[1]
         with self._lock:
-            changes, b, variants = self._changes, self._bandit, self.service.variants
-            alpha = [b.successes.get(v.name, 0) + 1 for v in variants]
-            beta = [b.failures.get(v.name, 0) + 1 for v in variants]
-            samples = self._np_rng.beta(alpha, beta, size=(THOMPSON_DRAWS, len(variants)))
+            params = np.array([self._posterior(v) for v in variants])
+            size = (THOMPSON_DRAWS, len(variants))
+            if self.service.bandit.reward == "binary":
+                samples = self._np_rng.beta(params[:, 0], params[:, 1], size=size)
+            else:
+                samples = self._np_rng.normal(params[:, 0], params[:, 1], size=size)
         wins = np.bincount(samples.argmax(axis=1), minlength=len(variants))
         smoothed = (wins + 0.5) / (THOMPSON_DRAWS + 0.5 * len(variants))
         probs = {v.name: float(p) for v, p in zip(variants, smoothed, strict=True)}
-        self._thompson = (changes, probs)
+        self._thompson = (key, probs)
         return probs
+
+    def posteriors(self) -> dict[str, dict[str, Any]]:
+        """Each variant's current arm: the version it serves, rewards seen (with the warm
+        start), the posterior mean and the probability of being chosen now."""
+        probabilities = self.probabilities()
+        out = {}
+        for v in self.service.variants:
+            arm = self._evidence(v)
+            out[v.name] = {
+                "version": self._arm(v)[1] or None,
+                "rewards": arm.n,
+                "mean": self._mean(v),
+                "probability": probabilities[v.name],
+            }
+        return out
 
     def learn(self) -> dict[str, tuple[float, float]]:
         """Read new predictions and rewards from the log and update the posteriors."""
@@ -168,33 +245,52 @@ class Router:
                     start = records[-1].offset + 1
                 b.offsets[position] = start
         with self._lock:
-            return {
-                v.name: (b.successes.get(v.name, 0), b.failures.get(v.name, 0))
-                for v in self.service.variants
-            }
+            out = {}
+            for v in self.service.variants:
+                arm = self._evidence(v)
+                out[v.name] = (arm.total, arm.n - arm.total)
+            return out
 
     def _absorb(self, stream: str, event: dict[str, Any], reward_field: str) -> None:
         b = self._bandit
         if stream == PREDICTIONS_STREAM:
             if event.get("service") != self.service.name or event.get("shadow"):
                 return
-            pid, variant = event["prediction_id"], event["variant"]
-            b.variant_of[pid] = variant
+            pid = event["prediction_id"]
+            arm = (event["variant"], int(event.get("model_version") or 0))
+            b.arm_of[pid] = arm
             if pid in b.pending:
-                self._reward(variant, b.pending.pop(pid))
+                self._reward(arm, b.pending.pop(pid))
             return
-        pid, reward = event.get("prediction_id"), event.get(reward_field)
-        if pid is None or reward is None:
+        pid, value = event.get("prediction_id"), event.get(reward_field)
+        if pid is None or value is None:
             return
-        variant = b.variant_of.get(pid)
-        if variant is None:
-            b.pending[pid] = float(reward)
+        reward = self._valid(value)
+        if reward is None:
+            b.refused += 1
+            return
+        found = b.arm_of.get(pid)
+        if found is None:
+            b.pending[pid] = reward
         else:
-            self._reward(variant, float(reward))
+            self._reward(found, reward)
 
-    def _reward(self, variant: str, reward: float) -> None:
+    def _valid(self, value: Any) -> float | None:
+        assert self.service.bandit is not None
+        try:
+            reward = float(value)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(reward):
+            return None
+        if self.service.bandit.reward == "binary" and reward not in (0.0, 1.0):
+            return None
+        return reward
+
+    def _reward(self, arm: tuple[str, int], reward: float) -> None:
         with self._lock:
-            b = self._bandit
-            b.successes[variant] = b.successes.get(variant, 0) + reward
-            b.failures[variant] = b.failures.get(variant, 0) + (1 - reward)
+            found = self._bandit.arms.setdefault(arm, Arm())
+            found.n += 1
+            found.total += reward
+            found.total_sq += reward * reward
             self._changes += 1

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from headwater.definitions.service import Service
-from headwater.monitoring.experiment import ExperimentError, analyze
+from headwater.monitoring.experiment import ExperimentError, allocation, analyze
 from headwater.monitoring.monitor import experiment_outcomes
 from headwater.ui import reads
 from headwater.ui.charts import interval_chart, line_chart
-from headwater.ui.html import DAY_US, Safe, badge, esc, join, link, number, path, table
+from headwater.ui.html import DAY_US, Safe, badge, day, esc, join, link, number, path, table
 from headwater.ui.html import facts as html_facts
 from headwater.ui.page import Drawn, NotFound, Page, Panel, panels
 
@@ -94,13 +94,28 @@ def _role(service: Service, variant: str) -> str:
 
 
 def traffic(page: Page, service: Service) -> Safe:
-    series = reads.traffic(reads.predictions(page.sources), service.name)
+    logged = reads.predictions(page.sources)
+    series = reads.traffic(logged, service.name)
     trimmed = {k: v[-60:] for k, v in series.items()}
-    return line_chart(
+    chart = line_chart(
         trimmed,
         caption=f"Predictions of {service.name} per day and variant (UTC), last 60 days",
         y_label="predictions",
     )
+    if service.routing not in ("ab", "bandit") or logged.empty:
+        return chart
+    mine = allocation(logged[logged["service"] == service.name])
+    shares: dict[str, list[tuple[str, float]]] = {}
+    for row in mine.itertuples(index=False):
+        when = day(int(row.day) * DAY_US)
+        shares.setdefault(f"{row.variant} v{row.model_version}", []).append((when, row.share))
+    allocated = line_chart(
+        {k: v[-60:] for k, v in shares.items()},
+        caption=f"Allocation: the share of {service.name}'s answers per day, by variant and "
+        "model version (each decision is logged with its probability)",
+        y_label="share",
+    )
+    return join([chart, allocated])
 
 
 def experiment(page: Page, service: Service) -> Safe:
