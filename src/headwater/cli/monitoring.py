@@ -227,6 +227,7 @@ def experiment(
     with open_project(project, env) as p:
         stats, comparisons = p.experiment(service, days=days, higher_is_better=higher)
         allocated = p.allocation(service, days=days)
+        by_segment = p.experiment_segments(service, days=days, higher_is_better=higher)
     table = Table("variant", "n", "outcome mean", "95% interval")
     for v in stats:
         table.add_row(v.variant, f"{v.n:,}", f"{v.mean:.4f}", f"[{v.ci_low:.4f}, {v.ci_high:.4f}]")
@@ -237,6 +238,17 @@ def experiment(
             f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}], p={c.p_value:.3g} ({c.test}) -> "
             f"[bold]{c.verdict}[/bold]"
         )
+    if by_segment:
+        table = Table("segment", "group", "n", "comparison", "difference", "p", "p (Holm)",
+                      "verdict", title=f"by segment ({len(by_segment)} comparisons, "
+                      "p-values adjusted for all of them)")  # fmt: skip
+        for r in by_segment:
+            table.add_row(
+                r["segment"], r["group"], f"{r['n']:,}", f"{r['treatment']} vs {r['control']}",
+                f"{r['difference']:+.4f}", f"{r['p_value']:.3g}", f"{r['p_adjusted']:.3g}",
+                r["verdict"],
+            )  # fmt: skip
+        console.print(table)
     if not allocated.empty:
         shown = allocated.tail(30)
         table = Table("day", "variant", "version", "decisions", "share", "mean propensity",

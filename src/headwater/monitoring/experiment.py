@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,9 @@ from scipy import stats
 
 from headwater.errors import HeadwaterError
 
+if TYPE_CHECKING:
+    from headwater.definitions.training import Segment
+
 Kind = Literal["binary", "continuous"]
 Values = npt.NDArray[np.float64]
 
@@ -24,6 +28,7 @@ Values = npt.NDArray[np.float64]
 CONTROL_NAMES = ("control", "champion", "a")
 BINARY_TEST = "two-proportion z-test"
 CONTINUOUS_TEST = "Welch's t-test"
+CLUSTERED_TEST = "t-test, errors clustered by entity"
 DEFAULT_RELATIVE_MDE = 0.10
 
 
@@ -85,8 +90,15 @@ def analyze(
     power: float = 0.8,
     min_detectable_effect: float | None = None,
     higher_is_better: bool = True,
+    cluster_col: str | None = None,
 ) -> tuple[list[VariantStats], list[Comparison]]:
     """Summarise each variant and compare every other variant with the control.
+
+    ``cluster_col`` (e.g. the entity): outcomes of one cluster are not independent (sticky
+    routing sends every request of an entity to one variant), so when a cluster holds more
+    than one outcome, intervals and tests use standard errors clustered by it (CR1, Student's
+    t on the clusters less one; the test's name says so), and the sample needed grows by the
+    design effect.
 
     Outcomes that are all 0/1 are binary (two-proportion z-test, Wilson intervals); anything
     else is continuous (Welch's t-test, t intervals). Rows with a missing outcome are dropped.
@@ -128,7 +140,86 @@ def analyze(
         for name, values in groups.items()
         if name != chosen
     ]
+    if cluster_col is not None:
+        clusters = _cluster_groups(outcomes, variant_col, outcome_col, cluster_col)
+        if any(np.bincount(codes).max() > 1 for _, codes in clusters.values()):
+            per_variant, comparisons = _clustered(
+                per_variant, comparisons, groups, clusters, kind, design
+            )
     return per_variant, comparisons
+
+
+def _cluster_groups(
+    outcomes: pd.DataFrame, variant_col: str, outcome_col: str, cluster_col: str
+) -> dict[str, tuple[Values, npt.NDArray[np.int64]]]:
+    """Each variant's outcomes (in ``_groups``' order) with their cluster codes."""
+    if cluster_col not in outcomes.columns:
+        raise ExperimentError(f"outcomes have no cluster column {cluster_col!r}")
+    frame = outcomes[[variant_col, outcome_col, cluster_col]].dropna(
+        subset=[variant_col, outcome_col]
+    )
+    out = {}
+    for name, part in frame.groupby(frame[variant_col].astype(str), sort=True):
+        codes = pd.factorize(part[cluster_col].astype(str))[0].astype(np.int64)
+        out[str(name)] = (part[outcome_col].to_numpy(dtype="float64"), codes)
+    return out
+
+
+def _cluster_se(values: Values, codes: npt.NDArray[np.int64]) -> float:
+    """The standard error of a mean with errors clustered (CR1)."""
+    n, count = values.size, int(codes.max()) + 1
+    sums = np.bincount(codes, weights=values - values.mean(), minlength=count)
+    scale = count / (count - 1) if count > 1 else 1.0
+    return float(math.sqrt(scale * float((sums**2).sum())) / n)
+
+
+def _clustered(
+    per_variant: list[VariantStats],
+    comparisons: list[Comparison],
+    groups: dict[str, Values],
+    clusters: dict[str, tuple[Values, npt.NDArray[np.int64]]],
+    kind: Kind,
+    design: _Design,
+) -> tuple[list[VariantStats], list[Comparison]]:
+    z = _z(1 - design.alpha / 2)
+    se = {name: _cluster_se(*clusters[name]) for name in groups}
+    stats_out = [
+        VariantStats(
+            v.variant, v.n, v.mean, v.mean - z * se[v.variant], v.mean + z * se[v.variant], v.kind
+        )  # fmt: skip
+        for v in per_variant
+    ]
+    out = []
+    for c in comparisons:
+        control, treatment = groups[c.control], groups[c.treatment]
+        joint = math.sqrt(se[c.control] ** 2 + se[c.treatment] ** 2)
+        naive = math.sqrt(
+            float(control.var()) / control.size + float(treatment.var()) / treatment.size
+        )
+        # few clusters make clustered errors too small: Student's t on (clusters - 1) df
+        dof = max(1, min(int(clusters[n][1].max()) + 1 for n in (c.control, c.treatment)) - 1)
+        p_value = float(2 * stats.t.sf(abs(c.difference) / joint, dof)) if joint > 0 else 1.0
+        zt = float(stats.t.ppf(1 - design.alpha / 2, dof))
+        deff = max(1.0, (joint / naive) ** 2) if naive > 0 else 1.0
+        verdict, needed = _verdict(
+            c.control, control, c.treatment, treatment, kind, c.difference, p_value, design,
+            deff,
+        )  # fmt: skip
+        out.append(
+            Comparison(
+                c.control,
+                c.treatment,
+                c.difference,
+                c.difference - zt * joint,
+                c.difference + zt * joint,
+                p_value,
+                CLUSTERED_TEST,
+                c.relative_lift,
+                verdict,
+                needed,
+            )  # fmt: skip
+        )
+    return stats_out, out
 
 
 def exposures(predictions: pd.DataFrame, entity_cols: list[str]) -> pd.DataFrame:
@@ -303,11 +394,13 @@ def _verdict(
     difference: float,
     p_value: float,
     design: _Design,
+    design_effect: float = 1.0,
 ) -> tuple[str, int | None]:
     if p_value < design.alpha:
         better = treatment if (difference > 0) == design.higher_is_better else control
         return f"winner: {better}", None
     needed = _samples_needed(c, t, kind, _effect(float(c.mean()), difference, design), design)
+    needed = math.ceil(needed * design_effect)
     have = min(c.size, t.size)
     if have >= needed:
         return "no difference", None
@@ -373,3 +466,72 @@ def allocation(logged: pd.DataFrame, day_us: int = 86_400_000_000) -> pd.DataFra
     )
     out["share"] = out["decisions"] / out.groupby("day")["decisions"].transform("sum")
     return out[columns].reset_index(drop=True)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control, in the given order).
+
+    >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03, 0.5])]
+    [0.04, 0.09, 0.09, 0.5]
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def segment_verdicts(
+    outcomes: pd.DataFrame,
+    segments: Sequence[Segment],
+    *,
+    alpha: float = 0.05,
+    higher_is_better: bool = True,
+    cluster_col: str | None = "entity",
+) -> list[dict[str, Any]]:
+    """The experiment within each group of each segment (a column of ``outcomes`` named
+    after it): every comparison's difference, interval and p-value, the p-value adjusted
+    for all the comparisons made (Holm), and a verdict at ``alpha`` on the adjusted p-value:
+    looking at many groups finds a "winner" somewhere by chance, which the correction
+    prevents. Groups with fewer than two variants with outcomes are left out."""
+    rows: list[dict[str, Any]] = []
+    for seg in segments:
+        if seg.name not in outcomes.columns:
+            continue
+        labels = np.array([seg.group(v) for v in outcomes[seg.name]], dtype=object)
+        for group in seg.ordered(sorted(set(labels.tolist()))):
+            part = outcomes[labels == group]
+            try:
+                _, comparisons = analyze(
+                    part, alpha=alpha, higher_is_better=higher_is_better,
+                    cluster_col=cluster_col if cluster_col in part.columns else None,
+                )  # fmt: skip
+            except ExperimentError:
+                continue
+            for c in comparisons:
+                rows.append(
+                    {
+                        "segment": seg.name,
+                        "group": group,
+                        "n": len(part),
+                        "control": c.control,
+                        "treatment": c.treatment,
+                        "difference": c.difference,
+                        "ci_low": c.ci_low,
+                        "ci_high": c.ci_high,
+                        "p_value": c.p_value,
+                        "test": c.test,
+                    }  # fmt: skip
+                )
+    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_adjusted"] = adjusted
+        if adjusted < alpha:
+            up = row["difference"] > 0
+            better = row["treatment"] if up == higher_is_better else row["control"]
+            row["verdict"] = f"winner: {better}"
+        else:
+            row["verdict"] = "no significant difference"
+    return rows

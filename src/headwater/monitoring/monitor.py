@@ -65,7 +65,8 @@ def experiment_outcomes(
     """Each answered prediction of a service with its matured outcome: the service's
     feedback, else (a bandit) its reward stream, else the model's label. Columns: variant,
     outcome, propensity (None before propensities were logged), entity (its keys as one
-    string: the cluster of sticky routing) and prediction_id."""
+    string: the cluster of sticky routing), prediction_id, and one column per segment of the
+    service and its models (the logged context field or feature)."""
     columns = ["variant", "outcome", "propensity", "entity", "prediction_id"]
     frame = logged_predictions(ctx, service, since_us, until_us)
     if frame.empty:
@@ -73,6 +74,12 @@ def experiment_outcomes(
     frame = frame[~frame["shadow"].astype(bool)].reset_index(drop=True)
     monitor = Monitor(ctx)
     definition = ctx.definitions.services[service]
+    segments = list(
+        dict.fromkeys(
+            [s.name for s in definition.segments]
+            + [s.name for v in definition.variants for s in v.model.segments]
+        )
+    )
     parts = []
     for model, group in frame.groupby("model"):
         group = group.reset_index(drop=True)
@@ -100,6 +107,7 @@ def experiment_outcomes(
                         for e in group["entity"]
                     ],  # fmt: skip
                     "prediction_id": group["prediction_id"],
+                    **{name: logged_values(group, name) for name in segments},
                 }
             )
         )

@@ -189,7 +189,9 @@ def _experiments(ctx: MonitorContext, model: str, since: int, until: int) -> lis
             )
             continue
         try:
-            stats, comparisons = analyze(outcomes, higher_is_better=service.higher_is_better)
+            stats, comparisons = analyze(
+                outcomes, higher_is_better=service.higher_is_better, cluster_col="entity"
+            )
         except ExperimentError as exc:
             out.append(f"<p>{html.escape(str(exc))}</p>")
             continue

@@ -870,7 +870,30 @@ class Project:
             )
         if higher_is_better is None:
             higher_is_better = self.definitions.services[service].higher_is_better
-        return analyze(outcomes, higher_is_better=higher_is_better)
+        return analyze(outcomes, higher_is_better=higher_is_better, cluster_col="entity")
+
+    def experiment_segments(
+        self, service: str, *, days: float = 30, higher_is_better: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """The experiment within each group of the service's (and its models') segments,
+        every p-value adjusted for the number of comparisons (Holm), with a verdict each
+        (``monitoring.experiment.segment_verdicts``); empty without segments."""
+        from headwater.monitoring.experiment import segment_verdicts
+        from headwater.monitoring.ledger import DAY_US
+        from headwater.monitoring.monitor import experiment_outcomes
+
+        definition = self.definitions.service(service)
+        segments = {s.name: s for s in definition.segments}
+        for v in definition.variants:
+            segments.update({s.name: s for s in v.model.segments})
+        if not segments:
+            return []
+        now = self.now()
+        outcomes = experiment_outcomes(
+            self.monitor_context(), service, now - int(days * DAY_US), now + 1
+        )
+        higher = definition.higher_is_better if higher_is_better is None else higher_is_better
+        return segment_verdicts(outcomes, list(segments.values()), higher_is_better=higher)
 
     def allocation(self, service: str, *, days: float = 30) -> pd.DataFrame:
         """How the service's routing allocated its answers per day over the last ``days``:

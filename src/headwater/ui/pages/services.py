@@ -131,7 +131,9 @@ def experiment(page: Page, service: Service) -> Safe:
     if outcomes.empty or outcomes["variant"].nunique() < 2:
         return Safe("<p>Fewer than two variants have outcomes in the last 30 days yet.</p>")
     try:
-        stats, comparisons = analyze(outcomes, higher_is_better=service.higher_is_better)
+        stats, comparisons = analyze(
+            outcomes, higher_is_better=service.higher_is_better, cluster_col="entity"
+        )
     except ExperimentError as exc:
         return Safe(f"<p>{esc(str(exc))}</p>")
     chart = interval_chart(
