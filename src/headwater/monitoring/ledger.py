@@ -342,6 +342,43 @@ class Ledger:
                 con, since_us // DAY_US, -(-until_us // DAY_US), service, tasks
             )
 
+    # -- skew -----------------------------------------------------------------------------
+
+    def skew_checked_until(self, service: str) -> int:
+        """The prediction time (microseconds) up to which the service's skew was checked."""
+        with self.connect() as con:
+            return tables.checkpoint(con, f"skew@{service}")
+
+    def record_skew(
+        self, service: str, counts: dict[tuple[str, int], tuple[int, int]], until_us: int
+    ) -> None:
+        """Add a check's (feature, day) -> (compared, mismatched) and move the service's
+        skew checkpoint to ``until_us``, in one transaction."""
+        with self.connect() as con:
+            con.executemany(
+                "INSERT INTO skew VALUES (?, ?, ?, ?, ?) ON CONFLICT (service, feature, day) "
+                "DO UPDATE SET compared = skew.compared + excluded.compared, "
+                "mismatched = skew.mismatched + excluded.mismatched",
+                [(service, f, day, c, m) for (f, day), (c, m) in sorted(counts.items())],
+            )
+            tables.set_checkpoint(con, f"skew@{service}", until_us)
+
+    def skew(
+        self, since_us: int, until_us: int, service: str | None = None
+    ) -> list[tuple[str, str, int, int, int]]:
+        """(service, feature, day, compared, mismatched) for the days of the range."""
+        sql = (
+            "SELECT service, feature, day, compared, mismatched FROM skew "
+            "WHERE day >= ? AND day < ?"
+        )
+        params: list[Any] = [since_us // DAY_US, -(-until_us // DAY_US)]
+        if service is not None:
+            sql += " AND service = ?"
+            params.append(service)
+        with self.connect() as con:
+            rows = con.rows(sql + " ORDER BY service, feature, day", params)
+        return [(str(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in rows]
+
     def checkpoints(self) -> dict[str, int]:
         with self.connect() as con:
             return dict(con.rows("SELECT name, next_offset FROM checkpoints"))

@@ -28,7 +28,7 @@ from headwater.log.base import NewRecord, Record
 from headwater.monitoring.alerts import ALERTS
 from headwater.monitoring.context import MonitorContext
 from headwater.monitoring.drift import ColumnDrift, Thresholds, profile_drift
-from headwater.monitoring.ledger import Ledger
+from headwater.monitoring.ledger import DAY_US, Ledger
 from headwater.training import evaluation
 
 PREDICTIONS = "predictions"
@@ -322,22 +322,42 @@ class Monitor:
     # -- skew ------------------------------------------------------------------------------
 
     def skew(
-        self, service: str, since_us: int, until_us: int, sample: int = 500, seed: int = 0
+        self,
+        service: str,
+        since_us: int,
+        until_us: int,
+        sample: int = 500,
+        seed: int = 0,
+        record: bool = False,
     ) -> dict[str, Any]:
         """Recompute the features of sampled logged predictions offline, at the time they were
         evaluated, and compare: per feature, the share that differs (expected: zero).
 
-        Each mismatch is reported with the entity, the time and both values, and raised as
-        an alert. Predictions for unknown entities (served with defaults) are not sampled.
+        Each mismatch is reported with the entity (as logged: a PII key is its pseudonym),
+        the time and both values, and raised as an alert naming the service's owner (one
+        alert per prediction and feature, however often it is checked). Predictions for
+        unknown entities (served with defaults) are not sampled.
+
+        ``record``: the continuous check the monitor runs: only predictions past the
+        service's skew checkpoint in the ledger are sampled, the (feature, day) counts are
+        added to the ledger, and ``compared``/``mismatched``/``rates`` are the ledger's
+        totals over the window.
         """
-        frame = logged_predictions(self.ctx, service, since_us, until_us)
-        if frame.empty:
-            return {"checked": 0, "rates": {}, "mismatches": []}
-        frame = frame[~frame["unknown_entity"].astype(bool) & frame["features_at_us"].notna()]
-        if frame.empty:  # every prediction was for an unknown entity, served with defaults
-            return {"checked": 0, "rates": {}, "mismatches": []}
+        ledger = Ledger(self.ctx) if record else None
+        start = since_us if ledger is None else max(since_us, ledger.skew_checked_until(service))
+        frame = logged_predictions(self.ctx, service, start, until_us)
+        empty: dict[str, Any] = {"checked": 0, "rates": {}, "mismatches": []}
+        if not frame.empty:
+            frame = frame[~frame["shadow"].astype(bool)] if "shadow" in frame else frame
+            frame = frame[~frame["unknown_entity"].astype(bool) & frame["features_at_us"].notna()]
+        if frame.empty:  # nothing, or only unknown entities (served with defaults)
+            if ledger is not None:
+                ledger.record_skew(service, {}, until_us)
+                return {**empty, **self._skew_totals(ledger, service, since_us, until_us)}
+            return empty
         frame = frame.sample(min(sample, len(frame)), random_state=seed).reset_index(drop=True)
-        entity = self.ctx.definitions.services[service].entity
+        definition = self.ctx.definitions.services[service]
+        entity = definition.entity
         spine = pd.DataFrame(list(frame["entity"]))[list(entity.keys)]
         spine["timestamp"] = pd.to_datetime(
             frame["features_at_us"].astype("int64"), unit="us", utc=True
@@ -346,37 +366,71 @@ class Monitor:
         offline = self.ctx.training.build(spine, names).to_pandas()
         rates: dict[str, float] = {}
         mismatches: list[dict[str, Any]] = []
+        counts: dict[tuple[str, int], list[int]] = {}
+        days = (frame["ts_us"].astype("int64") // DAY_US).tolist()
         for name in names:
             bad = 0
             for i, logged in enumerate(frame["features"]):
+                if name not in logged:
+                    continue
+                tally = counts.setdefault((name, days[i]), [0, 0])
+                tally[0] += 1
                 recomputed = _python(offline[name].iloc[i])
                 if not _same(logged.get(name), recomputed):
                     bad += 1
+                    tally[1] += 1
                     mismatches.append(
                         {
                             "feature": name,
                             "entity": frame["entity"][i],
                             "at_us": int(frame["features_at_us"][i]),
+                            "prediction_id": frame["prediction_id"][i],
                             "online": logged.get(name),
                             "offline": recomputed,
                         }
                     )
             rates[name] = bad / len(frame) if len(frame) else 0.0
         now = self.ctx.clock()
-        records = [
-            NewRecord(
-                hashlib.sha1(orjson.dumps(m, default=str)).hexdigest()[:24],
-                now,
-                orjson.dumps({"kind": "skew", "service": service, **m}, default=str),
-            )
+        alerts = [
+            {"kind": "skew", "service": service, "owner": definition.owner, **m}
             for m in mismatches[:1000]
         ]
-        if records:
-            self.ctx.log.append(ALERTS, records, now)
-            for m in mismatches[:1000]:
+        if alerts:
+            self.ctx.log.append(
+                ALERTS,
+                [
+                    NewRecord(  # one alert per prediction and feature: a re-check adds none
+                        hashlib.sha1(
+                            f"skew|{service}|{a['prediction_id']}|{a['feature']}".encode()
+                        ).hexdigest()[:24],
+                        now,
+                        orjson.dumps(a, default=str),
+                    )
+                    for a in alerts
+                ],
+                now,
+            )
+            for a in alerts:
                 if self._alert_hook is not None:
-                    self._alert_hook({"kind": "skew", "service": service, **m})
-        return {"checked": len(frame), "rates": rates, "mismatches": mismatches}
+                    self._alert_hook(a)
+        out: dict[str, Any] = {"checked": len(frame), "rates": rates, "mismatches": mismatches}
+        if ledger is not None:
+            ledger.record_skew(service, {k: (c, m) for k, (c, m) in counts.items()}, until_us)
+            out.update(self._skew_totals(ledger, service, since_us, until_us))
+        return out
+
+    @staticmethod
+    def _skew_totals(ledger: Ledger, service: str, since_us: int, until_us: int) -> dict[str, Any]:
+        compared: dict[str, int] = {}
+        mismatched: dict[str, int] = {}
+        for _, feature, _, c, m in ledger.skew(since_us, until_us, service):
+            compared[feature] = compared.get(feature, 0) + c
+            mismatched[feature] = mismatched.get(feature, 0) + m
+        return {
+            "compared": compared,
+            "mismatched": mismatched,
+            "rates": {f: mismatched[f] / c for f, c in compared.items() if c},
+        }
 
     # -- alerts ----------------------------------------------------------------------------
 

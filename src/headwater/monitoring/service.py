@@ -66,7 +66,8 @@ def run_monitor(
     reports = [r for name in chosen for r in watcher.run(name, since_us=since)]
     daily = [row for name in chosen for row in ledger.performance(since, now + 1, name)]
     skews = {
-        name: watcher.skew(name, since, now + 1) for name in sorted({r.service for r in reports})
+        name: watcher.skew(name, since, now + 1, record=True)
+        for name in sorted({r.service for r in reports})
     }
     actions = []
     if act:
@@ -87,13 +88,22 @@ def monitor_every(
     ctx: MonitorContext,
     every: float,
     stop: threading.Event,
-    record: Callable[[list[VersionReport]], None],
+    record: Callable[[list[VersionReport], dict[str, dict[str, Any]]], None],
 ) -> None:
-    """Run the monitor every ``every`` seconds until ``stop``, handing each run's reports to
-    ``record`` (a server exports them on /metrics); a failed run is logged, the next one
+    """Run the monitor every ``every`` seconds until ``stop``, handing each run's reports and
+    each service's skew (the continuous check: new predictions only, counted in the ledger)
+    to ``record`` (a server exports them on /metrics); a failed run is logged, the next one
     still comes."""
     while not stop.wait(every):
         try:
-            record(Monitor(ctx).run())
+            now = ctx.clock()
+            watcher = Monitor(ctx)
+            reports = watcher.run()
+            since = now - int(WINDOW_DAYS * DAY_US)
+            skews = {
+                name: watcher.skew(name, since, now + 1, record=True)
+                for name in sorted({r.service for r in reports})
+            }
+            record(reports, skews)
         except Exception:  # noqa: BLE001 - the server keeps serving; the failure is logged
             logging.getLogger("headwater.monitor").exception("monitor run failed")

@@ -171,3 +171,23 @@ def test_a_ranking_takes_the_clear_request_id(tmp_path):
         p.serving.logger.flush()
         logged = [orjson.loads(r.payload) for r in p.log.read("predictions", 0, 10**6)]
         assert {x["entity"]["user_id"] for x in logged} == {hidden}
+
+
+def test_a_skew_alert_names_the_entity_by_its_pseudonym(shop):
+    from headwater.definitions.types import to_micros
+    from headwater.monitoring.monitor import Monitor
+
+    predictor = shop.serving.predictor("risk")
+    users = [{"user_id": "u3"}]
+    keyed = shop.online.entity_keys.rows(users)
+    values = shop.online_features(users, NUMERIC)
+    values[0]["visits_30d"] += 5  # served from a stale value
+    predictor.score(keyed, values, [True], None, "t", features_at=to_micros(NOW))
+    alerts: list[dict] = []
+    Monitor(shop.monitor_context(), alert=alerts.append).skew(
+        "risk", to_micros(NOW) - 1, to_micros(NOW) + 1, record=True
+    )
+    (alert,) = [a for a in alerts if a["feature"] == "visits_30d"]
+    assert alert["entity"] == {"user_id": _pseudonym(shop, "u3")}
+    logged = b"".join(r.payload for r in shop.log.read("alerts", 0, 10**6))
+    assert not CLEAR.search(logged)  # no clear id in any alert

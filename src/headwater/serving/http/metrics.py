@@ -95,6 +95,20 @@ class ServerMetrics:
             multiprocess_mode=MONITOR_MODE,
             registry=r,
         )
+        self.skew_compared = Gauge(
+            "headwater_monitor_skew_compared",
+            "Served feature values recomputed offline (the monitor's window)",
+            ["service", "feature"],
+            multiprocess_mode=MONITOR_MODE,
+            registry=r,
+        )
+        self.skew_mismatched = Gauge(
+            "headwater_monitor_skew_mismatched",
+            "Served feature values that differ from their offline recomputation",
+            ["service", "feature"],
+            multiprocess_mode=MONITOR_MODE,
+            registry=r,
+        )
         self.drift_level = Gauge(
             "headwater_monitor_drift_level",
             "0 ok, 1 warn, 2 alert",
@@ -109,8 +123,17 @@ class ServerMetrics:
             found = self._services[service] = ServiceMetrics(self, service)
         return found
 
-    def record_monitor(self, reports: list[Any]) -> None:
-        """Export the latest monitor run (``Monitor.run``'s reports) as gauges."""
+    def record_monitor(
+        self, reports: list[Any], skews: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Export the latest monitor run (``Monitor.run``'s reports, and each service's skew
+        totals over the monitor's window) as gauges."""
+        for service, skew in (skews or {}).items():
+            for feature, compared in skew.get("compared", {}).items():
+                self.skew_compared.labels(service, feature).set(compared)
+                self.skew_mismatched.labels(service, feature).set(
+                    skew.get("mismatched", {}).get(feature, 0)
+                )
         levels = {"ok": 0, "warn": 1, "alert": 2}
         for r in reports:
             labels = (r.service, r.variant, r.model, str(r.version))

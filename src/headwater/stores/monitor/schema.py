@@ -6,7 +6,8 @@ when). ``feedback``: per feedback source and prediction id, the outcome that win
 latest by event time, then log position) and the first event's time. ``log_index``: the offsets
 each day's predictions span per partition, so a window's predictions are read without a scan.
 ``days`` and ``calibration``: per (service, variant, model, version, day), the sums the
-performance metrics need; ``stale``: the days to recompute. ``meta``: what the ledger was
+performance metrics need; ``stale``: the days to recompute. ``skew``: per (service, feature,
+day), served feature values recomputed offline and how many differed. ``meta``: what the ledger was
 built from (the log, each service's ground truth); ``checkpoints``: the log offsets consumed.
 """
 
@@ -50,6 +51,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             service VARCHAR, variant VARCHAR, model VARCHAR, version INTEGER, day INTEGER,
             PRIMARY KEY (service, variant, model, version, day))""",
     ),
+    (
+        # per service, feature and day of prediction: served values recomputed offline and
+        # how many differed (the continuous skew check; ``checkpoints`` "skew@SERVICE" holds
+        # the prediction time checked up to)
+        """CREATE TABLE IF NOT EXISTS skew (
+            service VARCHAR, feature VARCHAR, day INTEGER, compared BIGINT NOT NULL,
+            mismatched BIGINT NOT NULL, PRIMARY KEY (service, feature, day))""",
+    ),
 )
 POSTGRES_ONLY: dict[int, tuple[str, ...]] = {
     1: (
@@ -59,5 +68,5 @@ POSTGRES_ONLY: dict[int, tuple[str, ...]] = {
 }
 TABLES = (
     *("meta", "checkpoints", "log_index", "outcomes", "feedback"),
-    *("days", "calibration", "stale"),
+    *("days", "calibration", "stale", "skew"),
 )
