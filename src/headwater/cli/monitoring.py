@@ -265,6 +265,43 @@ def experiment(
         console.print(table)
 
 
+@app.command()
+def check(
+    stream: Annotated[str | None, typer.Option(help="Only this stream's expectations")] = None,
+    feature: Annotated[str | None, typer.Option(help="Only this feature's expectations")] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Latest events per stream partition to check")
+    ] = 100_000,
+    project: ProjectOpt = Path("."),
+    env: EnvOpt = None,
+) -> None:
+    """Run the data tests now: every expectation declared on a stream (on its latest events)
+    or a feature (on the current values of the entities they name). Failures go to the
+    alerts stream with the owner (once a day each); the exit status is 1 if any failed."""
+    with open_project(project, env) as p:
+        results = p.check(stream=stream, feature=feature, limit=limit)
+    if not results:
+        console.print("no expectations declared" + (" there" if stream or feature else ""))
+        return
+    table = Table("on", "name", "column", "checks", "values", "result", "owner")
+    for r in results:
+        e = r.test.expectation
+        checks = ", ".join(f"{k} {v}" for k, v in e.spec().items() if k != "column")
+        broken = [f"{v.check} broken by {v.rows:,} (e.g. {_examples(v)})" for v in r.violations]
+        verdict = "pass" if r.passed else "FAIL: " + "; ".join(broken)
+        table.add_row(r.test.kind, r.test.name, e.column, checks, f"{r.checked:,}", verdict,
+                      r.test.owner)  # fmt: skip
+    console.print(table)
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} of {len(results)} expectations hold")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _examples(v: Any) -> str:
+    return ", ".join(map(repr, v.examples)) or repr(v.observed)
+
+
 def _evaluate_policy(
     service: str, policy: str, days: float, project: Path, env: str | None
 ) -> None:

@@ -12,11 +12,12 @@ from typing import Any
 from headwater.definitions.aggregation import NUMERIC_KINDS, Aggregation
 from headwater.definitions.base import Definition, check_feature_name, check_name
 from headwater.definitions.entity import Entity
+from headwater.definitions.expectations import Expectation
 from headwater.definitions.expr import Expr
 from headwater.definitions.stream import Stream
 from headwater.definitions.types import DType, parse_dtype
 from headwater.definitions.windows import LIFETIME, default_hop, parse_duration, window_label
-from headwater.errors import DefinitionError
+from headwater.errors import DefinitionError, did_you_mean
 
 # Over a PII field, only aggregations that never return one of its values (a pseudonym is
 # still one: it links the entity to other data).
@@ -75,6 +76,7 @@ class Feature(Definition):
         deprecated: bool = False,
         tags: Sequence[str] = (),
         namespace: str | None = None,
+        expectations: Sequence[Expectation] = (),
     ) -> None:
         self._init_common(name, owner, description, deprecated, tuple(tags), namespace)
         name = self.name
@@ -96,6 +98,13 @@ class Feature(Definition):
         if len(set(names)) != len(names):
             raise DefinitionError(f"feature {name!r} lists the same window twice")
         self.columns: tuple[FeatureColumn, ...] = tuple(columns)
+        for e in expectations:
+            if not isinstance(e, Expectation) or e.column not in names:
+                raise DefinitionError(
+                    f"feature {name!r}: an expectation is Expectation(column, ...) on one of its "
+                    f"outputs {names}" + did_you_mean(getattr(e, "column", ""), names)
+                )
+        self.expectations = tuple(expectations)
 
     def _check_fields(self) -> None:
         for key in self.entity.keys:

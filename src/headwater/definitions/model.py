@@ -10,6 +10,7 @@ from typing import Any
 from headwater.definitions.aggregation import Aggregation
 from headwater.definitions.base import Definition, check_feature_name, content_hash
 from headwater.definitions.entity import Entity
+from headwater.definitions.expectations import Expectation
 from headwater.definitions.expr import Expr
 from headwater.definitions.feature import function_source
 from headwater.definitions.stream import Stream
@@ -120,14 +121,7 @@ class RetrainPolicy:
     min_labelled: int = 100
 
 
-@dataclass(frozen=True)
-class Expectation:
-    """A declared data check run before fitting: bounds and a maximum null rate of a column."""
-
-    column: str
-    min_value: float | None = None
-    max_value: float | None = None
-    max_null_rate: float | None = None
+_FIRST_KINDS = ("column", "min_value", "max_value", "max_null_rate")
 
 
 class Model(Definition):
@@ -254,7 +248,10 @@ class Model(Definition):
                 for k, v in vars(self.promotion).items()
                 if k != "max_segment_gap" or v is not None
             },
-            "expectations": [vars(e) for e in self.expectations],
+            "expectations": [  # new kinds enter only when set: versions stay comparable
+                {k: v for k, v in vars(e).items() if k in _FIRST_KINDS or v is not None}
+                for e in self.expectations
+            ],
             "min_rows": self.min_rows,
             **(
                 {"steps": [[s.name, list(s.outputs), function_source(s.fn)] for s in self.steps]}

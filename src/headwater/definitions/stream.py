@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from headwater.definitions.base import Definition, check_name
+from headwater.definitions.expectations import Expectation
 from headwater.definitions.types import DType, Field, parse_dtype
 from headwater.definitions.windows import parse_duration
 from headwater.errors import DefinitionError, did_you_mean
@@ -45,6 +46,7 @@ class Stream(Definition):
         id_field: str = "event_id",
         unknown_fields: str = "reject",
         allowed_lateness: str | timedelta | None = None,
+        expectations: Sequence[Expectation] = (),
         deprecated: bool = False,
         tags: Sequence[str] = (),
     ) -> None:
@@ -105,6 +107,11 @@ class Stream(Definition):
         self.allowed_lateness_us = (
             None if allowed_lateness is None else parse_duration(allowed_lateness)
         )
+        for e in expectations:
+            if not isinstance(e, Expectation):
+                raise DefinitionError(f"stream {name!r}: expectations are Expectation(...)")
+            self.field(e.column)  # an unknown field: "did you mean"
+        self.expectations = tuple(expectations)
 
     def field(self, name: str) -> Field:
         try:
@@ -129,6 +136,7 @@ class Stream(Definition):
             "id_field": self.id_field,
             "unknown_fields": self.unknown_fields,
             "allowed_lateness_us": self.allowed_lateness_us,
+            # expectations check values, never change them: not part of the version
             # pseudonymize, the default, adds nothing: versions of earlier streams stay the same
             **(
                 {"pii_policies": self.pii_policies}

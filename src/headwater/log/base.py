@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 from headwater.errors import HeadwaterError
 
 DEAD_LETTER_STREAM = "_dead_letter"
+ALERTS_STREAM = "alerts"  # alerts: the monitor's, and failed data tests of the processor
 AUDIT_STREAM = "_audit"  # every write through the server: who, what, when (security/audit.py)
 
 

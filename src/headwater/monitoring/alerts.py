@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 
 from headwater.errors import NotFoundError
-from headwater.log.base import Log
+from headwater.log.base import ALERTS_STREAM, Log
 from headwater.stores.metadata.base import MetadataStore
 
-ALERTS = "alerts"  # the stream the monitor appends to
+ALERTS = ALERTS_STREAM  # the stream the monitor (and the processor's data tests) append to
 ACKS = "alert_acks"  # the metadata collection
 
 

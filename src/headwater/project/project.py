@@ -872,6 +872,41 @@ class Project:
             higher_is_better = self.definitions.services[service].higher_is_better
         return analyze(outcomes, higher_is_better=higher_is_better, cluster_col="entity")
 
+    def check(
+        self,
+        *,
+        stream: str | None = None,
+        feature: str | None = None,
+        limit: int = 100_000,
+    ) -> list[Any]:
+        """Run the data tests (the expectations of streams and features) now: a stream's on
+        its latest ``limit`` events per partition, a feature's on the current values of the
+        entities those events name; failures go to the alerts stream (once per test, check
+        and day). Returns one ``Result`` per test."""
+        from headwater.streaming.datatests import DataTests, check_now
+
+        for kind, name, known in (
+            ("stream", stream, self.definitions.streams),
+            ("feature", feature, self.definitions.features),
+        ):
+            if name is not None and name not in known:
+                raise DefinitionError(f"no {kind} {name!r}" + did_you_mean(name, list(known)))
+        tests = DataTests(self.definitions, self.catalog.plans)
+        results, failures = check_now(
+            tests,
+            self.log,
+            lambda plan, keys: list(self.online_store.get_many(plan.id, keys)),
+            {p.id: p for p in self.catalog.plans},
+            self.now(),
+            limit,
+            lambda t: (
+                (stream is None or (t.kind == "stream" and t.name == stream))
+                and (feature is None or (t.kind == "feature" and t.name == feature))
+            ),
+        )
+        self.processor.check_alerts.write(failures, "headwater check")
+        return results
+
     def experiment_segments(
         self, service: str, *, days: float = 30, higher_is_better: bool | None = None
     ) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from headwater.stores.urls import (
     open_offline,
     open_online,
 )
+from headwater.streaming.datatests import DataTests
 from headwater.streaming.online import OnlineFeatures
 from headwater.streaming.processor import Processor
 from headwater.training.sets import TrainingSets
@@ -134,7 +135,13 @@ def build_core(
             settings.ingest.max_future_us,
             protector,
         ),
-        processor=Processor(stores.log, stores.online, catalog.plans, clock),
+        processor=Processor(
+            stores.log,
+            stores.online,
+            catalog.plans,
+            clock,
+            checks=DataTests(definitions, catalog.plans),
+        ),
         archiver=archiver,
         online=OnlineFeatures(stores.online, catalog, clock, keys=keys),
         training=TrainingSets.over(

@@ -27,6 +27,7 @@ from headwater.log.base import (
     partition_name,
 )
 from headwater.stores.online.base import OnlineStore, OwnershipLost
+from headwater.streaming.datatests import AlertWriter, DataTests
 
 _LOGGER = logging.getLogger("headwater.processor")
 T = TypeVar("T")
@@ -125,8 +126,13 @@ class Processor:
         batch_size: int = 100_000,
         cached_states: int = 200_000,
         commit_seconds: float = 5.0,
+        checks: DataTests | None = None,
     ) -> None:
+        """``checks``: the data tests (expectations of streams and features) every batch is
+        checked against; failures go to the alerts stream."""
         self._log, self._online, self._clock = log, online, clock
+        self.checks = checks if checks else None
+        self.check_alerts = AlertWriter(log, clock)
         self.batch_size = batch_size
         self.cached_states = cached_states
         self.commit_seconds = commit_seconds
@@ -428,8 +434,17 @@ class Processor:
             ahead.start(where, read[-1][0] + 1, self.batch_size)
         offsets = [offset for offset, _ in read]
         rows = [orjson.loads(payload) for _, payload in read]
+        checks = self.checks
+        failed = checks.on_events(stream, rows) if checks is not None else []
+        now = self._clock() if checks is not None else 0
         for plan in plans:
-            cache.changed(plan.id, self._apply(plan, offsets, rows, done[plan.id], cache))
+            changed = self._apply(plan, offsets, rows, done[plan.id], cache)
+            cache.changed(plan.id, changed)
+            if checks is not None:
+                failed += checks.on_states(plan, changed, now)
+        if failed:
+            at = f"{stream} partition {partition}, offsets {offsets[0]}-{offsets[-1]}"
+            self.check_alerts.write(failed, at)
         # The next offset follows the last record read, not a count: offsets may have gaps.
         end = offsets[-1] + 1
         cache.processed({p.id: max(end, done[p.id]) for p in plans})

@@ -21,6 +21,7 @@ import pandas as pd
 
 from headwater.definitions import HeadwaterError, Model, Stream
 from headwater.definitions.base import content_hash
+from headwater.definitions.expectations import Expectation
 from headwater.definitions.feature import function_source
 from headwater.definitions.training import Step, finals, plan
 from headwater.features.catalog import FeatureCatalog
@@ -207,7 +208,7 @@ class Trainer:
                 lambda dataset: self._validate(model, dataset),
                 [
                     model.min_rows,
-                    [vars(e) for e in model.expectations],
+                    [e.spec() for e in model.expectations],
                     model.task,
                     list(model.features),
                 ],
@@ -452,6 +453,10 @@ class Trainer:
                 failures.append(f"{e.column}: minimum {stats['min']} < {e.min_value}")
             if e.max_value is not None and stats["max"] is not None and stats["max"] > e.max_value:
                 failures.append(f"{e.column}: maximum {stats['max']} > {e.max_value}")
+            if e.one_of is not None or e.pattern is not None:
+                only = Expectation(e.column, one_of=e.one_of, pattern=e.pattern)
+                values = frame[e.column].astype(object).where(frame[e.column].notna(), None)
+                failures += [v.describe() for v in only.violations(values.tolist())]
         if failures:
             raise DataValidationError("training data failed validation: " + "; ".join(failures))
         return report
