@@ -70,6 +70,21 @@ WITH_EMAIL = DEFINITIONS.replace(
 PSEUDONYMIZED = WITH_EMAIL.replace(
     'description="Purchases",', 'description="Purchases", pii=["email"],'
 )
+# The same project with data tests: two on the stream, two on features (all passing, as in a
+# healthy project: the cost measured is the checking, not the alerting).
+CHECKED = (
+    DEFINITIONS.replace(
+        'key="user_id", time="ts", owner="bench", description="Purchases",',
+        'key="user_id", time="ts", owner="bench", description="Purchases", expectations=['
+        'Expectation("amount", min_value=0), Expectation("status", one_of=["paid", "failed"])],',
+    )
+    .replace(
+        'where=paid, owner="bench", description="Spend"),',
+        'where=paid, owner="bench", description="Spend", expectations=['
+        'Expectation("spend_30d", min_value=0), Expectation("spend_7d", max_null_rate=0.0)]),',
+    )
+    .replace("from headwater import Entity,", "from headwater import Expectation, Entity,")
+)
 FEATURES = [
     f"{n}_{w}" for n in ("orders", "spend", "order_value") for w in ("1h", "1d", "7d", "30d")
 ]
@@ -179,6 +194,27 @@ def measure_local(args: argparse.Namespace, rows: list[dict], figures: Figures) 
         figures.add(f"online lookup, {label} x 12 features, p99", p99, "ms")
 
 
+def measure_data_tests(rows: list[dict], figures: Figures) -> None:
+    """Processing the same events into two fresh projects, without and with data tests
+    (expectations checked on every batch), in one run."""
+    rates = {}
+    for label, definitions in (("no data tests", DEFINITIONS), ("4 data tests", CHECKED)):
+        folder = write_project(fresh_dir("core-checks"), definitions)
+        with Project(folder, clock=_clock) as p:
+            sdk_ingest(p, rows, 10_000)
+            start = time.perf_counter()
+            stats = p.process()
+            rates[label] = stats.events / (time.perf_counter() - start)
+            if label != "no data tests":
+                assert p.log.end_offset("alerts") == 0, "the data tests should all pass"
+        figures.add(f"processing, {label}", rates[label], "events/s")
+    figures.add(
+        "data tests on every batch: processing rate vs none",
+        rates["4 data tests"] / rates["no data tests"],
+        "x",
+    )
+
+
 def measure_pii(rows: list[dict], figures: Figures) -> None:
     """SDK ingest of the same events with and without one pseudonymized field (an email),
     each into a fresh project, interleaved in one run."""
@@ -279,6 +315,7 @@ def main() -> None:
     for _ in figures.runs():
         measure_local(args, rows, figures)
         measure_pii(rows, figures)
+        measure_data_tests(rows, figures)
         measure_http(http_rows, figures)
         measure_training_set(args, ts_folder, spine, figures)
 

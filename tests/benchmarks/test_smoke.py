@@ -82,6 +82,7 @@ def test_core_benchmark_runs_and_prints_its_table():
         "processing (12 windowed features)",
         "online lookup, 1 entity x 12 features, p50",
         "HTTP ingest, batches of 1000, 4 clients",
+        "data tests on every batch: processing rate vs none",
         "training set 500 x 12 features over 5,000 events",
         "training set 500 x 12 features over 5,000 events, join only",
     ):
