@@ -336,11 +336,15 @@ def _drifted(rows: list[list[str]]) -> list[set[str]]:
 
 
 def _version(doc: dict[str, Any]) -> dict[str, Any]:
-    """A registered version without what must differ: the run's id and artifact paths, the
-    snapshot's log offsets (per partition on Kafka), the hash of the exact training data."""
+    """A registered version without what must differ: the run's id and artifact paths (and
+    its search trials' run ids), the snapshot's log offsets (per partition on Kafka), the
+    hash of the exact training data."""
     doc = copy.deepcopy(doc)
     del doc["run"], doc["artifacts"]
     del doc["lineage"]["snapshot"]["log"], doc["lineage"]["snapshot"]["data_hash"]
+    search = doc["lineage"].get("search")
+    if search:  # the trials' run ids: the same trials, their values compared
+        del search["runs"], search["best"]["run"]
     return doc
 
 
