@@ -153,6 +153,12 @@ class Service(Definition):
     passed over is scored too, off the request's path, and logged as not chosen with its
     probability of being chosen and the id of the answer (``alternative_to``).
 
+    ``explore`` (ranking services): with this probability a request's first place goes to a
+    candidate drawn uniformly from those scored instead of the best-scored one (epsilon-greedy
+    on the first place); each candidate's record holds the probability that it was placed
+    first (``action_propensity``) and its rank by score (``score_rank``), so that other
+    policies can be evaluated off-policy on the logged traffic.
+
     ``segments``: context fields or features of its models (or ``Segment``s) whose groups
     the monitor reports one by one, besides the models' own segments.
 
@@ -181,6 +187,7 @@ class Service(Definition):
         feedback: Feedback | None = None,
         segments: Sequence[str | Segment] = (),
         score_alternatives: bool = False,
+        explore: float = 0.0,
         higher_is_better: bool = True,
         batch_schedule: str | None = None,
         batch_output: str = "scores/{service}/{date}.parquet",
@@ -265,6 +272,14 @@ class Service(Definition):
                 f"bandit passed over; routing {routing!r} passes over none"
             )
         self.score_alternatives = score_alternatives
+        if explore and candidates is None:
+            raise DefinitionError(
+                f"service {name!r}: explore places a random candidate first; only a ranking "
+                "service (candidates=...) has candidates"
+            )
+        if not 0 <= explore < 1:
+            raise DefinitionError(f"service {name!r}: explore must be in [0, 1), not {explore!r}")
+        self.explore = float(explore)
         for seg in self.segments:
             features = {f for v in self.variants for f in v.model.features}
             if seg.name not in self.context and seg.name not in features:
@@ -301,6 +316,8 @@ class Service(Definition):
             extra["segments"] = [s.spec() for s in self.segments]
         if self.score_alternatives:
             extra["score_alternatives"] = True
+        if self.explore:
+            extra["explore"] = self.explore
         if self.batch_schedule is not None:
             extra.update(batch_schedule=self.batch_schedule, batch_output=self.batch_output)
         return {

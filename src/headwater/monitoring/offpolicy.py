@@ -43,6 +43,30 @@ class Estimate:
     effective_n: float  # (sum w)^2 / sum w^2: how many decisions the estimate is worth
 
 
+def ranking_policy(text: str) -> float:
+    """A candidate policy for a ranking service's first place, as its exploration rate:
+    ``greedy`` (always the best-scored candidate: 0), ``uniform`` (any candidate: 1), or
+    ``explore=0.2``.
+
+    >>> ranking_policy("greedy"), ranking_policy("uniform"), ranking_policy("explore=0.2")
+    (0.0, 1.0, 0.2)
+    """
+    text = text.strip()
+    if text in ("greedy", "uniform"):
+        return 0.0 if text == "greedy" else 1.0
+    name, _, value = text.partition("=")
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if name.strip() != "explore" or not 0 <= rate <= 1:
+        raise OffPolicyError(
+            f"{text!r}: a ranking's candidate policy is greedy, uniform or explore=RATE "
+            "(RATE between 0 and 1)"
+        )
+    return rate
+
+
 def parse_policy(text: str, actions: list[str]) -> dict[str, float]:
     """A candidate policy from the command line: an action's name (always it), or
     ``a=0.2,b=0.8`` (probabilities, normalized to sum to 1).
@@ -75,15 +99,19 @@ def parse_policy(text: str, actions: list[str]) -> dict[str, float]:
 
 def evaluate(
     logged: pd.DataFrame,
-    policy: Mapping[str, float],
+    policy: Mapping[str, float] | None,
     *,
+    target: str | None = None,
     action: str = "variant",
     propensity: str = "propensity",
     reward: str = "outcome",
     cluster: str = "entity",
     alpha: float = 0.05,
 ) -> list[Estimate]:
-    """IPS and SNIPS estimates of ``policy``'s mean reward on the ``logged`` decisions.
+    """IPS and SNIPS estimates of ``policy``'s mean reward on the ``logged`` decisions;
+    ``target`` instead names a column holding, per decision, the candidate policy's
+    probability of the logged action (a policy that depends on the decision: a ranking's
+    best-scored candidate).
 
     >>> rng = np.random.default_rng(0)
     >>> n = 20_000
@@ -95,7 +123,8 @@ def evaluate(
     >>> ips.ci_low < 0.5 < ips.ci_high and snips.ci_low < 0.5 < snips.ci_high
     True
     """
-    frame = logged[[action, propensity, reward, cluster]].dropna()
+    columns = [action, propensity, reward, cluster, *([target] if target else [])]
+    frame = logged[columns].dropna()
     if frame.empty:
         raise OffPolicyError(
             "no logged decision has both a propensity and a matured reward in the window "
@@ -105,15 +134,19 @@ def evaluate(
     if (mu <= 0).any() or (mu > 1).any():
         raise OffPolicyError("logged propensities must be in (0, 1]")
     acts = frame[action].astype(str).to_numpy()
-    seen = set(acts.tolist())
-    never = sorted(a for a, p in policy.items() if p > 0 and a not in seen)
-    if never:
-        raise OffPolicyError(
-            f"the candidate chooses {', '.join(map(repr, never))}, which the logging policy "
-            "never chose in the window: no logged reward says what it would have earned "
-            "(log traffic with some probability on it first)"
-        )
-    pi = np.array([policy.get(a, 0.0) for a in acts])
+    if target is not None:
+        pi = frame[target].to_numpy(dtype=float)
+    else:
+        assert policy is not None
+        seen = set(acts.tolist())
+        never = sorted(a for a, p in policy.items() if p > 0 and a not in seen)
+        if never:
+            raise OffPolicyError(
+                f"the candidate chooses {', '.join(map(repr, never))}, which the logging "
+                "policy never chose in the window: no logged reward says what it would have "
+                "earned (log traffic with some probability on it first)"
+            )
+        pi = np.array([policy.get(a, 0.0) for a in acts])
     w = pi / mu
     r = frame[reward].to_numpy(dtype=float)
     groups = pd.factorize(frame[cluster].astype(str))[0]

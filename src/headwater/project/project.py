@@ -959,6 +959,10 @@ class Project:
         from headwater.monitoring.offpolicy import evaluate, parse_policy
 
         definition = self.definitions.service(service)
+        if definition.candidates is not None:
+            if not isinstance(policy, str):
+                raise DefinitionError("a ranking's candidate policy is a string: greedy, ...")
+            return self._evaluate_ranking(service, policy, days)
         if definition.routing not in ("ab", "bandit"):
             raise DefinitionError(
                 f"service {service!r} routes by {definition.routing!r}: its logged decisions "
@@ -978,6 +982,63 @@ class Project:
             "logged_mean": float(logged["outcome"].mean()),
             "logged_share": logged["variant"].value_counts(normalize=True).to_dict(),
             "without_propensity": int(outcomes["propensity"].isna().sum()),
+        }
+        return estimates, summary
+
+    def _evaluate_ranking(
+        self, service: str, policy: str, days: float
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Off-policy evaluation of a ranking service's first place: each request's logged
+        action is its first candidate, placed there with its logged ``action_propensity``;
+        the candidate policy places the best-scored candidate first with probability
+        ``1 - rate`` and any candidate with ``rate / n``."""
+        from headwater.monitoring.ledger import DAY_US
+        from headwater.monitoring.monitor import experiment_outcomes, logged_predictions
+        from headwater.monitoring.offpolicy import OffPolicyError, evaluate, ranking_policy
+
+        definition = self.definitions.service(service)
+        rate = ranking_policy(policy)
+        now = self.now()
+        since = now - int(days * DAY_US)
+        ctx = self.monitor_context()
+        logged = logged_predictions(ctx, service, since, now + 1)
+        if logged.empty or "action_propensity" not in logged:
+            raise OffPolicyError(
+                f"service {service!r} logged no ranking with exploration in the window: "
+                "declare Service(..., explore=0.1) so that other candidates are sometimes "
+                "placed first"
+            )
+        logged = logged[~logged["shadow"].astype(bool)]
+        n = logged.groupby("ranking_id")["prediction_id"].transform("size")
+        first = logged.assign(n=n)[logged["rank"] == 1]
+        first = first[first["action_propensity"].notna()]
+        if rate > 0 and definition.explore == 0:
+            raise OffPolicyError(
+                "the logging policy placed only the best-scored candidate first (explore=0): "
+                "no logged reward says what another candidate would have earned"
+            )
+        outcomes = experiment_outcomes(ctx, service, since, now + 1)
+        keys = definition.request_keys  # clustered by who asked: a user's requests go together
+        first = first.assign(requester=[repr([e.get(k) for k in keys]) for e in first["entity"]])
+        joined = first.drop(columns=["entity"]).merge(
+            outcomes[["prediction_id", "outcome"]], on="prediction_id", how="inner"
+        )
+        top = (joined["score_rank"] == 1).astype(float)
+        joined["target"] = (1 - rate) * top + rate / joined["n"]
+        joined["action"] = joined["score_rank"].astype(str)
+        estimates = evaluate(
+            joined,
+            None,
+            target="target",
+            action="action",
+            propensity="action_propensity",
+            cluster="requester",
+        )
+        summary = {
+            "policy": {"explore": rate},
+            "logged_mean": float(joined["outcome"].mean()),
+            "logged_share": {"explored": float((joined["score_rank"] != 1).mean())},
+            "without_propensity": int(len(logged[logged["rank"] == 1]) - len(first)),
         }
         return estimates, summary
 

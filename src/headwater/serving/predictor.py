@@ -75,6 +75,8 @@ _RECORD_FIELDS = frozenset(
         "propensity_draws",
         "chosen",
         "alternative_to",
+        "score_rank",
+        "action_propensity",
     }
 )
 
@@ -109,12 +111,31 @@ class Ranking:
         }
 
 
-def _set_ranks(predictions: list[Prediction], ranking: tuple[str, int]) -> None:
-    """Rank 1 is the best score; ties keep the candidates' order (a stable sort)."""
+def _set_ranks(
+    predictions: list[Prediction],
+    ranking: tuple[str, int],
+    explore: float = 0.0,
+    explored: int | None = None,
+) -> None:
+    """Rank 1 is the best score; ties keep the candidates' order (a stable sort). With
+    ``explore``, the candidate ``explored`` (drawn by the router, or None) takes the first
+    place, and each candidate records its rank by score and the probability that it was
+    placed first: ``(1 - explore) * [best by score] + explore / n``."""
     ranking_id, k = ranking
     order = sorted(range(len(predictions)), key=lambda i: -predictions[i].score)
+    by_score = {i: r for r, i in enumerate(order, start=1)}
+    if explored is not None:
+        order.remove(explored)
+        order.insert(0, explored)
+    n = len(predictions)
     for rank, i in enumerate(order, start=1):
-        predictions[i].ranked = {"ranking_id": ranking_id, "rank": rank, "returned": rank <= k}
+        ranked = {"ranking_id": ranking_id, "rank": rank, "returned": rank <= k}
+        if explore:
+            top = by_score[i] == 1
+            ranked.update(
+                score_rank=by_score[i], action_propensity=(1 - explore) * top + explore / n
+            )
+        predictions[i].ranked = ranked
 
 
 def _check_keys(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], what: str = "row") -> None:
@@ -275,6 +296,7 @@ class Predictor:
             features_at=t,
             ranking=(ranking_id, k),
             routed=None if routed is None else routed * len(keyed),
+            explored=self.router.explore(len(keyed)) if service.explore else None,
         )
         # score() ranked every candidate: only the k returned ones need ordering here
         top = sorted((p for p in scored if p.ranked["returned"]), key=lambda p: p.ranked["rank"])
@@ -294,6 +316,7 @@ class Predictor:
         features_at: int | Sequence[int] | None = None,
         ranking: tuple[str, int] | None = None,
         routed: Sequence[Routed] | None = None,
+        explored: int | None = None,
     ) -> list[Prediction]:
         """Score rows whose feature values are given; log every prediction (and shadows).
 
@@ -325,7 +348,7 @@ class Predictor:
             for p, r in zip(out, routed, strict=True):
                 p.propensity, p.draws = r.propensity, r.draws
         if ranking is not None:
-            _set_ranks(out, ranking)
+            _set_ranks(out, ranking, service.explore, explored)
         self._logger.log([self._record(p, path, now, shadow=False) for p in out])
         shadows = self.router.shadows()
         if shadows:

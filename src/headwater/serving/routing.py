@@ -127,6 +127,14 @@ class Router:
             return {v.name: eps / n + (1 - eps) * (v.name == best) for v in s.variants}
         return dict(self._thompson_probabilities())
 
+    def explore(self, candidates: int) -> int | None:
+        """For a ranking service with ``explore``: the candidate drawn to be placed first
+        instead of the best-scored one, or None (probability 1 - explore)."""
+        with self._lock:
+            if self._rng.random() < self.service.explore:
+                return self._rng.randrange(candidates)
+        return None
+
     def shadows(self) -> tuple[Variant, ...]:
         return self.service.variants[1:] if self.service.routing == "shadow" else ()
 
