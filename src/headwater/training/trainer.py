@@ -212,7 +212,7 @@ class Trainer:
                     model.task,
                     list(model.features),
                 ],
-            ),  # fmt: skip
+            ),
             "split": Task(
                 lambda dataset: self._split(model, dataset["frame"]), [model.test_fraction]
             ),
@@ -234,7 +234,7 @@ class Trainer:
                     log=self.log,
                 ),
                 [model.search.spec() if model.search else None, model.task, model.k],
-            ),  # fmt: skip
+            ),
             "fit": Task(
                 lambda train, features, estimator, params: self._fit(
                     model, train, list(features), estimator, params
@@ -253,7 +253,7 @@ class Trainer:
                     model.promotion.metric,
                     champion,
                 ],
-            ),  # fmt: skip
+            ),
             "profile": Task(
                 lambda train, signature, evaluation: reference_profile(
                     train[list(signature.features)], evaluation["scores"]
