@@ -85,3 +85,28 @@ def test_a_changed_definition_served_from_a_stale_server_is_caught(tmp_path):
             )
             compared = 'headwater_monitor_skew_compared{feature="visits_7d",service="trend_risk"}'
             assert f"{compared} {float(known)}" in text
+
+
+def test_the_server_s_monitor_loop_hands_the_skew_to_metrics(tmp_path):
+    import threading
+
+    from headwater.monitoring.service import monitor_every
+
+    folder = write_project(tmp_path / "p", TREND)
+    with Project(folder, clock=lambda: NOW) as p:
+        p.ingest("visits", visits())
+        p.process()
+        p.promote("trend", p.train("trend").version)
+        p.serving.predict("trend_risk", [{"user_id": f"u{i}"} for i in range(20)], "t")
+        p.serving.logger.flush()
+        stop, seen = threading.Event(), []
+
+        def record(reports, skews):
+            seen.append((reports, skews))
+            stop.set()
+
+        monitor_every(p.monitor_context(), 0.01, stop, record)
+    ((reports, skews),) = seen
+    assert {r.service for r in reports} == {"trend_risk"}
+    assert skews["trend_risk"]["compared"]["visit_trend"] == 20
+    assert skews["trend_risk"]["mismatched"]["visit_trend"] == 0
