@@ -373,6 +373,7 @@ def build_app(
             namespace=settings.environment.namespace,
             declared=declared_environments(settings.root) if settings.environment.declared else (),
             stores={kind: redact_url(url) for kind, url in vars(settings.stores).items()},
+            readiness=lambda: serving().readiness(),
         ),
     )
     return app

@@ -303,6 +303,8 @@ class Predictor:
         return Ranking(ranking_id, chosen.name, top, len(keyed))
 
     def _route(self, rows: Sequence[Mapping[str, Any]]) -> list[Routed]:
+        if self.service.routing not in ("ab", "bandit"):  # no key decides: nothing to hash
+            return [self.router.route("")] * len(rows)
         keys = self.service.request_keys
         return [self.router.route(entity_key([row[k] for k in keys])) for row in rows]
 

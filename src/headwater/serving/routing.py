@@ -98,6 +98,9 @@ class Router:
         self._thompson: tuple[Any, dict[str, float]] | None = None
         total = sum(v.weight for v in service.variants)
         self._weights = {v.name: v.weight / total for v in service.variants}
+        # made once: routing by weight or to the first variant creates nothing per request
+        self._first = Routed(service.variants[0], 1.0)
+        self._by_weight = {v.name: Routed(v, self._weights[v.name]) for v in service.variants}
 
     def choose(self, key: str) -> Variant:
         return self.route(key).variant
@@ -106,11 +109,10 @@ class Router:
         """The variant for an entity key, with the probability of that choice."""
         s = self.service
         if s.routing == "ab":
-            v = weighted_choice(s.variants, bucket(s.name, key))
-            return Routed(v, self._weights[v.name])
+            return self._by_weight[weighted_choice(s.variants, bucket(s.name, key)).name]
         if s.routing == "bandit":
             return self._bandit_route()
-        return Routed(s.variants[0], 1.0)
+        return self._first
 
     def probabilities(self) -> dict[str, float]:
         """Each variant's probability of answering a request now (A/B: its weight share;

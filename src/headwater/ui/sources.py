@@ -27,6 +27,7 @@ class UiSources:
     ``training`` answers a stream's archived history; ``monitor`` gives the monitor's context
     (built at the first monitoring page); ``lag`` is the processor's lag per feature set;
     ``source_status`` each source's checkpoint;
+    ``readiness`` is each service's readiness, as ``/readyz`` reports it;
     ``access`` is None when auth is off (every action is shown then, as the API allows it);
     ``memo`` keeps what a page computed from the log, keyed by the log offsets it read, so a
     figure is recomputed exactly when new records arrived.
@@ -50,4 +51,6 @@ class UiSources:
     namespace: str = ""  # where this environment's data sits on shared stores
     declared: tuple[str, ...] = ()  # every environment the project declares
     stores: dict[str, str] = field(default_factory=dict)  # kind -> URL, credentials redacted
+    # each service's readiness as /readyz reports it (loads nothing); None: not served here
+    readiness: Callable[[], dict[str, dict[str, Any]]] | None = None
     memo: Memo = field(default_factory=Memo)

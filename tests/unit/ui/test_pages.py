@@ -148,3 +148,16 @@ def test_the_overview_names_the_environment_its_namespace_and_the_others(tmp_pat
     assert "test · environment staging" in body
     assert "This environment staging Namespace on shared stores test_staging" in body
     assert "Other environments production" in body
+
+
+def test_services_show_their_readiness_as_readyz_does(shop):
+    p, client, _ = shop
+    ready = p.serving.readiness()
+    listing = text(client.get("/ui/services").text)
+    for name, state in ready.items():
+        word = "ready" if state["ready"] else "not ready"
+        assert re.search(rf"{name} \S+ {word}", listing), (name, listing)
+    page = text(client.get("/ui/services/offers").text)
+    assert "Loaded here" in page
+    statuses = {v["status"] for v in ready["offers"]["variants"].values()}
+    assert any(status in page for status in statuses)

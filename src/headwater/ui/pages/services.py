@@ -24,13 +24,16 @@ WINDOW_DAYS = 30
 def services(page: Page) -> Drawn:
     s = page.sources
     frame = reads.predictions(s)
+    ready = s.readiness() if s.readiness is not None else {}
     rows = []
     for name, service in sorted(s.definitions.services.items()):
         count = int((frame["service"] == name).sum()) if not frame.empty else 0
+        state = ready.get(name)
         rows.append(
             [
                 link(name, path("services", name)),
                 service.owner,
+                "–" if state is None else _ready_badge(state),
                 service.routing,
                 join(
                     Safe(
@@ -42,7 +45,16 @@ def services(page: Page) -> Drawn:
                 number(count),
             ]
         )
-    return "Services", table(["Service", "Owner", "Routing", "Variants", "Predictions"], rows), []
+    head = ["Service", "Owner", "Ready", "Routing", "Variants", "Predictions"]
+    return "Services", table(head, rows), []
+
+
+def _ready_badge(state: dict[str, Any]) -> Safe:
+    """Ready or not, and why not (a required service waits for its load)."""
+    word = "ready" if state["ready"] else "not ready"
+    label = word + (" (required)" if state.get("required") else "")
+    reason = "" if state["ready"] else f" {esc(state.get('reason', ''))}"
+    return Safe(f"{badge(label)}{reason}")
 
 
 def service(page: Page, name: str) -> Drawn:
@@ -55,6 +67,8 @@ def service(page: Page, name: str) -> Drawn:
 def routing(page: Page, service: Service) -> Safe:
     s = page.sources
     total = sum(v.weight for v in service.variants) or 1.0
+    ready = s.readiness() if s.readiness is not None else {}
+    states = ready.get(service.name, {}).get("variants", {})
     rows = [
         [
             v.name,
@@ -62,6 +76,7 @@ def routing(page: Page, service: Service) -> Safe:
             badge(v.alias, "alias"),
             f"v{s.registry.alias(v.model.name, v.alias) or '–'}",
             f"{v.weight / total:.0%}" if service.routing == "ab" else _role(service, v.name),
+            states.get(v.name, {}).get("status", "–"),
         ]
         for v in service.variants
     ]
@@ -80,7 +95,7 @@ def routing(page: Page, service: Service) -> Safe:
     return join(
         [
             html_facts(facts),
-            table(["Variant", "Model", "Alias", "Version now", "Traffic"], rows),
+            table(["Variant", "Model", "Alias", "Version now", "Traffic", "Loaded here"], rows),
         ]
     )
 
