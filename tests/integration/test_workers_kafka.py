@@ -188,7 +188,9 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_state_is_exact(
             split_at = time.monotonic() - began
 
             at_split = progress()
-            assert p.ingest(stream, _events(5000, rnd, now)).accepted == 5000
+            # enough new events that one worker cannot finish both its partitions while the
+            # other is still starting on its own (a stall of a second or two under load)
+            assert p.ingest(stream, _events(10_000, rnd, now)).accepted == 10_000
 
             def both_working() -> bool:
                 # each partition moved since the split, so each worker is mid-way through
@@ -223,7 +225,7 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_state_is_exact(
         assert codes[1] == 0, workers[1].log.read_text()[-3000:]
 
         with Project(alone) as single:  # one worker alone, over the same events
-            assert single.process().events == 10_000
+            assert single.process().events == 15_000
             rows = [{"user_id": f"u{i}"} for i in range(USERS)]
             at = now + timedelta(minutes=1)
             expected = single.online_features(rows, FEATURES, at=at)
