@@ -15,7 +15,7 @@ import orjson
 
 from headwater.definitions.collection import Definitions
 from headwater.definitions.expectations import Expectation, Violation
-from headwater.features.plan import FeatureSetPlan
+from headwater.features.plan import FeatureSetPlan, entity_key
 from headwater.log.base import ALERTS_STREAM as ALERTS
 from headwater.log.base import Log, NewRecord
 
@@ -58,18 +58,31 @@ class Failure:
         }
 
 
+@dataclass(frozen=True)
+class Result:
+    """A data test on some values: how many it checked and what broke."""
+
+    test: DataTest
+    checked: int
+    violations: tuple[Violation, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+
 class DataTests:
     """The expectations of a project's streams and features, by stream and feature set."""
 
     def __init__(self, definitions: Definitions, plans: Iterable[FeatureSetPlan]) -> None:
         self.streams: dict[str, list[DataTest]] = {}
         for s in definitions.streams.values():
-            for e in getattr(s, "expectations", ()):
+            for e in s.expectations:
                 self.streams.setdefault(s.name, []).append(DataTest("stream", s.name, s.owner, e))
         self.plans: dict[str, list[tuple[DataTest, Any]]] = {}
         for plan in plans:
             for column in plan.columns:
-                for e in getattr(column.feature, "expectations", ()):
+                for e in column.feature.expectations:
                     if e.column == column.name:
                         test = DataTest("feature", column.feature.name, column.feature.owner, e)
                         self.plans.setdefault(plan.id, []).append((test, column))
@@ -77,34 +90,51 @@ class DataTests:
     def __bool__(self) -> bool:
         return bool(self.streams or self.plans)
 
-    @property
-    def all(self) -> list[DataTest]:
-        return [t for ts in self.streams.values() for t in ts] + [
-            t for ts in self.plans.values() for t, _ in ts
-        ]
+    def stream_results(
+        self,
+        stream: str,
+        rows: Sequence[Mapping[str, Any]],
+        chosen: Callable[[DataTest], bool] = lambda _: True,
+    ) -> list[Result]:
+        """A stream's (chosen) tests on some of its events."""
+        return [
+            Result(t, len(rows), tuple(t.expectation.violations(
+                [row.get(t.expectation.column) for row in rows])))
+            for t in self.streams.get(stream, ()) if chosen(t)
+        ]  # fmt: skip
+
+    def state_results(
+        self,
+        plan: FeatureSetPlan,
+        states: Sequence[dict[str, Any] | None],
+        t_us: int,
+        chosen: Callable[[DataTest], bool] = lambda _: True,
+    ) -> list[Result]:
+        """A feature set's (chosen) tests on the values, at ``t_us``, of some entities."""
+        tests = [(t, c) for t, c in self.plans.get(plan.id, ()) if chosen(t)]
+        if not tests or not states:
+            return []
+        columns = [c for _, c in tests]
+        values = [plan.evaluate(state, columns, t_us) for state in states]
+        return [
+            Result(t, len(values), tuple(t.expectation.violations(
+                [v.get(c.name) for v in values])))
+            for t, c in tests
+        ]  # fmt: skip
 
     def on_events(self, stream: str, rows: Sequence[Mapping[str, Any]]) -> list[Failure]:
         """A batch of a stream's events against the stream's expectations."""
-        out = []
-        for test in self.streams.get(stream, ()):
-            values = [row.get(test.expectation.column) for row in rows]
-            out += [Failure(test, v) for v in test.expectation.violations(values)]
-        return out
+        return _failures(self.stream_results(stream, rows))
 
     def on_states(
         self, plan: FeatureSetPlan, states: Mapping[str, dict[str, Any]], t_us: int
     ) -> list[Failure]:
         """The feature values (at ``t_us``) of the entities a batch changed."""
-        tests = self.plans.get(plan.id)
-        if not tests or not states:
-            return []
-        columns = [c for _, c in tests]
-        values = [plan.evaluate(state, columns, t_us) for state in states.values()]
-        out = []
-        for test, column in tests:
-            found = test.expectation.violations([v.get(column.name) for v in values])
-            out += [Failure(test, v) for v in found]
-        return out
+        return _failures(self.state_results(plan, list(states.values()), t_us))
+
+
+def _failures(results: Iterable[Result]) -> list[Failure]:
+    return [Failure(r.test, v) for r in results for v in r.violations]
 
 
 class AlertWriter:
@@ -141,19 +171,6 @@ class AlertWriter:
         return alerts
 
 
-@dataclass(frozen=True)
-class Result:
-    """A data test run on demand: how many values it checked and what broke."""
-
-    test: DataTest
-    checked: int
-    violations: tuple[Violation, ...]
-
-    @property
-    def passed(self) -> bool:
-        return not self.violations
-
-
 def check_now(
     tests: DataTests,
     log: Log,
@@ -166,7 +183,6 @@ def check_now(
     """Every chosen data test on the latest ``limit`` events of each stream partition (a
     stream's tests), or on the current feature values of the entities those events name (a
     feature's tests)."""
-    from headwater.features.plan import entity_key
 
     def latest(stream: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -182,19 +198,11 @@ def check_now(
         return rows
 
     results: list[Result] = []
-    failures: list[Failure] = []
-    for stream, ts in sorted(tests.streams.items()):
-        on_stream = [t for t in ts if chosen(t)]
-        if not on_stream:
-            continue
-        rows = latest(stream)
-        for t in on_stream:
-            found = t.expectation.violations([r.get(t.expectation.column) for r in rows])
-            results.append(Result(t, len(rows), tuple(found)))
-            failures += [Failure(t, v) for v in found]
+    for stream in sorted(tests.streams):
+        if any(chosen(t) for t in tests.streams[stream]):
+            results += tests.stream_results(stream, latest(stream), chosen)
     for plan_id, pairs in sorted(tests.plans.items()):
-        mine = [(t, c) for t, c in pairs if chosen(t)]
-        if not mine:
+        if not any(chosen(t) for t, _ in pairs):
             continue
         plan = plans[plan_id]
         keys = plan.entity.keys
@@ -202,9 +210,5 @@ def check_now(
             dict.fromkeys(entity_key([r[k] for k in keys]) for r in latest(plan.stream.name))
         )
         decoded = [plan.decode(blob) for blob in states(plan, entities)]
-        values = [plan.evaluate(s, [c for _, c in mine], now_us) for s in decoded]
-        for t, column in mine:
-            found = t.expectation.violations([v.get(column.name) for v in values])
-            results.append(Result(t, len(values), tuple(found)))
-            failures += [Failure(t, v) for v in found]
-    return results, failures
+        results += tests.state_results(plan, decoded, now_us, chosen)
+    return results, _failures(results)

@@ -179,7 +179,7 @@ class Pipeline:
         for attempt in range(1, retries + 2):
             try:
                 made = {p: v.make() if isinstance(v, Fresh) else v for p, v in args.items()}
-                outputs = _outputs(name, node.outputs, task.fn(**made))
+                outputs = outputs_of(name, node.outputs, task.fn(**made))
             except HeadwaterError as exc:
                 error = str(exc)
                 break  # a data or definition problem: retrying gives the same answer
@@ -217,7 +217,7 @@ def _refs(node: Node) -> dict[str, str]:
     return {p: f"{step}.{out}" for p, (step, out) in node.inputs.items()}
 
 
-def _outputs(step: str, names: tuple[str, ...], result: Any) -> dict[str, Any]:
+def outputs_of(step: str, names: tuple[str, ...], result: Any) -> dict[str, Any]:
     """A step's result as {output: value}: one output is the value itself; several are a
     tuple in the declared order or a dict with exactly those keys."""
     if len(names) == 1:

@@ -25,6 +25,16 @@ from headwater.registry import artifacts
 from headwater.training import evaluation
 
 
+def time_cut(times: np.ndarray, fraction: float, too_few: str) -> int:
+    """The sample time from which the last ``fraction`` of the distinct sample times start
+    (at least one time on each side); ``too_few``: the error when there is one time only."""
+    distinct = np.unique(times)
+    if len(distinct) < 2:
+        raise HeadwaterError(too_few)
+    at = min(len(distinct) - 1, max(1, int(round(len(distinct) * (1 - fraction)))))
+    return int(distinct[at])
+
+
 def fresh(estimator: Any, params: dict[str, Any]) -> Any:
     """An unfitted copy of ``estimator`` with ``params`` applied (scikit-learn's ``clone``
     for estimators that support it)."""
@@ -63,16 +73,12 @@ def run_search(
     search: Search = model.search  # type: ignore[assignment]
     name, higher = metric_of(model)
     times = micros(train["timestamp"])
-    distinct = np.unique(times)
-    if len(distinct) < 2:
-        raise HeadwaterError(
-            "a search validates on later sample times than it fits on; the training rows "
-            "have one sample time: lengthen the lookback or sample more often"
-        )
-    cut = distinct[
-        min(len(distinct) - 1,
-            max(1, int(round(len(distinct) * (1 - search.validation_fraction)))))
-    ]  # fmt: skip
+    cut = time_cut(
+        times,
+        search.validation_fraction,
+        "a search validates on later sample times than it fits on; the training rows "
+        "have one sample time: lengthen the lookback or sample more often",
+    )
     fit_rows, valid_rows = train[times < cut], train[times >= cut]
     signature = artifacts.Signature.infer(fit_rows, features, model.task)
     X_fit, X_valid = signature.matrix(fit_rows), signature.matrix(valid_rows)
@@ -136,7 +142,7 @@ def run_search(
             "value": best["metrics"][name],
         },  # fmt: skip
         "runs": [t["id"] for t in trials],
-        "validation": {"rows": len(valid_rows), "from_us": int(cut)},
+        "validation": {"rows": len(valid_rows), "from_us": cut},
         "space": search.spec()["space"],
     }
     return dict(best["params"]), summary

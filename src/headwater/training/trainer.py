@@ -36,9 +36,9 @@ from headwater.log.base import Log, partition_name
 from headwater.registry import artifacts
 from headwater.registry.registry import Registry
 from headwater.training import evaluation
-from headwater.training.pipeline import Fresh, Pipeline, StepFailed, Task
+from headwater.training.pipeline import Fresh, Pipeline, StepFailed, Task, outputs_of
 from headwater.training.profile import reference_profile
-from headwater.training.search import fresh, run_search
+from headwater.training.search import fresh, run_search, time_cut
 from headwater.training.sets import TrainingSets
 
 PACKAGES = ("headwater", "scikit-learn", "lightgbm", "numpy", "pandas", "pyarrow", "duckdb")
@@ -463,18 +463,15 @@ class Trainer:
 
     def _split(self, model: Model, frame: pd.DataFrame) -> dict[str, Any]:
         times = micros(frame["timestamp"])
-        distinct = np.unique(times)
-        if len(distinct) < 2:
-            raise HeadwaterError(
-                "a time split needs examples at two or more sample times; "
-                "increase lookback or decrease sample_every"
-            )
-        cut = distinct[
-            min(len(distinct) - 1, max(1, int(round(len(distinct) * (1 - model.test_fraction)))))
-        ]
+        cut = time_cut(
+            times,
+            model.test_fraction,
+            "a time split needs examples at two or more sample times; "
+            "increase lookback or decrease sample_every",
+        )
         train = np.flatnonzero(times < cut)
         test = np.flatnonzero(times >= cut)
-        return {"train": train, "test": test, "test_from_us": int(cut)}
+        return {"train": train, "test": test, "test_from_us": cut}
 
     def _fit(
         self,
@@ -637,12 +634,8 @@ def _checked(model: Model, s: Step) -> Callable[..., Any]:
 
     def call(**inputs: Any) -> Any:
         result = s.fn(**inputs)
-        outputs = (result,) if len(s.outputs) == 1 else result
-        if isinstance(outputs, dict):
-            outputs = tuple(outputs.get(o) for o in s.outputs)
-        if isinstance(outputs, tuple) and len(outputs) == len(s.outputs):
-            for name, value in zip(s.outputs, outputs, strict=True):
-                _check_output(model, s.name, name, value)
+        for name, value in outputs_of(s.name, s.outputs, result).items():
+            _check_output(model, s.name, name, value)
         return result
 
     return call
