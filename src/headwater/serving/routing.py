@@ -76,6 +76,14 @@ class BanditState:
     refused: int = 0  # rewards that were not a number (or not 0/1 for a binary bandit)
 
 
+@dataclass(frozen=True)
+class _Posteriors:
+    key: tuple[int, tuple[tuple[str, int], ...]]  # (updates so far, each variant's arm)
+    params: list[tuple[float, float]]
+    means: list[float]
+    probs: list[float]  # Thompson sampling's probability of choosing each variant
+
+
 class Router:
     """Chooses the answering variant (and the shadows) for each entity key."""
 
@@ -94,8 +102,8 @@ class Router:
         self._np_rng = np.random.default_rng(seed)
         self._bandit = BanditState()
         self._lock = threading.Lock()
-        self._changes = 0  # posterior updates so far: Thompson probabilities are cached by it
-        self._thompson: tuple[Any, dict[str, float]] | None = None
+        self._changes = 0  # posterior updates so far: the posteriors are cached by it
+        self._cached: _Posteriors | None = None
         total = sum(v.weight for v in service.variants)
         self._weights = {v.name: v.weight / total for v in service.variants}
         # made once: routing by weight or to the first variant creates nothing per request
@@ -123,11 +131,12 @@ class Router:
         if s.routing != "bandit":
             return {v.name: float(i == 0) for i, v in enumerate(s.variants)}
         assert s.bandit is not None
+        state = self._state()
         if s.bandit.policy == "epsilon":
-            best = self._greedy().name
             eps, n = s.bandit.epsilon, len(s.variants)
-            return {v.name: eps / n + (1 - eps) * (v.name == best) for v in s.variants}
-        return dict(self._thompson_probabilities())
+            best = max(range(n), key=state.means.__getitem__)
+            return {v.name: eps / n + (1 - eps) * (i == best) for i, v in enumerate(s.variants)}
+        return {v.name: p for v, p in zip(s.variants, state.probs, strict=True)}
 
     def explore(self, candidates: int) -> int | None:
         """For a ranking service with ``explore``: the candidate drawn to be placed first
@@ -174,67 +183,74 @@ class Router:
             variance = max(abs(p0), 1.0) ** 2  # before any spread is seen: wide
         return (mean, math.sqrt(variance / weight))
 
-    def _mean(self, v: Variant) -> float:
-        a, b = self._posterior(v)
+    def _mean(self, params: tuple[float, float]) -> float:
         assert self.service.bandit is not None
+        a, b = params
         return a / (a + b) if self.service.bandit.reward == "binary" else a
 
-    def _greedy(self) -> Variant:
-        return max(self.service.variants, key=self._mean)
+    def _state(self) -> _Posteriors:
+        """Each variant's posterior, mean and (Thompson sampling) probability of being
+        chosen: computed when the posteriors or the versions served change, else reused."""
+        assert self.service.bandit is not None
+        variants = self.service.variants
+        key = (self._changes, tuple(self._arm(v) for v in variants))
+        cached = self._cached
+        if cached is not None and cached.key == key:
+            return cached
+        with self._lock:
+            params = [self._posterior(v) for v in variants]
+        means = [self._mean(p) for p in params]
+        probs: list[float] = []
+        if self.service.bandit.policy == "thompson":
+            probs = self._thompson_probabilities(params)
+        state = _Posteriors(key, params, means, probs)
+        self._cached = state
+        return state
 
     def _bandit_route(self) -> Routed:
         assert self.service.bandit is not None
         bandit, variants = self.service.bandit, self.service.variants
+        state = self._state()
         if bandit.policy == "epsilon":
             eps, n = bandit.epsilon, len(variants)
+            best = variants[max(range(n), key=state.means.__getitem__)]
             with self._lock:
-                explore = self._rng.random() < eps
-                best = self._greedy()
-                chosen = self._rng.choice(variants) if explore else best
+                chosen = self._rng.choice(variants) if self._rng.random() < eps else best
             return Routed(chosen, eps / n + (1 - eps) * (chosen is best))
         with self._lock:
-            params = [self._posterior(v) for v in variants]
             if bandit.reward == "binary":
-                draws = [self._rng.betavariate(a, b) for a, b in params]
+                draws = [self._rng.betavariate(a, b) for a, b in state.params]
             else:
-                draws = [self._rng.gauss(m, sd) for m, sd in params]
-        chosen = variants[max(range(len(variants)), key=draws.__getitem__)]
-        return Routed(chosen, self._thompson_probabilities()[chosen.name], THOMPSON_DRAWS)
+                draws = [self._rng.gauss(m, sd) for m, sd in state.params]
+        i = max(range(len(variants)), key=draws.__getitem__)
+        return Routed(variants[i], state.probs[i], THOMPSON_DRAWS)
 
-    def _thompson_probabilities(self) -> dict[str, float]:
+    def _thompson_probabilities(self, params: list[tuple[float, float]]) -> list[float]:
         """P(each variant's posterior draw is the largest), from THOMPSON_DRAWS joint draws,
-        smoothed by half a draw so that no variant that can be chosen gets 0. Cached until
-        the posteriors (or the versions served) change."""
+        smoothed by half a draw so that no variant that can be chosen gets 0."""
         assert self.service.bandit is not None
-        variants = self.service.variants
-        key = (self._changes, tuple(self._arm(v) for v in variants))
-        cached = self._thompson
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        table = np.array(params)
+        size = (THOMPSON_DRAWS, len(params))
         with self._lock:
-            params = np.array([self._posterior(v) for v in variants])
-            size = (THOMPSON_DRAWS, len(variants))
             if self.service.bandit.reward == "binary":
-                samples = self._np_rng.beta(params[:, 0], params[:, 1], size=size)
+                samples = self._np_rng.beta(table[:, 0], table[:, 1], size=size)
             else:
-                samples = self._np_rng.normal(params[:, 0], params[:, 1], size=size)
-        wins = np.bincount(samples.argmax(axis=1), minlength=len(variants))
-        smoothed = (wins + 0.5) / (THOMPSON_DRAWS + 0.5 * len(variants))
-        probs = {v.name: float(p) for v, p in zip(variants, smoothed, strict=True)}
-        self._thompson = (key, probs)
-        return probs
+                samples = self._np_rng.normal(table[:, 0], table[:, 1], size=size)
+        wins = np.bincount(samples.argmax(axis=1), minlength=len(params))
+        return [float(p) for p in (wins + 0.5) / (THOMPSON_DRAWS + 0.5 * len(params))]
 
     def posteriors(self) -> dict[str, dict[str, Any]]:
         """Each variant's current arm: the version it serves, rewards seen (with the warm
         start), the posterior mean and the probability of being chosen now."""
         probabilities = self.probabilities()
+        state = self._state()
         out = {}
-        for v in self.service.variants:
-            arm = self._evidence(v)
+        for v, (_, version), mean in zip(self.service.variants, state.key[1], state.means,
+                                         strict=True):  # fmt: skip
             out[v.name] = {
-                "version": self._arm(v)[1] or None,
-                "rewards": arm.n,
-                "mean": self._mean(v),
+                "version": version or None,
+                "rewards": self._evidence(v).n,
+                "mean": mean,
                 "probability": probabilities[v.name],
             }
         return out
