@@ -7,6 +7,7 @@ import shutil
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,19 @@ features = [
             owner="web", description="Clicks"),
 ]
 """
+
+
+def tiny_model(**options: Any) -> Any:
+    """A model of one (unresolved) feature, for tests of what a definition refuses."""
+    from headwater import Entity, Label, Model, Stream, agg
+
+    user = Entity("user", keys="user_id", owner="g", description="u")
+    s = Stream("s", fields={"user_id": "string"}, key="user_id", time="ts", owner="g",
+               description="s")  # fmt: skip
+    label = Label("l", entity=user, stream=s, aggregation=agg.count(), horizon="1d",
+                  owner="g", description="l")  # fmt: skip
+    return Model("m", label=label, features=["a"], estimator=object, owner="g",
+                 description="m", **options)  # fmt: skip
 
 
 def write_project(folder: Path, definitions: str) -> Path:

@@ -13,7 +13,7 @@ from headwater import Project
 from headwater.definitions.types import to_micros
 from headwater.monitoring.monitor import Monitor
 from headwater.monitoring.report import render
-from tests.conftest import write_project
+from tests.conftest import tiny_model, write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
 
 SEGMENTED = (
@@ -81,13 +81,8 @@ def test_the_monitor_reports_each_segment_against_brute_force(monitored):
 
 
 def test_a_segment_must_be_logged_by_the_service():
-    from headwater import DefinitionError, Entity, Label, Model, Service, Stream, agg
+    from headwater import DefinitionError, Service
 
-    user = Entity("user", keys="user_id", owner="g", description="u")
-    s = Stream("s", fields={"user_id": "string"}, key="user_id", time="ts", owner="g",
-               description="s")  # fmt: skip
-    label = Label("l", entity=user, stream=s, aggregation=agg.count(), horizon="1d",
-                  owner="g", description="l")  # fmt: skip
-    m = Model("m", label=label, features=["a"], estimator=object, owner="g", description="m")
+    m = tiny_model()
     with pytest.raises(DefinitionError, match="segment 'plan' is neither a context field"):
         Service("x", model=m, segments=["plan"], owner="g", description="x")

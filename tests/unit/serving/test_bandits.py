@@ -10,8 +10,9 @@ import pytest
 
 from headwater import Project
 from tests.conftest import write_project
-from tests.unit.serving.test_predict import SERVICES
-from tests.unit.training.conftest import NOW, visits
+from tests.unit.serving.test_predict import SERVICES, champion_and_challenger
+from tests.unit.serving.test_propensities import send_rewards
+from tests.unit.training.conftest import NOW
 
 BANDITS = (
     SERVICES
@@ -36,14 +37,8 @@ services += [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    folder = write_project(tmp_path_factory.mktemp("bandits") / "p", BANDITS)
-    with Project(folder, clock=lambda: NOW) as p:
-        p.ingest("visits", visits())
-        p.process()
-        p.promote("churn", p.train("churn").version)
-        p.ingest("visits", [{"user_id": "u1", "device": "ios", "ts": NOW - timedelta(days=9)}])
-        p.promote("churn", p.train("churn").version, alias="challenger")
-        p.process()
+    with champion_and_challenger(write_project(tmp_path_factory.mktemp("bandits") / "p",
+                                               BANDITS)) as p:  # fmt: skip
         yield p
 
 
@@ -54,13 +49,7 @@ def _play(p: Project, service: str, stream: str, field: str, reward, rounds: int
     for _ in range(rounds):
         preds = predictor.predict([{"user_id": f"u{rnd.randrange(150)}"} for _ in range(20)], "t")
         chosen += [x.variant for x in preds]
-        events = [
-            {"user_id": x.entity["user_id"], "prediction_id": x.prediction_id,
-             field: reward(x.variant, rnd), "ts": NOW - timedelta(seconds=1)}
-            for x in preds
-        ]  # fmt: skip
-        assert p.ingest(stream, events).accepted == len(events)
-        p.serving.logger.flush()
+        send_rewards(p, preds, lambda variant: reward(variant, rnd), stream, field)
         predictor.router.learn()
     return predictor, chosen
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import statistics
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import pandas as pd
@@ -46,9 +49,10 @@ services = [
 )
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    folder = write_project(tmp_path_factory.mktemp("served") / "p", SERVICES)
+@contextmanager
+def champion_and_challenger(folder: Path) -> Iterator[Project]:
+    """The project in ``folder``, its churn model trained twice: champion v1, challenger v2
+    (trained after one more visit)."""
     with Project(folder, clock=lambda: NOW) as p:
         p.ingest("visits", visits())
         p.process()
@@ -58,6 +62,13 @@ def served(tmp_path_factory):
         second = p.train("churn").version
         p.promote("churn", second, alias="challenger")
         p.process()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with champion_and_challenger(write_project(tmp_path_factory.mktemp("served") / "p",
+                                               SERVICES)) as p:  # fmt: skip
         yield p
 
 

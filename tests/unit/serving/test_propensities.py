@@ -12,9 +12,9 @@ from scipy import integrate, stats
 
 from headwater import Project
 from headwater.serving.routing import THOMPSON_DRAWS
-from tests.conftest import write_project
-from tests.unit.serving.test_predict import SERVICES
-from tests.unit.training.conftest import NOW, visits
+from tests.conftest import tiny_model, write_project
+from tests.unit.serving.test_predict import SERVICES, champion_and_challenger
+from tests.unit.training.conftest import NOW
 
 PROPENSITIES = (
     SERVICES
@@ -35,14 +35,8 @@ services += [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    folder = write_project(tmp_path_factory.mktemp("propensities") / "p", PROPENSITIES)
-    with Project(folder, clock=lambda: NOW) as p:
-        p.ingest("visits", visits())
-        p.process()
-        p.promote("churn", p.train("churn").version)
-        p.ingest("visits", [{"user_id": "u1", "device": "ios", "ts": NOW - timedelta(days=9)}])
-        p.promote("churn", p.train("churn").version, alias="challenger")
-        p.process()
+    with champion_and_challenger(write_project(tmp_path_factory.mktemp("propensities") / "p",
+                                               PROPENSITIES)) as p:  # fmt: skip
         yield p
 
 
@@ -69,20 +63,20 @@ def test_ab_records_carry_their_weight_share_and_shadows_are_not_chosen(served):
     assert pinned[0].propensity is None  # a pinned request was not randomized
 
 
-def _reward(p: Project, preds, rate: dict[str, float], rnd: random.Random) -> None:
-    p.ingest(
-        "rewards",
-        [
-            {
-                "user_id": x.entity["user_id"],
-                "prediction_id": x.prediction_id,
-                "reward": int(rnd.random() < rate[x.variant]),
-                "ts": NOW - timedelta(seconds=1),
-            }
-            for x in preds
-        ],
-    )
+def send_rewards(p: Project, preds, value, stream: str = "rewards", field: str = "reward"):
+    """Each prediction's reward, ``value(variant)``, to the reward stream; the predictions
+    flushed so that the bandit can join them."""
+    events = [
+        {"user_id": x.entity["user_id"], "prediction_id": x.prediction_id,
+         field: value(x.variant), "ts": NOW - timedelta(seconds=1)}
+        for x in preds
+    ]  # fmt: skip
+    assert p.ingest(stream, events).accepted == len(events)
     p.serving.logger.flush()
+
+
+def _reward(p: Project, preds, rate: dict[str, float], rnd: random.Random) -> None:
+    send_rewards(p, preds, lambda variant: int(rnd.random() < rate[variant]))
 
 
 def test_thompson_propensities_match_the_exact_probability(served):
@@ -141,13 +135,8 @@ def test_score_alternatives_logs_every_unchosen_variant_with_the_same_features(s
 
 
 def test_score_alternatives_needs_a_choice_between_variants():
-    from headwater import DefinitionError, Entity, Label, Model, Service, Stream, agg
+    from headwater import DefinitionError, Service
 
-    user = Entity("user", keys="user_id", owner="g", description="u")
-    s = Stream("s", fields={"user_id": "string"}, key="user_id", time="ts", owner="g",
-               description="s")  # fmt: skip
-    label = Label("l", entity=user, stream=s, aggregation=agg.count(), horizon="1d",
-                  owner="g", description="l")  # fmt: skip
-    m = Model("m", label=label, features=["a"], estimator=object, owner="g", description="m")
+    m = tiny_model()
     with pytest.raises(DefinitionError, match="score_alternatives logs the variants"):
         Service("x", model=m, score_alternatives=True, owner="g", description="x")

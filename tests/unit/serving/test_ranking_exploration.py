@@ -11,7 +11,7 @@ import pytest
 from headwater import Project
 from headwater.definitions import DefinitionError
 from headwater.monitoring.offpolicy import OffPolicyError
-from tests.conftest import write_project
+from tests.conftest import tiny_model, write_project
 from tests.unit.serving.test_ranking import DEFINITIONS, ITEMS, NOW, clicks
 
 EXPLORING = (
@@ -89,18 +89,13 @@ def test_a_first_place_policy_is_evaluated_on_the_explored_traffic(explored, pol
 
 
 def test_exploration_is_for_rankings_and_needed_for_other_policies(explored, tmp_path):
-    from headwater import Entity, Label, Model, Service, Stream, agg
+    from headwater import Service
 
     p, _, _ = explored
     with pytest.raises(OffPolicyError, match="logged no ranking with exploration"):
         p.evaluate_policy("recommend", "uniform", days=1)
     with pytest.raises(OffPolicyError, match="greedy, uniform or explore=RATE"):
         p.evaluate_policy("explore_recommend", "explore=2", days=1)
-    user = Entity("user", keys="user_id", owner="g", description="u")
-    s = Stream("s", fields={"user_id": "string"}, key="user_id", time="ts", owner="g",
-               description="s")  # fmt: skip
-    label = Label("l", entity=user, stream=s, aggregation=agg.count(), horizon="1d",
-                  owner="g", description="l")  # fmt: skip
-    m = Model("m", label=label, features=["a"], estimator=object, owner="g", description="m")
+    m = tiny_model()
     with pytest.raises(DefinitionError, match="only a ranking service"):
         Service("x", model=m, explore=0.1, owner="g", description="x")

@@ -12,7 +12,7 @@ from headwater import Project
 from headwater.errors import DefinitionError
 from headwater.registry.registry import PromotionRefused
 from headwater.training.pipeline import StepFailed
-from tests.conftest import write_project
+from tests.conftest import tiny_model, write_project
 from tests.unit.training.conftest import DEFINITIONS, NOW, visits
 
 STEPS = (
@@ -147,13 +147,7 @@ def test_a_step_returning_a_wrong_output_fails_clearly(project):
 
 
 def test_steps_that_wait_for_each_other_or_read_nothing_known_are_refused():
-    from headwater import Entity, Label, Model, Stream, agg, step
-
-    user = Entity("user", keys="user_id", owner="g", description="u")
-    s = Stream("s", fields={"user_id": "string"}, key="user_id", time="ts", owner="g",
-               description="s")  # fmt: skip
-    label = Label("l", entity=user, stream=s, aggregation=agg.count(), horizon="1d",
-                  owner="g", description="l")  # fmt: skip
+    from headwater import step
 
     @step(outputs="features")
     def by_importance(fitted, features):
@@ -164,8 +158,7 @@ def test_steps_that_wait_for_each_other_or_read_nothing_known_are_refused():
         return 1
 
     def model(*steps):
-        return Model("m", label=label, features=["a"], estimator=object, steps=steps,
-                     owner="g", description="m")  # fmt: skip
+        return tiny_model(steps=steps)
 
     with pytest.raises(DefinitionError, match="wait for each other"):
         model(by_importance)
