@@ -850,8 +850,6 @@ class Project:
         intervals, and each variant against the control: the test used and a verdict.
         ``higher_is_better`` defaults to the service's setting."""
         from headwater.monitoring.experiment import analyze
-        from headwater.monitoring.ledger import DAY_US
-        from headwater.monitoring.monitor import experiment_outcomes
 
         variants = self.definitions.service(service).variants
         if len(variants) < 2:
@@ -860,9 +858,7 @@ class Project:
                 "nothing to compare; an experiment needs a Service with routing='ab', "
                 "'shadow' or 'bandit' and two or more variants"
             )
-        now = self.now()
-        since = now - int(days * DAY_US)
-        outcomes = experiment_outcomes(self.monitor_context(), service, since, now + 1)
+        outcomes = self._outcomes(service, days)
         if outcomes["variant"].nunique() < 2:
             raise DefinitionError(
                 f"service {service!r} has matured outcomes for fewer than two "
@@ -907,6 +903,18 @@ class Project:
         self.processor.check_alerts.write(failures, "headwater check")
         return results
 
+    def _window(self, days: float) -> tuple[int, int]:
+        """Prediction times of the last ``days``, up to and including now."""
+        from headwater.monitoring.ledger import DAY_US
+
+        now = self.now()
+        return now - int(days * DAY_US), now + 1
+
+    def _outcomes(self, service: str, days: float) -> pd.DataFrame:
+        from headwater.monitoring.monitor import experiment_outcomes
+
+        return experiment_outcomes(self.monitor_context(), service, *self._window(days))
+
     def experiment_segments(
         self, service: str, *, days: float = 30, higher_is_better: bool | None = None
     ) -> list[dict[str, Any]]:
@@ -914,8 +922,6 @@ class Project:
         every p-value adjusted for the number of comparisons (Holm), with a verdict each
         (``monitoring.experiment.segment_verdicts``); empty without segments."""
         from headwater.monitoring.experiment import segment_verdicts
-        from headwater.monitoring.ledger import DAY_US
-        from headwater.monitoring.monitor import experiment_outcomes
 
         definition = self.definitions.service(service)
         segments = {s.name: s for s in definition.segments}
@@ -923,10 +929,7 @@ class Project:
             segments.update({s.name: s for s in v.model.segments})
         if not segments:
             return []
-        now = self.now()
-        outcomes = experiment_outcomes(
-            self.monitor_context(), service, now - int(days * DAY_US), now + 1
-        )
+        outcomes = self._outcomes(service, days)
         higher = definition.higher_is_better if higher_is_better is None else higher_is_better
         return segment_verdicts(outcomes, list(segments.values()), higher_is_better=higher)
 
@@ -935,15 +938,10 @@ class Project:
         decisions, share and mean logged propensity per variant and model version
         (``monitoring.experiment.allocation``)."""
         from headwater.monitoring.experiment import allocation
-        from headwater.monitoring.ledger import DAY_US
         from headwater.monitoring.monitor import logged_predictions
 
         self.definitions.service(service)  # an unknown name: "did you mean"
-        now = self.now()
-        logged = logged_predictions(
-            self.monitor_context(), service, now - int(days * DAY_US), now + 1
-        )
-        return allocation(logged)
+        return allocation(logged_predictions(self.monitor_context(), service, *self._window(days)))
 
     def evaluate_policy(
         self, service: str, policy: str | Mapping[str, float], *, days: float = 30
@@ -954,8 +952,6 @@ class Project:
         estimates with intervals clustered by entity (``monitoring/offpolicy.py``), and what
         the logging policy earned. Refused where the candidate would choose a variant the
         logging policy never chose."""
-        from headwater.monitoring.ledger import DAY_US
-        from headwater.monitoring.monitor import experiment_outcomes
         from headwater.monitoring.offpolicy import evaluate, parse_policy
 
         definition = self.definitions.service(service)
@@ -971,10 +967,7 @@ class Project:
             )
         names = [v.name for v in definition.variants]
         target = parse_policy(policy, names) if isinstance(policy, str) else dict(policy)
-        now = self.now()
-        outcomes = experiment_outcomes(
-            self.monitor_context(), service, now - int(days * DAY_US), now + 1
-        )
+        outcomes = self._outcomes(service, days)
         estimates = evaluate(outcomes, target)
         logged = outcomes.dropna(subset=["propensity"])
         summary = {
@@ -992,16 +985,12 @@ class Project:
         action is its first candidate, placed there with its logged ``action_propensity``;
         the candidate policy places the best-scored candidate first with probability
         ``1 - rate`` and any candidate with ``rate / n``."""
-        from headwater.monitoring.ledger import DAY_US
-        from headwater.monitoring.monitor import experiment_outcomes, logged_predictions
+        from headwater.monitoring.monitor import logged_predictions
         from headwater.monitoring.offpolicy import OffPolicyError, evaluate, ranking_policy
 
         definition = self.definitions.service(service)
         rate = ranking_policy(policy)
-        now = self.now()
-        since = now - int(days * DAY_US)
-        ctx = self.monitor_context()
-        logged = logged_predictions(ctx, service, since, now + 1)
+        logged = logged_predictions(self.monitor_context(), service, *self._window(days))
         if logged.empty or "action_propensity" not in logged:
             raise OffPolicyError(
                 f"service {service!r} logged no ranking with exploration in the window: "
@@ -1017,7 +1006,7 @@ class Project:
                 "the logging policy placed only the best-scored candidate first (explore=0): "
                 "no logged reward says what another candidate would have earned"
             )
-        outcomes = experiment_outcomes(ctx, service, since, now + 1)
+        outcomes = self._outcomes(service, days)
         keys = definition.request_keys  # clustered by who asked: a user's requests go together
         first = first.assign(requester=[repr([e.get(k) for k in keys]) for e in first["entity"]])
         joined = first.drop(columns=["entity"]).merge(
