@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from headwater.definitions.base import check_feature_name
@@ -357,21 +358,21 @@ class Segment:
             x = float(value)
         except (TypeError, ValueError):
             return "(not a number)"
+        return self.labels[sum(x >= b for b in self.bins)]
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """The bins' groups from low to high: below the first edge, between edges, from the
+        last edge up (none without bins)."""
         edges = self.bins
-        if x < edges[0]:
-            return f"< {_num(edges[0])}"
-        for low, high in zip(edges, edges[1:], strict=False):
-            if x < high:
-                return f"[{_num(low)}, {_num(high)})"
-        return f">= {_num(edges[-1])}"
+        if not edges:
+            return []
+        between = [f"[{_num(a)}, {_num(b)})" for a, b in zip(edges, edges[1:], strict=False)]
+        return [f"< {_num(edges[0])}", *between, f">= {_num(edges[-1])}"]
 
     def ordered(self, groups: Sequence[str]) -> list[str]:
         """Groups in a reading order: bins from low to high, values sorted, missing last."""
-        edges = self.bins
-        bins = [f"< {_num(edges[0])}"] if edges else []
-        bins += [f"[{_num(a)}, {_num(b)})" for a, b in zip(edges, edges[1:], strict=False)]
-        bins += [f">= {_num(edges[-1])}"] if edges else []
-        rank = {g: i for i, g in enumerate(bins)}
+        rank = {g: i for i, g in enumerate(self.labels)}
         return sorted(groups, key=lambda g: (g.startswith("("), rank.get(g, len(rank)), g))
 
     def spec(self) -> dict[str, Any]:
