@@ -517,7 +517,9 @@ class Project:
     def serving(self) -> Serving:
         """The serving runtime (loaded models, predictors, the prediction logger)."""
         if self._serving is None:
-            self._serving = wiring.build_serving(self.definitions, self.stores, self.core, self.now)
+            self._serving = wiring.build_serving(
+                self.settings, self.definitions, self.stores, self.core, self.now
+            )
         return self._serving
 
     def app(self) -> App:

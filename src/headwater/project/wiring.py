@@ -196,7 +196,10 @@ def sorted_keys(catalog: FeatureCatalog) -> dict[str, list[tuple[str, ...]]]:
     return sorted_by
 
 
-def build_serving(definitions: Definitions, stores: Stores, core: Core, clock: Clock) -> Serving:
+def build_serving(
+    settings: Settings, definitions: Definitions, stores: Stores, core: Core, clock: Clock
+) -> Serving:
+    from headwater.serving.prediction_log import LogAddress
     from headwater.serving.runtime import Serving
 
     return Serving(
@@ -207,6 +210,7 @@ def build_serving(definitions: Definitions, stores: Stores, core: Core, clock: C
         stores.online,
         core.training,
         clock,
+        log_address=LogAddress(settings.stores.log, settings.root),
     )
 
 

@@ -15,7 +15,7 @@ from headwater.errors import did_you_mean
 from headwater.features.plan import entity_key
 from headwater.log.base import Log, NewRecord, partition_name
 from headwater.registry.registry import Registry
-from headwater.serving.prediction_log import PredictionLogger
+from headwater.serving.prediction_log import LogAddress, PredictionLogger
 from headwater.serving.predictor import Prediction, Predictor, Ranking
 from headwater.serving.scoring import LoadState, ScorerCache
 from headwater.stores.online.base import OnlineStore
@@ -43,12 +43,13 @@ class Serving:
         training: TrainingSets,
         clock: Callable[[], int],
         refresh_seconds: float = 1.0,
+        log_address: LogAddress | None = None,
     ) -> None:
         self.services = services
         self._log, self._online, self._online_store = log, online, online_store
         self._training, self._now = training, clock
         self.scorers = ScorerCache(registry, refresh_seconds)
-        self.logger = PredictionLogger(log, clock)
+        self.logger = PredictionLogger(log, clock, address=log_address)
         self._predictors: dict[str, Predictor] = {}
         self._lock = threading.Lock()
 
@@ -236,7 +237,7 @@ class Serving:
         self.scorers.close()
         for predictor in self._predictors.values():
             predictor.drain()
-        self.logger.flush()
+        self.logger.close()
 
 
 def _reason(variants: Mapping[str, LoadState]) -> str:
