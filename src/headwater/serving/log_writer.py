@@ -4,6 +4,7 @@ requests in the same process stalled them on the GIL: in-process p99 5× p50).
 
 The frames (little-endian), written by ``PredictionLogger`` and read here:
 
+- first, where the log is: ``<I`` (length), then JSON ``{"url", "root", "stream"}``;
 - a batch: ``<BQq`` (``BATCH``, body length, ingest time), then the body: records, each
   ``<IIq`` (id length, payload length, event time), the id (UTF-8), the payload;
 - a sync: ``<BQq`` (``SYNC``, number, 0), answered on stdout with ``<QQ`` (number, records
@@ -16,6 +17,7 @@ process group must not take the records in the pipe with it; the server drains, 
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import sys
@@ -23,11 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
+
 from headwater.log.base import NewRecord
 
 RECORD = struct.Struct("<IIq")  # id length, payload length, event time (µs)
 HEADER = struct.Struct("<BQq")  # kind, body length or sync number, ingest time (µs)
 ACK = struct.Struct("<QQ")  # sync number, records not appended so far
+OPEN = struct.Struct("<I")  # length of the opening frame's JSON
 BATCH, SYNC = 1, 2
 
 
@@ -79,19 +84,28 @@ def serve(
             return failed  # the server died while writing: nothing follows
 
 
-def main(argv: list[str]) -> None:
-    """``log_writer URL ROOT STREAM``: the log opened as the server opens it."""
+def opening(url: str, root: str, stream: str) -> bytes:
+    """The first frame: where the log is. Sent through the pipe, not the command line, where
+    any user of the machine could read a URL's credentials."""
+    doc = orjson.dumps({"url": url, "root": root, "stream": stream})
+    return OPEN.pack(len(doc)) + doc
+
+
+def main() -> None:
+    """Open the log named by the first frame as the server opened it, then write."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # the answers get a descriptor of their own; anything printed goes to stderr instead
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    source = sys.stdin.buffer
+    (size,) = OPEN.unpack(source.read(OPEN.size))
+    where = orjson.loads(source.read(size))
     from headwater.log.urls import open_log
 
-    url, root, stream = argv
-    log = open_log(url, Path(root))
+    log = open_log(where["url"], Path(where["root"]))
+    stream = where["stream"]
     try:
-        serve(
-            sys.stdin.buffer,
-            sys.stdout.buffer,
-            lambda batch, ingest: log.append(stream, batch, ingest),
-        )
+        serve(source, answers, lambda batch, ingest: log.append(stream, batch, ingest))
     finally:
         log.close()

@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 import orjson
 
 from headwater.log.base import Log
-from headwater.serving.log_writer import ACK, BATCH, HEADER, SYNC, frame, records
+from headwater.serving.log_writer import ACK, BATCH, HEADER, SYNC, frame, opening, records
 from headwater.serving.routing import PREDICTIONS_STREAM
 
 _LOGGER = logging.getLogger("headwater.serving")
@@ -40,7 +40,7 @@ package = types.ModuleType("headwater")
 package.__path__ = list(spec.submodule_search_locations)
 sys.modules["headwater"] = package
 from headwater.serving.log_writer import main
-main(sys.argv[1:])
+main()
 """
 
 
@@ -186,10 +186,9 @@ class _WriterProcess:
 
     def write(self, frames: list[bytes], ingest_time: int) -> None:
         body = b"".join(frames)
-        process = self._process or self._start()
         self._unsynced += len(frames)
         try:
-            pipe = _stdin(process)
+            pipe = _stdin(self._process or self._start())
             pipe.write(HEADER.pack(BATCH, len(body), ingest_time) + body)
             pipe.flush()
         except OSError:
@@ -239,13 +238,14 @@ class _WriterProcess:
         }
         address = self._address
         process = subprocess.Popen(
-            [sys.executable, "-c", _START, address.url, str(address.root), PREDICTIONS_STREAM],
+            [sys.executable, "-c", _START],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
         )
-        _widen(_stdin(process))
         self._process = process
+        _widen(_stdin(process))
+        _stdin(process).write(opening(address.url, str(address.root), PREDICTIONS_STREAM))
         return process
 
     def _gone(self, what: str) -> None:

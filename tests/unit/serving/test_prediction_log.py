@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -143,4 +144,19 @@ def test_a_log_the_writer_cannot_open_is_reported_as_errors_not_raised(tmp_path)
     logger.log([_record(1), _record(2)])
     logger.flush()
     assert logger.errors == 2
+    logger.close()
+
+
+def test_the_log_url_reaches_the_writer_through_its_pipe_not_its_command_line(tmp_path):
+    """A URL may carry credentials: any user of the machine can read a command line."""
+    EmbeddedLog(tmp_path / "secret-name.db").close()
+    address = LogAddress("sqlite:///secret-name.db", tmp_path)
+    logger = PredictionLogger(None, lambda: 7, address=address)  # type: ignore[arg-type]
+    logger.log([_record(1)])
+    logger.flush()
+    pid = _pid(logger)
+    assert pid is not None
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b"secret-name" not in command
+    assert logger.errors == 0
     logger.close()

