@@ -303,9 +303,31 @@ def _worker(
     async def main() -> None:
         await asyncio.gather(*(_client(url, b, latencies, errors, headers) for b in per_client))
 
-    start = time.perf_counter()
+    start = _started()
     asyncio.run(main())
     return latencies, len(errors), time.perf_counter() - start
+
+
+# The load processes start sending together, once both have started (spawning one takes up
+# to a second): otherwise the first to start runs alone for a while, and a level lasting half
+# a second on a fast machine was timed mostly alone (±40% from run to run).
+_START: Any = None
+
+
+def _pool(procs: int) -> Any:
+    context = multiprocessing.get_context("spawn")
+    return context.Pool(procs, initializer=_keep_barrier, initargs=(context.Barrier(procs),))
+
+
+def _keep_barrier(barrier: Any) -> None:
+    global _START
+    _START = barrier
+
+
+def _started() -> float:
+    """Wait for the other load process; the time both start at."""
+    _START.wait()
+    return time.perf_counter()
 
 
 def load(
@@ -320,7 +342,7 @@ def load(
     per_client = [encoded[i::clients] for i in range(clients)]
     procs = min(2, clients)
     groups = [(url, per_client[i::procs], headers) for i in range(procs)]
-    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+    with _pool(procs) as pool:
         results = pool.map(_worker, groups)
     wall = max(r[2] for r in results)  # measured inside the load processes, after start-up
     latencies = np.array([x for r in results for x in r[0]]) * 1000
@@ -350,7 +372,9 @@ async def _grpc_client(
             out.append(time.perf_counter() - start)
 
 
-def _grpc_worker(args: tuple[str, str, list[list[bytes]]]) -> tuple[list[float], int, float]:
+def _grpc_worker(
+    args: tuple[str, str, list[list[bytes]]],
+) -> tuple[list[float], int, float]:
     target, method, per_client = args
     latencies: list[float] = []
     errors: list[int] = []
@@ -360,7 +384,7 @@ def _grpc_worker(args: tuple[str, str, list[list[bytes]]]) -> tuple[list[float],
             *(_grpc_client(target, method, b, latencies, errors) for b in per_client)
         )
 
-    start = time.perf_counter()
+    start = _started()
     asyncio.run(main())
     return latencies, len(errors), time.perf_counter() - start
 
@@ -371,7 +395,7 @@ def grpc_load(target: str, method: str, bodies: Sequence[bytes], clients: int) -
     per_client = [list(bodies[i::clients]) for i in range(clients)]
     procs = min(2, clients)
     groups = [(target, method, per_client[i::procs]) for i in range(procs)]
-    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+    with _pool(procs) as pool:
         results = pool.map(_grpc_worker, groups)
     wall = max(r[2] for r in results)
     latencies = np.array([x for r in results for x in r[0]]) * 1000

@@ -27,6 +27,7 @@ CACHE_SECONDS = 5.0
 # an unknown key id re-reads the store at most this often (a new key works at once, and
 # random ids cannot make every request a query)
 MISS_REFRESH_SECONDS = 0.5
+VERIFIED_TOKENS = 10_000  # at most this many tokens remembered between two snapshots
 _TOKEN = re.compile(r"hw_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _TEAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}")
 
@@ -101,6 +102,10 @@ class KeyStore:
         self._lock = threading.Lock()
         self._snapshot: dict[str, tuple[ApiKey, str]] = {}
         self._read_at = float("-inf")
+        # tokens verified against the current snapshot (emptied with it, so for at most
+        # ``cache_seconds``, in memory only): a known token skips the parse and the digest,
+        # a tenth of a request's time on the server
+        self._verified: dict[str, ApiKey] = {}
 
     def create(
         self,
@@ -149,6 +154,10 @@ class KeyStore:
     def verify(self, token: str) -> ApiKey:
         """The active key ``token`` is the secret of; ``Unauthenticated`` with the reason
         otherwise. Served from a snapshot at most ``cache_seconds`` old."""
+        verified = self._verified  # the one of the snapshot this call reads
+        known = verified.get(token)
+        if known is not None and self._monotonic() - self._read_at <= self._cache_seconds:
+            return self._active(known)
         match = _TOKEN.fullmatch(token)
         if match is None:
             raise Unauthenticated("malformed API key (expected hw_<id>_<secret>)")
@@ -158,10 +167,16 @@ class KeyStore:
         expected = found[1] if found else "0" * 64
         if not hmac.compare_digest(digest(secret), expected) or found is None:
             raise Unauthenticated("unknown API key")
-        key = found[0]
+        key = self._active(found[0])
+        with self._lock:  # not into the next snapshot's: the key may be revoked there
+            if verified is self._verified and len(verified) < VERIFIED_TOKENS:
+                verified[token] = key
+        return key
+
+    def _active(self, key: ApiKey) -> ApiKey:
         state = key.state(self._clock())
         if state != "active":
-            raise Unauthenticated(f"API key {key_id} is {state}")
+            raise Unauthenticated(f"API key {key.id} is {state}")
         return key
 
     def _cached(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -178,6 +193,7 @@ class KeyStore:
             docs = self._metadata.get_records(KEYS)
             snapshot = {key_id: _key(key_id, doc) for key_id, doc in docs.items()}
             self._snapshot, self._read_at = snapshot, self._monotonic()
+            self._verified = {}
             return snapshot
 
 

@@ -106,6 +106,21 @@ def test_revocation_reaches_another_replica_within_the_cache_time(metadata, cloc
     assert admin.get(key.id).state(clocks.now_us) == "revoked"
 
 
+def test_a_verified_token_is_remembered_only_as_itself_and_never_past_a_revocation(
+    metadata, clocks
+):
+    keys = _keys(metadata, clocks)
+    key, secret = keys.create("growth", ["predict:churn"], by="ana")
+    assert keys.verify(secret).id == key.id
+    assert keys.verify(secret).id == key.id  # from the verified tokens now
+    forged = secret[:-1] + ("B" if secret[-1] != "B" else "C")
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        keys.verify(forged)  # same id, another secret: not the remembered token
+    keys.revoke(key.id)
+    with pytest.raises(Unauthenticated, match="revoked"):
+        keys.verify(secret)  # refused at once where it was revoked
+
+
 def test_a_new_key_works_at_once_on_a_replica_with_a_fresh_cache(metadata, clocks):
     admin, replica = _keys(metadata, clocks), _keys(metadata, clocks)
     replica.list()  # fills the replica's cache

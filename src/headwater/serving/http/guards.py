@@ -11,6 +11,7 @@ header naming it), so no other site can make a browser promote a model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ class GuardSettings:
     rate_limits: RateLimits | None = None
 
 
+@functools.lru_cache(maxsize=1024)  # a server's routes repeat: parsed once each
 def permission_of(method: str, path: str) -> Permission:
     """What a request needs. Feature reads need some ``features:read`` scope here and one for
     each feature's definition in the route (the names are in the body)."""
