@@ -24,7 +24,7 @@ included) during a level, divided by its requests.
 The project, model and servers are set up once; then each of ``--runs`` runs sends every
 server every client level, and the figures are printed as min / median / max over the runs.
 
-    python benchmarks/serving.py [--requests 4000] [--users 2000] [--runs 3]
+    python benchmarks/serving.py [--requests 12000] [--users 2000] [--runs 3]
         [--skip-mlflow] [--skip-bentoml]
 """
 
@@ -155,7 +155,7 @@ def prepare(users: int, folder: Path) -> tuple[Project, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--requests", type=int, default=4000, help="requests per client level")
+    ap.add_argument("--requests", type=int, default=12000, help="requests per client level")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--skip-mlflow", action="store_true")

@@ -173,6 +173,21 @@ def test_the_server_announces_itself(server):
     assert "https://127.0.0.1:" in log and "ready" in log and "auth     API keys" in log
 
 
+def test_answers_do_not_name_the_server_software(server):
+    folder, url, keys, cert = server
+    context = ssl.create_default_context(cafile=cert)
+    with httpx.Client(base_url=url, verify=context) as http:
+        health = http.get("/healthz")
+        predicted = http.post(
+            "/v1/predict/risk",
+            json={"entity": {"user_id": "u1"}},
+            headers={"authorization": f"Bearer {keys['admin']}"},
+        )
+    assert health.status_code == 200 and predicted.status_code == 200, predicted.text
+    assert "server" not in health.headers and "server" not in predicted.headers
+    assert "date" in predicted.headers
+
+
 def test_health_answers_while_a_maximal_request_runs(server):
     _, url, keys, cert = server
     heavy_done = threading.Event()

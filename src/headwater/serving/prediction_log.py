@@ -73,13 +73,14 @@ class PredictionLogger:
         self._waiting: deque[threading.Event] = deque()
         self._wake = threading.Event()
         self._last = time.monotonic()
+        self._dropped = 0  # records a failure of this process's own lost
         self._thread = threading.Thread(target=self._run, name="prediction-logger", daemon=True)
         self._thread.start()
 
     @property
     def errors(self) -> int:
         """Predictions that could not be logged (known once a flush has returned)."""
-        return self._sink.errors
+        return self._sink.errors + self._dropped
 
     def log(self, records: list[dict[str, Any]]) -> None:
         # Serialized here, by the caller (about a microsecond each): the writer thread only
@@ -104,28 +105,38 @@ class PredictionLogger:
         done.wait(timeout)
 
     def _run(self) -> None:
-        pending, waiting = self._pending, self._waiting
         while True:
             # one wait per interval: a busy server's records of that interval go in one
             # durable append (per-append costs dominate; a drain per request cost 50% more)
             self._wake.wait(self._interval)
             self._wake.clear()
             # the waiters first: whatever was logged before them is then in _pending
-            waiters = [waiting.popleft() for _ in range(len(waiting))]
-            left = len(pending)
-            while left:
-                frames = [pending.popleft() for _ in range(min(left, self._batch))]
-                left -= len(frames)
-                self._sink.write(frames, self._clock())
-                self._last = time.monotonic()
-            if waiters:  # set once everything before them is durable
-                self._sink.sync()
-                if any(isinstance(w, _Close) for w in waiters):
+            waiters = [self._waiting.popleft() for _ in range(len(self._waiting))]
+            try:
+                self._write_pending()
+                if waiters:  # released once everything before them is durable
+                    self._sink.sync()
+                    if any(isinstance(w, _Close) for w in waiters):
+                        self._sink.stop()
+                if self._sink.running and time.monotonic() - self._last > self._idle:
                     self._sink.stop()
+            except Exception:  # noqa: BLE001 - the thread must outlive any failure; counted
+                _LOGGER.exception("the prediction logger failed (its records are counted)")
+            finally:
                 for w in waiters:
                     w.set()
-            if self._sink.running and time.monotonic() - self._last > self._idle:
-                self._sink.stop()
+
+    def _write_pending(self) -> None:
+        pending, left = self._pending, len(self._pending)
+        while left:
+            frames = [pending.popleft() for _ in range(min(left, self._batch))]
+            left -= len(frames)
+            try:
+                self._sink.write(frames, self._clock())
+            except Exception:
+                self._dropped += len(frames)
+                raise
+            self._last = time.monotonic()
 
 
 class _Close(threading.Event):

@@ -160,3 +160,23 @@ def test_the_log_url_reaches_the_writer_through_its_pipe_not_its_command_line(tm
     assert b"secret-name" not in command
     assert logger.errors == 0
     logger.close()
+
+
+def test_the_writer_thread_outlives_a_failure_and_counts_what_it_lost(tmp_path):
+    calls = []
+
+    def clock() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a clock that fails once")
+        return 7
+
+    log = EmbeddedLog(tmp_path / "log.db")
+    logger = PredictionLogger(log, clock)
+    logger.log([_record(1), _record(2)])
+    logger.flush()
+    assert logger.errors == 2
+    logger.log([_record(3)])
+    logger.flush()
+    assert [r["ts_us"] for r in _logged(tmp_path / "log.db")] == [3]
+    log.close()

@@ -64,6 +64,7 @@ def run_server(
         port=port,
         log_level="warning",
         access_log=False,  # never printed at this level, but worked out for each request
+        server_header=False,  # nothing to fingerprint, and one header less per response
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
     )
