@@ -207,12 +207,21 @@ def main() -> None:
         # request per entity costs more. Measured once, at 1 client over every user, then
         # every server is timed at its steady state (the same users again)
         first = [{"entity": {"user_id": u}} for u in dict.fromkeys(chosen)]
-        measure(COLD, servers["headwater"][0], first, [1], once, servers["headwater"][2])
+        failed = measure(COLD, servers["headwater"][0], first, 1, once, servers["headwater"][2])
+        once.add(f"{COLD}: failed requests", failed, "requests")
         load(servers[TWO][0], first, 8)
         load(servers[KEYS][0], first, 8, headers[KEYS])
         for _ in figures.runs():
-            for name, (url, bodies, pid) in servers.items():
-                measure(name, url, bodies, levels, figures, pid, headers.get(name))
+            # every server at one level before the next level: two servers compared in a
+            # ratio are measured seconds apart, not minutes (this machine's speed drifts)
+            failed = dict.fromkeys(servers, 0)
+            for clients in levels:
+                for name, (url, bodies, pid) in servers.items():
+                    failed[name] += measure(
+                        name, url, bodies, clients, figures, pid, headers.get(name)
+                    )
+            for name, count in failed.items():
+                figures.add(f"{name}: failed requests (every level)", count, "requests")
             measure_grpc(f"127.0.0.1:{grpc_port}", chosen, levels, figures, procs[0].pid)
             measure_heavy(servers["headwater"][0], chosen, figures)
             measure_in_process(work / "shop", chosen, figures)
@@ -445,32 +454,29 @@ def measure(
     name: str,
     url: str,
     bodies: list[dict],
-    levels: list[int],
+    clients: int,
     figures: Figures,
     pid: int,
     headers: dict[str, str] | None = None,
-) -> None:
-    """One run of a server: every client level in turn."""
-    errors = 0
-    for clients in levels:
-        cpu = tree_cpu_seconds(pid)
-        result = load(url, bodies, clients, headers)
-        result["cpu"] = (tree_cpu_seconds(pid) - cpu) / len(bodies) * 1e6
-        for key, label, unit in (
-            ("rps", "req/s", "req/s"),
-            ("p50", "p50", "ms"),
-            ("p99", "p99", "ms"),
-            ("cpu", "server CPU per request", "µs"),
-        ):
-            figures.add(f"{name}, {clients} clients: {label}", result[key], unit)
-        errors += int(result["errors"])
-        print(
-            f"  {name:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
-            f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
-            f"CPU {result['cpu']:5.0f} µs/req  errors {result['errors']:.0f}",
-            flush=True,
-        )
-    figures.add(f"{name}: failed requests (every level)", errors, "requests")
+) -> int:
+    """One level of one server; returns its failed requests."""
+    cpu = tree_cpu_seconds(pid)
+    result = load(url, bodies, clients, headers)
+    result["cpu"] = (tree_cpu_seconds(pid) - cpu) / len(bodies) * 1e6
+    for key, label, unit in (
+        ("rps", "req/s", "req/s"),
+        ("p50", "p50", "ms"),
+        ("p99", "p99", "ms"),
+        ("cpu", "server CPU per request", "µs"),
+    ):
+        figures.add(f"{name}, {clients} clients: {label}", result[key], unit)
+    print(
+        f"  {name:<24} {clients:>3} clients: {result['rps']:8,.0f} req/s  "
+        f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:7.2f} ms  "
+        f"CPU {result['cpu']:5.0f} µs/req  errors {result['errors']:.0f}",
+        flush=True,
+    )
+    return int(result["errors"])
 
 
 GRPC = "headwater gRPC (ModelInfer)"
