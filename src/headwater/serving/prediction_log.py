@@ -232,13 +232,13 @@ class _WriterProcess:
             return  # it died: counted by sync
         self._process = None
         self._failed_before, self._failed = self._failed_before + self._failed, 0
-        _stdin(process).close()
+        _close(_stdin(process))
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        _stdout(process).close()
+        _close(_stdout(process))
 
     def _start(self) -> subprocess.Popen[bytes]:
         # this package's source folder first: the writer imports the same code
@@ -268,9 +268,8 @@ class _WriterProcess:
         if process is not None:
             process.kill()
             process.wait()
-            for pipe in (process.stdin, process.stdout):
-                if pipe is not None:
-                    pipe.close()
+            _close(_stdin(process))
+            _close(_stdout(process))
 
 
 def _stdin(process: subprocess.Popen[bytes]) -> IO[bytes]:
@@ -281,6 +280,16 @@ def _stdin(process: subprocess.Popen[bytes]) -> IO[bytes]:
 def _stdout(process: subprocess.Popen[bytes]) -> IO[bytes]:
     assert process.stdout is not None  # opened with stdout=PIPE
     return process.stdout
+
+
+def _close(pipe: IO[bytes]) -> None:
+    """Close a pipe to the writer process, even if it is gone: closing flushes what is still
+    buffered, and that write fails on a pipe whose reader died (the descriptor is closed
+    anyway; those records are already counted)."""
+    try:
+        pipe.close()
+    except OSError:
+        pass
 
 
 def _widen(pipe: IO[bytes]) -> None:
