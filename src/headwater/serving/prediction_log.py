@@ -11,6 +11,7 @@ an object (no URL to open it again: tests, in-memory logs) is appended to by the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -286,10 +287,8 @@ def _close(pipe: IO[bytes]) -> None:
     """Close a pipe to the writer process, even if it is gone: closing flushes what is still
     buffered, and that write fails on a pipe whose reader died (the descriptor is closed
     anyway; those records are already counted)."""
-    try:
+    with contextlib.suppress(OSError):
         pipe.close()
-    except OSError:
-        pass
 
 
 def _widen(pipe: IO[bytes]) -> None:
