@@ -243,10 +243,14 @@ def _clean(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:100])
 
 
+def refusal_body(error: str, reason: str) -> bytes:
+    return orjson.dumps({"detail": reason, "error": error})
+
+
 async def refuse(
     send: Callable[..., Any], status: int, error: str, reason: str, extra: list[Any]
 ) -> None:
-    body = orjson.dumps({"detail": reason, "error": error})
+    body = refusal_body(error, reason)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from headwater.serving.http.app import App
+from headwater.serving.http.protocol import HotProtocol
 
 Task = Callable[[threading.Event], None]  # runs until the event is set
 
@@ -58,17 +59,7 @@ def run_server(
     if before_start is not None:
         before_start()
     sys.setswitchinterval(0.001)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,  # never printed at this level, but worked out for each request
-        server_header=False,  # nothing to fingerprint, and one header less per response
-        ssl_certfile=tls[0] if tls else None,
-        ssl_keyfile=tls[1] if tls else None,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(_config(app, host, port, tls))
     if threading.current_thread() is threading.main_thread():
         # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again
         # under the handler found before it: this one turns it into an orderly exit, so the
@@ -84,6 +75,20 @@ def run_server(
         server.run(sockets=[sock] if sock is not None else None)
     finally:
         stop.set()
+
+
+def _config(app: App, host: str, port: int, tls: tuple[str, str] | None = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,  # never printed at this level, but worked out for each request
+        server_header=False,  # nothing to fingerprint, and one header less per response
+        http=HotProtocol,  # the hot routes answered in the parser's callback, in one write
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
+    )
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -104,7 +109,7 @@ def serve_in_background(app: App, host: str = "127.0.0.1") -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(_config(app, host, port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
