@@ -61,10 +61,14 @@ class HotProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         method = self.parser.get_method().decode("ascii")
+        if method != "POST":  # no hot route: uvicorn parses the URL, once
+            super().on_headers_complete()
+            return
         url = httptools.parse_url(self.url)
         raw_path = url.path
+        path = self.root_path + raw_path.decode("ascii")
         plain = b"%" not in raw_path  # a quoted path takes uvicorn's unquoting
-        service = fast.claims(method, raw_path.decode("ascii"), self.headers) if plain else None
+        service = fast.claims(method, path, self.headers) if plain else None
         if service is None:
             super().on_headers_complete()
             return
@@ -73,7 +77,7 @@ class HotProtocol(HttpToolsProtocol):
         scope["method"] = method
         if version != "1.1":
             scope["http_version"] = version
-        scope["path"] = self.root_path + raw_path.decode("ascii")
+        scope["path"] = path
         scope["raw_path"] = self.root_path.encode("ascii") + raw_path
         scope["query_string"] = url.query or b""
         self._hot, self._body = service, bytearray()
