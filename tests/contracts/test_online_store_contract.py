@@ -204,6 +204,35 @@ def test_stores_on_one_backend_see_each_others_writes(open_store):
     assert writer.checkpoints([FS]) == {FS: 5}
 
 
+def test_the_change_mark_moves_with_every_change_through_any_connection(open_store):
+    """A store that answers a change mark (None: it has none) answers a new one after each
+    write, delete or clear, its own or another connection's, and the same one otherwise:
+    what lets a reader keep what it derived from states while the mark stays."""
+    writer, reader = open_store(), open_store()
+    if reader.change_mark() is None:
+        assert writer.change_mark() is None
+        return
+    seen = [reader.change_mark()]
+    reader.get_many(FS, ["a"])
+    assert reader.change_mark() == seen[-1]  # reads change nothing
+
+    def moved(store: OnlineStore) -> bool:
+        mark = store.change_mark()
+        fresh = mark not in seen
+        seen.append(mark)
+        return fresh
+
+    writer.write({FS: {"a": b"1"}}, {FS: 1})
+    assert moved(reader)
+    reader.write({FS: {"a": b"2"}}, {FS: 2})  # its own write
+    assert moved(reader)
+    writer.delete({FS: ["a"]})
+    assert moved(reader)
+    writer.clear([FS])
+    assert moved(reader)
+    assert reader.change_mark() == seen[-1]
+
+
 # -- Redis only --------------------------------------------------------------------------
 
 

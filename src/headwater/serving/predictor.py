@@ -331,9 +331,10 @@ class Predictor:
         if chosen is None:
             routed = self._route(rows)
             chosen = [r.variant for r in routed]
-        for i, is_known in enumerate(known):
-            if not is_known and service.defaults:
-                values[i] = {**values[i], **service.defaults}
+        if service.defaults:
+            for i, is_known in enumerate(known):
+                if not is_known:
+                    values[i] = {**values[i], **service.defaults}
         start = time.perf_counter()
         out: list[Prediction] = [None] * len(rows)  # type: ignore[list-item]
         for variant in dict.fromkeys(chosen):
@@ -343,7 +344,8 @@ class Predictor:
                 out[i] = p
         self.last_timings.model_s = time.perf_counter() - start
         now = self._clock()
-        at = [features_at] * len(rows) if not isinstance(features_at, Sequence) else features_at
+        # (one time for every row unless a list: cheaper to test than a Sequence)
+        at = features_at if isinstance(features_at, list | tuple) else [features_at] * len(rows)
         for p, when in zip(out, at, strict=True):
             p.features_at_us = when
         if routed is not None:

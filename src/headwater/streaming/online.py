@@ -44,20 +44,26 @@ class _ReadPlan:
     res: Resolution
     sets: list[tuple[FeatureSetPlan, list[FeatureColumn], tuple[str, ...]]]
     numeric: set[str]
-    # one entity's answer by its keys in each set: (blobs, from, until, values, known)
+    # the distinct entities' key fields, and for each set the index of its entity's
+    key_fields: list[tuple[str, ...]] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    # one request's answer by its entities' keys (in ``key_fields`` order)
     rows: dict[tuple[str, ...], _Row] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Row:
     """A whole answer for one entity (base and, without context fields, derived values):
-    valid while every set's stored bytes are ``blobs`` and the time is in [since, until)."""
+    valid while every set's stored bytes are ``blobs`` and the time is in [since, until).
+    ``mark``: the store's change mark taken before those bytes were read (or last found
+    equal to them); while the store answers the same mark, they have not changed."""
 
     blobs: tuple[bytes | None, ...]
     since: int
     until: int | float
     values: dict[str, Any]
     known: dict[str, bool]
+    mark: object | None = None
 
 
 class _Cached:
@@ -126,7 +132,9 @@ class OnlineFeatures:
                 for pid, cols in res.columns.items()
             ]
             numeric = numeric_names(c for cs in res.columns.values() for c in cs)
-            found = self._plans[key] = _ReadPlan(res, sets, numeric)
+            fields = list(dict.fromkeys(tuple(plan.entity.keys) for plan, _, _ in sets))
+            slots = [fields.index(tuple(plan.entity.keys)) for plan, _, _ in sets]
+            found = self._plans[key] = _ReadPlan(res, sets, numeric, fields, slots)
         return found
 
     def _evaluate(
@@ -241,42 +249,63 @@ class OnlineFeatures:
         """``get_with_entities`` of one row (a request for one entity: the serving path's
         common case), without the per-row lists; the same values (a test compares).
 
-        The whole answer is kept per entity and reused while the bytes read now are the
-        ones it came from and ``t`` is in its time range; derived features that read
-        request context are evaluated anew each time."""
+        The whole answer is kept per entity and reused while ``t`` is in its time range
+        and the bytes read now are the ones it came from, or, without reading them, while
+        the store's change mark is the one taken before they were last read (nothing was
+        written since); derived features that read request context are evaluated anew
+        each time."""
         keys = tuple(
             str(_key(row, names[0], 0))
-            if len(names := plan.entity.keys) == 1
+            if len(names) == 1
             else entity_key([_key(row, k, 0) for k in names])
-            for plan, _, _ in rp.sets
+            for names in rp.key_fields
         )
-        wanted = {plan.id: [k] for (plan, _, _), k in zip(rp.sets, keys, strict=True)}
-        found = self._online.get_sets(wanted)
-        blobs = tuple(found[plan.id][0] or None for plan, _, _ in rp.sets)
         res = rp.res
         hit = rp.rows.get(keys)
-        if hit is not None and hit.blobs == blobs and hit.since <= t < hit.until:
-            values = dict(hit.values)
-            known = hit.known
-        else:
-            values = {}
-            until: int | float = math.inf
-            known = {}
-            for (plan, columns, names), key, blob in zip(rp.sets, keys, blobs, strict=True):
-                got, good_until = self._evaluate(plan, columns, names, key, blob, t)
-                values.update(got)
-                until = min(until, good_until)
-                entity = plan.entity.name
-                known[entity] = known.get(entity, False) or blob is not None
-            if res.derived and not res.context:
-                values.update(self._derived_one(row, rp, values))
-            if len(rp.rows) >= self._cache_size:
-                _evict_oldest(rp.rows)
-            rp.rows[keys] = _Row(blobs, t, until, dict(values), known)
+        if hit is not None and not hit.since <= t < hit.until:
+            hit = None
+        # taken before the read: a change after it shows as another mark next time
+        mark = self._online.change_mark()
+        if hit is None or mark is None or hit.mark != mark:
+            wanted = {plan.id: [keys[i]] for (plan, _, _), i in zip(rp.sets, rp.slots, strict=True)}
+            found = self._online.get_sets(wanted)
+            blobs = tuple(found[plan.id][0] or None for plan, _, _ in rp.sets)
+            if hit is not None and hit.blobs == blobs:
+                hit.mark = mark  # the bytes it came from are still the stored ones
+            else:
+                hit = self._evaluate_row(row, rp, keys, blobs, t, mark)
+        values = dict(hit.values)
+        known = hit.known
         if res.derived and res.context:
             values.update(self._derived_one(row, rp, values))
         out = {name: values[name] for name in res.requested}
         return [out], {entity: [flag] for entity, flag in known.items()}
+
+    def _evaluate_row(
+        self,
+        row: Mapping[str, Any],
+        rp: _ReadPlan,
+        keys: tuple[str, ...],
+        blobs: tuple[bytes | None, ...],
+        t: int,
+        mark: object | None,
+    ) -> _Row:
+        """One entity's answer from the bytes of each of its sets, kept in the cache."""
+        values: dict[str, Any] = {}
+        until: int | float = math.inf
+        known: dict[str, bool] = {}
+        for (plan, columns, names), i, blob in zip(rp.sets, rp.slots, blobs, strict=True):
+            got, good_until = self._evaluate(plan, columns, names, keys[i], blob, t)
+            values.update(got)
+            until = min(until, good_until)
+            entity = plan.entity.name
+            known[entity] = known.get(entity, False) or blob is not None
+        if rp.res.derived and not rp.res.context:
+            values.update(self._derived_one(row, rp, values))
+        if len(rp.rows) >= self._cache_size:
+            _evict_oldest(rp.rows)
+        entry = rp.rows[keys] = _Row(blobs, t, until, values, known, mark)
+        return entry
 
     def _derived_one(
         self, row: Mapping[str, Any], rp: _ReadPlan, values: dict[str, Any]

@@ -34,6 +34,14 @@ class OnlineStore(Protocol):
 
     def get_sets(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, list[bytes | None]]: ...
 
+    def change_mark(self) -> object | None:
+        """A value that equals an earlier answer only if no state changed in between,
+        through any connection or process, read in one step cheaper than reading states;
+        None where the store cannot tell (readers then compare the bytes they read). A
+        reader that takes the mark before reading states may reuse what it derived from
+        them while the mark stays the same."""
+        ...
+
     def write(
         self,
         states: Mapping[str, Mapping[str, bytes]],

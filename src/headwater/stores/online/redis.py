@@ -125,6 +125,10 @@ class RedisOnlineStore:
         found = iter(cast(list[bytes | None], self._client.mget(names)))  # one round trip
         return {fs: [next(found) for _ in keys] for fs, keys in wanted.items()}
 
+    def change_mark(self) -> None:
+        """None: a mark would cost a round trip of its own, as many as the states' read."""
+        return None
+
     @_reachable
     def write(
         self,
