@@ -129,6 +129,7 @@ def test_serving_benchmark_runs_every_server():
         "mlflow models serve",
         "bentoml serve",
         "headwater gRPC (ModelInfer)",
+        "headwater, store written every ms",
     )
     for server in servers:
         _figure(proc.stdout, f"{server}, 2 clients: req/s")
@@ -145,6 +146,12 @@ def test_serving_benchmark_runs_every_server():
     _ratio(proc.stdout, "headwater, API keys on / off, 2 clients (req/s)")
     _figure(proc.stdout, "headwater, first request per entity, 1 clients: req/s")
     _figure(proc.stdout, "in-process predict, warm: p99")
+    _figure(proc.stdout, "in-process predict, store written before each call: p50")
+    _figure(proc.stdout, "machine jitter (pure Python of the warm p50): p99 / p50")
+    _ratio(proc.stdout, "headwater, store written every ms / not written, 2 clients (req/s)")
+    _ratio(
+        proc.stdout, "headwater, store written every ms / bare FastAPI + booster, 2 clients (req/s)"
+    )
     _ratio(proc.stdout, "headwater gRPC / headwater HTTP, 2 clients (req/s)")
     _ratio(proc.stdout, "headwater 2 workers / 1 worker, 2 clients (req/s)")
 
