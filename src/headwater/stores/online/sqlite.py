@@ -33,7 +33,7 @@ class SqliteOnlineStore:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        self._db = open_sqlite(path, _SCHEMA, "NORMAL", mmap_bytes=1 << 30)
+        self._db = open_sqlite(path, _SCHEMA, "NORMAL")
         self._writes = 0  # this connection's write transactions (data_version omits them)
 
     def change_mark(self) -> tuple[int, int]:
