@@ -13,12 +13,12 @@ flushed before and after each test). A missing Redis fails this test, never skip
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
