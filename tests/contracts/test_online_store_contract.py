@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -231,6 +233,42 @@ def test_the_change_mark_moves_with_every_change_through_any_connection(open_sto
     writer.clear([FS])
     assert moved(reader)
     assert reader.change_mark() == seen[-1]
+
+
+# -- SQLite only -------------------------------------------------------------------------
+
+
+def _write_elsewhere(path: Path, value: bytes) -> None:
+    """A write by another process (a processor's commit)."""
+    code = (
+        "import sys\n"
+        "from headwater.stores.online.sqlite import SqliteOnlineStore\n"
+        "store = SqliteOnlineStore(sys.argv[1])\n"
+        f"store.write({{{FS!r}: {{'a': {value!r}}}}}, {{}})\n"
+        "store.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+
+
+def test_sqlite_marks_another_process_commit_from_the_wal_index_or_data_version(tmp_path):
+    path = tmp_path / "online.db"
+    store = SqliteOnlineStore(path)
+    try:
+        assert store._wal_index is not None  # the header is mapped: a mark runs no statement
+        before = store.change_mark()
+        _write_elsewhere(path, b"1")
+        assert store.change_mark() != before
+        assert store.get_many(FS, ["a"]) == [b"1"]
+        # where the -shm file cannot be mapped, SQLite's data_version does the same
+        store._wal_index.close()
+        store._wal_index = None
+        before = store.change_mark()
+        assert store.change_mark() == before
+        _write_elsewhere(path, b"2")
+        assert store.change_mark() != before
+        assert store.get_many(FS, ["a"]) == [b"2"]
+    finally:
+        store.close()
 
 
 # -- Redis only --------------------------------------------------------------------------

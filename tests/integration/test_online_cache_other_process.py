@@ -3,8 +3,9 @@ with the processor in another process, on Redis and on the embedded SQLite store
 that has kept everything answers, after the other process processed more events, exactly
 what a fresh reader and the training set answer. On Redis the caches are checked against
 the bytes read in each request's own round trip; on SQLite a request first reads the
-store's change mark (``PRAGMA data_version`` and the connection's own writes) and reads
-the bytes only when it moved, so nothing the other process writes can be missed.
+store's change mark (the WAL-index header every commit rewrites, and the connection's own
+writes) and reads the bytes only when it moved, so nothing the other process writes can be
+missed.
 
 Redis is reached on 127.0.0.1:6379, in the database of test_rebuild_redis.py (its fixture,
 flushed before and after each test). A missing Redis fails this test, never skips it.

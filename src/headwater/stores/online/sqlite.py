@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,12 +36,17 @@ class SqliteOnlineStore:
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
         self._db = open_sqlite(path, _SCHEMA, "NORMAL")
-        self._writes = 0  # this connection's write transactions (data_version omits them)
+        self._writes = 0  # this connection's write transactions
+        self._wal_index = _map_wal_index(Path(path))
 
-    def change_mark(self) -> tuple[int, int]:
-        """SQLite's ``data_version`` (it changes with every commit of another connection,
-        in this process or another) and this connection's own write count: a quarter of a
-        point read's time."""
+    def change_mark(self) -> tuple[bytes | int, int]:
+        """The WAL-index header (the first 48 bytes of the ``-shm`` file, which every
+        commit of any connection rewrites: its ``iChange`` counter, last frame and
+        checksums; sqlite.org/walformat.html) and this connection's own write count, read
+        without a statement or a lock: 0.1 µs. Where the file cannot be mapped, SQLite's
+        ``data_version`` (a statement: 3-6 µs)."""
+        if self._wal_index is not None:
+            return self._wal_index[:_WAL_HEADER], self._writes
         with self._lock:
             (version,) = self._db.execute("PRAGMA data_version").fetchone()
             return int(version), self._writes
@@ -159,6 +166,32 @@ class SqliteOnlineStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._wal_index is not None:
+                self._wal_index.close()
+                self._wal_index = None
+
+
+_WAL_HEADER = 48  # bytes of the WAL-index header's first copy
+
+
+def _map_wal_index(path: Path) -> mmap.mmap | None:
+    """The ``-shm`` file's header, mapped read-only (None where there is none to map).
+
+    SQLite truncates that file only when no connection has the database open, and this
+    store's connection stays open while the map lives; a database on a file system
+    without shared memory has no such file."""
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size < 2 * _WAL_HEADER:
+            return None
+        return mmap.mmap(fd, 2 * _WAL_HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _check_owners(db: sqlite3.Connection, owners: Mapping[str, str]) -> None:
