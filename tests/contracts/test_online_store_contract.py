@@ -254,14 +254,14 @@ def test_sqlite_marks_another_process_commit_from_the_wal_index_or_data_version(
     path = tmp_path / "online.db"
     store = SqliteOnlineStore(path)
     try:
-        assert store._wal_index is not None  # the header is mapped: a mark runs no statement
+        assert store._wal_index is not None  # the header is read: a mark runs no statement
         before = store.change_mark()
         _write_elsewhere(path, b"1")
         assert store.change_mark() != before
         assert store.get_many(FS, ["a"]) == [b"1"]
-        # where the -shm file cannot be mapped, SQLite's data_version does the same
-        store._wal_index.close()
-        store._wal_index = None
+        # where the -shm file cannot be opened, SQLite's data_version does the same
+        store._wal_file.close()
+        store._wal_file = store._wal_index = None
         before = store.change_mark()
         assert store.change_mark() == before
         _write_elsewhere(path, b"2")
