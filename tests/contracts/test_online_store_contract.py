@@ -260,8 +260,8 @@ def test_sqlite_marks_another_process_commit_from_the_wal_index_or_data_version(
         assert store.change_mark() != before
         assert store.get_many(FS, ["a"]) == [b"1"]
         # where the -shm file cannot be opened, SQLite's data_version does the same
-        store._wal_file.close()
-        store._wal_file = store._wal_index = None
+        store._wal_closer()
+        store._wal_closer = store._wal_index = None
         before = store.change_mark()
         assert store.change_mark() == before
         _write_elsewhere(path, b"2")

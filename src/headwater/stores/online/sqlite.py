@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,9 +37,11 @@ class SqliteOnlineStore:
         self._lock = threading.Lock()
         self._db = open_sqlite(path, _SCHEMA, "NORMAL")
         self._writes = 0  # this connection's write transactions
-        # the -shm file, kept open (closed with the store, or when it is collected)
-        self._wal_file = _open_wal_index(Path(path))
-        self._wal_index = None if self._wal_file is None else self._wal_file.fileno()
+        # the -shm file, kept open: closed with the store, or when it is collected
+        self._wal_index = _open_wal_index(Path(path))
+        self._wal_closer = (
+            None if self._wal_index is None else weakref.finalize(self, os.close, self._wal_index)
+        )
 
     def change_mark(self) -> tuple[bytes | int, int]:
         """The WAL-index header (the first 48 bytes of the ``-shm`` file, which every
@@ -171,22 +173,22 @@ class SqliteOnlineStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            if self._wal_file is not None:
-                self._wal_file.close()
-                self._wal_file = self._wal_index = None
+            if self._wal_closer is not None:
+                self._wal_closer()  # once: a finalizer runs at most once
+                self._wal_closer = self._wal_index = None
 
 
 _WAL_HEADER = 48  # bytes of the WAL-index header's first copy
 
 
-def _open_wal_index(path: Path) -> io.FileIO | None:
+def _open_wal_index(path: Path) -> int | None:
     """The ``-shm`` file, opened for reading (None where there is none: a file system
     without shared memory). Read, not mapped: a map of a file that shrinks under it would
     kill the process (SIGBUS); a read of it only answers another mark. SQLite shrinks or
     removes that file only when no connection has the database open, and this store's
     stays open while the descriptor lives."""
     try:
-        return io.FileIO(f"{path}-shm", "rb")
+        return os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
 
