@@ -45,8 +45,8 @@ class _ReadPlan:
     sets: list[tuple[FeatureSetPlan, list[FeatureColumn], tuple[str, ...]]]
     numeric: set[str]
     # the distinct entities' key fields, and for each set the index of its entity's
-    key_fields: list[tuple[str, ...]] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
+    key_fields: list[tuple[str, ...]]
+    slots: list[int]
     # one request's answer by its entities' keys (in ``key_fields`` order)
     rows: dict[tuple[str, ...], _Row] = field(default_factory=dict)
 
@@ -274,12 +274,11 @@ class OnlineFeatures:
                 hit.mark = mark  # the bytes it came from are still the stored ones
             else:
                 hit = self._evaluate_row(row, rp, keys, blobs, t, mark)
-        values = dict(hit.values)
-        known = hit.known
+        values = hit.values  # shared with the cache: only read here
         if res.derived and res.context:
-            values.update(self._derived_one(row, rp, values))
+            values = {**values, **self._derived_one(row, rp, values)}
         out = {name: values[name] for name in res.requested}
-        return [out], {entity: [flag] for entity, flag in known.items()}
+        return [out], {entity: [flag] for entity, flag in hit.known.items()}
 
     def _evaluate_row(
         self,
@@ -304,8 +303,8 @@ class OnlineFeatures:
             values.update(self._derived_one(row, rp, values))
         if len(rp.rows) >= self._cache_size:
             _evict_oldest(rp.rows)
-        entry = rp.rows[keys] = _Row(blobs, t, until, values, known, mark)
-        return entry
+        answer = rp.rows[keys] = _Row(blobs, t, until, values, known, mark)
+        return answer
 
     def _derived_one(
         self, row: Mapping[str, Any], rp: _ReadPlan, values: dict[str, Any]
